@@ -1,0 +1,156 @@
+use std::path::PathBuf;
+
+use kube::CustomResourceExt;
+use serde_json::Value;
+
+use super::*;
+
+fn generated_dir() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("generated")
+}
+
+/// The committed YAML must be exactly what the types generate. Regenerate with `make crdgen`.
+#[test]
+fn committed_crds_match_the_rust_types() {
+    for (name, yaml) in crd_files() {
+        let path = generated_dir().join(name);
+        let committed = std::fs::read_to_string(&path)
+            .unwrap_or_else(|e| panic!("{} is missing ({e}); run `make crdgen`", path.display()));
+        assert!(
+            committed == yaml,
+            "{} drifted from the Rust types; run `make crdgen` and commit the result",
+            path.display()
+        );
+    }
+}
+
+fn rules_of(crd: &Value) -> Vec<(String, String)> {
+    fn walk(v: &Value, out: &mut Vec<(String, String)>) {
+        match v {
+            Value::Object(m) => {
+                if let Some(Value::Array(rules)) = m.get("x-kubernetes-validations") {
+                    for r in rules {
+                        out.push((
+                            r["rule"].as_str().unwrap_or_default().to_owned(),
+                            r["message"].as_str().unwrap_or_default().to_owned(),
+                        ));
+                    }
+                }
+                m.values().for_each(|c| walk(c, out));
+            }
+            Value::Array(a) => a.iter().for_each(|c| walk(c, out)),
+            _ => {}
+        }
+    }
+    let mut out = Vec::new();
+    walk(crd, &mut out);
+    out
+}
+
+fn assert_rule(rules: &[(String, String)], rule_part: &str, message_part: &str) {
+    assert!(
+        rules
+            .iter()
+            .any(|(r, m)| r.contains(rule_part) && m.contains(message_part)),
+        "no rule containing {rule_part:?} with message containing {message_part:?} in {rules:#?}"
+    );
+}
+
+#[test]
+fn sector_schema_has_every_rule() {
+    let crd = serde_json::to_value(Sector::crd()).unwrap();
+    let rules = rules_of(&crd);
+    for field in ["scale", "x", "y"] {
+        assert_rule(&rules, "self == oldSelf", &format!("{field} is immutable"));
+    }
+    assert_rule(
+        &rules,
+        "self.metadata.name == 's' + string(self.spec.scale)",
+        "canonical name",
+    );
+    assert_rule(&rules, "[1099511627776, 549755813888", "inside the world");
+    assert_rule(&rules, "self.matches('^[a-z0-9]", "DNS-1123 label");
+    let spec = &crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["spec"];
+    assert_eq!(spec["properties"]["scale"]["maximum"], 40.0);
+    assert_eq!(spec["properties"]["scale"]["minimum"], 0.0);
+    assert_eq!(spec["properties"]["pool"]["maxLength"], 63);
+}
+
+#[test]
+fn shardpool_schema_has_every_rule() {
+    let crd = serde_json::to_value(ShardPool::crd()).unwrap();
+    let rules = rules_of(&crd);
+    assert_rule(
+        &rules,
+        "self.min <= self.max",
+        "shards.min must not exceed shards.max",
+    );
+    assert_rule(&rules, "self.warmSpares <= self.max", "warmSpares");
+    for f in ["entities", "players", "tickP99Ms"] {
+        assert_rule(
+            &rules,
+            &format!("self.merge.{f} < self.split.{f}"),
+            &format!("merge.{f} must be below split.{f}"),
+        );
+    }
+    for msg in [
+        "sustainSeconds must be positive",
+        "cooldownSeconds must be positive",
+        "drainTimeoutSeconds must be positive",
+        "idleRetireSeconds must be positive",
+        "maxConcurrentTransitions must be positive",
+    ] {
+        assert_rule(&rules, "self > 0", msg);
+    }
+}
+
+#[test]
+fn both_crds_have_status_subresources_short_names_and_columns() {
+    let sector = serde_json::to_value(Sector::crd()).unwrap();
+    let pool = serde_json::to_value(ShardPool::crd()).unwrap();
+    for crd in [&sector, &pool] {
+        assert_eq!(crd["spec"]["group"], GROUP);
+        let v = &crd["spec"]["versions"][0];
+        assert_eq!(v["name"], "v1alpha1");
+        assert!(
+            v["subresources"]["status"].is_object(),
+            "status subresource missing"
+        );
+    }
+    assert_eq!(sector["spec"]["names"]["shortNames"][0], "sec");
+    assert_eq!(pool["spec"]["names"]["shortNames"][0], "sp");
+    let columns: Vec<&str> = sector["spec"]["versions"][0]["additionalPrinterColumns"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        columns,
+        [
+            "Scale", "X", "Y", "Phase", "Shard", "Entities", "Players", "Tick p99", "Age"
+        ]
+    );
+}
+
+#[test]
+fn shardpool_defaults_are_consistent_with_its_own_rules() {
+    let spec: ShardPoolSpec = serde_json::from_value(serde_json::json!({})).unwrap();
+    assert!(spec.shards.min <= spec.shards.max);
+    assert!(spec.merge.entities < spec.split.entities);
+    assert!(spec.merge.players < spec.split.players);
+    assert!(spec.merge.tick_p99_ms < spec.split.tick_p99_ms);
+    // The schema carries the same defaults so the API server fills them in.
+    let crd = serde_json::to_value(ShardPool::crd()).unwrap();
+    let props = &crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["spec"]["properties"];
+    assert_eq!(props["split"]["default"]["entities"], 5000);
+    assert_eq!(props["cooldownSeconds"]["default"], 120);
+}
+
+#[test]
+fn sector_for_id_is_named_after_its_coordinates() {
+    let id = sidereal_core::SectorId::new(3, -1, 2).unwrap();
+    let s = Sector::for_id("default", id);
+    assert_eq!(s.metadata.name.as_deref(), Some("s3-xm1-y2"));
+    assert_eq!(s.sector_id().unwrap(), id);
+}

@@ -1,0 +1,16 @@
+#!/usr/bin/env bash
+# Installs what the tests need and is not built from source: kubectl and Go (for the control
+# plane). Idempotent: does nothing when everything is present.
+set -euo pipefail
+need=()
+command -v kubectl >/dev/null || need+=(kubectl)
+command -v go >/dev/null || need+=(golang-go)
+[ ${#need[@]} -eq 0 ] && exit 0
+if [ "$(id -u)" != 0 ] || ! command -v apt-get >/dev/null; then
+  echo "error: missing ${need[*]}; install them (Debian: apt-get install ${need[*]}) and rerun" >&2
+  exit 2
+fi
+echo "installing ${need[*]} from Debian's packages" >&2
+apt-get update -qq >/dev/null
+DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}" >/dev/null || {
+  echo "error: apt-get install ${need[*]} failed; install them by hand and rerun" >&2; exit 2; }
