@@ -118,15 +118,18 @@ fn coordinates_in_world_rule() -> Rule {
 }
 
 /// CEL for "metadata.name is the canonical name of (scale, x, y)", mirroring
-/// `sidereal_core::SectorId`'s Display.
+/// `sidereal_core::SectorId`'s Display. The name is parsed rather than built from the spec:
+/// the API server prices `string(int)` concatenation far above its rule budget.
 fn name_matches_coordinates_rule() -> Rule {
-    let coord = |f: &str| {
-        format!("(self.spec.{f} < 0 ? 'm' + string(-self.spec.{f}) : string(self.spec.{f}))")
-    };
+    let part = |i: usize| format!("self.metadata.name.split('-')[{i}].substring(1)");
     Rule::new(format!(
-        "self.metadata.name == 's' + string(self.spec.scale) + '-x' + {} + '-y' + {}",
-        coord("x"),
-        coord("y")
+        "self.metadata.name.matches('^s(0|[1-9][0-9]?)-x(0|m?[1-9][0-9]{{0,12}})-y(0|m?[1-9][0-9]{{0,12}})$') \
+         && int({s}) == self.spec.scale \
+         && int({x}.replace('m', '-')) == self.spec.x \
+         && int({y}.replace('m', '-')) == self.spec.y",
+        s = part(0),
+        x = part(1),
+        y = part(2),
     ))
     .message("metadata.name must be the sector's canonical name s<scale>-x<x>-y<y> with negatives written m<n>, e.g. s3-xm1-y2 for scale 3, x -1, y 2")
 }
@@ -151,4 +154,37 @@ impl Sector {
             .map_err(|_| sidereal_core::SectorIdError::ScaleTooLarge { scale: u8::MAX })?;
         sidereal_core::SectorId::new(scale, self.spec.x, self.spec.y)
     }
+}
+
+/// The Sector CRD. The derived one is completed with `metadata.name`'s maximum length: the API
+/// server estimates the cost of the name rule from it, and rejects the CRD without a bound.
+pub fn crd()
+-> k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition {
+    use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::JSONSchemaProps;
+    use kube::CustomResourceExt;
+    let mut crd = Sector::crd();
+    for version in &mut crd.spec.versions {
+        let Some(schema) = version
+            .schema
+            .as_mut()
+            .and_then(|s| s.open_api_v3_schema.as_mut())
+        else {
+            continue;
+        };
+        let name = JSONSchemaProps {
+            type_: Some("string".into()),
+            max_length: Some(63),
+            ..Default::default()
+        };
+        let metadata = JSONSchemaProps {
+            type_: Some("object".into()),
+            properties: Some([("name".to_owned(), name)].into()),
+            ..Default::default()
+        };
+        schema
+            .properties
+            .get_or_insert_with(Default::default)
+            .insert("metadata".into(), metadata);
+    }
+    crd
 }

@@ -58,7 +58,7 @@ fn assert_rule(rules: &[(String, String)], rule_part: &str, message_part: &str) 
 
 #[test]
 fn sector_schema_has_every_rule() {
-    let crd = serde_json::to_value(Sector::crd()).unwrap();
+    let crd = serde_json::to_value(sector::crd()).unwrap();
     let rules = rules_of(&crd);
     for field in ["scale", "x", "y"] {
         assert_rule(&rules, "self == oldSelf", &format!("{field} is immutable"));
@@ -74,6 +74,9 @@ fn sector_schema_has_every_rule() {
     assert_eq!(spec["properties"]["scale"]["maximum"], 40.0);
     assert_eq!(spec["properties"]["scale"]["minimum"], 0.0);
     assert_eq!(spec["properties"]["pool"]["maxLength"], 63);
+    // Bounds the cost the API server estimates for the name rule.
+    let meta = &crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["metadata"];
+    assert_eq!(meta["properties"]["name"]["maxLength"], 63);
 }
 
 #[test]
@@ -106,7 +109,7 @@ fn shardpool_schema_has_every_rule() {
 
 #[test]
 fn both_crds_have_status_subresources_short_names_and_columns() {
-    let sector = serde_json::to_value(Sector::crd()).unwrap();
+    let sector = serde_json::to_value(sector::crd()).unwrap();
     let pool = serde_json::to_value(ShardPool::crd()).unwrap();
     for crd in [&sector, &pool] {
         assert_eq!(crd["spec"]["group"], GROUP);
@@ -153,4 +156,18 @@ fn sector_for_id_is_named_after_its_coordinates() {
     let s = Sector::for_id("default", id);
     assert_eq!(s.metadata.name.as_deref(), Some("s3-xm1-y2"));
     assert_eq!(s.sector_id().unwrap(), id);
+}
+
+#[test]
+fn yaml_11_boolean_words_are_quoted() {
+    let yaml = render_crds();
+    assert!(yaml.contains("'y':"), "the y property key must be quoted");
+    assert!(
+        yaml.contains("- 'y'\n"),
+        "y in required lists must be quoted"
+    );
+    assert!(!yaml.lines().any(|l| matches!(l.trim(), "y:" | "- y")));
+    // Still the same document for a YAML 1.2 reader.
+    let back: serde_json::Value = serde_yaml::from_str(&crd_files()[0].1).unwrap();
+    assert_eq!(back, serde_json::to_value(sector::crd()).unwrap());
 }

@@ -31,7 +31,6 @@ up() {
   mkdir -p "$KWOK_WORKDIR"
   local t0; t0=$(date +%s)
   if ! "$kwokctl" create cluster --name "$name" --runtime binary \
-      --kube-version "$K8S_VERSION" \
       --etcd-binary "$bin/etcd" \
       --kube-apiserver-binary "$bin/kube-apiserver" \
       --kube-controller-manager-binary "$bin/kube-controller-manager" \

@@ -1,0 +1,4 @@
+//! One test binary for everything that needs a real cluster (linking is the slow part).
+
+mod admission;
+mod pods;
