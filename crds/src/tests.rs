@@ -65,7 +65,7 @@ fn sector_schema_has_every_rule() {
     }
     assert_rule(
         &rules,
-        "self.metadata.name == 's' + string(self.spec.scale)",
+        "int(self.metadata.name.split('-')[1].substring(1).replace('m', '-')) == self.spec.x",
         "canonical name",
     );
     assert_rule(&rules, "[1099511627776, 549755813888", "inside the world");
