@@ -91,8 +91,10 @@ pub const fn coordinate_limit(scale: u8) -> i64 {
     1i64 << (MAX_SCALE - scale)
 }
 
-/// One node of the world quadtree.
+/// One node of the world quadtree. Serialised as its canonical name (`"s3-x0-ym2"`), so it
+/// can key JSON maps and is validated on the way in.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(into = "String", try_from = "String")]
 pub struct SectorId {
     pub scale: u8,
     pub x: i64,
@@ -281,6 +283,20 @@ fn parse_coord(s: &str) -> Result<i64, String> {
                 .map_err(|_| format!("{s:?} is too large"))
         }
         None => i64::try_from(parse_digits(s)?).map_err(|_| format!("{s:?} is too large")),
+    }
+}
+
+impl From<SectorId> for String {
+    fn from(s: SectorId) -> String {
+        s.to_string()
+    }
+}
+
+impl TryFrom<String> for SectorId {
+    type Error = ParseSectorIdError;
+
+    fn try_from(s: String) -> Result<Self, Self::Error> {
+        s.parse()
     }
 }
 

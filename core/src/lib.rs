@@ -1,6 +1,13 @@
-//! Shared vocabulary of the Sidereal fleet: world geometry and the types that operator,
-//! replication and shards agree on. No Kubernetes, no Bevy: plain data and pure functions.
+//! Shared vocabulary of the Sidereal fleet: world geometry, ids, the shard-link protocol and
+//! codec, load and placement types. No Kubernetes, no Bevy: plain data and pure functions.
 
+pub mod codec;
 pub mod geometry;
+pub mod ids;
+pub mod load;
+pub mod placement;
+pub mod protocol;
 
 pub use geometry::{Bounds, ParseSectorIdError, Point, SectorId, SectorIdError};
+pub use ids::{EntityId, EntityKind, EntitySnapshot, EntityState, Epoch, ShardId};
+pub use load::{Placement, SectorCounts, ShardLoadReport};

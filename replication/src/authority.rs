@@ -1,0 +1,575 @@
+//! The replication authority: shard links, the entity mirror and the placement table, as a
+//! plain state machine. It takes shard messages and placement requests, and queues messages
+//! for shards; the I/O shell (TCP server, in-process harness) moves bytes. Everything here is
+//! deterministic and testable without sockets.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+
+use sidereal_core::codec::UpdateDecoder;
+use sidereal_core::placement::{self, PlacementError, leaf_covering};
+use sidereal_core::protocol::{
+    Adoption, PROTOCOL_VERSION, ReplicationMessage, Shadow, ShardMessage,
+};
+use sidereal_core::{
+    EntityId, EntitySnapshot, Epoch, Placement, SectorId, ShardId, ShardLoadReport,
+};
+use tracing::{info, warn};
+
+use crate::mirror::{Mirror, Refusal};
+
+pub type LinkId = u64;
+
+/// Settings of the authority.
+#[derive(Debug, Clone)]
+pub struct AuthorityConfig {
+    /// Root sectors of the world; placements must tile them.
+    pub world: Vec<SectorId>,
+    /// Shared secret shards present in their handshake.
+    pub secret: String,
+    pub tick_hz: u32,
+    /// Shards keep read-only shadows of neighbours' entities this close to their borders.
+    pub shadow_margin: f64,
+}
+
+/// Why a link is closed. The shell logs it and drops the connection; nothing else is affected.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum LinkError {
+    #[error("first message must be Hello")]
+    NoHello,
+    #[error("protocol version {got} is not supported (this replication speaks {PROTOCOL_VERSION})")]
+    WrongVersion { got: u32 },
+    #[error("wrong shard secret from {shard}")]
+    WrongSecret { shard: ShardId },
+    #[error("invalid shard name {0:?}")]
+    BadName(String),
+    #[error("shard {0} is already connected")]
+    AlreadyConnected(ShardId),
+    #[error("second Hello on an established link")]
+    DuplicateHello,
+    #[error("malformed update batch: {0}")]
+    Codec(#[from] sidereal_core::codec::CodecError),
+    #[error("frame error: {0}")]
+    Frame(String),
+}
+
+/// Why a desired placement was not applied.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum PutPlacementError {
+    #[error("generation {given} is stale: the current generation is {current}")]
+    Stale { given: u64, current: u64 },
+    #[error("generation {0} was already applied with different contents")]
+    Conflict(u64),
+    #[error(transparent)]
+    Invalid(#[from] PlacementError),
+}
+
+#[derive(Debug)]
+struct Link {
+    shard: Option<ShardId>,
+    incarnation: u32,
+    decoder: UpdateDecoder,
+}
+
+/// Counters the metrics endpoint exports.
+#[derive(Debug, Default, Clone)]
+pub struct Counters {
+    pub updates_applied: u64,
+    pub updates_refused: u64,
+    pub handovers: u64,
+    pub spawns: u64,
+    pub despawns: u64,
+    pub refusals: u64,
+    pub links_rejected: u64,
+}
+
+pub struct Authority {
+    config: AuthorityConfig,
+    placement: Placement,
+    links: BTreeMap<LinkId, Link>,
+    /// Live shards and their links.
+    live: BTreeMap<ShardId, LinkId>,
+    /// Every shard ever connected, to tell "dead" from "unknown".
+    seen: BTreeSet<ShardId>,
+    mirror: Mirror,
+    next_link: LinkId,
+    next_incarnation: u32,
+    outbox: Vec<(LinkId, ReplicationMessage)>,
+    load: BTreeMap<ShardId, ShardLoadReport>,
+    pub counters: Counters,
+}
+
+impl Authority {
+    pub fn new(config: AuthorityConfig) -> Self {
+        Self {
+            config,
+            placement: Placement::default(),
+            links: BTreeMap::new(),
+            live: BTreeMap::new(),
+            seen: BTreeSet::new(),
+            mirror: Mirror::default(),
+            next_link: 1,
+            next_incarnation: 1,
+            outbox: Vec::new(),
+            load: BTreeMap::new(),
+            counters: Counters::default(),
+        }
+    }
+
+    pub fn config(&self) -> &AuthorityConfig {
+        &self.config
+    }
+
+    pub fn mirror(&self) -> &Mirror {
+        &self.mirror
+    }
+
+    pub fn placement(&self) -> &Placement {
+        &self.placement
+    }
+
+    pub fn live_shards(&self) -> BTreeSet<ShardId> {
+        self.live.keys().cloned().collect()
+    }
+
+    pub fn known_shards(&self) -> &BTreeSet<ShardId> {
+        &self.seen
+    }
+
+    pub fn load(&self) -> &BTreeMap<ShardId, ShardLoadReport> {
+        &self.load
+    }
+
+    /// Entity ids are minted with incarnations above everything already in the mirror
+    /// (restored worlds keep their ids unique).
+    pub fn reserve_incarnations_above(&mut self, incarnation: u32) {
+        self.next_incarnation = self.next_incarnation.max(incarnation + 1);
+    }
+
+    pub fn take_outbox(&mut self) -> Vec<(LinkId, ReplicationMessage)> {
+        std::mem::take(&mut self.outbox)
+    }
+
+    fn send_to(&mut self, shard: &ShardId, msg: ReplicationMessage) {
+        if let Some(link) = self.live.get(shard) {
+            self.outbox.push((*link, msg));
+        }
+    }
+
+    pub fn connect(&mut self) -> LinkId {
+        let id = self.next_link;
+        self.next_link += 1;
+        self.links.insert(
+            id,
+            Link {
+                shard: None,
+                incarnation: 0,
+                decoder: UpdateDecoder::default(),
+            },
+        );
+        id
+    }
+
+    /// The link is gone (closed, reset, or closed by us). Its shard becomes dead; its
+    /// entities stay in the mirror, owned by it, until a placement re-homes them.
+    pub fn disconnect(&mut self, link: LinkId) {
+        if let Some(Link {
+            shard: Some(shard), ..
+        }) = self.links.remove(&link)
+        {
+            self.live.remove(&shard);
+            self.load.remove(&shard);
+            warn!(%shard, "shard link closed; its sectors wait for the next placement");
+        }
+    }
+
+    pub fn shard_of(&self, link: LinkId) -> Option<&ShardId> {
+        self.links.get(&link).and_then(|l| l.shard.as_ref())
+    }
+
+    /// Handles one message from a link. An error means: close this link (and call
+    /// `disconnect`); the rest of the fleet is unaffected.
+    pub fn on_message(&mut self, link: LinkId, msg: ShardMessage) -> Result<(), LinkError> {
+        let Some(state) = self.links.get(&link) else {
+            return Ok(());
+        };
+        let Some(shard) = state.shard.clone() else {
+            return match msg {
+                ShardMessage::Hello {
+                    protocol,
+                    shard,
+                    secret,
+                } => self.hello(link, protocol, shard, &secret),
+                _ => Err(LinkError::NoHello),
+            };
+        };
+        match msg {
+            ShardMessage::Hello { .. } => return Err(LinkError::DuplicateHello),
+            ShardMessage::Updates(bytes) => self.updates(link, &shard, &bytes)?,
+            ShardMessage::Spawned { snapshot } => self.spawned(link, &shard, snapshot),
+            ShardMessage::Despawned { id, epoch } => {
+                match self.mirror.check_owner(id, &shard, Some(epoch)) {
+                    Ok(_) => {
+                        self.mirror.remove(id);
+                        self.forget_on_link(link, id);
+                        self.counters.despawns += 1;
+                    }
+                    Err(r) => self.refuse(&shard, "despawn", r),
+                }
+            }
+            ShardMessage::HandoverOut { snapshot, epoch } => {
+                self.handover_out(link, &shard, snapshot, epoch)
+            }
+            ShardMessage::Adopted { ids } => self.adopted(&shard, &ids),
+            ShardMessage::Released {
+                generation: _,
+                entities,
+            } => {
+                for (snapshot, epoch) in entities {
+                    self.handover_out(link, &shard, snapshot, epoch);
+                }
+            }
+            ShardMessage::Load(report) => {
+                self.load.insert(shard, report);
+            }
+        }
+        Ok(())
+    }
+
+    fn hello(
+        &mut self,
+        link: LinkId,
+        protocol: u32,
+        shard: ShardId,
+        secret: &str,
+    ) -> Result<(), LinkError> {
+        let result = if protocol != PROTOCOL_VERSION {
+            Err(LinkError::WrongVersion { got: protocol })
+        } else if !constant_time_eq(secret.as_bytes(), self.config.secret.as_bytes()) {
+            Err(LinkError::WrongSecret {
+                shard: shard.clone(),
+            })
+        } else if shard.0.is_empty()
+            || shard.0.len() > 63
+            || !shard
+                .0
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.')
+        {
+            Err(LinkError::BadName(shard.0.clone()))
+        } else if self.live.contains_key(&shard) {
+            Err(LinkError::AlreadyConnected(shard.clone()))
+        } else {
+            Ok(())
+        };
+        if let Err(e) = result {
+            self.counters.links_rejected += 1;
+            self.outbox.push((
+                link,
+                ReplicationMessage::Rejected {
+                    reason: e.to_string(),
+                },
+            ));
+            return Err(e);
+        }
+        let incarnation = self.next_incarnation;
+        self.next_incarnation += 1;
+        let l = self.links.get_mut(&link).expect("checked by caller");
+        l.shard = Some(shard.clone());
+        l.incarnation = incarnation;
+        self.live.insert(shard.clone(), link);
+        self.seen.insert(shard.clone());
+        info!(%shard, incarnation, "shard linked");
+        self.outbox.push((
+            link,
+            ReplicationMessage::Welcome {
+                incarnation,
+                tick_hz: self.config.tick_hz,
+            },
+        ));
+        self.send_assignment(&shard);
+        // A shard that comes back (restarted pod) gets back whatever the mirror says it owns.
+        let mine: Vec<EntityId> = self
+            .mirror
+            .iter()
+            .filter(|(_, r)| r.owner == shard)
+            .map(|(id, _)| *id)
+            .collect();
+        self.readopt(&shard, mine);
+        Ok(())
+    }
+
+    fn send_assignment(&mut self, shard: &ShardId) {
+        let sectors: Vec<SectorId> = self
+            .placement
+            .sectors
+            .iter()
+            .filter(|(_, s)| *s == shard)
+            .map(|(l, _)| *l)
+            .collect();
+        let msg = ReplicationMessage::Assign {
+            generation: self.placement.generation,
+            sectors,
+            world: self.config.world.clone(),
+        };
+        self.send_to(shard, msg);
+    }
+
+    /// Hands `ids` (from the mirror's state) to `to` at a new epoch.
+    fn readopt(&mut self, to: &ShardId, ids: Vec<EntityId>) {
+        let mut adopt = Vec::new();
+        for id in ids {
+            let Some(r) = self.mirror.get(id) else {
+                continue;
+            };
+            let snapshot = r.snapshot;
+            if let Some(epoch) = self.mirror.hand_over(id, snapshot, to.clone()) {
+                adopt.push(Adoption { snapshot, epoch });
+            }
+        }
+        if !adopt.is_empty() {
+            self.send_to(to, ReplicationMessage::Adopt { entities: adopt });
+        }
+    }
+
+    fn refuse(&mut self, shard: &ShardId, what: &str, r: Refusal) {
+        self.counters.refusals += 1;
+        warn!(%shard, what, reason = %r, "refused");
+    }
+
+    fn forget_on_link(&mut self, link: LinkId, id: EntityId) {
+        if let Some(l) = self.links.get_mut(&link) {
+            l.decoder.forget(id);
+        }
+    }
+
+    fn updates(&mut self, link: LinkId, shard: &ShardId, bytes: &[u8]) -> Result<(), LinkError> {
+        let l = self.links.get_mut(&link).expect("live link");
+        let (_tick, decoded) = l.decoder.decode(bytes)?;
+        for u in decoded {
+            match self.mirror.check_owner(u.id, shard, Some(u.epoch)) {
+                Ok(r) => {
+                    r.snapshot.state = u.state.to_state();
+                    r.version += 1;
+                    self.counters.updates_applied += 1;
+                }
+                Err(r) => {
+                    self.counters.updates_refused += 1;
+                    self.refuse(shard, "update", r);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn leaf_of(&self, snapshot: &EntitySnapshot) -> Option<SectorId> {
+        let s = SectorId::of_point(snapshot.state.point(), 0).ok()?;
+        leaf_covering(&self.placement.sectors, s)
+    }
+
+    fn spawned(&mut self, link: LinkId, shard: &ShardId, snapshot: EntitySnapshot) {
+        let incarnation = self.links[&link].incarnation;
+        let why = if (snapshot.id.0 >> EntityId::COUNTER_BITS) as u32 != incarnation {
+            Some(format!(
+                "{} was not minted by this link (incarnation {incarnation})",
+                snapshot.id
+            ))
+        } else if !snapshot.state.is_finite() {
+            Some(format!("{} has a non-finite state", snapshot.id))
+        } else if self.mirror.contains(snapshot.id) {
+            Some(format!("{} already exists", snapshot.id))
+        } else {
+            match self.leaf_of(&snapshot) {
+                Some(leaf) if &self.placement.sectors[&leaf] == shard => None,
+                Some(leaf) => Some(format!(
+                    "{} spawned in {leaf}, which {shard} does not own",
+                    snapshot.id
+                )),
+                None => Some(format!("{} spawned outside the world", snapshot.id)),
+            }
+        };
+        match why {
+            Some(reason) => {
+                self.counters.refusals += 1;
+                warn!(%shard, %reason, "spawn refused");
+            }
+            None => {
+                self.mirror.insert_new(snapshot, shard.clone());
+                self.counters.spawns += 1;
+            }
+        }
+    }
+
+    fn handover_out(
+        &mut self,
+        link: LinkId,
+        shard: &ShardId,
+        snapshot: EntitySnapshot,
+        epoch: Epoch,
+    ) {
+        if let Err(r) = self.mirror.check_owner(snapshot.id, shard, Some(epoch)) {
+            return self.refuse(shard, "handover", r);
+        }
+        if !snapshot.state.is_finite() {
+            self.counters.refusals += 1;
+            warn!(%shard, id = %snapshot.id, "handover with non-finite state refused; the mirror keeps the last good state");
+            let last = self.mirror.get(snapshot.id).expect("checked").snapshot;
+            return self.handover_to_leaf_owner(link, shard, last);
+        }
+        self.handover_to_leaf_owner(link, shard, snapshot);
+    }
+
+    fn handover_to_leaf_owner(&mut self, link: LinkId, from: &ShardId, snapshot: EntitySnapshot) {
+        self.forget_on_link(link, snapshot.id);
+        // Nowhere to go (left the world): back to the sender, who keeps it inside.
+        let to = self
+            .leaf_of(&snapshot)
+            .map(|l| self.placement.sectors[&l].clone())
+            .unwrap_or_else(|| from.clone());
+        let epoch = self
+            .mirror
+            .hand_over(snapshot.id, snapshot, to.clone())
+            .expect("checked owner");
+        self.counters.handovers += 1;
+        self.send_to(
+            &to,
+            ReplicationMessage::Adopt {
+                entities: vec![Adoption { snapshot, epoch }],
+            },
+        );
+    }
+
+    fn adopted(&mut self, shard: &ShardId, ids: &[(EntityId, Epoch)]) {
+        let mut forget: BTreeMap<ShardId, Vec<EntityId>> = BTreeMap::new();
+        for &(id, epoch) in ids {
+            let Some(r) = self.mirror.get(id) else {
+                continue;
+            };
+            if &r.owner != shard || r.epoch != epoch {
+                let reason = Refusal::StaleEpoch {
+                    id,
+                    got: epoch,
+                    current: r.epoch,
+                };
+                self.refuse(shard, "adoption", reason);
+                continue;
+            }
+            let r = self.mirror.check_owner_unchecked(id);
+            r.in_transit = false;
+            if let Some(prev) = r.previous_owner.take()
+                && &prev != shard
+            {
+                forget.entry(prev).or_default().push(id);
+            }
+        }
+        for (prev, ids) in forget {
+            self.send_to(&prev, ReplicationMessage::Forget { ids });
+        }
+    }
+
+    /// Applies a whole desired placement. Idempotent: the same generation and contents again
+    /// is a no-op. Leaves whose shard changes are handed over: a live old owner releases their
+    /// entities itself; a dead one's entities are re-homed from the mirror.
+    pub fn put_placement(&mut self, desired: Placement) -> Result<bool, PutPlacementError> {
+        let current = self.placement.generation;
+        if desired.generation < current {
+            return Err(PutPlacementError::Stale {
+                given: desired.generation,
+                current,
+            });
+        }
+        if desired.generation == current && current != 0 {
+            return if desired.sectors == self.placement.sectors {
+                Ok(false)
+            } else {
+                Err(PutPlacementError::Conflict(current))
+            };
+        }
+        placement::validate(&desired.sectors, &self.config.world, &self.seen)?;
+        let before = std::mem::replace(&mut self.placement, desired);
+        info!(
+            generation = self.placement.generation,
+            leaves = self.placement.sectors.len(),
+            "placement applied"
+        );
+        // Tell every live shard its (possibly unchanged) set; shards ignore unchanged sets.
+        let live: Vec<ShardId> = self.live.keys().cloned().collect();
+        for shard in &live {
+            self.send_assignment(shard);
+        }
+        // Entities of dead shards: the mirror is the snapshot.
+        let mut by_target: HashMap<ShardId, Vec<EntityId>> = HashMap::new();
+        for (id, r) in self.mirror.iter() {
+            if !self.live.contains_key(&r.owner)
+                && let Some(leaf) = self.leaf_of(&r.snapshot)
+            {
+                let target = &self.placement.sectors[&leaf];
+                if self.live.contains_key(target) {
+                    by_target.entry(target.clone()).or_default().push(*id);
+                }
+            }
+        }
+        for (target, ids) in by_target {
+            self.readopt(&target, ids);
+        }
+        let _ = before;
+        Ok(true)
+    }
+
+    /// Per live shard, the entities of other owners within the shadow margin of its sectors.
+    pub fn send_shadows(&mut self, tick: u64) {
+        let margin = self.config.shadow_margin;
+        let mut per_shard: BTreeMap<ShardId, Vec<Shadow>> =
+            self.live.keys().map(|s| (s.clone(), Vec::new())).collect();
+        let bounds: Vec<(sidereal_core::Bounds, &ShardId)> = self
+            .placement
+            .sectors
+            .iter()
+            .map(|(l, s)| (l.bounds(), s))
+            .collect();
+        for r in self.mirror.iter().map(|(_, r)| r) {
+            let p = r.snapshot.state.point();
+            for (b, shard) in &bounds {
+                if *shard != &r.owner
+                    && b.distance_to(p) <= margin
+                    && let Some(v) = per_shard.get_mut(*shard)
+                    && v.last().is_none_or(|s| s.snapshot.id != r.snapshot.id)
+                {
+                    v.push(Shadow {
+                        snapshot: r.snapshot,
+                    });
+                }
+            }
+        }
+        for (shard, shadows) in per_shard {
+            self.send_to(&shard, ReplicationMessage::Shadows { tick, shadows });
+        }
+    }
+
+    /// Highest incarnation among entity ids in the mirror.
+    pub fn max_incarnation(&self) -> u32 {
+        self.mirror
+            .iter()
+            .map(|(id, _)| (id.0 >> EntityId::COUNTER_BITS) as u32)
+            .max()
+            .unwrap_or(0)
+    }
+
+    /// Loads an entity restored from the store, owned by `owner` (usually a placeholder that is
+    /// not live, so the next placement re-homes it).
+    pub fn restore_entity(&mut self, snapshot: EntitySnapshot, owner: ShardId) -> bool {
+        self.mirror.insert_new(snapshot, owner)
+    }
+}
+
+impl Mirror {
+    fn check_owner_unchecked(&mut self, id: EntityId) -> &mut crate::mirror::EntityRecord {
+        self.get_mut(id).expect("caller checked existence")
+    }
+}
+
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    if a.len() != b.len() {
+        return false;
+    }
+    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}

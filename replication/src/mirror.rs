@@ -1,0 +1,140 @@
+//! The entity mirror: the latest known state of every entity, with its owner and epoch.
+
+use std::collections::HashMap;
+
+use sidereal_core::{EntityId, EntitySnapshot, Epoch, ShardId};
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct EntityRecord {
+    pub snapshot: EntitySnapshot,
+    pub owner: ShardId,
+    pub epoch: Epoch,
+    /// Handed to `owner`, which has not yet confirmed it simulates it.
+    pub in_transit: bool,
+    /// The owner before the current handover, told to forget its copy once `owner` confirms.
+    pub previous_owner: Option<ShardId>,
+    /// Bumped on every accepted change.
+    pub version: u64,
+}
+
+/// Why an update to the mirror was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Refusal {
+    #[error("{id} is unknown")]
+    Unknown { id: EntityId },
+    #[error("{id} is owned by {owner}, not {sender}")]
+    NotOwner {
+        id: EntityId,
+        owner: ShardId,
+        sender: ShardId,
+    },
+    #[error("{id}: epoch {got} is stale (current {current})")]
+    StaleEpoch {
+        id: EntityId,
+        got: Epoch,
+        current: Epoch,
+    },
+    #[error("{id} is still being handed over to {owner}")]
+    InTransit { id: EntityId, owner: ShardId },
+}
+
+#[derive(Debug, Default)]
+pub struct Mirror {
+    entities: HashMap<EntityId, EntityRecord>,
+}
+
+impl Mirror {
+    pub fn len(&self) -> usize {
+        self.entities.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.entities.is_empty()
+    }
+
+    pub fn get(&self, id: EntityId) -> Option<&EntityRecord> {
+        self.entities.get(&id)
+    }
+
+    pub(crate) fn get_mut(&mut self, id: EntityId) -> Option<&mut EntityRecord> {
+        self.entities.get_mut(&id)
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = (&EntityId, &EntityRecord)> {
+        self.entities.iter()
+    }
+
+    pub fn contains(&self, id: EntityId) -> bool {
+        self.entities.contains_key(&id)
+    }
+
+    /// Inserts a new entity; `false` if the id exists (nothing changes then).
+    pub fn insert_new(&mut self, snapshot: EntitySnapshot, owner: ShardId) -> bool {
+        if self.entities.contains_key(&snapshot.id) {
+            return false;
+        }
+        let record = EntityRecord {
+            snapshot,
+            owner,
+            epoch: 1,
+            in_transit: false,
+            previous_owner: None,
+            version: 1,
+        };
+        self.entities.insert(snapshot.id, record);
+        true
+    }
+
+    /// The record, if `sender` owns `id` at `epoch` (any epoch when `None`) and is simulating it.
+    pub fn check_owner(
+        &mut self,
+        id: EntityId,
+        sender: &ShardId,
+        epoch: Option<Epoch>,
+    ) -> Result<&mut EntityRecord, Refusal> {
+        let r = self.entities.get_mut(&id).ok_or(Refusal::Unknown { id })?;
+        if &r.owner != sender {
+            return Err(Refusal::NotOwner {
+                id,
+                owner: r.owner.clone(),
+                sender: sender.clone(),
+            });
+        }
+        if let Some(e) = epoch
+            && e != r.epoch
+        {
+            return Err(Refusal::StaleEpoch {
+                id,
+                got: e,
+                current: r.epoch,
+            });
+        }
+        if r.in_transit {
+            return Err(Refusal::InTransit {
+                id,
+                owner: r.owner.clone(),
+            });
+        }
+        Ok(r)
+    }
+
+    /// Moves ownership to `to` at the next epoch; returns the new epoch.
+    pub fn hand_over(
+        &mut self,
+        id: EntityId,
+        snapshot: EntitySnapshot,
+        to: ShardId,
+    ) -> Option<Epoch> {
+        let r = self.entities.get_mut(&id)?;
+        r.previous_owner = Some(std::mem::replace(&mut r.owner, to));
+        r.epoch += 1;
+        r.in_transit = true;
+        r.snapshot = snapshot;
+        r.version += 1;
+        Some(r.epoch)
+    }
+
+    pub fn remove(&mut self, id: EntityId) -> Option<EntityRecord> {
+        self.entities.remove(&id)
+    }
+}
