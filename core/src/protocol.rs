@@ -125,7 +125,7 @@ impl FrameReader {
     }
 
     /// The next complete message, if one has arrived.
-    pub fn next<T: for<'de> Deserialize<'de>>(&mut self) -> Result<Option<T>, FrameError> {
+    pub fn next_frame<T: for<'de> Deserialize<'de>>(&mut self) -> Result<Option<T>, FrameError> {
         if self.buf.len() < 4 {
             return Ok(None);
         }
@@ -174,7 +174,7 @@ mod tests {
             let mut got = Vec::new();
             for c in bytes.chunks(chunk) {
                 r.push(c);
-                while let Some(m) = r.next::<ShardMessage>().unwrap() {
+                while let Some(m) = r.next_frame::<ShardMessage>().unwrap() {
                     got.push(m);
                 }
             }
@@ -187,13 +187,13 @@ mod tests {
         let mut r = FrameReader::default();
         r.push(&u32::MAX.to_le_bytes());
         assert!(matches!(
-            r.next::<ShardMessage>(),
+            r.next_frame::<ShardMessage>(),
             Err(FrameError::Oversized(_))
         ));
         let mut r = FrameReader::default();
         r.push(&[3, 0, 0, 0, 0xff, 0xff, 0xff]);
         assert!(matches!(
-            r.next::<ShardMessage>(),
+            r.next_frame::<ShardMessage>(),
             Err(FrameError::Malformed(_))
         ));
     }
@@ -204,11 +204,11 @@ mod tests {
             let mut r = FrameReader::default();
             r.push(&bytes);
             for _ in 0..8 {
-                match r.next::<ShardMessage>() { Ok(Some(_)) => {}, _ => break }
+                match r.next_frame::<ShardMessage>() { Ok(Some(_)) => {}, _ => break }
             }
             let mut r = FrameReader::default();
             r.push(&bytes);
-            let _ = r.next::<ReplicationMessage>();
+            let _ = r.next_frame::<ReplicationMessage>();
         }
     }
 }

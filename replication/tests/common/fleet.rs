@@ -1,0 +1,282 @@
+//! An in-process fleet: one replication authority and several shard apps joined by channels,
+//! stepped one tick at a time so invariants can be checked between ticks.
+
+#![allow(dead_code)]
+
+use std::collections::{HashMap, HashSet};
+
+use bevy::app::App;
+use crossbeam_channel::{Receiver, Sender};
+use rand::rngs::SmallRng;
+use rand::{Rng, SeedableRng};
+use sidereal_core::protocol::{PROTOCOL_VERSION, ReplicationMessage, ShardMessage};
+use sidereal_core::{
+    EntityId, EntityKind, EntitySnapshot, EntityState, Placement, SectorId, ShardId,
+};
+use sidereal_replication::{Authority, AuthorityConfig, LinkId};
+use sidereal_shard::ownership::Ownership;
+use sidereal_shard::{Clock, ShardConfig, ShardLink, build_app};
+
+pub const SECRET: &str = "test-secret";
+pub const TICK_HZ: u32 = 30;
+
+pub struct ShardProc {
+    pub id: ShardId,
+    pub app: App,
+    pub link: LinkId,
+    to_shard: Sender<ReplicationMessage>,
+    from_shard: Receiver<ShardMessage>,
+}
+
+pub struct Fleet {
+    pub authority: Authority,
+    pub shards: Vec<Option<ShardProc>>,
+    pub tick: u64,
+    /// Link bytes of update batches, for the bytes-per-update figure.
+    pub update_bytes: u64,
+    pub update_entries: u64,
+}
+
+impl Fleet {
+    pub fn new(world: Vec<SectorId>, shards: usize, fire_every_ticks: u32) -> Self {
+        let config = AuthorityConfig {
+            world,
+            secret: SECRET.into(),
+            tick_hz: TICK_HZ,
+            shadow_margin: 50.0,
+        };
+        let mut fleet = Fleet {
+            authority: Authority::new(config),
+            shards: Vec::new(),
+            tick: 0,
+            update_bytes: 0,
+            update_entries: 0,
+        };
+        for i in 0..shards {
+            fleet.start_shard(&format!("shard-{i}"), i as u64 + 1, fire_every_ticks);
+        }
+        fleet
+    }
+
+    pub fn start_shard(&mut self, name: &str, seed: u64, fire_every_ticks: u32) -> usize {
+        let (link, to_shard, from_shard) = ShardLink::pair();
+        let app = build_app(
+            ShardConfig {
+                tick_hz: TICK_HZ,
+                seed,
+                fire_every_ticks,
+            },
+            link,
+            Clock::Stepped,
+        );
+        let link = self.authority.connect();
+        let id = ShardId::new(name);
+        self.authority
+            .on_message(
+                link,
+                ShardMessage::Hello {
+                    protocol: PROTOCOL_VERSION,
+                    shard: id.clone(),
+                    secret: SECRET.into(),
+                },
+            )
+            .expect("handshake");
+        self.shards.push(Some(ShardProc {
+            id,
+            app,
+            link,
+            to_shard,
+            from_shard,
+        }));
+        self.deliver();
+        self.shards.len() - 1
+    }
+
+    pub fn shard_ids(&self) -> Vec<ShardId> {
+        self.shards.iter().flatten().map(|s| s.id.clone()).collect()
+    }
+
+    /// Scatters `n` entities over the world (owned by nobody until placed).
+    pub fn seed(&mut self, n: usize, seed: u64) {
+        let mut rng = SmallRng::seed_from_u64(seed);
+        let world = self.authority.config().world.clone();
+        for i in 0..n {
+            let root = world[i % world.len()];
+            let b = root.bounds();
+            let kind = if i % 12 == 0 {
+                EntityKind::Ship
+            } else {
+                EntityKind::Asteroid
+            };
+            let speed = if kind == EntityKind::Ship { 60.0 } else { 40.0 };
+            let state = EntityState {
+                pos: [
+                    rng.random_range(b.min.x + 10.0..b.max.x - 10.0) as f32,
+                    rng.random_range(b.min.y + 10.0..b.max.y - 10.0) as f32,
+                ],
+                vel: [
+                    rng.random_range(-speed..speed),
+                    rng.random_range(-speed..speed),
+                ],
+                angle: rng.random_range(-3.0..3.0),
+                ang_vel: rng.random_range(-0.5..0.5),
+            };
+            let snap = EntitySnapshot {
+                id: EntityId::minted(0, i as u64 + 1),
+                kind,
+                state,
+                ttl_ticks: None,
+                player: kind == EntityKind::Ship,
+            };
+            assert!(
+                self.authority
+                    .restore_entity(snap, ShardId::new("unplaced"))
+            );
+        }
+    }
+
+    pub fn place(&mut self, p: Placement) {
+        self.authority.put_placement(p).expect("valid placement");
+        self.deliver();
+    }
+
+    pub fn place_even(&mut self) {
+        let gen_ = self.authority.placement().generation + 1;
+        let p =
+            sidereal_core::placement::even(&self.authority.config().world, &self.shard_ids(), gen_);
+        self.place(p);
+    }
+
+    fn deliver(&mut self) {
+        let out = self.authority.take_outbox();
+        let by_link: HashMap<LinkId, usize> = self
+            .shards
+            .iter()
+            .enumerate()
+            .filter_map(|(i, s)| s.as_ref().map(|s| (s.link, i)))
+            .collect();
+        for (link, msg) in out {
+            if let Some(&i) = by_link.get(&link) {
+                let _ = self.shards[i].as_ref().expect("live").to_shard.send(msg);
+            }
+        }
+    }
+
+    /// One tick: every shard simulates, then replication handles everything they sent and
+    /// answers (answers are applied at the start of the next tick).
+    pub fn step(&mut self) {
+        self.tick += 1;
+        for s in self.shards.iter_mut().flatten() {
+            s.app.update();
+        }
+        for i in 0..self.shards.len() {
+            let Some(s) = &self.shards[i] else { continue };
+            let msgs: Vec<ShardMessage> = s.from_shard.try_iter().collect();
+            let link = s.link;
+            for m in msgs {
+                if let ShardMessage::Updates(b) = &m {
+                    self.update_bytes += b.len() as u64;
+                    self.update_entries += batch_len(b);
+                }
+                self.authority
+                    .on_message(link, m)
+                    .expect("well-behaved shard");
+            }
+        }
+        self.authority.send_shadows(self.tick);
+        self.deliver();
+    }
+
+    /// Simulates `kill -9`: the shard vanishes without a word.
+    pub fn kill(&mut self, i: usize) -> ShardId {
+        let s = self.shards[i].take().expect("alive");
+        self.authority.disconnect(s.link);
+        s.id
+    }
+
+    /// Re-homes dead shards' leaves onto live shards (what the operator or `sidereal up` does).
+    pub fn rehome(&mut self) {
+        let live = self.authority.live_shards();
+        if let Some(p) = sidereal_core::placement::rehome(self.authority.placement(), &live) {
+            self.place(p);
+        }
+    }
+
+    pub fn authoritative_sets(&self) -> Vec<(ShardId, HashSet<EntityId>)> {
+        self.shards
+            .iter()
+            .flatten()
+            .map(|s| {
+                (
+                    s.id.clone(),
+                    s.app
+                        .world()
+                        .resource::<Ownership>()
+                        .entities
+                        .keys()
+                        .copied()
+                        .collect(),
+                )
+            })
+            .collect()
+    }
+
+    /// The conservation invariants: every entity in exactly one place, owners agree.
+    pub fn check_invariants(&self) -> Result<(), String> {
+        let mut seen: HashMap<EntityId, ShardId> = HashMap::new();
+        for (shard, set) in self.authoritative_sets() {
+            for id in set {
+                if let Some(other) = seen.insert(id, shard.clone()) {
+                    return Err(format!(
+                        "tick {}: {id} is authoritative on both {other} and {shard}",
+                        self.tick
+                    ));
+                }
+                let r = self.authority.mirror().get(id).ok_or_else(|| {
+                    format!(
+                        "tick {}: {id} simulated by {shard} but not in the mirror",
+                        self.tick
+                    )
+                })?;
+                if r.owner != shard {
+                    return Err(format!(
+                        "tick {}: {id} simulated by {shard} but the mirror says {}",
+                        self.tick, r.owner
+                    ));
+                }
+                if r.in_transit {
+                    return Err(format!(
+                        "tick {}: {id} simulated by {shard} but still in transit",
+                        self.tick
+                    ));
+                }
+            }
+        }
+        let live = self.authority.live_shards();
+        for (id, r) in self.authority.mirror().iter() {
+            if live.contains(&r.owner) && !r.in_transit && !seen.contains_key(id) {
+                return Err(format!(
+                    "tick {}: {id} owned by live {} (not in transit) but simulated nowhere",
+                    self.tick, r.owner
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+fn batch_len(bytes: &[u8]) -> u64 {
+    let mut vals = [0u64; 2];
+    let mut it = bytes.iter();
+    for v in &mut vals {
+        let mut shift = 0;
+        for b in it.by_ref() {
+            *v |= u64::from(b & 0x7f) << shift;
+            shift += 7;
+            if b & 0x80 == 0 {
+                break;
+            }
+        }
+    }
+    vals[1]
+}

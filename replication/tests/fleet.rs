@@ -1,0 +1,220 @@
+//! In-process fleet tests: conservation of entities through crossings, splits, merges, kills.
+
+mod common;
+
+use std::collections::HashMap;
+
+use common::fleet::{Fleet, TICK_HZ};
+use sidereal_core::placement;
+use sidereal_core::{EntityId, SectorId};
+
+fn world() -> Vec<SectorId> {
+    vec![SectorId::new(2, 0, 0).unwrap()]
+}
+
+/// Tolerance of the continuity check: an entity moves at most 1.5 x its speed x one tick, plus
+/// one world unit for contact resolution pushing overlapping bodies apart (and 1/64-unit
+/// quantization). A handover that lost or replayed state would jump far more.
+fn max_step(v: f32) -> f32 {
+    v * 1.5 / TICK_HZ as f32 + 1.0
+}
+
+struct Continuity {
+    last: HashMap<EntityId, ([f32; 2], f32)>,
+    worst_excess: f32,
+}
+
+impl Continuity {
+    fn new() -> Self {
+        Self {
+            last: HashMap::new(),
+            worst_excess: 0.0,
+        }
+    }
+
+    /// Positions never jump more than their speed allows, across handovers included.
+    fn check(&mut self, fleet: &Fleet) -> Result<(), String> {
+        let mut next = HashMap::with_capacity(self.last.len());
+        for (id, r) in fleet.authority.mirror().iter() {
+            let s = r.snapshot.state;
+            let speed = (s.vel[0].hypot(s.vel[1])).max(1.0);
+            if let Some((p, v)) = self.last.get(id) {
+                let d = (s.pos[0] - p[0]).hypot(s.pos[1] - p[1]);
+                let allowed = max_step(speed.max(*v));
+                if d > allowed {
+                    return Err(format!(
+                        "tick {}: {id} jumped {d:.2} units (allowed {allowed:.2})",
+                        fleet.tick
+                    ));
+                }
+                self.worst_excess = self.worst_excess.max(d / allowed);
+            }
+            next.insert(*id, (s.pos, speed));
+        }
+        self.last = next;
+        Ok(())
+    }
+}
+
+#[test]
+fn entities_are_conserved_while_crossing_between_three_shards() {
+    let mut fleet = Fleet::new(world(), 3, 45);
+    fleet.seed(2100, 7);
+    fleet.place_even();
+    let mut continuity = Continuity::new();
+    let seeded = fleet.authority.mirror().len();
+    for _ in 0..60 * TICK_HZ {
+        fleet.step();
+        fleet.check_invariants().unwrap();
+        continuity.check(&fleet).unwrap();
+        let c = &fleet.authority.counters;
+        assert_eq!(
+            fleet.authority.mirror().len() as u64,
+            seeded as u64 + c.spawns - c.despawns,
+            "tick {}",
+            fleet.tick
+        );
+        assert_eq!(c.refusals, 0, "a well-behaved fleet has nothing refused");
+    }
+    let c = fleet.authority.counters.clone();
+    println!(
+        "2100 entities, 3 shards, 60 s: {} handovers, {} spawns, {} despawns, {} updates, {:.2} bytes/update",
+        c.handovers,
+        c.spawns,
+        c.despawns,
+        c.updates_applied,
+        fleet.update_bytes as f64 / fleet.update_entries.max(1) as f64
+    );
+    assert!(
+        c.handovers > 1000,
+        "the test must exercise many crossings, got {}",
+        c.handovers
+    );
+    assert!(
+        c.spawns > 100 && c.despawns > 100,
+        "projectiles live and die"
+    );
+    assert!(fleet.update_bytes as f64 / (fleet.update_entries as f64) <= 12.0);
+}
+
+#[test]
+fn split_onto_two_shards_and_merge_back_with_live_traffic() {
+    let mut fleet = Fleet::new(world(), 2, 60);
+    fleet.seed(2000, 11);
+    // Start with the four scale-1 children of the root, all on shard-0 except one.
+    let ids = fleet.shard_ids();
+    let root = world()[0];
+    let mut p = sidereal_core::Placement {
+        generation: 1,
+        sectors: Default::default(),
+    };
+    for (i, c) in root.children().unwrap().into_iter().enumerate() {
+        p.sectors.insert(c, ids[usize::from(i == 3)].clone());
+    }
+    fleet.place(p);
+    let run = |fleet: &mut Fleet, ticks: u32, continuity: &mut Continuity| {
+        for _ in 0..ticks {
+            fleet.step();
+            fleet.check_invariants().unwrap();
+            continuity.check(fleet).unwrap();
+        }
+    };
+    let mut continuity = Continuity::new();
+    run(&mut fleet, 90, &mut continuity);
+
+    let hot = root.children().unwrap()[0];
+    let before = fleet
+        .authority
+        .mirror()
+        .iter()
+        .filter(|(_, r)| hot.contains(r.snapshot.state.point()))
+        .count();
+    assert!(before > 200, "the split sector holds entities ({before})");
+    let split = placement::split(
+        fleet.authority.placement(),
+        hot,
+        [
+            ids[0].clone(),
+            ids[1].clone(),
+            ids[0].clone(),
+            ids[1].clone(),
+        ],
+    )
+    .unwrap();
+    let handovers_before = fleet.authority.counters.handovers;
+    fleet.place(split);
+    run(&mut fleet, 1, &mut continuity);
+    // Entities of the two children now on shard-1 moved there within a tick.
+    let moved = fleet.authority.counters.handovers - handovers_before;
+    assert!(moved > 50, "split handed over {moved} entities");
+    run(&mut fleet, 300, &mut continuity);
+    for (child, shard) in hot
+        .children()
+        .unwrap()
+        .iter()
+        .zip([&ids[0], &ids[1], &ids[0], &ids[1]])
+    {
+        for (_, r) in fleet.authority.mirror().iter() {
+            if child.contains(r.snapshot.state.point()) && !r.in_transit {
+                assert_eq!(&r.owner, shard, "{} in {child}", r.snapshot.id);
+            }
+        }
+    }
+
+    let merged = placement::merge(fleet.authority.placement(), hot, ids[1].clone()).unwrap();
+    fleet.place(merged);
+    run(&mut fleet, 300, &mut continuity);
+    for (_, r) in fleet.authority.mirror().iter() {
+        if hot.contains(r.snapshot.state.point()) && !r.in_transit {
+            assert_eq!(r.owner, ids[1]);
+        }
+    }
+}
+
+#[test]
+fn a_killed_shards_sectors_are_rehomed_with_nothing_lost() {
+    let mut fleet = Fleet::new(world(), 3, 0);
+    fleet.seed(1500, 3);
+    fleet.place_even();
+    for _ in 0..120 {
+        fleet.step();
+    }
+    let victim = fleet.kill(1);
+    let owned_by_victim: Vec<(EntityId, [f32; 2])> = fleet
+        .authority
+        .mirror()
+        .iter()
+        .filter(|(_, r)| r.owner == victim)
+        .map(|(id, r)| (*id, r.snapshot.state.pos))
+        .collect();
+    assert!(!owned_by_victim.is_empty());
+    let total = fleet.authority.mirror().len();
+    // A few ticks pass before the placement arrives; the survivors keep simulating.
+    for _ in 0..10 {
+        fleet.step();
+        fleet.check_invariants().unwrap();
+    }
+    fleet.rehome();
+    for _ in 0..60 {
+        fleet.step();
+        fleet.check_invariants().unwrap();
+    }
+    assert_eq!(
+        fleet.authority.mirror().len(),
+        total,
+        "no entity lost or duplicated"
+    );
+    for (id, _) in &owned_by_victim {
+        let r = fleet.authority.mirror().get(*id).expect("still exists");
+        assert_ne!(r.owner, victim);
+        assert!(!r.in_transit, "{id} adopted by {}", r.owner);
+    }
+    assert!(
+        fleet
+            .authority
+            .placement()
+            .sectors
+            .values()
+            .all(|s| *s != victim)
+    );
+}

@@ -1,0 +1,118 @@
+//! The shard's end of its link to replication: two channels and the update encoder.
+
+use bevy::prelude::*;
+use crossbeam_channel::{Receiver, Sender};
+use sidereal_core::codec::UpdateEncoder;
+use sidereal_core::protocol::{ReplicationMessage, ShardMessage};
+
+use crate::components::{Owned, TickSet, state_of};
+use avian2d::prelude::*;
+
+/// Channels to and from replication. The TCP bridge (or a test harness) sits on the far side.
+#[derive(Resource, Clone)]
+pub struct ShardLink {
+    pub to_replication: Sender<ShardMessage>,
+    pub from_replication: Receiver<ReplicationMessage>,
+}
+
+impl ShardLink {
+    pub fn send(&self, msg: ShardMessage) {
+        // A closed channel means the link is gone; the bridge reports it and the process exits.
+        let _ = self.to_replication.send(msg);
+    }
+
+    /// A connected pair: (shard end, far end).
+    pub fn pair() -> (
+        ShardLink,
+        Sender<ReplicationMessage>,
+        Receiver<ShardMessage>,
+    ) {
+        let (to_rep, from_shard) = crossbeam_channel::unbounded();
+        let (to_shard, from_rep) = crossbeam_channel::unbounded();
+        (
+            ShardLink {
+                to_replication: to_rep,
+                from_replication: from_rep,
+            },
+            to_shard,
+            from_shard,
+        )
+    }
+}
+
+/// Delta-encoder state for this link.
+#[derive(Resource, Default)]
+pub struct Encoder(pub UpdateEncoder);
+
+/// The current tick number.
+#[derive(Resource, Default, Debug, Clone, Copy)]
+pub struct TickCount(pub u64);
+
+/// Link statistics, for metrics.
+#[derive(Resource, Default, Debug, Clone, Copy)]
+pub struct LinkStats {
+    pub update_batches: u64,
+    pub update_bytes: u64,
+    pub updates: u64,
+}
+
+pub struct LinkPlugin;
+
+impl Plugin for LinkPlugin {
+    fn build(&self, app: &mut App) {
+        app.init_resource::<Encoder>()
+            .init_resource::<TickCount>()
+            .init_resource::<LinkStats>()
+            .add_systems(FixedFirst, count_tick)
+            .add_systems(FixedLast, send_changed_entities.in_set(TickSet::Report));
+    }
+}
+
+fn count_tick(mut tick: ResMut<TickCount>) {
+    tick.0 += 1;
+}
+
+/// Sends every owned entity whose quantized state changed since last sent, as one batch.
+fn send_changed_entities(
+    link: Res<ShardLink>,
+    tick: Res<TickCount>,
+    mut encoder: ResMut<Encoder>,
+    mut stats: ResMut<LinkStats>,
+    owned: Query<(
+        &Owned,
+        &Position,
+        &Rotation,
+        &LinearVelocity,
+        &AngularVelocity,
+    )>,
+) {
+    let mut batch: Vec<_> = owned
+        .iter()
+        .map(|(o, p, r, v, w)| (o.id, o.epoch, state_of(p, r, v, w)))
+        .collect();
+    if let Some(bytes) = encoder.0.encode(tick.0, &mut batch) {
+        stats.update_batches += 1;
+        stats.update_bytes += bytes.len() as u64;
+        stats.updates += bytes_count(&bytes);
+        link.send(ShardMessage::Updates(bytes));
+    }
+}
+
+/// Entry count of an encoded batch (its second varint), for statistics.
+fn bytes_count(bytes: &[u8]) -> u64 {
+    let mut it = bytes.iter();
+    for b in it.by_ref() {
+        if b & 0x80 == 0 {
+            break;
+        }
+    }
+    let (mut v, mut shift) = (0u64, 0);
+    for b in it {
+        v |= u64::from(b & 0x7f) << shift;
+        if b & 0x80 == 0 {
+            break;
+        }
+        shift += 7;
+    }
+    v
+}

@@ -1,0 +1,238 @@
+//! Which sectors and entities this shard owns; adoption, release and handover.
+
+use std::collections::{BTreeSet, HashMap};
+
+use avian2d::prelude::*;
+use bevy::prelude::*;
+use sidereal_core::protocol::{ReplicationMessage, ShardMessage};
+use sidereal_core::{EntityId, EntitySnapshot, Epoch, Point, SectorId};
+use tracing::{info, warn};
+
+use crate::components::{Owned, ShadowOf, TickSet, Ttl, body, radius_of, snapshot, state_of};
+use crate::link::{Encoder, ShardLink};
+
+/// The shard's view of what it owns.
+#[derive(Resource, Debug, Default)]
+pub struct Ownership {
+    /// Link incarnation: prefixes the ids this shard mints. 0 until welcomed.
+    pub incarnation: u32,
+    next_counter: u64,
+    pub generation: u64,
+    pub sectors: BTreeSet<SectorId>,
+    pub world: Vec<SectorId>,
+    /// Owned entity ids to their Bevy entities.
+    pub entities: HashMap<EntityId, Entity>,
+    /// Handed over, not yet confirmed by the new owner.
+    pub handed_over: HashMap<EntityId, EntitySnapshot>,
+    shadows: HashMap<EntityId, Entity>,
+    /// Handovers sent so far (for metrics).
+    pub handovers_out: u64,
+}
+
+impl Ownership {
+    pub fn owns_point(&self, p: Point) -> bool {
+        self.sectors.iter().any(|s| s.contains(p))
+    }
+
+    pub fn in_world(&self, p: Point) -> bool {
+        self.world.iter().any(|s| s.contains(p))
+    }
+
+    /// Mints a new entity id; `None` before the handshake completed.
+    pub fn mint(&mut self) -> Option<EntityId> {
+        (self.incarnation != 0).then(|| {
+            self.next_counter += 1;
+            EntityId::minted(self.incarnation, self.next_counter)
+        })
+    }
+
+    pub fn shadow_count(&self) -> usize {
+        self.shadows.len()
+    }
+}
+
+pub struct OwnershipPlugin;
+
+impl Plugin for OwnershipPlugin {
+    fn build(&self, app: &mut App) {
+        app.init_resource::<Ownership>()
+            .configure_sets(FixedUpdate, (TickSet::Receive, TickSet::Act).chain())
+            .configure_sets(FixedLast, (TickSet::Settle, TickSet::Report).chain())
+            .add_systems(
+                FixedUpdate,
+                apply_replication_messages.in_set(TickSet::Receive),
+            )
+            .add_systems(FixedLast, hand_over_leavers.in_set(TickSet::Settle));
+    }
+}
+
+type ShadowState<'a> = (
+    &'a mut Position,
+    &'a mut Rotation,
+    &'a mut LinearVelocity,
+    &'a mut AngularVelocity,
+);
+type OwnedState<'a> = (
+    Entity,
+    &'a Owned,
+    &'a Position,
+    &'a Rotation,
+    &'a LinearVelocity,
+    &'a AngularVelocity,
+    Option<&'a Ttl>,
+);
+
+/// Applies everything replication sent since the last tick, at the tick boundary.
+fn apply_replication_messages(
+    mut commands: Commands,
+    link: Res<ShardLink>,
+    mut own: ResMut<Ownership>,
+    mut encoder: ResMut<Encoder>,
+    owned: Query<OwnedState>,
+    mut shadows: Query<ShadowState, (With<ShadowOf>, Without<Owned>)>,
+) {
+    while let Ok(msg) = link.from_replication.try_recv() {
+        match msg {
+            ReplicationMessage::Welcome { incarnation, .. } => {
+                own.incarnation = incarnation;
+                info!(incarnation, "linked to replication");
+            }
+            ReplicationMessage::Rejected { reason } => {
+                warn!(%reason, "replication rejected this shard")
+            }
+            ReplicationMessage::Assign {
+                generation,
+                sectors,
+                world,
+            } => {
+                own.generation = generation;
+                own.sectors = sectors.into_iter().collect();
+                own.world = world;
+                release_unowned(&mut commands, &link, &mut own, &mut encoder, &owned);
+            }
+            ReplicationMessage::Adopt { entities } => {
+                let mut ids = Vec::with_capacity(entities.len());
+                for a in entities {
+                    let s = a.snapshot;
+                    if let Some(old) = own.entities.remove(&s.id) {
+                        commands.entity(old).despawn();
+                    }
+                    own.handed_over.remove(&s.id);
+                    let mut e = commands.spawn((
+                        Owned {
+                            id: s.id,
+                            kind: s.kind,
+                            epoch: a.epoch,
+                            player: s.player,
+                        },
+                        body(s.kind, &s.state),
+                    ));
+                    if let Some(t) = s.ttl_ticks {
+                        e.insert(Ttl(t));
+                    }
+                    own.entities.insert(s.id, e.id());
+                    ids.push((s.id, a.epoch));
+                }
+                link.send(ShardMessage::Adopted { ids });
+            }
+            ReplicationMessage::Forget { ids } => {
+                for id in ids {
+                    own.handed_over.remove(&id);
+                }
+            }
+            ReplicationMessage::Shadows { shadows: list, .. } => {
+                let mut keep = HashMap::with_capacity(list.len());
+                for sh in list {
+                    let s = sh.snapshot;
+                    if own.entities.contains_key(&s.id) {
+                        continue;
+                    }
+                    let e = match own.shadows.remove(&s.id) {
+                        Some(e) if shadows.get_mut(e).is_ok() => {
+                            let (mut p, mut r, mut v, mut w) = shadows.get_mut(e).expect("checked");
+                            p.0 = Vec2::from(s.state.pos);
+                            *r = Rotation::radians(s.state.angle);
+                            v.0 = Vec2::from(s.state.vel);
+                            w.0 = s.state.ang_vel;
+                            e
+                        }
+                        _ => commands
+                            .spawn((
+                                ShadowOf(s.id),
+                                RigidBody::Kinematic,
+                                Collider::circle(radius_of(s.kind)),
+                                Position(Vec2::from(s.state.pos)),
+                                Rotation::radians(s.state.angle),
+                                LinearVelocity(Vec2::from(s.state.vel)),
+                            ))
+                            .id(),
+                    };
+                    keep.insert(s.id, e);
+                }
+                for (_, e) in own.shadows.drain() {
+                    commands.entity(e).despawn();
+                }
+                own.shadows = keep;
+            }
+        }
+    }
+}
+
+/// After a new assignment: entities in sectors this shard no longer owns go back to
+/// replication in one `Released` message, at this tick boundary.
+fn release_unowned(
+    commands: &mut Commands,
+    link: &ShardLink,
+    own: &mut Ownership,
+    encoder: &mut Encoder,
+    owned: &Query<OwnedState>,
+) {
+    let mut released: Vec<(EntitySnapshot, Epoch)> = Vec::new();
+    for (e, o, p, r, v, w, ttl) in owned.iter() {
+        let state = state_of(p, r, v, w);
+        if !own.owns_point(state.point()) && own.entities.get(&o.id) == Some(&e) {
+            released.push((snapshot(o, state, ttl), o.epoch));
+            own.entities.remove(&o.id);
+            encoder.0.forget(o.id);
+            commands.entity(e).despawn();
+        }
+    }
+    if !released.is_empty() {
+        info!(
+            count = released.len(),
+            generation = own.generation,
+            "released entities of sectors moved away"
+        );
+        link.send(ShardMessage::Released {
+            generation: own.generation,
+            entities: released,
+        });
+    }
+}
+
+/// Entities that physics moved out of this shard's sectors are handed to replication, which
+/// passes them to the owner of the sector they entered.
+fn hand_over_leavers(
+    mut commands: Commands,
+    link: Res<ShardLink>,
+    mut own: ResMut<Ownership>,
+    mut encoder: ResMut<Encoder>,
+    owned: Query<OwnedState>,
+) {
+    for (e, o, p, r, v, w, ttl) in owned.iter() {
+        let state = state_of(p, r, v, w);
+        if own.owns_point(state.point()) || own.entities.get(&o.id) != Some(&e) {
+            continue;
+        }
+        let snap = snapshot(o, state, ttl);
+        own.entities.remove(&o.id);
+        own.handed_over.insert(o.id, snap);
+        own.handovers_out += 1;
+        encoder.0.forget(o.id);
+        commands.entity(e).despawn();
+        link.send(ShardMessage::HandoverOut {
+            snapshot: snap,
+            epoch: o.epoch,
+        });
+    }
+}
