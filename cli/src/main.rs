@@ -1,5 +1,9 @@
 //! `sidereal`: one binary for every role of the fleet.
 
+mod replication_cmd;
+mod shard_cmd;
+mod up_cmd;
+
 use std::path::PathBuf;
 
 use anyhow::Context;
@@ -18,6 +22,12 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Run the whole fleet (replication + shards) as local processes.
+    Up(up_cmd::UpArgs),
+    /// Run the replication server (shard links, mirror, placement, control API).
+    Replication(replication_cmd::ReplicationArgs),
+    /// Run one shard.
+    Shard(shard_cmd::ShardArgs),
     /// Print the Sector and ShardPool CRDs as YAML (or write one file per CRD into --out).
     Crdgen {
         /// Write `<plural>.sidereal.dev.yaml` files into this directory instead of printing.
@@ -26,8 +36,21 @@ enum Command {
     },
 }
 
+fn init_tracing() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| "info,wgpu=warn".into());
+    use std::io::IsTerminal;
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_target(false)
+        .with_ansi(std::io::stderr().is_terminal())
+        .with_writer(std::io::stderr)
+        .init();
+}
+
 fn main() -> anyhow::Result<()> {
-    match Cli::parse().command {
+    let cli = Cli::parse();
+    match cli.command {
         Command::Crdgen { out: None } => print!("{}", sidereal_crds::render_crds()),
         Command::Crdgen { out: Some(dir) } => {
             std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
@@ -36,6 +59,18 @@ fn main() -> anyhow::Result<()> {
                 std::fs::write(&path, yaml)
                     .with_context(|| format!("writing {}", path.display()))?;
             }
+        }
+        Command::Up(args) => {
+            init_tracing();
+            up_cmd::run(args)?;
+        }
+        Command::Replication(args) => {
+            init_tracing();
+            replication_cmd::run(args)?;
+        }
+        Command::Shard(args) => {
+            init_tracing();
+            shard_cmd::run(args)?;
         }
     }
     Ok(())

@@ -1,7 +1,12 @@
-//! Sidereal replication: the authority on which shard owns which sector and entity.
+//! Sidereal replication: the authority on which shard owns which sector and entity, the shard
+//! link server and the control API.
 
+pub mod api;
 pub mod authority;
+pub mod metrics;
 pub mod mirror;
+pub mod server;
 
 pub use authority::{Authority, AuthorityConfig, LinkError, LinkId, PutPlacementError};
 pub use mirror::{EntityRecord, Mirror, Refusal};
+pub use server::{ReplicationConfig, Running, start};

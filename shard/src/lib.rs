@@ -10,6 +10,7 @@ pub mod link;
 pub mod load;
 pub mod ownership;
 pub mod simulation;
+pub mod status;
 pub mod tcp;
 
 use std::time::Duration;
@@ -50,7 +51,8 @@ pub enum Clock {
     Stepped,
 }
 
-/// Builds the shard app. With `Clock::Stepped`, call `app.update()` once per tick.
+/// Builds the shard app. With `Clock::Stepped`, call `app.update()` once per tick; with
+/// `Clock::RealTime`, call `app.run()`.
 pub fn build_app(config: ShardConfig, link: ShardLink, clock: Clock) -> App {
     let tick = Duration::from_secs_f64(1.0 / f64::from(config.tick_hz));
     let mut app = App::new();
@@ -79,7 +81,11 @@ pub fn build_app(config: ShardConfig, link: ShardLink, clock: Clock) -> App {
             simulation::SimulationPlugin,
             load::LoadPlugin,
         ));
-    app.finish();
-    app.cleanup();
+    if clock == Clock::Stepped {
+        // Ready to `update()` by hand; a real-time app finishes its plugins in `run()`, so the
+        // caller may still add some (status, metrics).
+        app.finish();
+        app.cleanup();
+    }
     app
 }

@@ -1,0 +1,97 @@
+//! `sidereal replication`.
+
+use std::net::SocketAddr;
+
+use anyhow::Context;
+use clap::Args;
+use sidereal_core::SectorId;
+use sidereal_replication::{AuthorityConfig, ReplicationConfig};
+
+/// The default world: four scale-2 roots around the origin (8000 x 8000 units).
+pub const DEFAULT_WORLD: &str = "s2-xm1-ym1,s2-x0-ym1,s2-xm1-y0,s2-x0-y0";
+
+#[derive(Args, Debug, Clone)]
+pub struct ReplicationArgs {
+    /// Control API, /metrics, /healthz, /readyz.
+    #[arg(long, env = "SIDEREAL_HTTP", default_value = "127.0.0.1:7700")]
+    pub http: SocketAddr,
+    /// Shard link listener.
+    #[arg(long, env = "SIDEREAL_LINK", default_value = "127.0.0.1:7701")]
+    pub link: SocketAddr,
+    /// Secret shards must present (prefer the environment variable over the flag).
+    #[arg(long, env = "SIDEREAL_SHARD_SECRET", hide_env_values = true)]
+    pub secret: String,
+    /// Root sectors of the world, comma-separated canonical names.
+    #[arg(long, env = "SIDEREAL_WORLD", default_value = DEFAULT_WORLD, value_delimiter = ',')]
+    pub world: Vec<SectorId>,
+    #[arg(long, default_value_t = 30)]
+    pub tick_hz: u32,
+    /// Entities scattered over an empty world at start.
+    #[arg(long, default_value_t = 2000)]
+    pub seed_entities: usize,
+    /// Shards keep shadows of neighbours' entities this close to their borders (world units).
+    #[arg(long, default_value_t = 50.0)]
+    pub shadow_margin: f64,
+}
+
+pub fn config(args: &ReplicationArgs) -> anyhow::Result<ReplicationConfig> {
+    anyhow::ensure!(
+        !args.secret.is_empty(),
+        "the shard secret must not be empty"
+    );
+    anyhow::ensure!(
+        !args.world.is_empty(),
+        "the world needs at least one root sector"
+    );
+    anyhow::ensure!(
+        (1..=240).contains(&args.tick_hz),
+        "--tick-hz must be within 1..=240"
+    );
+    for (i, a) in args.world.iter().enumerate() {
+        for b in &args.world[i + 1..] {
+            anyhow::ensure!(
+                !a.covers(b) && !b.covers(a),
+                "world roots {a} and {b} overlap"
+            );
+        }
+    }
+    Ok(ReplicationConfig {
+        http: args.http,
+        link: args.link,
+        authority: AuthorityConfig {
+            world: args.world.clone(),
+            secret: args.secret.clone(),
+            tick_hz: args.tick_hz,
+            shadow_margin: args.shadow_margin,
+        },
+        seed_entities: args.seed_entities,
+        seed: 42,
+    })
+}
+
+pub fn run(args: ReplicationArgs) -> anyhow::Result<()> {
+    let config = config(&args)?;
+    let rt = tokio::runtime::Runtime::new().context("starting the runtime")?;
+    rt.block_on(async move {
+        let (running, all) = sidereal_replication::start(config)
+            .await
+            .context("binding listeners")?;
+        // One machine-readable line for supervisors and tests that bind port 0.
+        println!("SIDEREAL_READY http={} link={}", running.http, running.link);
+        tokio::select! {
+            _ = all => {}
+            _ = shutdown_signal() => tracing::info!("shutting down"),
+        }
+        anyhow::Ok(())
+    })
+}
+
+/// Ctrl-C or SIGTERM.
+pub async fn shutdown_signal() {
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .expect("SIGTERM handler");
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+}

@@ -1,0 +1,188 @@
+//! `sidereal shard`: connect to replication, simulate, serve /metrics and /healthz.
+
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use axum::Router;
+use axum::routing::get;
+use clap::Args;
+use sidereal_core::ShardId;
+use sidereal_shard::status::{StatusBoard, StatusPlugin};
+use sidereal_shard::{Clock, ShardConfig, build_app, tcp};
+
+#[derive(Args, Debug, Clone)]
+pub struct ShardArgs {
+    /// This shard's name (the pod name under Kubernetes).
+    #[arg(long, env = "SIDEREAL_SHARD_ID")]
+    pub id: String,
+    /// Replication's shard-link address.
+    #[arg(
+        long,
+        env = "SIDEREAL_REPLICATION_ADDR",
+        default_value = "127.0.0.1:7701"
+    )]
+    pub replication: String,
+    #[arg(long, env = "SIDEREAL_SHARD_SECRET", hide_env_values = true)]
+    pub secret: String,
+    /// /metrics and /healthz.
+    #[arg(long, env = "SIDEREAL_SHARD_METRICS", default_value = "127.0.0.1:9100")]
+    pub metrics: SocketAddr,
+    #[arg(long, default_value_t = 30)]
+    pub tick_hz: u32,
+    #[arg(long, default_value_t = 1)]
+    pub seed: u64,
+    /// Ships fire a projectile about every this many ticks (0: never).
+    #[arg(long, default_value_t = 90)]
+    pub fire_every_ticks: u32,
+    /// Keep retrying to reach replication for this long at start.
+    #[arg(long, default_value = "30", value_parser = parse_secs)]
+    pub connect_timeout: Duration,
+}
+
+fn parse_secs(s: &str) -> Result<Duration, String> {
+    s.parse::<f64>()
+        .ok()
+        .filter(|v| v.is_finite() && *v >= 0.0)
+        .map(Duration::from_secs_f64)
+        .ok_or_else(|| format!("{s:?} is not a number of seconds"))
+}
+
+pub fn run(args: ShardArgs) -> anyhow::Result<()> {
+    anyhow::ensure!(
+        (1..=240).contains(&args.tick_hz),
+        "--tick-hz must be within 1..=240"
+    );
+    let shard = ShardId::new(args.id.clone());
+    let deadline = Instant::now() + args.connect_timeout;
+    let mut backoff = Duration::from_millis(100);
+    let link = loop {
+        match tcp::connect(&args.replication, &shard, &args.secret) {
+            Ok(l) => break l,
+            // A rejection will not change by retrying.
+            Err(e @ tcp::ConnectError::Rejected(_)) => return Err(e.into()),
+            Err(e) if Instant::now() < deadline => {
+                tracing::warn!(error = %e, "replication not reachable yet; retrying");
+                std::thread::sleep(backoff);
+                backoff = (backoff * 2).min(Duration::from_secs(2));
+            }
+            Err(e) => return Err(e.into()),
+        }
+    };
+    let board = StatusBoard {
+        alive: link.alive.clone(),
+        ..Default::default()
+    };
+    serve_metrics(args.metrics, board.clone(), shard.clone())?;
+    let config = ShardConfig {
+        tick_hz: args.tick_hz,
+        seed: args.seed,
+        fire_every_ticks: args.fire_every_ticks,
+    };
+    let mut app = build_app(config, link.link, Clock::RealTime);
+    app.add_plugins(StatusPlugin(board));
+    match app.run() {
+        bevy::app::AppExit::Success => Ok(()),
+        bevy::app::AppExit::Error(code) => anyhow::bail!("shard {shard} stopped (code {code})"),
+    }
+}
+
+fn serve_metrics(addr: SocketAddr, board: StatusBoard, shard: ShardId) -> anyhow::Result<()> {
+    let listener =
+        std::net::TcpListener::bind(addr).with_context(|| format!("binding metrics on {addr}"))?;
+    listener.set_nonblocking(true)?;
+    std::thread::Builder::new()
+        .name("metrics".into())
+        .spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("runtime");
+            rt.block_on(async move {
+                let listener = tokio::net::TcpListener::from_std(listener).expect("listener");
+                let b = board.clone();
+                let app = Router::new()
+                    .route(
+                        "/healthz",
+                        get(move || {
+                            let alive = b.alive.load(std::sync::atomic::Ordering::SeqCst);
+                            async move {
+                                if alive {
+                                    (axum::http::StatusCode::OK, "ok")
+                                } else {
+                                    (axum::http::StatusCode::SERVICE_UNAVAILABLE, "link down")
+                                }
+                            }
+                        }),
+                    )
+                    .route(
+                        "/metrics",
+                        get(move || {
+                            let s = board.status.lock().expect("status").clone();
+                            let text = render(&shard, &s);
+                            async move { text }
+                        }),
+                    );
+                let _ = axum::serve(listener, app).await;
+            });
+        })?;
+    Ok(())
+}
+
+fn render(shard: &ShardId, s: &sidereal_shard::status::ShardStatus) -> String {
+    use prometheus::{Encoder, Gauge, Opts, Registry, TextEncoder};
+    let registry = Registry::new_custom(
+        Some("sidereal_shard".into()),
+        Some([("shard".to_owned(), shard.0.clone())].into()),
+    )
+    .expect("valid registry");
+    let metrics: [(&str, &str, f64); 9] = [
+        ("tick", "Ticks simulated", s.tick as f64),
+        (
+            "entities",
+            "Entities this shard simulates",
+            s.entities as f64,
+        ),
+        (
+            "shadows",
+            "Read-only shadows of neighbours' entities",
+            s.shadows as f64,
+        ),
+        ("sectors", "Leaf sectors this shard owns", s.sectors as f64),
+        (
+            "tick_mean_ms",
+            "Mean tick time over the last 300 ticks",
+            f64::from(s.tick_mean_ms),
+        ),
+        (
+            "tick_p99_ms",
+            "p99 tick time over the last 300 ticks",
+            f64::from(s.tick_p99_ms),
+        ),
+        (
+            "handovers_out_total",
+            "Entities handed to other shards",
+            s.handovers_out as f64,
+        ),
+        (
+            "update_bytes_total",
+            "Bytes of entity update batches sent",
+            s.link.update_bytes as f64,
+        ),
+        (
+            "updates_total",
+            "Entity updates sent",
+            s.link.updates as f64,
+        ),
+    ];
+    for (name, help, v) in metrics {
+        let g = Gauge::with_opts(Opts::new(name, help)).expect("valid metric");
+        g.set(v);
+        registry.register(Box::new(g)).expect("unique names");
+    }
+    let mut out = Vec::new();
+    TextEncoder::new()
+        .encode(&registry.gather(), &mut out)
+        .expect("text encoding");
+    String::from_utf8(out).expect("utf-8")
+}

@@ -1,0 +1,205 @@
+//! The control API (JSON over HTTP): load, placement, shards, status, health and metrics.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use axum::extract::rejection::JsonRejection;
+use axum::extract::{Query, State};
+use axum::http::{StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::{Json, Router};
+use serde::Serialize;
+use serde_json::json;
+use sidereal_core::{Placement, SectorId, ShardId};
+
+use crate::authority::PutPlacementError;
+use crate::server::Shared;
+
+pub fn router(shared: Arc<Shared>) -> Router {
+    Router::new()
+        .route("/v1/load", get(load))
+        .route("/v1/placement", get(get_placement).put(put_placement))
+        .route("/v1/shards", get(shards))
+        .route("/v1/entities", get(entities))
+        .route("/v1/status", get(status))
+        .route("/healthz", get(|| async { "ok" }))
+        .route("/readyz", get(ready))
+        .route("/metrics", get(metrics))
+        .with_state(shared)
+}
+
+fn error(code: StatusCode, msg: impl ToString) -> Response {
+    (code, Json(json!({ "error": msg.to_string() }))).into_response()
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct SectorLoadView {
+    sector: SectorId,
+    shard: ShardId,
+    entities: u32,
+    players: u32,
+    tick_p99_ms: f32,
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct ShardLoadView {
+    shard: ShardId,
+    tick: u64,
+    tick_mean_ms: f32,
+    tick_p99_ms: f32,
+}
+
+/// Per-leaf load as last reported by the shard simulating it.
+async fn load(State(s): State<Arc<Shared>>) -> Response {
+    let a = s.authority.lock().expect("authority lock");
+    let mut sectors = Vec::new();
+    let mut shards = Vec::new();
+    for (shard, r) in a.load() {
+        shards.push(ShardLoadView {
+            shard: shard.clone(),
+            tick: r.tick,
+            tick_mean_ms: r.tick_mean_ms,
+            tick_p99_ms: r.tick_p99_ms,
+        });
+        for c in &r.sectors {
+            if a.placement().sectors.get(&c.sector) == Some(shard) {
+                sectors.push(SectorLoadView {
+                    sector: c.sector,
+                    shard: shard.clone(),
+                    entities: c.entities,
+                    players: c.players,
+                    tick_p99_ms: r.tick_p99_ms,
+                });
+            }
+        }
+    }
+    Json(json!({ "generation": a.placement().generation, "sectors": sectors, "shards": shards }))
+        .into_response()
+}
+
+async fn get_placement(State(s): State<Arc<Shared>>) -> Json<Placement> {
+    Json(
+        s.authority
+            .lock()
+            .expect("authority lock")
+            .placement()
+            .clone(),
+    )
+}
+
+/// Applies a whole desired placement: 200 (applied or already applied), 409 on a stale or
+/// conflicting generation, 422 when it does not tile the world or names unknown shards.
+async fn put_placement(
+    State(s): State<Arc<Shared>>,
+    body: Result<Json<Placement>, JsonRejection>,
+) -> Response {
+    let Json(desired) = match body {
+        Ok(b) => b,
+        Err(e) => {
+            return error(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                format!("invalid placement body: {}", e.body_text()),
+            );
+        }
+    };
+    let generation = desired.generation;
+    let mut a = s.authority.lock().expect("authority lock");
+    let result = a.put_placement(desired);
+    s.flush(&mut a);
+    match result {
+        Ok(changed) => {
+            Json(json!({ "generation": generation, "changed": changed })).into_response()
+        }
+        Err(e @ (PutPlacementError::Stale { .. } | PutPlacementError::Conflict(_))) => {
+            error(StatusCode::CONFLICT, e)
+        }
+        Err(e @ PutPlacementError::Invalid(_)) => error(StatusCode::UNPROCESSABLE_ENTITY, e),
+    }
+}
+
+async fn shards(State(s): State<Arc<Shared>>) -> Response {
+    let a = s.authority.lock().expect("authority lock");
+    let live = a.live_shards();
+    let mut owned: BTreeMap<&ShardId, usize> = BTreeMap::new();
+    for (_, r) in a.mirror().iter() {
+        *owned.entry(&r.owner).or_default() += 1;
+    }
+    let list: Vec<_> = a
+        .known_shards()
+        .iter()
+        .map(|id| {
+            let report = a.load().get(id);
+            json!({
+                "shard": id,
+                "connected": live.contains(id),
+                "sectors": a.placement().sectors.values().filter(|s| *s == id).count(),
+                "entities": owned.get(id).copied().unwrap_or(0),
+                "tickP99Ms": report.map(|r| r.tick_p99_ms),
+            })
+        })
+        .collect();
+    Json(json!({ "shards": list })).into_response()
+}
+
+#[derive(serde::Deserialize)]
+struct EntityFilter {
+    owner: Option<String>,
+    sector: Option<SectorId>,
+}
+
+/// Entities in the mirror, optionally only those of one owner or inside one sector.
+async fn entities(State(s): State<Arc<Shared>>, Query(f): Query<EntityFilter>) -> Response {
+    let a = s.authority.lock().expect("authority lock");
+    let list: Vec<_> = a
+        .mirror()
+        .iter()
+        .filter(|(_, r)| f.owner.as_deref().is_none_or(|o| r.owner.0 == o))
+        .filter(|(_, r)| {
+            f.sector
+                .is_none_or(|sec| sec.contains(r.snapshot.state.point()))
+        })
+        .map(|(id, r)| {
+            json!({
+                "id": id.0, "kind": r.snapshot.kind, "owner": r.owner, "epoch": r.epoch,
+                "inTransit": r.in_transit, "version": r.version,
+                "pos": r.snapshot.state.pos, "vel": r.snapshot.state.vel,
+            })
+        })
+        .collect();
+    Json(json!({ "entities": list })).into_response()
+}
+
+/// The one-look summary.
+async fn status(State(s): State<Arc<Shared>>) -> Response {
+    let a = s.authority.lock().expect("authority lock");
+    let players: u32 = a
+        .load()
+        .values()
+        .flat_map(|r| r.sectors.iter().map(|c| c.players))
+        .sum();
+    Json(json!({
+        "shardsConnected": a.live_shards().len(),
+        "leafSectors": a.placement().sectors.len(),
+        "entities": a.mirror().len(),
+        "players": players,
+        "placementGeneration": a.placement().generation,
+        "lastCheckpointAgeSeconds": serde_json::Value::Null,
+        "uptimeSeconds": s.started.elapsed().as_secs(),
+    }))
+    .into_response()
+}
+
+async fn ready(State(s): State<Arc<Shared>>) -> Response {
+    // Ready once the authority answers; persistence adds its own check.
+    let _guard = s.authority.lock().expect("authority lock");
+    (StatusCode::OK, "ready").into_response()
+}
+
+async fn metrics(State(s): State<Arc<Shared>>) -> Response {
+    let a = s.authority.lock().expect("authority lock");
+    let text = s.metrics.lock().expect("metrics lock").render(&a);
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text).into_response()
+}
