@@ -35,6 +35,10 @@ pub struct Fleet {
     /// Link bytes of update batches, for the bytes-per-update figure.
     pub update_bytes: u64,
     pub update_entries: u64,
+    /// Tick at which each in-flight handover left its old owner.
+    handover_started: HashMap<EntityId, u64>,
+    /// Ticks from leaving the old owner to being simulated by the new one, per handover.
+    pub handover_ticks: Vec<u64>,
 }
 
 impl Fleet {
@@ -51,6 +55,8 @@ impl Fleet {
             tick: 0,
             update_bytes: 0,
             update_entries: 0,
+            handover_started: HashMap::new(),
+            handover_ticks: Vec::new(),
         };
         for i in 0..shards {
             fleet.start_shard(&format!("shard-{i}"), i as u64 + 1, fire_every_ticks);
@@ -169,14 +175,32 @@ impl Fleet {
         for s in self.shards.iter_mut().flatten() {
             s.app.update();
         }
+        self.pump();
+    }
+
+    fn pump(&mut self) {
         for i in 0..self.shards.len() {
             let Some(s) = &self.shards[i] else { continue };
             let msgs: Vec<ShardMessage> = s.from_shard.try_iter().collect();
             let link = s.link;
             for m in msgs {
-                if let ShardMessage::Updates(b) = &m {
-                    self.update_bytes += b.len() as u64;
-                    self.update_entries += batch_len(b);
+                match &m {
+                    ShardMessage::Updates(b) => {
+                        self.update_bytes += b.len() as u64;
+                        self.update_entries += batch_len(b);
+                    }
+                    ShardMessage::HandoverOut { snapshot, .. } => {
+                        self.handover_started.insert(snapshot.id, self.tick);
+                    }
+                    ShardMessage::Adopted { ids } => {
+                        for (id, _) in ids {
+                            if let Some(t) = self.handover_started.remove(id) {
+                                // Adopted during tick `self.tick`, so simulated by the new owner from it on.
+                                self.handover_ticks.push(self.tick - t);
+                            }
+                        }
+                    }
+                    _ => {}
                 }
                 self.authority
                     .on_message(link, m)
@@ -185,6 +209,12 @@ impl Fleet {
         }
         self.authority.send_shadows(self.tick);
         self.deliver();
+    }
+
+    /// The replication half of `step` (the shards were updated by the caller).
+    pub fn step_replication_only(&mut self) {
+        self.tick += 1;
+        self.pump();
     }
 
     /// Simulates `kill -9`: the shard vanishes without a word.

@@ -1,0 +1,141 @@
+//! Benchmarks of the simulation and the shard link. They print numbers; they do not fail.
+//!   cargo bench -p sidereal-replication --bench fleet
+
+#[path = "../tests/common/fleet.rs"]
+mod fleet;
+
+use std::time::Instant;
+
+use fleet::Fleet;
+use sidereal_core::codec::UpdateEncoder;
+use sidereal_core::protocol::{PROTOCOL_VERSION, ShardMessage};
+use sidereal_core::{EntityId, EntityKind, EntitySnapshot, EntityState, Placement, SectorId, ShardId};
+use sidereal_replication::{Authority, AuthorityConfig};
+
+fn percentile(v: &mut [f64], p: f64) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v[((v.len() as f64 * p).ceil() as usize).clamp(1, v.len()) - 1]
+}
+
+/// One shard simulating N bodies in one big sector: ms per tick.
+fn shard_tick_cost() {
+    println!("## shard tick cost (one shard, one core, avian2d, release)");
+    println!("| bodies | mean ms/tick | p99 ms/tick |");
+    println!("|---|---|---|");
+    for n in [1_000, 5_000, 10_000, 20_000] {
+        let world = vec![SectorId::new(3, 0, 0).unwrap()];
+        let mut f = Fleet::new(world.clone(), 1, 0);
+        f.seed(n, 5);
+        let mut p = Placement { generation: 1, sectors: Default::default() };
+        p.sectors.insert(world[0], ShardId::new("shard-0"));
+        f.place(p);
+        for _ in 0..30 {
+            f.step();
+        }
+        let mut ms = Vec::new();
+        for _ in 0..300 {
+            let t = Instant::now();
+            f.shards[0].as_mut().unwrap().app.update();
+            ms.push(t.elapsed().as_secs_f64() * 1000.0);
+            f.step_replication_only();
+        }
+        let mean = ms.iter().sum::<f64>() / ms.len() as f64;
+        println!("| {n} | {mean:.2} | {:.2} |", percentile(&mut ms, 0.99));
+    }
+}
+
+/// Bytes per changed entity on the link and how fast the mirror ingests them.
+fn link_and_mirror() {
+    println!("\n## shard link and mirror");
+    let mut f = Fleet::new(vec![SectorId::new(2, 0, 0).unwrap()], 3, 45);
+    f.seed(3000, 9);
+    f.place_even();
+    for _ in 0..600 {
+        f.step();
+    }
+    println!("bytes per entity update (3 shards, 3000 entities, 20 s, batch overhead included): {:.2}", f.update_bytes as f64 / f.update_entries as f64);
+
+    // Mirror ingest: 10k moving entities, batches as a shard would send them.
+    let n = 10_000u64;
+    let mut a = Authority::new(AuthorityConfig { world: vec![SectorId::new(4, 0, 0).unwrap()], secret: "s".into(), tick_hz: 30, shadow_margin: 50.0 });
+    let link = a.connect();
+    a.on_message(link, ShardMessage::Hello { protocol: PROTOCOL_VERSION, shard: ShardId::new("shard-0"), secret: "s".into() }).unwrap();
+    let mut p = Placement { generation: 1, sectors: Default::default() };
+    p.sectors.insert(SectorId::new(4, 0, 0).unwrap(), ShardId::new("shard-0"));
+    let mut states: Vec<(EntityId, u64, EntityState)> = (0..n)
+        .map(|i| (EntityId(i + 1), 0, EntityState { pos: [(i % 100) as f32 * 100.0 + 5.0, (i / 100) as f32 * 100.0 + 5.0], vel: [20.0, -10.0], angle: 0.0, ang_vel: 0.1 }))
+        .collect();
+    for (id, _, s) in &states {
+        a.restore_entity(EntitySnapshot { id: *id, kind: EntityKind::Asteroid, state: *s, ttl_ticks: None, player: false }, ShardId::new("unplaced"));
+    }
+    a.put_placement(p).unwrap();
+    let ids: Vec<_> = states.iter().map(|(id, _, _)| (*id, a.mirror().get(*id).unwrap().epoch)).collect();
+    a.on_message(link, ShardMessage::Adopted { ids: ids.clone() }).unwrap();
+    for (s, (_, e)) in states.iter_mut().zip(&ids) {
+        s.1 = *e;
+    }
+    let mut enc = UpdateEncoder::default();
+    let mut batches = Vec::new();
+    for tick in 0..60u64 {
+        for (_, _, s) in states.iter_mut() {
+            s.pos[0] += s.vel[0] / 30.0;
+            s.pos[1] += s.vel[1] / 30.0;
+            s.angle += s.ang_vel / 30.0;
+        }
+        batches.push(enc.encode(tick, &mut states.clone()).unwrap());
+    }
+    let bytes: usize = batches.iter().map(Vec::len).sum();
+    let t = Instant::now();
+    for b in batches {
+        a.on_message(link, ShardMessage::Updates(b)).unwrap();
+    }
+    let secs = t.elapsed().as_secs_f64();
+    let updates = a.counters.updates_applied as f64;
+    println!("mirror ingest: {updates:.0} updates in {secs:.3} s = {:.0} updates/s ({:.2} bytes/update, 10k entities x 60 ticks)", updates / secs, bytes as f64 / updates);
+}
+
+/// Ticks from crossing to being simulated by the new owner, and handovers per second.
+fn handovers() {
+    println!("\n## handover");
+    // Many small sectors on alternating shards: constant crossings.
+    let world = vec![SectorId::new(2, 0, 0).unwrap()];
+    let mut f = Fleet::new(world.clone(), 2, 0);
+    f.seed(4000, 13);
+    let ids = f.shard_ids();
+    let mut p = Placement { generation: 1, sectors: Default::default() };
+    let root = world[0];
+    for c in root.children().unwrap() {
+        for (j, g) in c.children().unwrap().into_iter().enumerate() {
+            p.sectors.insert(g, ids[(j + (c.x + c.y) as usize) % 2].clone());
+        }
+    }
+    f.place(p);
+    let start_handovers = f.authority.counters.handovers;
+    let t = Instant::now();
+    for _ in 0..900 {
+        f.step();
+    }
+    let secs = t.elapsed().as_secs_f64();
+    let n = f.authority.counters.handovers - start_handovers;
+    let mut ticks: Vec<f64> = f.handover_ticks.iter().map(|&t| t as f64).collect();
+    let mean = ticks.iter().sum::<f64>() / ticks.len().max(1) as f64;
+    let max = ticks.iter().copied().fold(0.0, f64::max);
+    println!(
+        "{n} handovers in 900 ticks (4000 entities, 16 sectors on 2 shards): ticks to new owner mean {mean:.2}, p99 {:.0}, max {max:.0}; {:.0} handovers/s of wall time with the whole fleet simulated in one thread ({secs:.1} s)",
+        percentile(&mut ticks, 0.99),
+        n as f64 / secs
+    );
+}
+
+fn main() {
+    let which = std::env::args().nth(1).filter(|a| !a.starts_with('-'));
+    if which.as_deref().is_none_or(|w| w == "tick") {
+        shard_tick_cost();
+    }
+    if which.as_deref().is_none_or(|w| w == "link") {
+        link_and_mirror();
+    }
+    if which.as_deref().is_none_or(|w| w == "handover") {
+        handovers();
+    }
+}
