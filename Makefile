@@ -5,8 +5,13 @@ SHELL := /bin/bash
 test:
 	./scripts/test.sh
 
+# The whole fleet as local processes on embedded defaults.
 run:
-	source scripts/env.sh && cargo run --release --bin sidereal -- crdgen
+	source scripts/env.sh && cargo run --release --bin sidereal -- up
+
+# Benchmarks print numbers (see docs/benchmarks.md); they never fail.
+bench:
+	source scripts/env.sh && cargo bench -p sidereal-replication --bench fleet
 
 # Regenerate the committed CRD YAML after changing crds/src.
 crdgen:

@@ -32,6 +32,15 @@ pub struct ReplicationArgs {
     /// Shards keep shadows of neighbours' entities this close to their borders (world units).
     #[arg(long, default_value_t = 50.0)]
     pub shadow_margin: f64,
+    /// Postgres URL; without it the world is stored in SQLite under --data.
+    #[arg(long, env = "DATABASE_URL", hide_env_values = true)]
+    pub database_url: Option<String>,
+    /// Data directory for the embedded SQLite store.
+    #[arg(long = "data", env = "SIDEREAL_DATA", default_value = ".sidereal")]
+    pub data: std::path::PathBuf,
+    /// Seconds between write-behind checkpoints of moving state.
+    #[arg(long, default_value_t = 1.0)]
+    pub checkpoint_interval: f64,
 }
 
 pub fn config(args: &ReplicationArgs) -> anyhow::Result<ReplicationConfig> {
@@ -66,6 +75,9 @@ pub fn config(args: &ReplicationArgs) -> anyhow::Result<ReplicationConfig> {
         },
         seed_entities: args.seed_entities,
         seed: 42,
+        database_url: args.database_url.clone().filter(|u| !u.is_empty()),
+        data_dir: args.data.clone(),
+        checkpoint_interval: std::time::Duration::from_secs_f64(args.checkpoint_interval),
     })
 }
 

@@ -22,7 +22,7 @@ pub struct UpArgs {
     /// Headless bot clients (the client issue adds them; must be 0 for now).
     #[arg(long, default_value_t = 0)]
     pub bots: usize,
-    /// Data directory (shard secret; later the SQLite store).
+    /// Data directory: the shard secret and the SQLite store (unless DATABASE_URL is set).
     #[arg(long = "data", default_value = ".sidereal")]
     pub data: PathBuf,
     /// Replication's control API.

@@ -8,8 +8,12 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
-use sidereal_core::protocol::{FrameReader, PROTOCOL_VERSION, ReplicationMessage, ShardMessage, encode_frame};
-use sidereal_core::{EntityId, EntityKind, EntitySnapshot, EntityState, Placement, ShardId, placement};
+use sidereal_core::protocol::{
+    FrameReader, PROTOCOL_VERSION, ReplicationMessage, ShardMessage, encode_frame,
+};
+use sidereal_core::{
+    EntityId, EntityKind, EntitySnapshot, EntityState, Placement, ShardId, placement,
+};
 
 const SECRET: &str = "process-test-secret";
 
@@ -25,7 +29,9 @@ impl Drop for Proc {
 
 fn sidereal() -> Command {
     let mut c = Command::new(env!("CARGO_BIN_EXE_sidereal"));
-    c.env("SIDEREAL_SHARD_SECRET", SECRET).env("RUST_LOG", "warn").stdin(Stdio::null());
+    c.env("SIDEREAL_SHARD_SECRET", SECRET)
+        .env("RUST_LOG", "warn")
+        .stdin(Stdio::null());
     c
 }
 
@@ -33,53 +39,126 @@ struct Replication {
     _proc: Proc,
     http: String,
     link: SocketAddr,
+    _data: TempDir,
+}
+
+/// A directory removed when dropped.
+struct TempDir(std::path::PathBuf);
+
+impl TempDir {
+    fn new(tag: &str) -> Self {
+        static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let p = std::env::temp_dir().join(format!("sidereal-{tag}-{}-{n}", std::process::id()));
+        std::fs::create_dir_all(&p).unwrap();
+        Self(p)
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
 }
 
 fn start_replication(entities: usize) -> Replication {
+    let data = TempDir::new("repl");
     let mut child = sidereal()
-        .args(["replication", "--http", "127.0.0.1:0", "--link", "127.0.0.1:0", "--seed-entities", &entities.to_string()])
+        .args([
+            "replication",
+            "--http",
+            "127.0.0.1:0",
+            "--link",
+            "127.0.0.1:0",
+            "--seed-entities",
+            &entities.to_string(),
+        ])
         .args(["--world", "s2-xm1-y0,s2-x0-y0"])
+        .arg("--data")
+        .arg(&data.0)
         .stdout(Stdio::piped())
         .spawn()
         .expect("start replication");
     let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
     let ready = lines.next().expect("a ready line").expect("stdout");
-    let addr = |key: &str| ready.split_whitespace().find_map(|w| w.strip_prefix(key)).unwrap_or_else(|| panic!("{key} in {ready:?}")).to_owned();
+    let addr = |key: &str| {
+        ready
+            .split_whitespace()
+            .find_map(|w| w.strip_prefix(key))
+            .unwrap_or_else(|| panic!("{key} in {ready:?}"))
+            .to_owned()
+    };
     let http = format!("http://{}", addr("http="));
     let link = addr("link=").parse().unwrap();
     // Keep draining stdout so the child never blocks on a full pipe.
     std::thread::spawn(move || for _ in lines {});
-    Replication { _proc: Proc(child), http, link }
+    Replication {
+        _proc: Proc(child),
+        http,
+        link,
+        _data: data,
+    }
 }
 
 fn start_shard(r: &Replication, id: &str) -> Proc {
     Proc(
         sidereal()
-            .args(["shard", "--id", id, "--replication", &r.link.to_string(), "--metrics", "127.0.0.1:0", "--seed", "3"])
+            .args([
+                "shard",
+                "--id",
+                id,
+                "--replication",
+                &r.link.to_string(),
+                "--metrics",
+                "127.0.0.1:0",
+                "--seed",
+                "3",
+            ])
             .spawn()
             .expect("start shard"),
     )
 }
 
 fn get(url: &str) -> Value {
-    let out = Command::new("curl").args(["-sf", "--max-time", "5", url]).output().expect("curl");
+    let out = Command::new("curl")
+        .args(["-sf", "--max-time", "5", url])
+        .output()
+        .expect("curl");
     assert!(out.status.success(), "GET {url} failed");
     serde_json::from_slice(&out.stdout).expect("json")
 }
 
 fn put(url: &str, body: &Value) -> (u16, String) {
     let out = Command::new("curl")
-        .args(["-s", "--max-time", "5", "-o", "/dev/stderr", "-w", "%{http_code}", "-X", "PUT", "-H", "content-type: application/json"])
+        .args([
+            "-s",
+            "--max-time",
+            "5",
+            "-o",
+            "/dev/stderr",
+            "-w",
+            "%{http_code}",
+            "-X",
+            "PUT",
+            "-H",
+            "content-type: application/json",
+        ])
         .args(["--data-binary", &body.to_string(), url])
         .output()
         .expect("curl");
-    (String::from_utf8_lossy(&out.stdout).parse().unwrap_or(0), String::from_utf8_lossy(&out.stderr).into_owned())
+    (
+        String::from_utf8_lossy(&out.stdout).parse().unwrap_or(0),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
 }
 
 fn wait_until(what: &str, timeout: Duration, mut f: impl FnMut() -> bool) {
     let deadline = Instant::now() + timeout;
     while !f() {
-        assert!(Instant::now() < deadline, "timed out after {timeout:?} waiting for {what}");
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {timeout:?} waiting for {what}"
+        );
         std::thread::sleep(Duration::from_millis(100));
     }
 }
@@ -109,12 +188,21 @@ fn entities(r: &Replication, query: &str) -> HashMap<u64, Value> {
 
 fn start_fleet(shards: usize, entities_n: usize) -> (Replication, Vec<Proc>) {
     let r = start_replication(entities_n);
-    let procs: Vec<Proc> = (0..shards).map(|i| start_shard(&r, &format!("shard-{i}"))).collect();
-    wait_until("shards linked", Duration::from_secs(30), || connected(&r).len() == shards);
-    let ids: Vec<ShardId> = (0..shards).map(|i| ShardId::new(format!("shard-{i}"))).collect();
+    let procs: Vec<Proc> = (0..shards)
+        .map(|i| start_shard(&r, &format!("shard-{i}")))
+        .collect();
+    wait_until("shards linked", Duration::from_secs(30), || {
+        connected(&r).len() == shards
+    });
+    let ids: Vec<ShardId> = (0..shards)
+        .map(|i| ShardId::new(format!("shard-{i}")))
+        .collect();
     let world = vec!["s2-xm1-y0".parse().unwrap(), "s2-x0-y0".parse().unwrap()];
     let p = placement::even(&world, &ids, 1);
-    let (code, body) = put(&format!("{}/v1/placement", r.http), &serde_json::to_value(&p).unwrap());
+    let (code, body) = put(
+        &format!("{}/v1/placement", r.http),
+        &serde_json::to_value(&p).unwrap(),
+    );
     assert_eq!(code, 200, "{body}");
     (r, procs)
 }
@@ -124,16 +212,27 @@ fn kill_9_of_a_shard_rehomes_its_sectors_and_loses_nothing() {
     let (r, mut procs) = start_fleet(3, 1500);
     // Let the fleet run until every shard has reported load and entities have crossed.
     wait_until("load from all shards", Duration::from_secs(30), || {
-        get(&format!("{}/v1/load", r.http))["shards"].as_array().is_some_and(|s| s.len() == 3)
+        get(&format!("{}/v1/load", r.http))["shards"]
+            .as_array()
+            .is_some_and(|s| s.len() == 3)
     });
     wait_until("handovers", Duration::from_secs(30), || {
-        let m = Command::new("curl").args(["-sf", &format!("{}/metrics", r.http)]).output().unwrap();
-        String::from_utf8_lossy(&m.stdout).lines().any(|l| l.starts_with("sidereal_handovers_total ") && !l.ends_with(" 0"))
+        let m = Command::new("curl")
+            .args(["-sf", &format!("{}/metrics", r.http)])
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&m.stdout)
+            .lines()
+            .any(|l| l.starts_with("sidereal_handovers_total ") && !l.ends_with(" 0"))
     });
 
     procs[1].0.kill().expect("SIGKILL shard-1");
     procs[1].0.wait().unwrap();
-    wait_until("replication notices the dead link", Duration::from_secs(10), || !connected(&r).contains("shard-1"));
+    wait_until(
+        "replication notices the dead link",
+        Duration::from_secs(10),
+        || !connected(&r).contains("shard-1"),
+    );
     let orphans = entities(&r, "?owner=shard-1");
     assert!(!orphans.is_empty(), "shard-1 owned entities when it died");
     let before_total = entities(&r, "").len();
@@ -141,33 +240,72 @@ fn kill_9_of_a_shard_rehomes_its_sectors_and_loses_nothing() {
     let current = placement_of(&r);
     let live: BTreeSet<ShardId> = connected(&r).into_iter().map(ShardId::new).collect();
     let next = placement::rehome(&current, &live).expect("shard-1 had leaves");
-    let (code, body) = put(&format!("{}/v1/placement", r.http), &serde_json::to_value(&next).unwrap());
+    let (code, body) = put(
+        &format!("{}/v1/placement", r.http),
+        &serde_json::to_value(&next).unwrap(),
+    );
     assert_eq!(code, 200, "{body}");
 
     wait_until("orphans adopted", Duration::from_secs(10), || {
         let now = entities(&r, "");
-        orphans.keys().all(|id| now.get(id).is_some_and(|e| e["owner"] != "shard-1" && e["inTransit"] == false))
+        orphans.keys().all(|id| {
+            now.get(id)
+                .is_some_and(|e| e["owner"] != "shard-1" && e["inTransit"] == false)
+        })
     });
     let after = entities(&r, "");
     for (id, before) in &orphans {
         let now = &after[id];
         // Projectiles may have expired since; everything else must still be there.
-        assert!(now["version"].as_u64() >= before["version"].as_u64(), "{id}: state went back in time");
-        assert!(now["epoch"].as_u64() > before["epoch"].as_u64(), "{id}: adopted at a new epoch");
+        assert!(
+            now["version"].as_u64() >= before["version"].as_u64(),
+            "{id}: state went back in time"
+        );
+        assert!(
+            now["epoch"].as_u64() > before["epoch"].as_u64(),
+            "{id}: adopted at a new epoch"
+        );
     }
-    let asteroids_before = orphans.values().filter(|e| e["kind"] != "Projectile").count();
-    let asteroids_after = orphans.keys().filter(|id| after.get(id).is_some_and(|e| e["kind"] != "Projectile")).count();
-    assert_eq!(asteroids_before, asteroids_after, "every long-lived entity of the dead shard survives");
-    assert!(after.len() + 200 >= before_total, "no mass loss: {} -> {}", before_total, after.len());
+    let asteroids_before = orphans
+        .values()
+        .filter(|e| e["kind"] != "Projectile")
+        .count();
+    let asteroids_after = orphans
+        .keys()
+        .filter(|id| after.get(id).is_some_and(|e| e["kind"] != "Projectile"))
+        .count();
+    assert_eq!(
+        asteroids_before, asteroids_after,
+        "every long-lived entity of the dead shard survives"
+    );
+    assert!(
+        after.len() + 200 >= before_total,
+        "no mass loss: {} -> {}",
+        before_total,
+        after.len()
+    );
     assert!(placement_of(&r).sectors.values().all(|s| s.0 != "shard-1"));
     // The survivors keep running.
-    assert_eq!(connected(&r), BTreeSet::from(["shard-0".to_owned(), "shard-2".to_owned()]));
+    assert_eq!(
+        connected(&r),
+        BTreeSet::from(["shard-0".to_owned(), "shard-2".to_owned()])
+    );
 }
 
-fn raw_hello(link: SocketAddr, shard: &str, protocol: u32, secret: &str) -> (TcpStream, FrameReader, ReplicationMessage) {
+fn raw_hello(
+    link: SocketAddr,
+    shard: &str,
+    protocol: u32,
+    secret: &str,
+) -> (TcpStream, FrameReader, ReplicationMessage) {
     let mut s = TcpStream::connect(link).unwrap();
     s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-    s.write_all(&encode_frame(&ShardMessage::Hello { protocol, shard: ShardId::new(shard), secret: secret.into() })).unwrap();
+    s.write_all(&encode_frame(&ShardMessage::Hello {
+        protocol,
+        shard: ShardId::new(shard),
+        secret: secret.into(),
+    }))
+    .unwrap();
     let mut reader = FrameReader::default();
     let msg = read_msg(&mut s, &mut reader).expect("a reply to Hello");
     (s, reader, msg)
@@ -199,7 +337,10 @@ fn closed_by_server(s: &mut TcpStream) -> bool {
 }
 
 fn metric(r: &Replication, name: &str) -> f64 {
-    let m = Command::new("curl").args(["-sf", &format!("{}/metrics", r.http)]).output().unwrap();
+    let m = Command::new("curl")
+        .args(["-sf", &format!("{}/metrics", r.http)])
+        .output()
+        .unwrap();
     String::from_utf8_lossy(&m.stdout)
         .lines()
         .find_map(|l| l.strip_prefix(name).and_then(|v| v.trim().parse().ok()))
@@ -210,24 +351,36 @@ fn metric(r: &Replication, name: &str) -> f64 {
 fn bad_input_is_refused_with_a_reason_and_the_fleet_carries_on() {
     let (r, _procs) = start_fleet(1, 300);
     let applied = || metric(&r, "sidereal_entity_updates_total{result=\"applied\"}");
-    wait_until("updates flowing", Duration::from_secs(20), || applied() > 0.0);
+    wait_until("updates flowing", Duration::from_secs(20), || {
+        applied() > 0.0
+    });
 
     // Wrong secret and wrong version: rejected with the reason, then closed.
     let (mut s, _, reply) = raw_hello(r.link, "intruder", PROTOCOL_VERSION, "guess");
-    assert!(matches!(&reply, ReplicationMessage::Rejected { reason } if reason.contains("wrong shard secret")), "{reply:?}");
+    assert!(
+        matches!(&reply, ReplicationMessage::Rejected { reason } if reason.contains("wrong shard secret")),
+        "{reply:?}"
+    );
     assert!(closed_by_server(&mut s));
     let (mut s, _, reply) = raw_hello(r.link, "old", PROTOCOL_VERSION + 1, SECRET);
-    assert!(matches!(&reply, ReplicationMessage::Rejected { reason } if reason.contains("protocol version")), "{reply:?}");
+    assert!(
+        matches!(&reply, ReplicationMessage::Rejected { reason } if reason.contains("protocol version")),
+        "{reply:?}"
+    );
     assert!(closed_by_server(&mut s));
     // A second shard-0 while the real one is linked.
     let (mut s, _, reply) = raw_hello(r.link, "shard-0", PROTOCOL_VERSION, SECRET);
-    assert!(matches!(&reply, ReplicationMessage::Rejected { reason } if reason.contains("already connected")), "{reply:?}");
+    assert!(
+        matches!(&reply, ReplicationMessage::Rejected { reason } if reason.contains("already connected")),
+        "{reply:?}"
+    );
     assert!(closed_by_server(&mut s));
 
     // Garbage bytes and an oversized frame: closed.
     let mut s = TcpStream::connect(r.link).unwrap();
     s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-    s.write_all(&[0x07, 0, 0, 0, 0xde, 0xad, 0xbe, 0xef, 0xff, 0xff, 0xff]).unwrap();
+    s.write_all(&[0x07, 0, 0, 0, 0xde, 0xad, 0xbe, 0xef, 0xff, 0xff, 0xff])
+        .unwrap();
     assert!(closed_by_server(&mut s));
     let mut s = TcpStream::connect(r.link).unwrap();
     s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
@@ -236,36 +389,93 @@ fn bad_input_is_refused_with_a_reason_and_the_fleet_carries_on() {
 
     // An authenticated impostor: claims a sector it does not own, updates with stale epochs.
     let (mut s, mut reader, reply) = raw_hello(r.link, "impostor", PROTOCOL_VERSION, SECRET);
-    let ReplicationMessage::Welcome { incarnation, .. } = reply else { panic!("{reply:?}") };
+    let ReplicationMessage::Welcome { incarnation, .. } = reply else {
+        panic!("{reply:?}")
+    };
     let refusals = metric(&r, "sidereal_refusals_total");
-    let someone_elses = *entities(&r, "?owner=shard-0").keys().next().expect("shard-0 owns entities");
-    let spawn = EntitySnapshot { id: EntityId::minted(incarnation, 1), kind: EntityKind::Ship, state: EntityState { pos: [10.0, 10.0], ..Default::default() }, ttl_ticks: None, player: true };
-    s.write_all(&encode_frame(&ShardMessage::Spawned { snapshot: spawn })).unwrap();
-    s.write_all(&encode_frame(&ShardMessage::Despawned { id: EntityId(someone_elses), epoch: 1 })).unwrap();
+    let someone_elses = *entities(&r, "?owner=shard-0")
+        .keys()
+        .next()
+        .expect("shard-0 owns entities");
+    let spawn = EntitySnapshot {
+        id: EntityId::minted(incarnation, 1),
+        kind: EntityKind::Ship,
+        state: EntityState {
+            pos: [10.0, 10.0],
+            ..Default::default()
+        },
+        ttl_ticks: None,
+        player: true,
+    };
+    s.write_all(&encode_frame(&ShardMessage::Spawned { snapshot: spawn }))
+        .unwrap();
+    s.write_all(&encode_frame(&ShardMessage::Despawned {
+        id: EntityId(someone_elses),
+        epoch: 1,
+    }))
+    .unwrap();
     let mut enc = sidereal_core::codec::UpdateEncoder::default();
-    let bytes = enc.encode(1, &mut [(EntityId(someone_elses), 0, EntityState { pos: [5.0, 5.0], ..Default::default() })]).unwrap();
-    s.write_all(&encode_frame(&ShardMessage::Updates(bytes))).unwrap();
-    wait_until("refusals counted", Duration::from_secs(5), || metric(&r, "sidereal_refusals_total") >= refusals + 3.0);
+    let bytes = enc
+        .encode(
+            1,
+            &mut [(
+                EntityId(someone_elses),
+                0,
+                EntityState {
+                    pos: [5.0, 5.0],
+                    ..Default::default()
+                },
+            )],
+        )
+        .unwrap();
+    s.write_all(&encode_frame(&ShardMessage::Updates(bytes)))
+        .unwrap();
+    wait_until("refusals counted", Duration::from_secs(5), || {
+        metric(&r, "sidereal_refusals_total") >= refusals + 3.0
+    });
     let victim = &entities(&r, "")[&someone_elses];
-    assert_eq!(victim["owner"], "shard-0", "nothing the impostor said took effect");
+    assert_eq!(
+        victim["owner"], "shard-0",
+        "nothing the impostor said took effect"
+    );
     assert!(!entities(&r, "").contains_key(&spawn.id.0));
     // The impostor's link stays up (refusals are per message); a malformed batch closes it.
-    s.write_all(&encode_frame(&ShardMessage::Updates(vec![0xff, 0xff]))).unwrap();
+    s.write_all(&encode_frame(&ShardMessage::Updates(vec![0xff, 0xff])))
+        .unwrap();
     while read_msg(&mut s, &mut reader).is_some() {}
 
     // Through all of it, the real shard kept simulating.
     let before = applied();
-    wait_until("updates still flowing", Duration::from_secs(10), || applied() > before);
+    wait_until("updates still flowing", Duration::from_secs(10), || {
+        applied() > before
+    });
     assert_eq!(connected(&r), BTreeSet::from(["shard-0".to_owned()]));
 
     // The control API explains bad placements.
     let url = format!("{}/v1/placement", r.http);
     let (code, body) = put(&url, &serde_json::json!({"generation": 0, "sectors": {}}));
     assert_eq!(code, 409, "{body}");
-    let (code, body) = put(&url, &serde_json::json!({"generation": 9, "sectors": {"s2-x0-y0": "nobody", "s2-xm1-y0": "shard-0"}}));
-    assert_eq!((code, body.contains("unknown shard nobody")), (422, true), "{body}");
-    let (code, body) = put(&url, &serde_json::json!({"generation": 9, "sectors": {"s2-x0-y0": "shard-0", "s1-x0-y0": "shard-0", "s2-xm1-y0": "shard-0"}}));
+    let (code, body) = put(
+        &url,
+        &serde_json::json!({"generation": 9, "sectors": {"s2-x0-y0": "nobody", "s2-xm1-y0": "shard-0"}}),
+    );
+    assert_eq!(
+        (code, body.contains("unknown shard nobody")),
+        (422, true),
+        "{body}"
+    );
+    let (code, body) = put(
+        &url,
+        &serde_json::json!({"generation": 9, "sectors": {"s2-x0-y0": "shard-0", "s1-x0-y0": "shard-0", "s2-xm1-y0": "shard-0"}}),
+    );
     assert_eq!((code, body.contains("overlap")), (422, true), "{body}");
-    let (code, body) = put(&url, &serde_json::json!({"generation": 9, "sectors": {"not-a-sector": "shard-0"}}));
-    assert_eq!((code, body.contains("invalid sector name")), (422, true), "{body}");
+    let (code, body) = put(
+        &url,
+        &serde_json::json!({"generation": 9, "sectors": {"not-a-sector": "shard-0"}}),
+    );
+    assert_eq!(
+        (code, body.contains("invalid sector name")),
+        (422, true),
+        "{body}"
+    );
 }

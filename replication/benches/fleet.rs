@@ -9,7 +9,9 @@ use std::time::Instant;
 use fleet::Fleet;
 use sidereal_core::codec::UpdateEncoder;
 use sidereal_core::protocol::{PROTOCOL_VERSION, ShardMessage};
-use sidereal_core::{EntityId, EntityKind, EntitySnapshot, EntityState, Placement, SectorId, ShardId};
+use sidereal_core::{
+    EntityId, EntityKind, EntitySnapshot, EntityState, Placement, SectorId, ShardId,
+};
 use sidereal_replication::{Authority, AuthorityConfig};
 
 fn percentile(v: &mut [f64], p: f64) -> f64 {
@@ -26,7 +28,10 @@ fn shard_tick_cost() {
         let world = vec![SectorId::new(3, 0, 0).unwrap()];
         let mut f = Fleet::new(world.clone(), 1, 0);
         f.seed(n, 5);
-        let mut p = Placement { generation: 1, sectors: Default::default() };
+        let mut p = Placement {
+            generation: 1,
+            sectors: Default::default(),
+        };
         p.sectors.insert(world[0], ShardId::new("shard-0"));
         f.place(p);
         for _ in 0..30 {
@@ -53,24 +58,71 @@ fn link_and_mirror() {
     for _ in 0..600 {
         f.step();
     }
-    println!("bytes per entity update (3 shards, 3000 entities, 20 s, batch overhead included): {:.2}", f.update_bytes as f64 / f.update_entries as f64);
+    println!(
+        "bytes per entity update (3 shards, 3000 entities, 20 s, batch overhead included): {:.2}",
+        f.update_bytes as f64 / f.update_entries as f64
+    );
 
     // Mirror ingest: 10k moving entities, batches as a shard would send them.
     let n = 10_000u64;
-    let mut a = Authority::new(AuthorityConfig { world: vec![SectorId::new(4, 0, 0).unwrap()], secret: "s".into(), tick_hz: 30, shadow_margin: 50.0 });
+    let mut a = Authority::new(AuthorityConfig {
+        world: vec![SectorId::new(4, 0, 0).unwrap()],
+        secret: "s".into(),
+        tick_hz: 30,
+        shadow_margin: 50.0,
+    });
     let link = a.connect();
-    a.on_message(link, ShardMessage::Hello { protocol: PROTOCOL_VERSION, shard: ShardId::new("shard-0"), secret: "s".into() }).unwrap();
-    let mut p = Placement { generation: 1, sectors: Default::default() };
-    p.sectors.insert(SectorId::new(4, 0, 0).unwrap(), ShardId::new("shard-0"));
+    a.on_message(
+        link,
+        ShardMessage::Hello {
+            protocol: PROTOCOL_VERSION,
+            shard: ShardId::new("shard-0"),
+            secret: "s".into(),
+        },
+    )
+    .unwrap();
+    let mut p = Placement {
+        generation: 1,
+        sectors: Default::default(),
+    };
+    p.sectors
+        .insert(SectorId::new(4, 0, 0).unwrap(), ShardId::new("shard-0"));
     let mut states: Vec<(EntityId, u64, EntityState)> = (0..n)
-        .map(|i| (EntityId(i + 1), 0, EntityState { pos: [(i % 100) as f32 * 100.0 + 5.0, (i / 100) as f32 * 100.0 + 5.0], vel: [20.0, -10.0], angle: 0.0, ang_vel: 0.1 }))
+        .map(|i| {
+            (
+                EntityId(i + 1),
+                0,
+                EntityState {
+                    pos: [
+                        (i % 100) as f32 * 100.0 + 5.0,
+                        (i / 100) as f32 * 100.0 + 5.0,
+                    ],
+                    vel: [20.0, -10.0],
+                    angle: 0.0,
+                    ang_vel: 0.1,
+                },
+            )
+        })
         .collect();
     for (id, _, s) in &states {
-        a.restore_entity(EntitySnapshot { id: *id, kind: EntityKind::Asteroid, state: *s, ttl_ticks: None, player: false }, ShardId::new("unplaced"));
+        a.restore_entity(
+            EntitySnapshot {
+                id: *id,
+                kind: EntityKind::Asteroid,
+                state: *s,
+                ttl_ticks: None,
+                player: false,
+            },
+            ShardId::new("unplaced"),
+        );
     }
     a.put_placement(p).unwrap();
-    let ids: Vec<_> = states.iter().map(|(id, _, _)| (*id, a.mirror().get(*id).unwrap().epoch)).collect();
-    a.on_message(link, ShardMessage::Adopted { ids: ids.clone() }).unwrap();
+    let ids: Vec<_> = states
+        .iter()
+        .map(|(id, _, _)| (*id, a.mirror().get(*id).unwrap().epoch))
+        .collect();
+    a.on_message(link, ShardMessage::Adopted { ids: ids.clone() })
+        .unwrap();
     for (s, (_, e)) in states.iter_mut().zip(&ids) {
         s.1 = *e;
     }
@@ -91,7 +143,11 @@ fn link_and_mirror() {
     }
     let secs = t.elapsed().as_secs_f64();
     let updates = a.counters.updates_applied as f64;
-    println!("mirror ingest: {updates:.0} updates in {secs:.3} s = {:.0} updates/s ({:.2} bytes/update, 10k entities x 60 ticks)", updates / secs, bytes as f64 / updates);
+    println!(
+        "mirror ingest: {updates:.0} updates in {secs:.3} s = {:.0} updates/s ({:.2} bytes/update, 10k entities x 60 ticks)",
+        updates / secs,
+        bytes as f64 / updates
+    );
 }
 
 /// Ticks from crossing to being simulated by the new owner, and handovers per second.
@@ -102,11 +158,15 @@ fn handovers() {
     let mut f = Fleet::new(world.clone(), 2, 0);
     f.seed(4000, 13);
     let ids = f.shard_ids();
-    let mut p = Placement { generation: 1, sectors: Default::default() };
+    let mut p = Placement {
+        generation: 1,
+        sectors: Default::default(),
+    };
     let root = world[0];
     for c in root.children().unwrap() {
         for (j, g) in c.children().unwrap().into_iter().enumerate() {
-            p.sectors.insert(g, ids[(j + (c.x + c.y) as usize) % 2].clone());
+            p.sectors
+                .insert(g, ids[(j + (c.x + c.y) as usize) % 2].clone());
         }
     }
     f.place(p);

@@ -186,20 +186,32 @@ async fn status(State(s): State<Arc<Shared>>) -> Response {
         "entities": a.mirror().len(),
         "players": players,
         "placementGeneration": a.placement().generation,
-        "lastCheckpointAgeSeconds": serde_json::Value::Null,
+        "lastCheckpointAgeSeconds": s.store_health.lock().expect("health lock").last_checkpoint.map(|t| t.elapsed().as_secs_f64()),
+        "store": s.store.as_ref().map(|st| st.backend()),
+        "storeHealthy": s.store_health.lock().expect("health lock").healthy,
+        "checkpointBacklog": a.mirror().dirty_len(),
         "uptimeSeconds": s.started.elapsed().as_secs(),
     }))
     .into_response()
 }
 
+/// Not ready while checkpoints fail: the world keeps running, but nothing new is durable.
 async fn ready(State(s): State<Arc<Shared>>) -> Response {
-    // Ready once the authority answers; persistence adds its own check.
-    let _guard = s.authority.lock().expect("authority lock");
-    (StatusCode::OK, "ready").into_response()
+    let h = s.store_health.lock().expect("health lock").clone();
+    if h.healthy {
+        (StatusCode::OK, "ready").into_response()
+    } else {
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("store unavailable: {}", h.last_error.unwrap_or_default()),
+        )
+            .into_response()
+    }
 }
 
 async fn metrics(State(s): State<Arc<Shared>>) -> Response {
     let a = s.authority.lock().expect("authority lock");
-    let text = s.metrics.lock().expect("metrics lock").render(&a);
+    let health = s.store_health.lock().expect("health lock").clone();
+    let text = s.metrics.lock().expect("metrics lock").render(&a, &health);
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text).into_response()
 }

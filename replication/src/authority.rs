@@ -350,6 +350,7 @@ impl Authority {
                 Ok(r) => {
                     r.snapshot.state = u.state.to_state();
                     r.version += 1;
+                    self.mirror.touch(u.id);
                     self.counters.updates_applied += 1;
                 }
                 Err(r) => {
@@ -554,10 +555,27 @@ impl Authority {
             .unwrap_or(0)
     }
 
-    /// Loads an entity restored from the store, owned by `owner` (usually a placeholder that is
-    /// not live, so the next placement re-homes it).
+    /// Adds a new entity owned by `owner` (usually a placeholder that is not live, so the next
+    /// placement or the shard owning its leaf adopts it). It is dirty until checkpointed.
     pub fn restore_entity(&mut self, snapshot: EntitySnapshot, owner: ShardId) -> bool {
         self.mirror.insert_new(snapshot, owner)
+    }
+
+    /// Loads an entity from the store at its stored epoch and version, with no live owner.
+    pub fn load_entity(&mut self, snapshot: EntitySnapshot, epoch: Epoch, version: u64) {
+        self.mirror
+            .insert_restored(snapshot, ShardId::new("unplaced"), epoch, version);
+    }
+
+    /// Takes the placement loaded from the store as the current one. Its shards are not live
+    /// yet; each gets its leaves (and the entities in them) when it links.
+    pub fn load_placement(&mut self, p: Placement) {
+        self.placement = p;
+        self.seen.extend(self.placement.sectors.values().cloned());
+    }
+
+    pub fn mirror_mut(&mut self) -> &mut Mirror {
+        &mut self.mirror
     }
 }
 

@@ -6,7 +6,9 @@ pub mod authority;
 pub mod metrics;
 pub mod mirror;
 pub mod server;
+pub mod store;
 
 pub use authority::{Authority, AuthorityConfig, LinkError, LinkId, PutPlacementError};
 pub use mirror::{EntityRecord, Mirror, Refusal};
-pub use server::{ReplicationConfig, Running, start};
+pub use server::{ReplicationConfig, Running, StartError, start};
+pub use store::{Store, StoreError};

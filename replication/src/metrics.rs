@@ -24,6 +24,12 @@ pub struct Metrics {
     /// Bytes on shard links, by direction (`in`: from shards, `out`: to shards).
     pub link_bytes: IntCounterVec,
     last: crate::authority::Counters,
+    store_healthy: IntGauge,
+    checkpoint_backlog: IntGauge,
+    checkpoint_age: prometheus::Gauge,
+    checkpoint_rows: IntCounter,
+    checkpoint_failures: IntCounter,
+    last_store: crate::server::StoreHealth,
 }
 
 impl Default for Metrics {
@@ -98,6 +104,34 @@ impl Metrics {
             registry.register(Box::new(c.clone())).unwrap();
         }
         registry.register(Box::new(updates.clone())).unwrap();
+        let store_healthy = IntGauge::new("store_healthy", "1 while checkpoints succeed").unwrap();
+        let checkpoint_backlog = IntGauge::new(
+            "checkpoint_backlog",
+            "Entities changed or removed since the last successful checkpoint",
+        )
+        .unwrap();
+        let checkpoint_age = prometheus::Gauge::new(
+            "checkpoint_age_seconds",
+            "Seconds since the last successful checkpoint (-1: none yet)",
+        )
+        .unwrap();
+        let checkpoint_rows = IntCounter::new(
+            "checkpoint_rows_total",
+            "Entity rows written by checkpoints",
+        )
+        .unwrap();
+        let checkpoint_failures = IntCounter::new(
+            "checkpoint_failures_total",
+            "Checkpoints that failed and were retried",
+        )
+        .unwrap();
+        for g in [&store_healthy, &checkpoint_backlog] {
+            registry.register(Box::new(g.clone())).unwrap();
+        }
+        registry.register(Box::new(checkpoint_age.clone())).unwrap();
+        for c in [&checkpoint_rows, &checkpoint_failures] {
+            registry.register(Box::new(c.clone())).unwrap();
+        }
         registry.register(Box::new(link_bytes.clone())).unwrap();
         Self {
             registry,
@@ -114,11 +148,30 @@ impl Metrics {
             links_rejected,
             link_bytes,
             last: Default::default(),
+            store_healthy,
+            checkpoint_backlog,
+            checkpoint_age,
+            checkpoint_rows,
+            checkpoint_failures,
+            last_store: Default::default(),
         }
     }
 
     /// Copies the authority's state into the metrics and renders the text exposition.
-    pub fn render(&mut self, a: &Authority) -> String {
+    pub fn render(&mut self, a: &Authority, store: &crate::server::StoreHealth) -> String {
+        self.store_healthy.set(i64::from(store.healthy));
+        self.checkpoint_backlog.set(a.mirror().dirty_len() as i64);
+        self.checkpoint_age.set(
+            store
+                .last_checkpoint
+                .map(|t| t.elapsed().as_secs_f64())
+                .unwrap_or(-1.0),
+        );
+        self.checkpoint_rows
+            .inc_by(store.rows_written - self.last_store.rows_written);
+        self.checkpoint_failures
+            .inc_by(store.failures - self.last_store.failures);
+        self.last_store = store.clone();
         let c = a.counters.clone();
         self.handovers.inc_by(c.handovers - self.last.handovers);
         self.spawns.inc_by(c.spawns - self.last.spawns);

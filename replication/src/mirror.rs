@@ -1,6 +1,6 @@
 //! The entity mirror: the latest known state of every entity, with its owner and epoch.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 
 use sidereal_core::{EntityId, EntitySnapshot, Epoch, ShardId};
 
@@ -41,6 +41,10 @@ pub enum Refusal {
 #[derive(Debug, Default)]
 pub struct Mirror {
     entities: HashMap<EntityId, EntityRecord>,
+    /// Changed since the last checkpoint was taken.
+    dirty: HashSet<EntityId>,
+    /// Removed since the last checkpoint was taken.
+    removed: HashSet<EntityId>,
 }
 
 impl Mirror {
@@ -73,16 +77,67 @@ impl Mirror {
         if self.entities.contains_key(&snapshot.id) {
             return false;
         }
+        self.insert_restored(snapshot, owner, 1, 1);
+        self.dirty.insert(snapshot.id);
+        true
+    }
+
+    /// Inserts an entity loaded from the store (not dirty: the store has it).
+    pub fn insert_restored(
+        &mut self,
+        snapshot: EntitySnapshot,
+        owner: ShardId,
+        epoch: Epoch,
+        version: u64,
+    ) {
         let record = EntityRecord {
             snapshot,
             owner,
-            epoch: 1,
+            epoch,
             in_transit: false,
             previous_owner: None,
-            version: 1,
+            version,
         };
         self.entities.insert(snapshot.id, record);
-        true
+    }
+
+    /// Marks an entity changed (its next checkpoint writes it).
+    pub fn touch(&mut self, id: EntityId) {
+        if self.entities.contains_key(&id) {
+            self.dirty.insert(id);
+        }
+    }
+
+    pub fn dirty_len(&self) -> usize {
+        self.dirty.len() + self.removed.len()
+    }
+
+    /// Takes the checkpoint work: the changed records (cloned) and the removed ids.
+    pub fn take_dirty(&mut self) -> (Vec<EntityRecord>, Vec<EntityId>) {
+        let changed = self
+            .dirty
+            .drain()
+            .filter_map(|id| self.entities.get(&id).cloned())
+            .collect();
+        (changed, self.removed.drain().collect())
+    }
+
+    /// A checkpoint failed: its work goes back into the dirty set, nothing is dropped.
+    pub fn requeue(
+        &mut self,
+        changed: impl IntoIterator<Item = EntityId>,
+        removed: impl IntoIterator<Item = EntityId>,
+    ) {
+        for id in changed {
+            if self.entities.contains_key(&id) {
+                self.dirty.insert(id);
+            }
+        }
+        for id in removed {
+            if !self.entities.contains_key(&id) {
+                self.removed.insert(id);
+            }
+        }
     }
 
     /// The record, if `sender` owns `id` at `epoch` (any epoch when `None`) and is simulating it.
@@ -131,10 +186,15 @@ impl Mirror {
         r.in_transit = true;
         r.snapshot = snapshot;
         r.version += 1;
-        Some(r.epoch)
+        let epoch = r.epoch;
+        self.dirty.insert(id);
+        Some(epoch)
     }
 
     pub fn remove(&mut self, id: EntityId) -> Option<EntityRecord> {
-        self.entities.remove(&id)
+        let r = self.entities.remove(&id)?;
+        self.dirty.remove(&id);
+        self.removed.insert(id);
+        Some(r)
     }
 }

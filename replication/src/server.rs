@@ -17,6 +17,7 @@ use tracing::{info, warn};
 
 use crate::authority::{Authority, AuthorityConfig, LinkId};
 use crate::metrics::Metrics;
+use crate::store::{EntityRow, Store, StoreError};
 
 /// A shard must say Hello within this long after connecting.
 pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
@@ -26,9 +27,24 @@ pub struct ReplicationConfig {
     pub http: SocketAddr,
     pub link: SocketAddr,
     pub authority: AuthorityConfig,
-    /// Entities scattered over the world when the mirror starts empty.
+    /// Entities scattered over the world when the store holds none.
     pub seed_entities: usize,
     pub seed: u64,
+    /// Postgres URL; `None` means the SQLite file in `data_dir`.
+    pub database_url: Option<String>,
+    pub data_dir: std::path::PathBuf,
+    pub checkpoint_interval: Duration,
+}
+
+/// How the store is doing, for /readyz, /v1/status and /metrics.
+#[derive(Debug, Clone, Default)]
+pub struct StoreHealth {
+    pub healthy: bool,
+    pub last_checkpoint: Option<Instant>,
+    pub last_error: Option<String>,
+    pub checkpoints: u64,
+    pub rows_written: u64,
+    pub failures: u64,
 }
 
 /// State shared by the link tasks, the ticker and the HTTP handlers.
@@ -37,16 +53,68 @@ pub struct Shared {
     pub metrics: Mutex<Metrics>,
     writers: Mutex<HashMap<LinkId, mpsc::UnboundedSender<ReplicationMessage>>>,
     pub started: Instant,
+    pub store: Option<Store>,
+    pub store_health: Mutex<StoreHealth>,
 }
 
 impl Shared {
-    pub fn new(authority: Authority) -> Arc<Self> {
+    pub fn new(authority: Authority, store: Option<Store>) -> Arc<Self> {
         Arc::new(Self {
             authority: Mutex::new(authority),
             metrics: Mutex::new(Metrics::new()),
             writers: Mutex::new(HashMap::new()),
             started: Instant::now(),
+            store,
+            store_health: Mutex::new(StoreHealth {
+                healthy: true,
+                ..Default::default()
+            }),
         })
+    }
+
+    /// Writes everything dirty in one transaction. On failure the work goes back into the
+    /// dirty set (nothing is dropped) and the store is reported unhealthy.
+    pub async fn checkpoint(&self) -> Result<usize, StoreError> {
+        let Some(store) = &self.store else {
+            return Ok(0);
+        };
+        let (changed, removed) = self
+            .authority
+            .lock()
+            .expect("authority lock")
+            .mirror_mut()
+            .take_dirty();
+        let rows: Vec<EntityRow> = changed.iter().filter_map(EntityRow::from_record).collect();
+        let removed_ids: Vec<i64> = removed.iter().map(|id| id.0 as i64).collect();
+        let result = if rows.is_empty() && removed_ids.is_empty() {
+            Ok(())
+        } else {
+            store.write_checkpoint(&rows, &removed_ids).await
+        };
+        let mut h = self.store_health.lock().expect("health lock");
+        match result {
+            Ok(()) => {
+                h.healthy = true;
+                h.last_checkpoint = Some(Instant::now());
+                h.last_error = None;
+                h.checkpoints += 1;
+                h.rows_written += rows.len() as u64;
+                Ok(rows.len())
+            }
+            Err(e) => {
+                drop(h);
+                self.authority
+                    .lock()
+                    .expect("authority lock")
+                    .mirror_mut()
+                    .requeue(changed.iter().map(|r| r.snapshot.id), removed);
+                let mut h = self.store_health.lock().expect("health lock");
+                h.healthy = false;
+                h.failures += 1;
+                h.last_error = Some(e.to_string());
+                Err(e)
+            }
+        }
     }
 
     /// Routes everything the authority queued to the links' writer tasks.
@@ -103,15 +171,57 @@ pub fn seed_world(a: &mut Authority, n: usize, seed: u64) {
     info!(entities = n, "seeded an empty world");
 }
 
-/// Binds both listeners and serves until `shutdown` resolves.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("cannot open the store: {0}")]
+    Store(#[from] StoreError),
+    #[error("cannot bind: {0}")]
+    Bind(#[from] std::io::Error),
+}
+
+/// Opens the store, restores the world (or seeds a new one, durably), binds both listeners and
+/// serves.
 pub async fn start(
     config: ReplicationConfig,
-) -> std::io::Result<(Running, tokio::task::JoinHandle<()>)> {
+) -> Result<(Running, tokio::task::JoinHandle<()>), StartError> {
+    let store = Store::open(config.database_url.as_deref(), &config.data_dir).await?;
+    info!(backend = store.backend(), "store open");
     let mut authority = Authority::new(config.authority.clone());
-    if authority.mirror().is_empty() && config.seed_entities > 0 {
+    let t0 = Instant::now();
+    let loaded = store.load(&config.authority.world).await?;
+    for (id, reason) in &loaded.quarantined {
+        warn!(id, %reason, "stored entity quarantined, not loaded");
+    }
+    let restored = loaded.entities.len();
+    for (snapshot, epoch, version) in loaded.entities {
+        authority.load_entity(snapshot, epoch, version);
+    }
+    if let Some(p) = loaded.placement {
+        let shards = p.sectors.values().cloned().collect();
+        if sidereal_core::placement::validate(&p.sectors, &config.authority.world, &shards).is_ok()
+        {
+            authority.load_placement(p);
+        } else {
+            warn!("stored placement does not fit this world; waiting for a new one");
+        }
+    }
+    info!(
+        entities = restored,
+        quarantined = loaded.quarantined.len(),
+        generation = authority.placement().generation,
+        seconds = t0.elapsed().as_secs_f64(),
+        "world restored"
+    );
+    let seeded = authority.mirror().is_empty() && config.seed_entities > 0;
+    if seeded {
         seed_world(&mut authority, config.seed_entities, config.seed);
     }
-    let shared = Shared::new(authority);
+    authority.reserve_incarnations_above(authority.max_incarnation());
+    let shared = Shared::new(authority, Some(store));
+    if seeded {
+        // Spawns are durable before anyone sees them.
+        shared.checkpoint().await?;
+    }
     let link_listener = TcpListener::bind(config.link).await?;
     let http_listener = TcpListener::bind(config.http).await?;
     let running = Running {
@@ -147,6 +257,27 @@ pub async fn start(
             s.flush(&mut a);
         }
     });
+    let s = shared.clone();
+    let interval = config.checkpoint_interval;
+    let checkpoints = tokio::spawn(async move {
+        let mut wait = interval;
+        loop {
+            tokio::time::sleep(wait).await;
+            match s.checkpoint().await {
+                Ok(_) => wait = interval,
+                Err(e) => {
+                    let backlog = s
+                        .authority
+                        .lock()
+                        .expect("authority lock")
+                        .mirror()
+                        .dirty_len();
+                    wait = (wait * 2).min(Duration::from_secs(5));
+                    warn!(error = %e, backlog, retry_in = ?wait, "checkpoint failed; keeping the backlog and retrying");
+                }
+            }
+        }
+    });
     let app = crate::api::router(shared.clone());
     let http = tokio::spawn(async move {
         if let Err(e) = axum::serve(http_listener, app).await {
@@ -154,7 +285,7 @@ pub async fn start(
         }
     });
     let all = tokio::spawn(async move {
-        let _ = tokio::join!(accept, ticker, http);
+        let _ = tokio::join!(accept, ticker, http, checkpoints);
     });
     Ok((running, all))
 }

@@ -1,0 +1,630 @@
+//! Persistence: one interface over Postgres (production) and SQLite (the embedded default).
+//!
+//! Replication is the only writer. Moving state is written behind in checkpoints (one
+//! transaction per batch; on Postgres through COPY into a staging table, then one merging
+//! upsert); the placement is written before it is acknowledged. On start the world is loaded
+//! back; rows that cannot be trusted are moved to `quarantine` instead of the live world.
+
+use std::path::Path;
+use std::str::FromStr;
+use std::time::Duration;
+
+use sidereal_core::{
+    EntityId, EntityKind, EntitySnapshot, EntityState, Epoch, Placement, SectorId,
+};
+use sqlx::migrate::Migrator;
+use sqlx::postgres::{PgPool, PgPoolOptions};
+use sqlx::sqlite::{
+    SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
+};
+use sqlx::{QueryBuilder, Row};
+
+use crate::mirror::EntityRecord;
+
+static PG_MIGRATOR: Migrator = sqlx::migrate!("migrations/postgres");
+static SQLITE_MIGRATOR: Migrator = sqlx::migrate!("migrations/sqlite");
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("database error: {0}")]
+    Db(#[from] sqlx::Error),
+    #[error("migration failed: {0}")]
+    Migrate(#[from] sqlx::migrate::MigrateError),
+    #[error(
+        "the database schema is at version {found}, newer than this binary knows ({known}); upgrade sidereal or restore a matching backup"
+    )]
+    SchemaTooNew { found: i64, known: i64 },
+    #[error("cannot use {path}: {source}")]
+    DataDir {
+        path: String,
+        source: std::io::Error,
+    },
+}
+
+/// One stored entity, as written and read.
+#[derive(Debug, Clone, PartialEq)]
+pub struct EntityRow {
+    pub id: i64,
+    pub kind: i16,
+    pub sector: String,
+    pub pos: [f32; 2],
+    pub vel: [f32; 2],
+    pub angle: f32,
+    pub ang_vel: f32,
+    pub player: bool,
+    pub owner_epoch: i64,
+    pub version: i64,
+}
+
+impl EntityRow {
+    /// `None` for what is not persisted (projectiles live two seconds).
+    pub fn from_record(r: &EntityRecord) -> Option<Self> {
+        let s = &r.snapshot;
+        if s.kind == EntityKind::Projectile {
+            return None;
+        }
+        let sector = SectorId::of_point(s.state.point(), 0).ok()?.to_string();
+        Some(Self {
+            id: s.id.0 as i64,
+            kind: s.kind as i16,
+            sector,
+            pos: s.state.pos,
+            vel: s.state.vel,
+            angle: s.state.angle,
+            ang_vel: s.state.ang_vel,
+            player: s.player,
+            owner_epoch: r.epoch as i64,
+            version: r.version as i64,
+        })
+    }
+
+    /// The entity this row describes, or why it cannot enter the live world.
+    pub fn validate(&self, world: &[SectorId]) -> Result<(EntitySnapshot, Epoch, u64), String> {
+        let kind = match self.kind {
+            0 => EntityKind::Ship,
+            1 => EntityKind::Asteroid,
+            k => return Err(format!("unknown kind {k}")),
+        };
+        let state = EntityState {
+            pos: self.pos,
+            vel: self.vel,
+            angle: self.angle,
+            ang_vel: self.ang_vel,
+        };
+        if !state.is_finite() {
+            return Err("state is not finite".into());
+        }
+        let sector: SectorId = self.sector.parse().map_err(|e| format!("{e}"))?;
+        if !sector.contains(state.point()) {
+            return Err(format!(
+                "position {:?} is not in its sector {sector}",
+                self.pos
+            ));
+        }
+        if !world.iter().any(|r| r.covers(&sector)) {
+            return Err(format!("sector {sector} is outside the world"));
+        }
+        if self.id <= 0 || self.owner_epoch < 0 || self.version < 0 {
+            return Err("negative id, epoch or version".into());
+        }
+        let snapshot = EntitySnapshot {
+            id: EntityId(self.id as u64),
+            kind,
+            state,
+            ttl_ticks: None,
+            player: self.player,
+        };
+        Ok((snapshot, self.owner_epoch as u64, self.version as u64))
+    }
+}
+
+/// How a checkpoint is written (the fast path is the default; the others are for comparison).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WriteMode {
+    /// Postgres: COPY into a staging table, then one INSERT ... ON CONFLICT. SQLite: multi-row.
+    Fast,
+    /// Multi-row `INSERT ... ON CONFLICT` statements.
+    MultiRow,
+    /// One statement per row (the naive baseline).
+    PerRow,
+}
+
+/// The world as loaded at start.
+#[derive(Debug, Default)]
+pub struct LoadedWorld {
+    pub entities: Vec<(EntitySnapshot, Epoch, u64)>,
+    /// (id, reason) of rows moved to quarantine.
+    pub quarantined: Vec<(i64, String)>,
+    pub placement: Option<Placement>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Account {
+    pub name: String,
+    pub password_hash: String,
+    pub ship_id: Option<i64>,
+}
+
+#[derive(Debug, Clone)]
+pub enum Store {
+    Postgres(PgPool),
+    Sqlite(SqlitePool),
+}
+
+const COLUMNS: &str =
+    "id, kind, sector, pos_x, pos_y, vel_x, vel_y, angle, ang_vel, player, owner_epoch, version";
+const UPDATE_SET: &str = "kind = EXCLUDED.kind, sector = EXCLUDED.sector, pos_x = EXCLUDED.pos_x, pos_y = EXCLUDED.pos_y, \
+    vel_x = EXCLUDED.vel_x, vel_y = EXCLUDED.vel_y, angle = EXCLUDED.angle, ang_vel = EXCLUDED.ang_vel, \
+    player = EXCLUDED.player, owner_epoch = EXCLUDED.owner_epoch, version = EXCLUDED.version";
+
+impl Store {
+    /// `DATABASE_URL` (Postgres) if given, else the SQLite file `sidereal.db` in `data_dir`.
+    pub async fn open(database_url: Option<&str>, data_dir: &Path) -> Result<Self, StoreError> {
+        match database_url {
+            Some(url) => Self::open_url(url).await,
+            None => {
+                std::fs::create_dir_all(data_dir).map_err(|source| StoreError::DataDir {
+                    path: data_dir.display().to_string(),
+                    source,
+                })?;
+                Self::open_url(&format!(
+                    "sqlite://{}",
+                    data_dir.join("sidereal.db").display()
+                ))
+                .await
+            }
+        }
+    }
+
+    pub async fn open_url(url: &str) -> Result<Self, StoreError> {
+        let store = if url.starts_with("sqlite:") {
+            let opts = SqliteConnectOptions::from_str(url)?
+                .create_if_missing(true)
+                .journal_mode(SqliteJournalMode::Wal)
+                .synchronous(SqliteSynchronous::Normal)
+                .busy_timeout(Duration::from_secs(5));
+            Store::Sqlite(
+                SqlitePoolOptions::new()
+                    .max_connections(4)
+                    .connect_with(opts)
+                    .await?,
+            )
+        } else {
+            let pool = PgPoolOptions::new()
+                .max_connections(4)
+                .acquire_timeout(Duration::from_secs(3))
+                .connect(url)
+                .await?;
+            Store::Postgres(pool)
+        };
+        store.migrate().await?;
+        Ok(store)
+    }
+
+    pub fn backend(&self) -> &'static str {
+        match self {
+            Store::Postgres(_) => "postgres",
+            Store::Sqlite(_) => "sqlite",
+        }
+    }
+
+    /// Applies migrations; refuses a database migrated by a newer binary.
+    async fn migrate(&self) -> Result<(), StoreError> {
+        let (migrator, applied): (&Migrator, Option<i64>) = match self {
+            Store::Postgres(p) => {
+                let exists: Option<String> =
+                    sqlx::query_scalar("SELECT to_regclass('_sqlx_migrations')::text")
+                        .fetch_one(p)
+                        .await?;
+                let v = if exists.is_some() {
+                    sqlx::query_scalar("SELECT MAX(version) FROM _sqlx_migrations")
+                        .fetch_one(p)
+                        .await?
+                } else {
+                    None
+                };
+                (&PG_MIGRATOR, v)
+            }
+            Store::Sqlite(p) => {
+                let exists: Option<String> = sqlx::query_scalar("SELECT name FROM sqlite_master WHERE type = 'table' AND name = '_sqlx_migrations'").fetch_optional(p).await?;
+                let v = if exists.is_some() {
+                    sqlx::query_scalar("SELECT MAX(version) FROM _sqlx_migrations")
+                        .fetch_one(p)
+                        .await?
+                } else {
+                    None
+                };
+                (&SQLITE_MIGRATOR, v)
+            }
+        };
+        let known = migrator.iter().map(|m| m.version).max().unwrap_or(0);
+        if let Some(found) = applied
+            && found > known
+        {
+            return Err(StoreError::SchemaTooNew { found, known });
+        }
+        match self {
+            Store::Postgres(p) => migrator.run(p).await?,
+            Store::Sqlite(p) => migrator.run(p).await?,
+        }
+        Ok(())
+    }
+
+    pub async fn ping(&self) -> Result<(), StoreError> {
+        match self {
+            Store::Postgres(p) => sqlx::query("SELECT 1").execute(p).await?,
+            Store::Sqlite(p) => {
+                sqlx::query("SELECT 1").execute(p).await?;
+                return Ok(());
+            }
+        };
+        Ok(())
+    }
+
+    /// Writes a checkpoint in one transaction: upserts `rows` (newer versions win), deletes
+    /// `removed`.
+    pub async fn write_checkpoint(
+        &self,
+        rows: &[EntityRow],
+        removed: &[i64],
+    ) -> Result<(), StoreError> {
+        self.write_with(WriteMode::Fast, rows, removed).await
+    }
+
+    pub async fn write_with(
+        &self,
+        mode: WriteMode,
+        rows: &[EntityRow],
+        removed: &[i64],
+    ) -> Result<(), StoreError> {
+        match self {
+            Store::Postgres(p) => {
+                let mut tx = p.begin().await?;
+                match mode {
+                    WriteMode::Fast => pg_copy_upsert(&mut tx, rows).await?,
+                    WriteMode::MultiRow => {
+                        for chunk in rows.chunks(4000) {
+                            multi_row_upsert::<sqlx::Postgres>(chunk)
+                                .build()
+                                .execute(&mut *tx)
+                                .await?;
+                        }
+                    }
+                    WriteMode::PerRow => {
+                        for r in rows {
+                            multi_row_upsert::<sqlx::Postgres>(std::slice::from_ref(r))
+                                .build()
+                                .execute(&mut *tx)
+                                .await?;
+                        }
+                    }
+                }
+                if !removed.is_empty() {
+                    sqlx::query("DELETE FROM entities WHERE id = ANY($1)")
+                        .bind(removed)
+                        .execute(&mut *tx)
+                        .await?;
+                }
+                tx.commit().await?;
+            }
+            Store::Sqlite(p) => {
+                let mut tx = p.begin().await?;
+                let chunk = if mode == WriteMode::PerRow { 1 } else { 2000 };
+                for c in rows.chunks(chunk) {
+                    multi_row_upsert::<sqlx::Sqlite>(c)
+                        .build()
+                        .execute(&mut *tx)
+                        .await?;
+                }
+                for c in removed.chunks(2000) {
+                    let mut q =
+                        QueryBuilder::<sqlx::Sqlite>::new("DELETE FROM entities WHERE id IN (");
+                    let mut sep = q.separated(", ");
+                    for id in c {
+                        sep.push_bind(*id);
+                    }
+                    q.push(")");
+                    q.build().execute(&mut *tx).await?;
+                }
+                tx.commit().await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Loads the world; rows that do not decode or validate are moved to `quarantine` (in one
+    /// transaction) and reported, never loaded.
+    pub async fn load(&self, world: &[SectorId]) -> Result<LoadedWorld, StoreError> {
+        let sql = format!("SELECT {COLUMNS} FROM entities ORDER BY id");
+        let decoded: Vec<(i64, Result<EntityRow, sqlx::Error>)> = match self {
+            Store::Postgres(p) => sqlx::query(&sql)
+                .fetch_all(p)
+                .await?
+                .iter()
+                .map(|r| (r.try_get("id").unwrap_or(-1), pg_row(r)))
+                .collect(),
+            Store::Sqlite(p) => sqlx::query(&sql)
+                .fetch_all(p)
+                .await?
+                .iter()
+                .map(|r| (r.try_get("id").unwrap_or(-1), sqlite_row(r)))
+                .collect(),
+        };
+        let mut out = LoadedWorld::default();
+        let mut bad: Vec<(i64, String, String)> = Vec::new();
+        for (id, r) in decoded {
+            match r {
+                Ok(row) => match row.validate(world) {
+                    Ok(e) => out.entities.push(e),
+                    Err(reason) => bad.push((id, reason, format!("{row:?}"))),
+                },
+                Err(e) => bad.push((id, format!("row does not decode: {e}"), String::new())),
+            }
+        }
+        if !bad.is_empty() {
+            self.quarantine(&bad).await?;
+            out.quarantined = bad
+                .into_iter()
+                .map(|(id, reason, _)| (id, reason))
+                .collect();
+        }
+        out.placement = self.load_placement().await?;
+        Ok(out)
+    }
+
+    async fn quarantine(&self, bad: &[(i64, String, String)]) -> Result<(), StoreError> {
+        macro_rules! move_rows {
+            ($pool:expr) => {{
+                let mut tx = $pool.begin().await?;
+                for (id, reason, text) in bad {
+                    sqlx::query(
+                        "INSERT INTO quarantine (id, reason, row_text) VALUES ($1, $2, $3)",
+                    )
+                    .bind(id)
+                    .bind(reason)
+                    .bind(text)
+                    .execute(&mut *tx)
+                    .await?;
+                    sqlx::query("DELETE FROM entities WHERE id = $1")
+                        .bind(id)
+                        .execute(&mut *tx)
+                        .await?;
+                }
+                tx.commit().await?;
+            }};
+        }
+        match self {
+            Store::Postgres(p) => move_rows!(p),
+            Store::Sqlite(p) => move_rows!(p),
+        }
+        Ok(())
+    }
+
+    pub async fn quarantined(&self) -> Result<Vec<(i64, String)>, StoreError> {
+        let sql = "SELECT id, reason FROM quarantine ORDER BY id";
+        Ok(match self {
+            Store::Postgres(p) => sqlx::query_as(sql).fetch_all(p).await?,
+            Store::Sqlite(p) => sqlx::query_as(sql).fetch_all(p).await?,
+        })
+    }
+
+    pub async fn count_entities(&self) -> Result<i64, StoreError> {
+        let sql = "SELECT COUNT(*) FROM entities";
+        Ok(match self {
+            Store::Postgres(p) => sqlx::query_scalar(sql).fetch_one(p).await?,
+            Store::Sqlite(p) => sqlx::query_scalar(sql).fetch_one(p).await?,
+        })
+    }
+
+    /// Every stored entity row (tests and tools).
+    pub async fn entity_rows(&self) -> Result<Vec<EntityRow>, StoreError> {
+        let sql = format!("SELECT {COLUMNS} FROM entities ORDER BY id");
+        Ok(match self {
+            Store::Postgres(p) => sqlx::query(&sql)
+                .fetch_all(p)
+                .await?
+                .iter()
+                .map(pg_row)
+                .collect::<Result<_, _>>()?,
+            Store::Sqlite(p) => sqlx::query(&sql)
+                .fetch_all(p)
+                .await?
+                .iter()
+                .map(sqlite_row)
+                .collect::<Result<_, _>>()?,
+        })
+    }
+
+    pub async fn save_placement(&self, p: &Placement) -> Result<(), StoreError> {
+        let json = serde_json::to_string(p).expect("placement serialises");
+        let sql = "INSERT INTO world_state (key, value) VALUES ('placement', $1) ON CONFLICT (key) DO UPDATE SET value = EXCLUDED.value";
+        match self {
+            Store::Postgres(pool) => sqlx::query(sql)
+                .bind(json)
+                .execute(pool)
+                .await
+                .map(|_| ())?,
+            Store::Sqlite(pool) => sqlx::query(sql)
+                .bind(json)
+                .execute(pool)
+                .await
+                .map(|_| ())?,
+        }
+        Ok(())
+    }
+
+    pub async fn load_placement(&self) -> Result<Option<Placement>, StoreError> {
+        let sql = "SELECT value FROM world_state WHERE key = 'placement'";
+        let v: Option<String> = match self {
+            Store::Postgres(p) => sqlx::query_scalar(sql).fetch_optional(p).await?,
+            Store::Sqlite(p) => sqlx::query_scalar(sql).fetch_optional(p).await?,
+        };
+        Ok(v.and_then(|s| serde_json::from_str(&s).ok()))
+    }
+
+    /// Creates an account; `false` if the name is taken. Committed before returning.
+    pub async fn create_account(
+        &self,
+        name: &str,
+        password_hash: &str,
+        ship_id: Option<i64>,
+    ) -> Result<bool, StoreError> {
+        let sql = "INSERT INTO accounts (name, password_hash, ship_id) VALUES ($1, $2, $3) ON CONFLICT (name) DO NOTHING";
+        let n = match self {
+            Store::Postgres(p) => sqlx::query(sql)
+                .bind(name)
+                .bind(password_hash)
+                .bind(ship_id)
+                .execute(p)
+                .await?
+                .rows_affected(),
+            Store::Sqlite(p) => sqlx::query(sql)
+                .bind(name)
+                .bind(password_hash)
+                .bind(ship_id)
+                .execute(p)
+                .await?
+                .rows_affected(),
+        };
+        Ok(n == 1)
+    }
+
+    pub async fn account(&self, name: &str) -> Result<Option<Account>, StoreError> {
+        let sql = "SELECT name, password_hash, ship_id FROM accounts WHERE name = $1";
+        let row: Option<(String, String, Option<i64>)> = match self {
+            Store::Postgres(p) => sqlx::query_as(sql).bind(name).fetch_optional(p).await?,
+            Store::Sqlite(p) => sqlx::query_as(sql).bind(name).fetch_optional(p).await?,
+        };
+        Ok(row.map(|(name, password_hash, ship_id)| Account {
+            name,
+            password_hash,
+            ship_id,
+        }))
+    }
+
+    /// Changes which ship an account owns. Committed before returning.
+    pub async fn set_ship(&self, name: &str, ship_id: Option<i64>) -> Result<bool, StoreError> {
+        let sql = "UPDATE accounts SET ship_id = $1 WHERE name = $2";
+        let n = match self {
+            Store::Postgres(p) => sqlx::query(sql)
+                .bind(ship_id)
+                .bind(name)
+                .execute(p)
+                .await?
+                .rows_affected(),
+            Store::Sqlite(p) => sqlx::query(sql)
+                .bind(ship_id)
+                .bind(name)
+                .execute(p)
+                .await?
+                .rows_affected(),
+        };
+        Ok(n == 1)
+    }
+}
+
+fn multi_row_upsert<'a, DB>(rows: &'a [EntityRow]) -> QueryBuilder<'a, DB>
+where
+    DB: sqlx::Database,
+    i64: sqlx::Encode<'a, DB> + sqlx::Type<DB>,
+    i16: sqlx::Encode<'a, DB> + sqlx::Type<DB>,
+    f32: sqlx::Encode<'a, DB> + sqlx::Type<DB>,
+    bool: sqlx::Encode<'a, DB> + sqlx::Type<DB>,
+    &'a str: sqlx::Encode<'a, DB> + sqlx::Type<DB>,
+{
+    let mut q = QueryBuilder::<DB>::new(format!("INSERT INTO entities ({COLUMNS}) "));
+    q.push_values(rows, |mut b, r| {
+        b.push_bind(r.id)
+            .push_bind(r.kind)
+            .push_bind(r.sector.as_str())
+            .push_bind(r.pos[0])
+            .push_bind(r.pos[1])
+            .push_bind(r.vel[0])
+            .push_bind(r.vel[1])
+            .push_bind(r.angle)
+            .push_bind(r.ang_vel)
+            .push_bind(r.player)
+            .push_bind(r.owner_epoch)
+            .push_bind(r.version);
+    });
+    q.push(format!(
+        " ON CONFLICT (id) DO UPDATE SET {UPDATE_SET} WHERE entities.version <= EXCLUDED.version"
+    ));
+    q
+}
+
+async fn pg_copy_upsert(
+    tx: &mut sqlx::Transaction<'_, sqlx::Postgres>,
+    rows: &[EntityRow],
+) -> Result<(), sqlx::Error> {
+    if rows.is_empty() {
+        return Ok(());
+    }
+    sqlx::query("CREATE TEMP TABLE IF NOT EXISTS entities_stage (LIKE entities INCLUDING DEFAULTS) ON COMMIT DELETE ROWS")
+        .execute(&mut **tx)
+        .await?;
+    let mut text = String::with_capacity(rows.len() * 96);
+    for r in rows {
+        use std::fmt::Write;
+        let _ = writeln!(
+            text,
+            "{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}",
+            r.id,
+            r.kind,
+            r.sector,
+            r.pos[0],
+            r.pos[1],
+            r.vel[0],
+            r.vel[1],
+            r.angle,
+            r.ang_vel,
+            if r.player { 't' } else { 'f' },
+            r.owner_epoch,
+            r.version
+        );
+    }
+    let mut copy = tx
+        .copy_in_raw(&format!("COPY entities_stage ({COLUMNS}) FROM STDIN"))
+        .await?;
+    copy.send(text.into_bytes()).await?;
+    copy.finish().await?;
+    sqlx::query(&format!(
+        "INSERT INTO entities ({COLUMNS}) SELECT {COLUMNS} FROM entities_stage \
+         ON CONFLICT (id) DO UPDATE SET {UPDATE_SET}, updated_at = now() WHERE entities.version <= EXCLUDED.version"
+    ))
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
+}
+
+fn pg_row(r: &sqlx::postgres::PgRow) -> Result<EntityRow, sqlx::Error> {
+    Ok(EntityRow {
+        id: r.try_get("id")?,
+        kind: r.try_get("kind")?,
+        sector: r.try_get("sector")?,
+        pos: [r.try_get("pos_x")?, r.try_get("pos_y")?],
+        vel: [r.try_get("vel_x")?, r.try_get("vel_y")?],
+        angle: r.try_get("angle")?,
+        ang_vel: r.try_get("ang_vel")?,
+        player: r.try_get("player")?,
+        owner_epoch: r.try_get("owner_epoch")?,
+        version: r.try_get("version")?,
+    })
+}
+
+fn sqlite_row(r: &sqlx::sqlite::SqliteRow) -> Result<EntityRow, sqlx::Error> {
+    // SQLite stores REAL as f64 and INTEGER as i64.
+    let f = |c: &str| r.try_get::<f64, _>(c).map(|v| v as f32);
+    Ok(EntityRow {
+        id: r.try_get("id")?,
+        kind: r.try_get::<i64, _>("kind")? as i16,
+        sector: r.try_get("sector")?,
+        pos: [f("pos_x")?, f("pos_y")?],
+        vel: [f("vel_x")?, f("vel_y")?],
+        angle: f("angle")?,
+        ang_vel: f("ang_vel")?,
+        player: r.try_get("player")?,
+        owner_epoch: r.try_get("owner_epoch")?,
+        version: r.try_get("version")?,
+    })
+}
