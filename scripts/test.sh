@@ -16,7 +16,17 @@ step "format and lints"
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets --locked -- -D warnings
 
-step "unit and in-process tests"
+step "throwaway PostgreSQL"
+pg_dir=$(mktemp -d "${TMPDIR:-/tmp}/sidereal-pg.XXXXXX")
+cleanup() {
+  scripts/postgres.sh stop "$pg_dir" || true
+  [ -n "${cluster_up:-}" ] && e2e/scripts/cluster.sh down || true
+}
+trap cleanup EXIT
+SIDEREAL_TEST_DATABASE_URL=$(scripts/postgres.sh start "$pg_dir")
+export SIDEREAL_TEST_DATABASE_URL SIDEREAL_TEST_PG_DIR=$pg_dir
+
+step "unit, in-process, store and process tests"
 cargo test --workspace --locked --exclude sidereal-e2e
 
 step "CRDs are up to date"
@@ -25,8 +35,8 @@ cargo run -q --locked --bin sidereal -- crdgen > "$SIDEREAL_CACHE/crds.yaml"
 step "local control plane"
 bins=$(e2e/scripts/build-control-plane.sh)
 export SIDEREAL_CP_BIN=$bins
+cluster_up=1
 e2e/scripts/cluster.sh up
-trap 'e2e/scripts/cluster.sh down' EXIT
 export KUBECONFIG=$(e2e/scripts/cluster.sh kubeconfig)
 
 step "crdgen output accepted by kubectl (client dry run)"

@@ -1,5 +1,8 @@
 //! Real processes over loopback: `sidereal replication` and `sidereal shard`, killed with
-//! SIGKILL, fed garbage by raw sockets.
+//! SIGKILL, fed garbage by raw sockets; crash recovery and database outages with a real store.
+
+#[path = "processes/persistence.rs"]
+mod persistence;
 
 use std::collections::{BTreeSet, HashMap};
 use std::io::{BufRead, BufReader, Read, Write};
@@ -18,7 +21,7 @@ use sidereal_core::{
 const SECRET: &str = "process-test-secret";
 
 /// A child process killed when dropped.
-struct Proc(Child);
+pub(crate) struct Proc(pub(crate) Child);
 
 impl Drop for Proc {
     fn drop(&mut self) {
@@ -35,18 +38,18 @@ fn sidereal() -> Command {
     c
 }
 
-struct Replication {
-    _proc: Proc,
-    http: String,
-    link: SocketAddr,
-    _data: TempDir,
+pub(crate) struct Replication {
+    pub(crate) proc_: Proc,
+    pub(crate) http: String,
+    pub(crate) link: SocketAddr,
+    _data: Option<TempDir>,
 }
 
 /// A directory removed when dropped.
-struct TempDir(std::path::PathBuf);
+pub(crate) struct TempDir(pub(crate) std::path::PathBuf);
 
 impl TempDir {
-    fn new(tag: &str) -> Self {
+    pub(crate) fn new(tag: &str) -> Self {
         static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
         let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let p = std::env::temp_dir().join(format!("sidereal-{tag}-{}-{n}", std::process::id()));
@@ -63,22 +66,41 @@ impl Drop for TempDir {
 
 fn start_replication(entities: usize) -> Replication {
     let data = TempDir::new("repl");
-    let mut child = sidereal()
-        .args([
-            "replication",
-            "--http",
-            "127.0.0.1:0",
-            "--link",
-            "127.0.0.1:0",
-            "--seed-entities",
-            &entities.to_string(),
-        ])
-        .args(["--world", "s2-xm1-y0,s2-x0-y0"])
-        .arg("--data")
-        .arg(&data.0)
-        .stdout(Stdio::piped())
-        .spawn()
-        .expect("start replication");
+    let mut r = start_replication_with(entities, &data.0, None, &[]);
+    r._data = Some(data);
+    r
+}
+
+/// Starts replication storing into `database_url` (Postgres) or SQLite under `data`.
+pub(crate) fn start_replication_with(
+    entities: usize,
+    data: &std::path::Path,
+    database_url: Option<&str>,
+    extra: &[&str],
+) -> Replication {
+    let mut cmd = sidereal();
+    cmd.args([
+        "replication",
+        "--http",
+        "127.0.0.1:0",
+        "--link",
+        "127.0.0.1:0",
+    ])
+    .args([
+        "--seed-entities",
+        &entities.to_string(),
+        "--world",
+        "s2-xm1-y0,s2-x0-y0",
+    ])
+    .args(extra)
+    .arg("--data")
+    .arg(data)
+    .env_remove("DATABASE_URL")
+    .stdout(Stdio::piped());
+    if let Some(url) = database_url {
+        cmd.env("DATABASE_URL", url);
+    }
+    let mut child = cmd.spawn().expect("start replication");
     let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
     let ready = lines.next().expect("a ready line").expect("stdout");
     let addr = |key: &str| {
@@ -93,14 +115,14 @@ fn start_replication(entities: usize) -> Replication {
     // Keep draining stdout so the child never blocks on a full pipe.
     std::thread::spawn(move || for _ in lines {});
     Replication {
-        _proc: Proc(child),
+        proc_: Proc(child),
         http,
         link,
-        _data: data,
+        _data: None,
     }
 }
 
-fn start_shard(r: &Replication, id: &str) -> Proc {
+pub(crate) fn start_shard(r: &Replication, id: &str) -> Proc {
     Proc(
         sidereal()
             .args([
@@ -119,7 +141,7 @@ fn start_shard(r: &Replication, id: &str) -> Proc {
     )
 }
 
-fn get(url: &str) -> Value {
+pub(crate) fn get(url: &str) -> Value {
     let out = Command::new("curl")
         .args(["-sf", "--max-time", "5", url])
         .output()
@@ -128,7 +150,7 @@ fn get(url: &str) -> Value {
     serde_json::from_slice(&out.stdout).expect("json")
 }
 
-fn put(url: &str, body: &Value) -> (u16, String) {
+pub(crate) fn put(url: &str, body: &Value) -> (u16, String) {
     let out = Command::new("curl")
         .args([
             "-s",
@@ -152,7 +174,7 @@ fn put(url: &str, body: &Value) -> (u16, String) {
     )
 }
 
-fn wait_until(what: &str, timeout: Duration, mut f: impl FnMut() -> bool) {
+pub(crate) fn wait_until(what: &str, timeout: Duration, mut f: impl FnMut() -> bool) {
     let deadline = Instant::now() + timeout;
     while !f() {
         assert!(
@@ -163,7 +185,7 @@ fn wait_until(what: &str, timeout: Duration, mut f: impl FnMut() -> bool) {
     }
 }
 
-fn connected(r: &Replication) -> BTreeSet<String> {
+pub(crate) fn connected(r: &Replication) -> BTreeSet<String> {
     get(&format!("{}/v1/shards", r.http))["shards"]
         .as_array()
         .unwrap()
@@ -173,11 +195,11 @@ fn connected(r: &Replication) -> BTreeSet<String> {
         .collect()
 }
 
-fn placement_of(r: &Replication) -> Placement {
+pub(crate) fn placement_of(r: &Replication) -> Placement {
     serde_json::from_value(get(&format!("{}/v1/placement", r.http))).unwrap()
 }
 
-fn entities(r: &Replication, query: &str) -> HashMap<u64, Value> {
+pub(crate) fn entities(r: &Replication, query: &str) -> HashMap<u64, Value> {
     get(&format!("{}/v1/entities{query}", r.http))["entities"]
         .as_array()
         .unwrap()
@@ -336,7 +358,7 @@ fn closed_by_server(s: &mut TcpStream) -> bool {
     }
 }
 
-fn metric(r: &Replication, name: &str) -> f64 {
+pub(crate) fn metric(r: &Replication, name: &str) -> f64 {
     let m = Command::new("curl")
         .args(["-sf", &format!("{}/metrics", r.http)])
         .output()

@@ -106,11 +106,23 @@ async fn put_placement(
         }
     };
     let generation = desired.generation;
-    let mut a = s.authority.lock().expect("authority lock");
-    let result = a.put_placement(desired);
-    s.flush(&mut a);
+    let (result, applied) = {
+        let mut a = s.authority.lock().expect("authority lock");
+        let result = a.put_placement(desired);
+        s.flush(&mut a);
+        (result, a.placement().clone())
+    };
     match result {
         Ok(changed) => {
+            // Acknowledged only once durable; a retry of the same generation is a no-op that
+            // saves again.
+            if let Some(store) = &s.store
+                && let Err(e) = store.save_placement(&applied).await
+            {
+                let msg =
+                    format!("placement {generation} applied but not yet durable ({e}); retry");
+                return error(StatusCode::SERVICE_UNAVAILABLE, msg);
+            }
             Json(json!({ "generation": generation, "changed": changed })).into_response()
         }
         Err(e @ (PutPlacementError::Stale { .. } | PutPlacementError::Conflict(_))) => {

@@ -287,11 +287,18 @@ impl Authority {
             },
         ));
         self.send_assignment(&shard);
-        // A shard that comes back (restarted pod) gets back whatever the mirror says it owns.
+        // A shard that comes back (restarted pod) gets back whatever the mirror says it owns,
+        // and whatever lies in its leaves with no live owner (a restored world, a dead shard).
         let mine: Vec<EntityId> = self
             .mirror
             .iter()
-            .filter(|(_, r)| r.owner == shard)
+            .filter(|(_, r)| {
+                r.owner == shard
+                    || (!self.live.contains_key(&r.owner)
+                        && self
+                            .leaf_of(&r.snapshot)
+                            .is_some_and(|l| self.placement.sectors[&l] == shard))
+            })
             .map(|(id, _)| *id)
             .collect();
         self.readopt(&shard, mine);

@@ -1,0 +1,253 @@
+//! Store conformance: the same tests against SQLite (a temp file) and Postgres (a throwaway
+//! cluster started by `make test`, URL in SIDEREAL_TEST_DATABASE_URL).
+
+use std::sync::atomic::{AtomicU32, Ordering};
+
+use sidereal_core::{
+    EntityId, EntityKind, EntitySnapshot, EntityState, Placement, SectorId, ShardId,
+};
+use sidereal_replication::mirror::EntityRecord;
+use sidereal_replication::store::{EntityRow, Store, StoreError, WriteMode};
+
+fn world() -> Vec<SectorId> {
+    vec![SectorId::new(2, 0, 0).unwrap()]
+}
+
+static N: AtomicU32 = AtomicU32::new(0);
+
+/// A fresh, empty database of each backend.
+async fn stores() -> Vec<(Store, String)> {
+    let n = N.fetch_add(1, Ordering::Relaxed);
+    let dir = std::env::temp_dir().join(format!("sidereal-store-{}-{n}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let sqlite_url = format!("sqlite://{}", dir.join("t.db").display());
+    std::fs::create_dir_all(&dir).unwrap();
+    let admin = std::env::var("SIDEREAL_TEST_DATABASE_URL")
+        .expect("SIDEREAL_TEST_DATABASE_URL is not set: run the suite through `make test`, which starts a throwaway Postgres");
+    let db = format!("conformance_{}_{n}", std::process::id());
+    let pool = sqlx::PgPool::connect(&admin)
+        .await
+        .expect("admin connection");
+    sqlx::query(&format!("CREATE DATABASE {db}"))
+        .execute(&pool)
+        .await
+        .unwrap();
+    let pg_url = format!("{}/{db}", admin.rsplit_once('/').unwrap().0);
+    vec![
+        (Store::open_url(&sqlite_url).await.unwrap(), sqlite_url),
+        (Store::open_url(&pg_url).await.unwrap(), pg_url),
+    ]
+}
+
+fn record(id: u64, x: f32, version: u64) -> EntityRecord {
+    EntityRecord {
+        snapshot: EntitySnapshot {
+            id: EntityId(id),
+            kind: EntityKind::Asteroid,
+            state: EntityState {
+                pos: [x, 10.0],
+                vel: [1.5, -2.0],
+                angle: 0.5,
+                ang_vel: 0.1,
+            },
+            ttl_ticks: None,
+            player: false,
+        },
+        owner: ShardId::new("shard-0"),
+        epoch: 3,
+        in_transit: false,
+        previous_owner: None,
+        version,
+    }
+}
+
+fn rows(records: &[EntityRecord]) -> Vec<EntityRow> {
+    records.iter().filter_map(EntityRow::from_record).collect()
+}
+
+#[tokio::test]
+async fn checkpoints_round_trip_newer_versions_win_and_deletes_apply() {
+    for (store, url) in stores().await {
+        let first: Vec<_> = (1..=500).map(|i| record(i, i as f32, 5)).collect();
+        store.write_checkpoint(&rows(&first), &[]).await.unwrap();
+        // A newer version moves entity 1, an older one for entity 2 is ignored, 3 is deleted.
+        let newer = rows(&[record(1, 77.0, 6), record(2, 99.0, 4)]);
+        store.write_checkpoint(&newer, &[3]).await.unwrap();
+        let loaded = store.load(&world()).await.unwrap();
+        assert_eq!(loaded.entities.len(), 499, "{url}");
+        assert!(loaded.quarantined.is_empty(), "{url}");
+        let get = |id: u64| {
+            loaded
+                .entities
+                .iter()
+                .find(|(s, _, _)| s.id == EntityId(id))
+                .cloned()
+        };
+        let (s1, epoch, version) = get(1).unwrap();
+        assert_eq!(
+            (s1.state.pos, epoch, version),
+            ([77.0, 10.0], 3, 6),
+            "{url}"
+        );
+        assert_eq!(
+            get(2).unwrap().0.state.pos,
+            [2.0, 10.0],
+            "{url}: an older version never overwrites"
+        );
+        assert!(get(3).is_none(), "{url}");
+        assert_eq!(
+            s1.state,
+            record(1, 77.0, 6).snapshot.state,
+            "{url}: state is stored exactly"
+        );
+    }
+}
+
+#[tokio::test]
+async fn every_write_mode_stores_the_same_world() {
+    for (store, url) in stores().await {
+        let mut all = Vec::new();
+        for (k, mode) in [WriteMode::Fast, WriteMode::MultiRow, WriteMode::PerRow]
+            .into_iter()
+            .enumerate()
+        {
+            let recs: Vec<_> = (0..300)
+                .map(|i| record(1 + (k as u64) * 1000 + i, (i % 900) as f32, 1))
+                .collect();
+            store.write_with(mode, &rows(&recs), &[]).await.unwrap();
+            all.extend(rows(&recs));
+        }
+        let mut stored = store.entity_rows().await.unwrap();
+        stored.sort_by_key(|r| r.id);
+        all.sort_by_key(|r| r.id);
+        assert_eq!(stored, all, "{url}");
+    }
+}
+
+#[tokio::test]
+async fn projectiles_are_not_persisted() {
+    let mut r = record(9, 1.0, 1);
+    r.snapshot.kind = EntityKind::Projectile;
+    assert!(EntityRow::from_record(&r).is_none());
+}
+
+#[tokio::test]
+async fn bad_rows_are_quarantined_not_loaded() {
+    for (store, url) in stores().await {
+        store
+            .write_checkpoint(&rows(&[record(1, 5.0, 1)]), &[])
+            .await
+            .unwrap();
+        let insert = |id: i64, sector: &str, x: &str, kind: i16| {
+            format!(
+                "INSERT INTO entities (id, kind, sector, pos_x, pos_y, vel_x, vel_y, angle, ang_vel, player, owner_epoch, version) \
+                 VALUES ({id}, {kind}, '{sector}', {x}, 10, 0, 0, 0, 0, false, 1, 1)"
+            )
+        };
+        let mut bad = vec![
+            (2, insert(2, "s0-x999-y0", "5", 1), "not in its sector"),
+            (3, insert(3, "not-a-sector", "5", 1), "invalid sector name"),
+            (4, insert(4, "s0-x0-y0", "5", 9), "unknown kind"),
+            (
+                5,
+                insert(5, "s0-x9000-y0", "9000500", 1),
+                "outside the world",
+            ),
+        ];
+        // A NaN position: Postgres stores it; SQLite turns NaN into NULL, so store text instead.
+        if url.starts_with("postgres") {
+            bad.push((6, insert(6, "s0-x0-y0", "'NaN'", 1), "not finite"));
+        } else {
+            bad.push((6, insert(6, "s0-x0-y0", "'garbage'", 1), "does not decode"));
+        }
+        for (_, sql, _) in &bad {
+            match &store {
+                Store::Postgres(p) => sqlx::query(sql).execute(p).await.map(|_| ()).unwrap(),
+                Store::Sqlite(p) => sqlx::query(sql).execute(p).await.map(|_| ()).unwrap(),
+            }
+        }
+        let loaded = store.load(&world()).await.unwrap();
+        assert_eq!(loaded.entities.len(), 1, "{url}: only the good row is live");
+        for (id, _, reason) in &bad {
+            let q = loaded
+                .quarantined
+                .iter()
+                .find(|(qid, _)| qid == id)
+                .unwrap_or_else(|| panic!("{url}: row {id} not quarantined"));
+            assert!(
+                q.1.contains(reason),
+                "{url}: row {id}: {:?} should mention {reason:?}",
+                q.1
+            );
+        }
+        // Moved, not copied: the next start loads cleanly and the quarantine keeps them.
+        let again = store.load(&world()).await.unwrap();
+        assert!(
+            again.quarantined.is_empty() && again.entities.len() == 1,
+            "{url}"
+        );
+        assert_eq!(store.quarantined().await.unwrap().len(), bad.len(), "{url}");
+    }
+}
+
+#[tokio::test]
+async fn placement_and_accounts_are_durable() {
+    for (store, url) in stores().await {
+        assert_eq!(store.load_placement().await.unwrap(), None);
+        let mut p = Placement {
+            generation: 7,
+            sectors: Default::default(),
+        };
+        p.sectors.insert(world()[0], ShardId::new("shard-3"));
+        store.save_placement(&p).await.unwrap();
+        p.generation = 8;
+        store.save_placement(&p).await.unwrap();
+        // Reopening (a restart) finds the latest placement.
+        let reopened = Store::open_url(&url).await.unwrap();
+        assert_eq!(
+            reopened.load_placement().await.unwrap(),
+            Some(p.clone()),
+            "{url}"
+        );
+
+        assert!(
+            store
+                .create_account("ada", "hash1", Some(42))
+                .await
+                .unwrap()
+        );
+        assert!(
+            !store.create_account("ada", "other", None).await.unwrap(),
+            "{url}: names are unique"
+        );
+        assert!(store.set_ship("ada", Some(43)).await.unwrap());
+        assert!(!store.set_ship("nobody", Some(1)).await.unwrap());
+        let a = reopened.account("ada").await.unwrap().unwrap();
+        assert_eq!(
+            (a.password_hash.as_str(), a.ship_id),
+            ("hash1", Some(43)),
+            "{url}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn a_schema_newer_than_the_binary_is_refused() {
+    for (store, url) in stores().await {
+        let sql = "INSERT INTO _sqlx_migrations (version, description, success, checksum, execution_time) VALUES (99999, 'from the future', true, X'00', 0)";
+        match &store {
+            Store::Postgres(p) => sqlx::query(&sql.replace("X'00'", "'\\x00'::bytea"))
+                .execute(p)
+                .await
+                .map(|_| ())
+                .unwrap(),
+            Store::Sqlite(p) => sqlx::query(sql).execute(p).await.map(|_| ()).unwrap(),
+        }
+        match Store::open_url(&url).await {
+            Err(e @ StoreError::SchemaTooNew { found: 99999, .. }) => {
+                assert!(e.to_string().contains("newer than this binary"), "{e}")
+            }
+            other => panic!("{url}: expected SchemaTooNew, got {other:?}"),
+        }
+    }
+}
