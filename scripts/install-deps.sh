@@ -1,10 +1,13 @@
 #!/usr/bin/env bash
-# Installs what the tests need and is not built from source: kubectl and Go (for the control
-# plane). Idempotent: does nothing when everything is present.
+# Installs what the tests need and is not built from source: kubectl, Go (for the control
+# plane), curl and psql (process tests). The PostgreSQL server is installed by postgres.sh.
+# Idempotent: does nothing when everything is present.
 set -euo pipefail
 need=()
 command -v kubectl >/dev/null || need+=(kubectl)
 command -v go >/dev/null || need+=(golang-go)
+command -v curl >/dev/null || need+=(curl)
+command -v psql >/dev/null || need+=(postgresql-client)
 [ ${#need[@]} -eq 0 ] && exit 0
 if [ "$(id -u)" != 0 ] || ! command -v apt-get >/dev/null; then
   echo "error: missing ${need[*]}; install them (Debian: apt-get install ${need[*]}) and rerun" >&2

@@ -158,8 +158,12 @@ pub fn run(args: UpArgs) -> anyhow::Result<()> {
                 "--tick-hz",
                 &args.tick_hz.to_string(),
             ])
+            .arg("--data")
+            .arg(&args.data)
             .env("SIDEREAL_SHARD_SECRET", &secret)
             .stdin(Stdio::null())
+            // Its ready line is for supervisors that bind port 0; `up` knows its ports.
+            .stdout(Stdio::null())
             .kill_on_drop(true)
             .spawn()
             .context("starting replication")?;

@@ -501,3 +501,101 @@ fn bad_input_is_refused_with_a_reason_and_the_fleet_carries_on() {
         "{body}"
     );
 }
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn pids_matching(pattern: &str) -> Vec<u32> {
+    let out = Command::new("pgrep")
+        .args(["-f", pattern])
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| l.trim().parse().ok())
+        .collect()
+}
+
+/// `sidereal up`: starts the fleet, says where it is, survives a shard's kill -9 by re-homing
+/// and restarting it, and stops every process on Ctrl-C.
+#[test]
+fn sidereal_up_runs_supervises_and_stops_the_fleet() {
+    let data = TempDir::new("up");
+    let (http, link, metrics) = (free_port(), free_port(), free_port());
+    let mut up = sidereal()
+        .args(["up", "--shards", "2", "--entities", "300"])
+        .args([
+            "--http",
+            &format!("127.0.0.1:{http}"),
+            "--link",
+            &format!("127.0.0.1:{link}"),
+        ])
+        .args(["--metrics-base-port", &metrics.to_string()])
+        .arg("--data")
+        .arg(&data.0)
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("start sidereal up");
+    let mut out = BufReader::new(up.stdout.take().unwrap()).lines();
+    let mut up = Proc(up);
+    let banner: Vec<String> = out.by_ref().take(2).map(|l| l.unwrap()).collect();
+    assert!(
+        banner[0].starts_with("sidereal is up: 2 shards"),
+        "{banner:?}"
+    );
+    let base = format!("http://127.0.0.1:{http}");
+    assert!(
+        banner[1].contains(&format!("{base}/v1/status")),
+        "{banner:?}"
+    );
+    std::thread::spawn(move || for _ in out {});
+    let status = || get(&format!("{base}/v1/status"));
+    assert_eq!(status()["shardsConnected"], 2);
+    assert_eq!(status()["entities"], 300);
+    assert!(
+        data.0.join("sidereal.db").exists(),
+        "the embedded store lives in the data directory"
+    );
+
+    let victim = format!("shard --id shard-1 --replication 127.0.0.1:{link}");
+    let pids = pids_matching(&victim);
+    assert_eq!(pids.len(), 1, "{pids:?}");
+    let generation = status()["placementGeneration"].as_u64().unwrap();
+    Command::new("kill")
+        .args(["-9", &pids[0].to_string()])
+        .status()
+        .unwrap();
+    wait_until("re-homed and restarted", Duration::from_secs(30), || {
+        let s = status();
+        s["placementGeneration"].as_u64() > Some(generation)
+            && s["shardsConnected"] == 2
+            && pids_matching(&victim)
+                .first()
+                .is_some_and(|p| *p != pids[0])
+    });
+
+    Command::new("kill")
+        .args(["-INT", &up.0.id().to_string()])
+        .status()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let code = loop {
+        if let Some(code) = up.0.try_wait().unwrap() {
+            break code;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "sidereal up did not stop on Ctrl-C"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert!(code.success(), "{code}");
+    wait_until("children gone", Duration::from_secs(10), || {
+        pids_matching(&format!("127.0.0.1:{link}")).is_empty()
+    });
+}

@@ -1,0 +1,116 @@
+//! Checkpoint throughput and restore time on Postgres and SQLite. Prints numbers, never fails.
+//!   scripts/bench-store.sh   (starts a throwaway Postgres, runs this, stops it)
+
+use std::time::Instant;
+
+use sidereal_core::{EntityId, EntityKind, EntitySnapshot, EntityState, SectorId, ShardId};
+use sidereal_replication::mirror::EntityRecord;
+use sidereal_replication::store::{EntityRow, Store, WriteMode};
+
+fn rows(n: usize, version: u64) -> Vec<EntityRow> {
+    (0..n)
+        .map(|i| EntityRecord {
+            snapshot: EntitySnapshot {
+                id: EntityId(i as u64 + 1),
+                kind: EntityKind::Asteroid,
+                state: EntityState {
+                    pos: [
+                        (i % 3000) as f32 + 0.25,
+                        (i / 3000) as f32 * 10.0 + version as f32,
+                    ],
+                    vel: [3.0, -1.0],
+                    angle: 0.5,
+                    ang_vel: 0.1,
+                },
+                ttl_ticks: None,
+                player: false,
+            },
+            owner: ShardId::new("shard-0"),
+            epoch: 2,
+            in_transit: false,
+            previous_owner: None,
+            version,
+        })
+        .filter_map(|r| EntityRow::from_record(&r))
+        .collect()
+}
+
+async fn fresh(kind: &str, tag: &str) -> Store {
+    if kind == "sqlite" {
+        let dir = std::env::temp_dir().join(format!("sidereal-bench-{}-{tag}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        return Store::open_url(&format!("sqlite://{}", dir.join("b.db").display()))
+            .await
+            .unwrap();
+    }
+    let admin = std::env::var("SIDEREAL_BENCH_DATABASE_URL")
+        .expect("SIDEREAL_BENCH_DATABASE_URL (run scripts/bench-store.sh)");
+    let pool = sqlx::PgPool::connect(&admin).await.unwrap();
+    let db = format!("bench_{tag}");
+    sqlx::query(&format!("DROP DATABASE IF EXISTS {db}"))
+        .execute(&pool)
+        .await
+        .unwrap();
+    sqlx::query(&format!("CREATE DATABASE {db}"))
+        .execute(&pool)
+        .await
+        .unwrap();
+    Store::open_url(&format!("{}/{db}", admin.rsplit_once('/').unwrap().0))
+        .await
+        .unwrap()
+}
+
+#[tokio::main(flavor = "current_thread")]
+async fn main() {
+    println!("| backend | dirty rows | method | first write rows/s | update rows/s |");
+    println!("|---|---|---|---|---|");
+    for backend in ["postgres", "sqlite"] {
+        for n in [10_000usize, 100_000] {
+            for (name, mode) in [
+                ("fast path", WriteMode::Fast),
+                ("multi-row upsert", WriteMode::MultiRow),
+                ("naive per-row", WriteMode::PerRow),
+            ] {
+                if mode == WriteMode::PerRow && n > 10_000 {
+                    continue;
+                }
+                let store = fresh(backend, &format!("{backend}_{n}_{mode:?}").to_lowercase()).await;
+                let first = rows(n, 1);
+                let t = Instant::now();
+                store.write_with(mode, &first, &[]).await.unwrap();
+                let insert = n as f64 / t.elapsed().as_secs_f64();
+                let second = rows(n, 2);
+                let t = Instant::now();
+                store.write_with(mode, &second, &[]).await.unwrap();
+                let update = n as f64 / t.elapsed().as_secs_f64();
+                println!("| {backend} | {n} | {name} | {insert:.0} | {update:.0} |");
+            }
+        }
+    }
+    println!();
+    let world = vec![SectorId::new(4, 0, 0).unwrap()];
+    for backend in ["postgres", "sqlite"] {
+        let store = fresh(backend, &format!("restore_{backend}")).await;
+        store
+            .write_checkpoint(&rows(100_000, 1), &[])
+            .await
+            .unwrap();
+        let t = Instant::now();
+        let loaded = store.load(&world).await.unwrap();
+        let mut a = sidereal_replication::Authority::new(sidereal_replication::AuthorityConfig {
+            world: world.clone(),
+            secret: "s".into(),
+            tick_hz: 30,
+            shadow_margin: 50.0,
+        });
+        for (s, e, v) in loaded.entities {
+            a.load_entity(s, e, v);
+        }
+        println!(
+            "restore of 100k entities from {backend} into the mirror: {:.2} s ({} loaded)",
+            t.elapsed().as_secs_f64(),
+            a.mirror().len()
+        );
+    }
+}
