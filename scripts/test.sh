@@ -26,23 +26,21 @@ trap cleanup EXIT
 SIDEREAL_TEST_DATABASE_URL=$(scripts/postgres.sh start "$pg_dir")
 export SIDEREAL_TEST_DATABASE_URL SIDEREAL_TEST_PG_DIR=$pg_dir
 
-step "unit, in-process, store and process tests"
-cargo test --workspace --locked --exclude sidereal-e2e
-
-step "CRDs are up to date"
-cargo run -q --locked --bin sidereal -- crdgen > "$SIDEREAL_CACHE/crds.yaml"
-
 step "local control plane"
 bins=$(e2e/scripts/build-control-plane.sh)
 export SIDEREAL_CP_BIN=$bins
 cluster_up=1
 e2e/scripts/cluster.sh up
-export KUBECONFIG=$(e2e/scripts/cluster.sh kubeconfig)
+KUBECONFIG=$(e2e/scripts/cluster.sh kubeconfig)
+export KUBECONFIG
+
+# One cargo invocation for every test, so features resolve once and nothing is rebuilt:
+# unit, property, in-process fleet, store conformance (Postgres + SQLite), real processes,
+# and the e2e suite against the local control plane.
+step "all tests"
+cargo test --workspace --locked
 
 step "crdgen output accepted by kubectl (client dry run)"
-kubectl apply --dry-run=client -f "$SIDEREAL_CACHE/crds.yaml"
-
-step "end-to-end tests against the local control plane"
-cargo test --locked -p sidereal-e2e -- --test-threads=2
+"$CARGO_TARGET_DIR/debug/sidereal" crdgen | kubectl apply --dry-run=client -f -
 
 step "all tests passed"
