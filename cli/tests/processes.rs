@@ -15,7 +15,7 @@ use sidereal_core::protocol::{
     FrameReader, PROTOCOL_VERSION, ReplicationMessage, ShardMessage, encode_frame,
 };
 use sidereal_core::{
-    EntityId, EntityKind, EntitySnapshot, EntityState, Placement, ShardId, placement,
+    EntityId, EntityKind, EntitySnapshot, EntityState, Placement, SectorId, ShardId, placement,
 };
 
 const SECRET: &str = "process-test-secret";
@@ -598,4 +598,97 @@ fn sidereal_up_runs_supervises_and_stops_the_fleet() {
     wait_until("children gone", Duration::from_secs(10), || {
         pids_matching(&format!("127.0.0.1:{link}")).is_empty()
     });
+}
+
+/// Splits and merges driven through `PUT /v1/placement` on real processes: every entity of the
+/// split leaf ends up with the shard of the child it is in, and back on one shard after the
+/// merge, with the entity count conserved throughout (projectiles off).
+#[test]
+fn split_and_merge_through_the_control_api() {
+    let r = start_replication(800);
+    let _shards: Vec<Proc> = (0..2)
+        .map(|i| {
+            Proc(
+                sidereal()
+                    .args([
+                        "shard",
+                        "--id",
+                        &format!("shard-{i}"),
+                        "--replication",
+                        &r.link.to_string(),
+                    ])
+                    .args(["--metrics", "127.0.0.1:0", "--fire-every-ticks", "0"])
+                    .spawn()
+                    .unwrap(),
+            )
+        })
+        .collect();
+    wait_until("shards linked", Duration::from_secs(30), || {
+        connected(&r).len() == 2
+    });
+    let world: Vec<SectorId> = vec!["s2-xm1-y0".parse().unwrap(), "s2-x0-y0".parse().unwrap()];
+    let mut p = Placement {
+        generation: 1,
+        sectors: Default::default(),
+    };
+    p.sectors.insert(world[0], ShardId::new("shard-0"));
+    p.sectors.insert(world[1], ShardId::new("shard-1"));
+    let url = format!("{}/v1/placement", r.http);
+    assert_eq!(put(&url, &serde_json::to_value(&p).unwrap()).0, 200);
+    let settled = |expect: &dyn Fn(&Value) -> Option<String>| {
+        let all = entities(&r, "");
+        all.len() == 800
+            && all.values().all(|e| {
+                e["inTransit"] == false && expect(e).is_none_or(|o| e["owner"] == o.as_str())
+            })
+    };
+    wait_until("initial placement settled", Duration::from_secs(20), || {
+        settled(&|_| None)
+    });
+
+    // Split the west root onto both shards.
+    let split = placement::split(
+        &p,
+        world[0],
+        ["shard-0", "shard-1", "shard-0", "shard-1"].map(ShardId::new),
+    )
+    .unwrap();
+    let (code, body) = put(&url, &serde_json::to_value(&split).unwrap());
+    assert_eq!(code, 200, "{body}");
+    let owner_by_child = |e: &Value| -> Option<String> {
+        let (x, y) = (e["pos"][0].as_f64().unwrap(), e["pos"][1].as_f64().unwrap());
+        let cell = SectorId::of_point(sidereal_core::Point::new(x, y), 0).ok()?;
+        let leaf = placement::leaf_covering(&split.sectors, cell)?;
+        Some(split.sectors[&leaf].0.clone())
+    };
+    wait_until(
+        "split settled: entities owned by their child's shard",
+        Duration::from_secs(20),
+        || settled(&owner_by_child),
+    );
+    let west_on_1 = entities(&r, "?owner=shard-1")
+        .values()
+        .filter(|e| e["pos"][0].as_f64().unwrap() < 0.0)
+        .count();
+    assert!(
+        west_on_1 > 50,
+        "the split moved entities of the west root to shard-1 ({west_on_1})"
+    );
+
+    // Merge back, onto shard-1 this time.
+    let merged = placement::merge(&split, world[0], ShardId::new("shard-1")).unwrap();
+    let (code, body) = put(&url, &serde_json::to_value(&merged).unwrap());
+    assert_eq!(code, 200, "{body}");
+    wait_until(
+        "merge settled: everything on shard-1",
+        Duration::from_secs(20),
+        || settled(&|_| Some("shard-1".to_owned())),
+    );
+    // Idempotent: the same placement again changes nothing.
+    let (code, body) = put(&url, &serde_json::to_value(&merged).unwrap());
+    assert_eq!(
+        (code, body.contains("\"changed\":false")),
+        (200, true),
+        "{body}"
+    );
 }
