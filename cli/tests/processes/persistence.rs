@@ -33,12 +33,10 @@ fn psql(url: &str, sql: &str) -> String {
 }
 
 fn fresh_database(tag: &str) -> String {
+    static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
     let admin = admin_url();
-    let db = format!(
-        "{tag}_{}_{}",
-        std::process::id(),
-        Instant::now().elapsed().as_nanos() % 1_000_000
-    );
+    let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let db = format!("{tag}_{}_{n}", std::process::id());
     psql(&admin, &format!("CREATE DATABASE {db}"));
     format!("{}/{db}", admin.rsplit_once('/').unwrap().0)
 }
