@@ -7,12 +7,8 @@ use std::collections::{HashMap, HashSet};
 
 use bevy::app::App;
 use crossbeam_channel::{Receiver, Sender};
-use rand::rngs::SmallRng;
-use rand::{Rng, SeedableRng};
 use sidereal_core::protocol::{PROTOCOL_VERSION, ReplicationMessage, ShardMessage};
-use sidereal_core::{
-    EntityId, EntityKind, EntitySnapshot, EntityState, Placement, SectorId, ShardId,
-};
+use sidereal_core::{EntityId, Placement, SectorId, ShardId};
 use sidereal_replication::{Authority, AuthorityConfig, LinkId};
 use sidereal_shard::ownership::Ownership;
 use sidereal_shard::{Clock, ShardConfig, ShardLink, build_app};
@@ -102,43 +98,10 @@ impl Fleet {
         self.shards.iter().flatten().map(|s| s.id.clone()).collect()
     }
 
-    /// Scatters `n` entities over the world (owned by nobody until placed).
+    /// Scatters `n` entities over the world (owned by nobody until placed), as replication
+    /// seeds an empty world.
     pub fn seed(&mut self, n: usize, seed: u64) {
-        let mut rng = SmallRng::seed_from_u64(seed);
-        let world = self.authority.config().world.clone();
-        for i in 0..n {
-            let root = world[i % world.len()];
-            let b = root.bounds();
-            let kind = if i % 12 == 0 {
-                EntityKind::Ship
-            } else {
-                EntityKind::Asteroid
-            };
-            let speed = if kind == EntityKind::Ship { 60.0 } else { 40.0 };
-            let state = EntityState {
-                pos: [
-                    rng.random_range(b.min.x + 10.0..b.max.x - 10.0) as f32,
-                    rng.random_range(b.min.y + 10.0..b.max.y - 10.0) as f32,
-                ],
-                vel: [
-                    rng.random_range(-speed..speed),
-                    rng.random_range(-speed..speed),
-                ],
-                angle: rng.random_range(-3.0..3.0),
-                ang_vel: rng.random_range(-0.5..0.5),
-            };
-            let snap = EntitySnapshot {
-                id: EntityId::minted(0, i as u64 + 1),
-                kind,
-                state,
-                ttl_ticks: None,
-                player: kind == EntityKind::Ship,
-            };
-            assert!(
-                self.authority
-                    .restore_entity(snap, ShardId::new("unplaced"))
-            );
-        }
+        sidereal_replication::server::seed_world(&mut self.authority, n, seed);
     }
 
     pub fn place(&mut self, p: Placement) {
