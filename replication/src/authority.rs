@@ -426,9 +426,18 @@ impl Authority {
         self.handover_to_leaf_owner(link, shard, snapshot);
     }
 
-    fn handover_to_leaf_owner(&mut self, link: LinkId, from: &ShardId, snapshot: EntitySnapshot) {
+    fn handover_to_leaf_owner(
+        &mut self,
+        link: LinkId,
+        from: &ShardId,
+        mut snapshot: EntitySnapshot,
+    ) {
         self.forget_on_link(link, snapshot.id);
-        // Nowhere to go (left the world): back to the sender, who keeps it inside.
+        if self.leaf_of(&snapshot).is_none() {
+            // It left the world (a collision pushed it past the edge): put it back just inside,
+            // moving inwards. Handing it back unchanged would bounce it between owners forever.
+            clamp_into_world(&mut snapshot, &self.config.world);
+        }
         let to = self
             .leaf_of(&snapshot)
             .map(|l| self.placement.sectors[&l].clone())
@@ -590,6 +599,39 @@ impl Mirror {
     fn check_owner_unchecked(&mut self, id: EntityId) -> &mut crate::mirror::EntityRecord {
         self.get_mut(id).expect("caller checked existence")
     }
+}
+
+/// Moves an entity outside every root to the nearest point just inside the closest root and
+/// turns its velocity inwards.
+fn clamp_into_world(snapshot: &mut EntitySnapshot, world: &[SectorId]) {
+    let p = snapshot.state.point();
+    let Some(b) = world
+        .iter()
+        .map(|r| r.bounds())
+        .min_by(|a, b| a.distance_to(p).total_cmp(&b.distance_to(p)))
+    else {
+        return;
+    };
+    let inset = 0.5;
+    let s = &mut snapshot.state;
+    let (x, y) = (f64::from(s.pos[0]), f64::from(s.pos[1]));
+    let cx = x.clamp(b.min.x + inset, b.max.x - inset);
+    let cy = y.clamp(b.min.y + inset, b.max.y - inset);
+    if cx != x {
+        s.vel[0] = if cx > x {
+            s.vel[0].abs()
+        } else {
+            -s.vel[0].abs()
+        };
+    }
+    if cy != y {
+        s.vel[1] = if cy > y {
+            s.vel[1].abs()
+        } else {
+            -s.vel[1].abs()
+        };
+    }
+    s.pos = [cx as f32, cy as f32];
 }
 
 fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
@@ -872,6 +914,27 @@ mod tests {
         let out = a.take_outbox();
         assert!(out.iter().any(|(l, m)| *l == l0
             && matches!(m, ReplicationMessage::Forget { ids } if ids == &vec![EntityId(1)])));
+    }
+
+    #[test]
+    fn an_entity_pushed_out_of_the_world_comes_back_inside_instead_of_bouncing() {
+        let (mut a, l0, _) = two_shards();
+        let epoch = a.mirror.get(EntityId(1)).unwrap().epoch;
+        let mut out = snap(EntityId(1), -3.0, 100.0);
+        out.state.vel = [-5.0, 1.0];
+        a.on_message(
+            l0,
+            ShardMessage::HandoverOut {
+                snapshot: out,
+                epoch,
+            },
+        )
+        .unwrap();
+        let r = a.mirror.get(EntityId(1)).unwrap();
+        let s = r.snapshot.state;
+        assert!(s.pos[0] > 0.0 && s.pos[0] < 1.0, "{:?}", s.pos);
+        assert_eq!(s.vel, [5.0, 1.0], "moving inwards");
+        assert_eq!(r.owner.0, "shard-0", "the owner of the leaf it is back in");
     }
 
     #[test]
