@@ -32,34 +32,16 @@ pub fn render_crds() -> String {
 }
 
 fn to_yaml(crd: &CustomResourceDefinition) -> String {
-    let yaml = serde_yaml::to_string(crd).expect("a CRD always serialises to YAML");
-    quote_yaml11_booleans(&yaml)
+    serde_yaml::to_string(crd).expect("a CRD always serialises to YAML")
 }
 
-/// serde_yaml writes YAML 1.2, where a bare `y` is a string; YAML 1.1 readers (PyYAML, older
-/// Go YAML) read it as `true`. Quote such keys and list items (our `y` field) for every reader.
-fn quote_yaml11_booleans(yaml: &str) -> String {
-    const WORDS: [&str; 4] = ["y", "Y", "n", "N"];
-    let mut out = String::with_capacity(yaml.len() + 16);
-    for line in yaml.lines() {
-        let body = line.trim_start();
-        let indent = &line[..line.len() - body.len()];
-        let (dash, rest) = body.strip_prefix("- ").map_or(("", body), |r| ("- ", r));
-        let (word, tail) = rest
-            .split_once(':')
-            .map_or((rest, None), |(w, t)| (w, Some(t)));
-        if WORDS.contains(&word) && tail.is_none_or(|t| t.is_empty() || t.starts_with(' ')) {
-            out.push_str(&format!(
-                "{indent}{dash}'{word}'{}",
-                tail.map(|t| format!(":{t}")).unwrap_or_default()
-            ));
-        } else {
-            out.push_str(line);
-        }
-        out.push('\n');
-    }
-    out
-}
+/// Words that YAML 1.1 readers (kubectl's, PyYAML) resolve to booleans or null. serde_yaml
+/// writes YAML 1.2, where they are plain strings, so none may appear as a key or a value in
+/// anything we generate or ask users to write: the two dialects would read different objects.
+pub const YAML11_SPECIAL_WORDS: [&str; 25] = [
+    "y", "Y", "yes", "Yes", "YES", "n", "N", "no", "No", "NO", "true", "True", "TRUE", "false",
+    "False", "FALSE", "on", "On", "ON", "off", "Off", "OFF", "null", "Null", "NULL",
+];
 
 /// File names of the committed CRDs, relative to `crds/generated/`, with their YAML.
 pub fn crd_files() -> [(&'static str, String); 2] {

@@ -7,7 +7,9 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use sidereal_core::geometry::{MAX_SCALE, coordinate_limit};
 
-/// A square region of the world. Users apply root sectors; the operator creates children on a
+/// A square region of the world. Field names are chosen so that no key or value a user writes
+/// needs quoting: YAML 1.1 readers (kubectl among them) take a bare `y` key for `true`.
+/// Users apply root sectors; the operator creates children on a
 /// split (owned by the parent, so deleting a parent cascades) and deletes them on a merge.
 #[derive(CustomResource, KubeSchema, Serialize, Deserialize, Debug, Clone, PartialEq)]
 #[kube(
@@ -21,8 +23,8 @@ use sidereal_core::geometry::{MAX_SCALE, coordinate_limit};
     category = "sidereal",
     doc = "A square sector of the world, simulated by one shard while it is a leaf.",
     printcolumn(name = "Scale", type_ = "integer", json_path = ".spec.scale"),
-    printcolumn(name = "X", type_ = "integer", json_path = ".spec.x"),
-    printcolumn(name = "Y", type_ = "integer", json_path = ".spec.y"),
+    printcolumn(name = "Grid X", type_ = "integer", json_path = ".spec.gridX"),
+    printcolumn(name = "Grid Y", type_ = "integer", json_path = ".spec.gridY"),
     printcolumn(name = "Phase", type_ = "string", json_path = ".status.phase"),
     printcolumn(name = "Shard", type_ = "string", json_path = ".status.shard"),
     printcolumn(name = "Entities", type_ = "integer", json_path = ".status.load.entities"),
@@ -42,14 +44,16 @@ pub struct SectorSpec {
     #[x_kube(validation = Rule::new("self == oldSelf").message("scale is immutable"))]
     #[schemars(range(min = 0, max = 40))]
     pub scale: i32,
-    /// Column index at this scale (negative is west of the origin). Immutable.
-    #[x_kube(validation = Rule::new("self == oldSelf").message("x is immutable"))]
+    /// Column (the x of the canonical name) at this scale; negative is west of the origin.
+    /// Immutable.
+    #[x_kube(validation = Rule::new("self == oldSelf").message("gridX is immutable"))]
     #[schemars(range(min = -1099511627776i64, max = 1099511627775i64))]
-    pub x: i64,
-    /// Row index at this scale (negative is south of the origin). Immutable.
-    #[x_kube(validation = Rule::new("self == oldSelf").message("y is immutable"))]
+    pub grid_x: i64,
+    /// Row (the y of the canonical name) at this scale; negative is south of the origin.
+    /// Immutable.
+    #[x_kube(validation = Rule::new("self == oldSelf").message("gridY is immutable"))]
     #[schemars(range(min = -1099511627776i64, max = 1099511627775i64))]
-    pub y: i64,
+    pub grid_y: i64,
 }
 
 /// Lifecycle of a sector as the operator drives it.
@@ -97,7 +101,7 @@ pub struct SectorStatus {
     pub observed_generation: Option<i64>,
 }
 
-/// CEL for "x and y lie inside the world at `self.scale`". `limits[s]` is
+/// CEL for "gridX and gridY lie inside the world at `self.scale`". `limits[s]` is
 /// `coordinate_limit(s)`, written out because CEL has no shifts or powers; `-v - 1` maps the
 /// negative half onto the positive one so the limit is compared once.
 fn coordinates_in_world_rule() -> Rule {
@@ -108,11 +112,11 @@ fn coordinates_in_world_rule() -> Rule {
     Rule::new(format!(
         "[{}][self.scale] > ({x} > {y} ? {x} : {y})",
         limits.join(", "),
-        x = fold("x"),
-        y = fold("y")
+        x = fold("gridX"),
+        y = fold("gridY")
     ))
     .message(
-        "x and y must lie inside the world at this scale: -2^(40-scale) <= x, y < 2^(40-scale)",
+        "gridX and gridY must lie inside the world at this scale: -2^(40-scale) <= gridX, gridY < 2^(40-scale)",
     )
     .reason(kube::core::Reason::FieldValueInvalid)
 }
@@ -125,13 +129,13 @@ fn name_matches_coordinates_rule() -> Rule {
     Rule::new(format!(
         "self.metadata.name.matches('^s(0|[1-9][0-9]?)-x(0|m?[1-9][0-9]{{0,12}})-y(0|m?[1-9][0-9]{{0,12}})$') \
          && int({s}) == self.spec.scale \
-         && int({x}.replace('m', '-')) == self.spec.x \
-         && int({y}.replace('m', '-')) == self.spec.y",
+         && int({x}.replace('m', '-')) == self.spec.gridX \
+         && int({y}.replace('m', '-')) == self.spec.gridY",
         s = part(0),
         x = part(1),
         y = part(2),
     ))
-    .message("metadata.name must be the sector's canonical name s<scale>-x<x>-y<y> with negatives written m<n>, e.g. s3-xm1-y2 for scale 3, x -1, y 2")
+    .message("metadata.name must be the sector's canonical name s<scale>-x<x>-y<y> with negatives written m<n>, e.g. s3-xm1-y2 for scale 3, gridX -1, gridY 2")
 }
 
 impl Sector {
@@ -142,8 +146,8 @@ impl Sector {
             SectorSpec {
                 pool: pool.to_owned(),
                 scale: i32::from(id.scale),
-                x: id.x,
-                y: id.y,
+                grid_x: id.x,
+                grid_y: id.y,
             },
         )
     }
@@ -152,7 +156,7 @@ impl Sector {
     pub fn sector_id(&self) -> Result<sidereal_core::SectorId, sidereal_core::SectorIdError> {
         let scale = u8::try_from(self.spec.scale)
             .map_err(|_| sidereal_core::SectorIdError::ScaleTooLarge { scale: u8::MAX })?;
-        sidereal_core::SectorId::new(scale, self.spec.x, self.spec.y)
+        sidereal_core::SectorId::new(scale, self.spec.grid_x, self.spec.grid_y)
     }
 }
 

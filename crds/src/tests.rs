@@ -60,12 +60,12 @@ fn assert_rule(rules: &[(String, String)], rule_part: &str, message_part: &str) 
 fn sector_schema_has_every_rule() {
     let crd = serde_json::to_value(sector::crd()).unwrap();
     let rules = rules_of(&crd);
-    for field in ["scale", "x", "y"] {
+    for field in ["scale", "gridX", "gridY"] {
         assert_rule(&rules, "self == oldSelf", &format!("{field} is immutable"));
     }
     assert_rule(
         &rules,
-        "int(self.metadata.name.split('-')[1].substring(1).replace('m', '-')) == self.spec.x",
+        "int(self.metadata.name.split('-')[1].substring(1).replace('m', '-')) == self.spec.gridX",
         "canonical name",
     );
     assert_rule(&rules, "[1099511627776, 549755813888", "inside the world");
@@ -131,7 +131,7 @@ fn both_crds_have_status_subresources_short_names_and_columns() {
     assert_eq!(
         columns,
         [
-            "Scale", "X", "Y", "Phase", "Shard", "Entities", "Players", "Tick p99", "Age"
+            "Scale", "Grid X", "Grid Y", "Phase", "Shard", "Entities", "Players", "Tick p99", "Age"
         ]
     );
 }
@@ -158,16 +158,51 @@ fn sector_for_id_is_named_after_its_coordinates() {
     assert_eq!(s.sector_id().unwrap(), id);
 }
 
+/// Every key and string value of the generated YAML, so a YAML 1.1 reader (kubectl) and a
+/// YAML 1.2 one read the same object without any quoting.
 #[test]
-fn yaml_11_boolean_words_are_quoted() {
-    let yaml = render_crds();
-    assert!(yaml.contains("'y':"), "the y property key must be quoted");
+fn no_key_or_value_is_a_yaml_11_boolean_or_null() {
+    fn walk(v: &serde_yaml::Value, path: &str, bad: &mut Vec<String>) {
+        match v {
+            serde_yaml::Value::Mapping(m) => {
+                for (k, child) in m {
+                    let key = k.as_str().unwrap_or_default();
+                    if YAML11_SPECIAL_WORDS.contains(&key) {
+                        bad.push(format!("key {path}.{key}"));
+                    }
+                    walk(child, &format!("{path}.{key}"), bad);
+                }
+            }
+            serde_yaml::Value::Sequence(s) => {
+                for (i, child) in s.iter().enumerate() {
+                    walk(child, &format!("{path}[{i}]"), bad);
+                }
+            }
+            serde_yaml::Value::String(s) if YAML11_SPECIAL_WORDS.contains(&s.as_str()) => {
+                bad.push(format!("value {path} = {s:?}"));
+            }
+            _ => {}
+        }
+    }
+    for (name, yaml) in crd_files() {
+        let doc: serde_yaml::Value = serde_yaml::from_str(&yaml).unwrap();
+        let mut bad = Vec::new();
+        walk(&doc, "", &mut bad);
+        assert!(bad.is_empty(), "{name}: {bad:#?}");
+        assert!(
+            !yaml.contains("'y'") && !yaml.contains("\"Y\""),
+            "{name} needs no quoting"
+        );
+    }
+}
+
+#[test]
+fn sector_fields_are_written_without_quotes() {
+    let sector = Sector::for_id("default", sidereal_core::SectorId::new(0, 0, -3).unwrap());
+    let yaml = serde_yaml::to_string(&sector).unwrap();
     assert!(
-        yaml.contains("- 'y'\n"),
-        "y in required lists must be quoted"
+        yaml.contains("gridX: 0\n") && yaml.contains("gridY: -3\n"),
+        "{yaml}"
     );
-    assert!(!yaml.lines().any(|l| matches!(l.trim(), "y:" | "- y")));
-    // Still the same document for a YAML 1.2 reader.
-    let back: serde_json::Value = serde_yaml::from_str(&crd_files()[0].1).unwrap();
-    assert_eq!(back, serde_json::to_value(sector::crd()).unwrap());
+    assert!(!yaml.contains('\''), "{yaml}");
 }

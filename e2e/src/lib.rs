@@ -3,6 +3,7 @@
 //! afterwards even when the test panics.
 
 use std::future::Future;
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
@@ -10,7 +11,7 @@ use anyhow::{Context, bail};
 use k8s_openapi::api::core::v1::Namespace;
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::Client;
-use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
+use kube::api::{Api, DeleteParams, PostParams};
 use kube::runtime::wait::{await_condition, conditions};
 use sidereal_crds::{Sector, ShardPool};
 
@@ -29,15 +30,45 @@ pub async fn client() -> anyhow::Result<Client> {
         .context("connecting to the cluster in KUBECONFIG")
 }
 
-/// Installs both CRDs with server-side apply and waits until the API server serves them.
+/// The repository's root, for the YAML files users apply.
+pub fn repo_root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("e2e lives in the workspace")
+        .to_path_buf()
+}
+
+/// Runs kubectl (against `KUBECONFIG`) and returns its stdout, or its stderr as the error.
+pub fn kubectl(args: &[&str]) -> anyhow::Result<String> {
+    let out = std::process::Command::new("kubectl")
+        .args(args)
+        .output()
+        .context("running kubectl")?;
+    if !out.status.success() {
+        bail!(
+            "kubectl {}: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    Ok(String::from_utf8(out.stdout)?)
+}
+
+/// Installs both CRDs as users do, from the committed YAML (`kubectl apply --server-side -f
+/// crds/generated/`), and waits until the API server serves them.
 pub async fn install_crds(client: &Client) -> anyhow::Result<()> {
+    let dir = repo_root().join("crds/generated");
+    kubectl(&[
+        "apply",
+        "--server-side",
+        "--field-manager",
+        MANAGER,
+        "-f",
+        dir.to_str().context("a UTF-8 path")?,
+    ])?;
     let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
-    let pp = PatchParams::apply(MANAGER).force();
     for crd in sidereal_crds::crds() {
         let name = crd.metadata.name.clone().expect("CRDs have names");
-        crds.patch(&name, &pp, &Patch::Apply(&crd))
-            .await
-            .with_context(|| format!("applying {name}"))?;
         let established = await_condition(crds.clone(), &name, conditions::is_crd_established());
         tokio::time::timeout(Duration::from_secs(30), established)
             .await

@@ -9,7 +9,7 @@ use kube::{Client, Resource, ResourceExt};
 use serde_json::{Value, json};
 use sidereal_core::SectorId;
 use sidereal_crds::{Sector, SectorLoad, SectorPhase, SectorStatus, ShardPool};
-use sidereal_e2e::{in_namespace, rejection, wait_until};
+use sidereal_e2e::{in_namespace, kubectl, rejection, wait_until};
 
 fn dynamic<K: Resource<DynamicType = ()>>(client: &Client, ns: &str) -> Api<DynamicObject> {
     Api::namespaced_with(client.clone(), ns, &ApiResource::erase::<K>(&()))
@@ -29,16 +29,6 @@ fn pool_json(name: &str, spec: Value) -> DynamicObject {
         "metadata": { "name": name }, "spec": spec,
     }))
     .unwrap()
-}
-
-fn kubectl(args: &[&str]) -> anyhow::Result<String> {
-    let out = std::process::Command::new("kubectl").args(args).output()?;
-    anyhow::ensure!(
-        out.status.success(),
-        "kubectl {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    Ok(String::from_utf8(out.stdout)?)
 }
 
 #[tokio::test]
@@ -91,8 +81,8 @@ async fn valid_pool_and_root_sector_are_accepted_with_defaults_and_columns() -> 
         assert_eq!(
             header,
             [
-                "NAME", "SCALE", "X", "Y", "PHASE", "SHARD", "ENTITIES", "PLAYERS", "TICK", "P99",
-                "AGE"
+                "NAME", "SCALE", "GRID", "X", "GRID", "Y", "PHASE", "SHARD", "ENTITIES", "PLAYERS",
+                "TICK", "P99", "AGE"
             ],
             "{table}"
         );
@@ -134,7 +124,7 @@ async fn invalid_objects_are_rejected_with_readable_messages() -> anyhow::Result
     in_namespace("invalid", |client, ns| async move {
         let sectors = dynamic::<Sector>(&client, &ns);
         let pools = dynamic::<ShardPool>(&client, &ns);
-        let good = json!({ "pool": "default", "scale": 1, "x": 0, "y": 0 });
+        let good = json!({ "pool": "default", "scale": 1, "gridX": 0, "gridY": 0 });
         let with = |patch: Value| {
             let mut v = good.clone();
             for (k, val) in patch.as_object().unwrap() {
@@ -147,11 +137,11 @@ async fn invalid_objects_are_rejected_with_readable_messages() -> anyhow::Result
             ("negative scale", "s0-x0-y0", with(json!({"scale": -1})), "greater than or equal to 0"),
             ("name does not match coordinates", "s1-x5-y0", good.clone(), "canonical name"),
             ("name not canonical (leading zero)", "s1-x00-y0", good.clone(), "canonical name"),
-            ("coordinates outside the world at this scale", "s40-x1-y0", json!({"pool": "default", "scale": 40, "x": 1, "y": 0}), "inside the world"),
-            ("x is a string", "s1-x0-y0", with(json!({"x": "zero"})), "spec.x"),
+            ("coordinates outside the world at this scale", "s40-x1-y0", json!({"pool": "default", "scale": 40, "gridX": 1, "gridY": 0}), "inside the world"),
+            ("gridX is a string", "s1-x0-y0", with(json!({"gridX": "zero"})), "spec.gridX"),
             ("scale is a float", "s1-x0-y0", with(json!({"scale": 1.5})), "spec.scale"),
             ("pool reference is not a DNS label", "s1-x0-y0", with(json!({"pool": "Bad_Pool"})), "DNS-1123 label"),
-            ("missing pool", "s1-x0-y0", json!({"scale": 1, "x": 0, "y": 0}), "spec.pool: Required value"),
+            ("missing pool", "s1-x0-y0", json!({"scale": 1, "gridX": 0, "gridY": 0}), "spec.pool: Required value"),
         ];
         for (what, name, spec, expected) in sector_cases {
             let msg = rejection(sectors.create(&PostParams::default(), &sector_json(name, spec)).await)
@@ -191,13 +181,13 @@ async fn coordinates_are_immutable() -> anyhow::Result<()> {
                 &PostParams::default(),
                 &sector_json(
                     "s1-x0-y0",
-                    json!({"pool": "default", "scale": 1, "x": 0, "y": 0}),
+                    json!({"pool": "default", "scale": 1, "gridX": 0, "gridY": 0}),
                 ),
             )
             .await?;
         for (field, value, expected) in [
-            ("x", 1, "x is immutable"),
-            ("y", -1, "y is immutable"),
+            ("gridX", 1, "gridX is immutable"),
+            ("gridY", -1, "gridY is immutable"),
             ("scale", 2, "scale is immutable"),
         ] {
             let patch = json!({ "spec": { field: value } });
@@ -221,7 +211,12 @@ async fn coordinates_are_immutable() -> anyhow::Result<()> {
             .await?;
         let s: Sector = Api::namespaced(client.clone(), &ns).get("s1-x0-y0").await?;
         assert_eq!(
-            (s.spec.pool.as_str(), s.spec.scale, s.spec.x, s.spec.y),
+            (
+                s.spec.pool.as_str(),
+                s.spec.scale,
+                s.spec.grid_x,
+                s.spec.grid_y
+            ),
             ("other", 1, 0, 0)
         );
         Ok(())
