@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Installs what the tests need and is not built from source: kubectl, Go (for the control
-# plane), curl and psql (process tests). The PostgreSQL server is installed by postgres.sh.
+# plane), curl and psql (process tests), promtool (Debian's prometheus package: every
+# /metrics endpoint is checked with `promtool check metrics`). The PostgreSQL server is installed by postgres.sh.
 # Idempotent: does nothing when everything is present.
 set -euo pipefail
 need=()
@@ -8,6 +9,7 @@ command -v kubectl >/dev/null || need+=(kubectl)
 command -v go >/dev/null || need+=(golang-go)
 command -v curl >/dev/null || need+=(curl)
 command -v psql >/dev/null || need+=(postgresql-client)
+command -v promtool >/dev/null || need+=(prometheus)
 [ ${#need[@]} -eq 0 ] && exit 0
 if [ "$(id -u)" != 0 ] || ! command -v apt-get >/dev/null; then
   echo "error: missing ${need[*]}; install them (Debian: apt-get install ${need[*]}) and rerun" >&2
@@ -15,5 +17,5 @@ if [ "$(id -u)" != 0 ] || ! command -v apt-get >/dev/null; then
 fi
 echo "installing ${need[*]} from Debian's packages" >&2
 apt-get update -qq >/dev/null
-DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}" >/dev/null || {
+DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null || {
   echo "error: apt-get install ${need[*]} failed; install them by hand and rerun" >&2; exit 2; }

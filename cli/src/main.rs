@@ -66,10 +66,12 @@ fn main() -> anyhow::Result<()> {
         }
         Command::Replication(args) => {
             init_tracing();
+            up_cmd::die_with_supervisor();
             replication_cmd::run(args)?;
         }
         Command::Shard(args) => {
             init_tracing();
+            up_cmd::die_with_supervisor();
             shard_cmd::run(args)?;
         }
     }

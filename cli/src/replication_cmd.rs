@@ -21,6 +21,9 @@ pub struct ReplicationArgs {
     /// Secret shards must present (prefer the environment variable over the flag).
     #[arg(long, env = "SIDEREAL_SHARD_SECRET", hide_env_values = true)]
     pub secret: String,
+    /// Bearer token the control API (/v1/...) requires (prefer the environment variable).
+    #[arg(long, env = "SIDEREAL_CONTROL_TOKEN", hide_env_values = true)]
+    pub control_token: String,
     /// Root sectors of the world, comma-separated canonical names.
     #[arg(long, env = "SIDEREAL_WORLD", default_value = DEFAULT_WORLD, value_delimiter = ',')]
     pub world: Vec<SectorId>,
@@ -47,6 +50,10 @@ pub fn config(args: &ReplicationArgs) -> anyhow::Result<ReplicationConfig> {
     anyhow::ensure!(
         !args.secret.is_empty(),
         "the shard secret must not be empty"
+    );
+    anyhow::ensure!(
+        args.control_token.len() >= 16,
+        "the control token must be at least 16 characters (generate one: openssl rand -hex 32)"
     );
     anyhow::ensure!(
         !args.world.is_empty(),
@@ -78,6 +85,7 @@ pub fn config(args: &ReplicationArgs) -> anyhow::Result<ReplicationConfig> {
         database_url: args.database_url.clone().filter(|u| !u.is_empty()),
         data_dir: args.data.clone(),
         checkpoint_interval: std::time::Duration::from_secs_f64(args.checkpoint_interval),
+        control_token: args.control_token.clone(),
     })
 }
 

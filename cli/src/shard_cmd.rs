@@ -8,6 +8,7 @@ use axum::Router;
 use axum::routing::get;
 use clap::Args;
 use sidereal_core::ShardId;
+use sidereal_shard::metrics::ShardMetrics;
 use sidereal_shard::status::{StatusBoard, StatusPlugin};
 use sidereal_shard::{Clock, ShardConfig, build_app, tcp};
 
@@ -71,15 +72,16 @@ pub fn run(args: ShardArgs) -> anyhow::Result<()> {
     };
     let board = StatusBoard {
         alive: link.alive.clone(),
-        ..Default::default()
     };
-    serve_metrics(args.metrics, board.clone(), shard.clone())?;
     let config = ShardConfig {
+        name: shard.0.clone(),
         tick_hz: args.tick_hz,
         seed: args.seed,
         fire_every_ticks: args.fire_every_ticks,
     };
     let mut app = build_app(config, link.link, Clock::RealTime);
+    let metrics = app.world().resource::<ShardMetrics>().clone();
+    serve_metrics(args.metrics, board.clone(), metrics)?;
     app.add_plugins(StatusPlugin(board));
     match app.run() {
         bevy::app::AppExit::Success => Ok(()),
@@ -87,7 +89,13 @@ pub fn run(args: ShardArgs) -> anyhow::Result<()> {
     }
 }
 
-fn serve_metrics(addr: SocketAddr, board: StatusBoard, shard: ShardId) -> anyhow::Result<()> {
+/// `/healthz` (503 once the link is down) and `/metrics`, on a thread of their own so a slow
+/// scrape never delays a tick.
+fn serve_metrics(
+    addr: SocketAddr,
+    board: StatusBoard,
+    metrics: ShardMetrics,
+) -> anyhow::Result<()> {
     let listener =
         std::net::TcpListener::bind(addr).with_context(|| format!("binding metrics on {addr}"))?;
     listener.set_nonblocking(true)?;
@@ -100,12 +108,11 @@ fn serve_metrics(addr: SocketAddr, board: StatusBoard, shard: ShardId) -> anyhow
                 .expect("runtime");
             rt.block_on(async move {
                 let listener = tokio::net::TcpListener::from_std(listener).expect("listener");
-                let b = board.clone();
                 let app = Router::new()
                     .route(
                         "/healthz",
                         get(move || {
-                            let alive = b.alive.load(std::sync::atomic::Ordering::SeqCst);
+                            let alive = board.alive.load(std::sync::atomic::Ordering::SeqCst);
                             async move {
                                 if alive {
                                     (axum::http::StatusCode::OK, "ok")
@@ -118,71 +125,20 @@ fn serve_metrics(addr: SocketAddr, board: StatusBoard, shard: ShardId) -> anyhow
                     .route(
                         "/metrics",
                         get(move || {
-                            let s = board.status.lock().expect("status").clone();
-                            let text = render(&shard, &s);
-                            async move { text }
+                            let text = metrics.render();
+                            async move {
+                                (
+                                    [(
+                                        axum::http::header::CONTENT_TYPE,
+                                        "text/plain; version=0.0.4",
+                                    )],
+                                    text,
+                                )
+                            }
                         }),
                     );
                 let _ = axum::serve(listener, app).await;
             });
         })?;
     Ok(())
-}
-
-fn render(shard: &ShardId, s: &sidereal_shard::status::ShardStatus) -> String {
-    use prometheus::{Encoder, Gauge, Opts, Registry, TextEncoder};
-    let registry = Registry::new_custom(
-        Some("sidereal_shard".into()),
-        Some([("shard".to_owned(), shard.0.clone())].into()),
-    )
-    .expect("valid registry");
-    let metrics: [(&str, &str, f64); 9] = [
-        ("tick", "Ticks simulated", s.tick as f64),
-        (
-            "entities",
-            "Entities this shard simulates",
-            s.entities as f64,
-        ),
-        (
-            "shadows",
-            "Read-only shadows of neighbours' entities",
-            s.shadows as f64,
-        ),
-        ("sectors", "Leaf sectors this shard owns", s.sectors as f64),
-        (
-            "tick_mean_ms",
-            "Mean tick time over the last 300 ticks",
-            f64::from(s.tick_mean_ms),
-        ),
-        (
-            "tick_p99_ms",
-            "p99 tick time over the last 300 ticks",
-            f64::from(s.tick_p99_ms),
-        ),
-        (
-            "handovers_out_total",
-            "Entities handed to other shards",
-            s.handovers_out as f64,
-        ),
-        (
-            "update_bytes_total",
-            "Bytes of entity update batches sent",
-            s.link.update_bytes as f64,
-        ),
-        (
-            "updates_total",
-            "Entity updates sent",
-            s.link.updates as f64,
-        ),
-    ];
-    for (name, help, v) in metrics {
-        let g = Gauge::with_opts(Opts::new(name, help)).expect("valid metric");
-        g.set(v);
-        registry.register(Box::new(g)).expect("unique names");
-    }
-    let mut out = Vec::new();
-    TextEncoder::new()
-        .encode(&registry.gather(), &mut out)
-        .expect("text encoding");
-    String::from_utf8(out).expect("utf-8")
 }

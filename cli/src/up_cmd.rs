@@ -1,5 +1,6 @@
 //! `sidereal up`: replication and N shards as local processes, placed evenly, supervised.
 
+use std::collections::BTreeSet;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
@@ -7,8 +8,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 use clap::Args;
-use serde_json::Value;
-use sidereal_core::{Placement, SectorId, ShardId, placement};
+use sidereal_core::{ControlClient, ControlError, SectorId, ShardId, placement};
 use tokio::process::{Child, Command};
 use tracing::{info, warn};
 
@@ -25,6 +25,9 @@ pub struct UpArgs {
     /// Data directory: the shard secret and the SQLite store (unless DATABASE_URL is set).
     #[arg(long = "data", default_value = ".sidereal")]
     pub data: PathBuf,
+    /// Bearer token of the control API; generated into the data directory when not given.
+    #[arg(long, env = "SIDEREAL_CONTROL_TOKEN", hide_env_values = true)]
+    pub control_token: Option<String>,
     /// Replication's control API.
     #[arg(long, default_value = "127.0.0.1:7700")]
     pub http: SocketAddr,
@@ -43,10 +46,45 @@ pub struct UpArgs {
     pub tick_hz: u32,
 }
 
-fn load_or_create_secret(dir: &Path) -> anyhow::Result<String> {
+/// Set by `up` on its children: the pid they must not outlive.
+pub const SUPERVISOR_PID_ENV: &str = "SIDEREAL_SUPERVISOR_PID";
+
+/// A command for one of the fleet's processes; the child ties its life to ours (see
+/// [`die_with_supervisor`]).
+fn child_command(exe: &Path) -> Command {
+    let mut c = Command::new(exe);
+    c.env(SUPERVISOR_PID_ENV, std::process::id().to_string());
+    c
+}
+
+/// In a child of `up`: be killed when `up` dies, however it dies (even `kill -9`). A fleet
+/// without its supervisor would hold the ports and simulate a world nobody re-homes. If `up`
+/// is already gone (it died before this call), exit now.
+pub fn die_with_supervisor() {
+    let Some(supervisor) = std::env::var(SUPERVISOR_PID_ENV)
+        .ok()
+        .and_then(|p| p.parse::<i32>().ok())
+    else {
+        return;
+    };
+    #[cfg(target_os = "linux")]
+    {
+        use rustix::process::{Signal, getppid, set_parent_process_death_signal};
+        if let Err(e) = set_parent_process_death_signal(Some(Signal::KILL)) {
+            warn!(error = %e, "cannot tie this process to its supervisor's life");
+        }
+        if getppid().map(|p| p.as_raw_nonzero().get()) != Some(supervisor) {
+            warn!(supervisor, "the supervisor is gone; exiting");
+            std::process::exit(1);
+        }
+    }
+}
+
+/// A random 256-bit key kept in `dir/name` (mode 0600), created on first use.
+fn load_or_create_key(dir: &Path, name: &str) -> anyhow::Result<String> {
     std::fs::create_dir_all(dir)
         .with_context(|| format!("creating data directory {}", dir.display()))?;
-    let path = dir.join("shard-secret");
+    let path = dir.join(name);
     if let Ok(s) = std::fs::read_to_string(&path) {
         let s = s.trim().to_owned();
         if !s.is_empty() {
@@ -70,6 +108,7 @@ struct Fleet {
     exe: PathBuf,
     args: UpArgs,
     secret: String,
+    control_token: String,
     replication: Child,
     shards: Vec<(ShardId, Child)>,
 }
@@ -81,7 +120,7 @@ impl Fleet {
             .metrics_base_port
             .checked_add(i as u16)
             .context("metrics port overflow")?;
-        Command::new(&self.exe)
+        child_command(&self.exe)
             .arg("shard")
             .args(["--id", &format!("shard-{i}")])
             .args(["--replication", &self.args.link.to_string()])
@@ -107,16 +146,6 @@ impl Fleet {
     }
 }
 
-async fn get_json(client: &reqwest::Client, url: &str) -> anyhow::Result<Value> {
-    Ok(client
-        .get(url)
-        .send()
-        .await?
-        .error_for_status()?
-        .json()
-        .await?)
-}
-
 async fn wait_for<F, Fut>(what: &str, timeout: Duration, mut check: F) -> anyhow::Result<()>
 where
     F: FnMut() -> Fut,
@@ -138,12 +167,16 @@ pub fn run(args: UpArgs) -> anyhow::Result<()> {
         args.bots == 0,
         "--bots needs the client issue, which has not landed yet; use --bots 0"
     );
-    let secret = load_or_create_secret(&args.data)?;
+    let secret = load_or_create_key(&args.data, "shard-secret")?;
+    let control_token = match args.control_token.clone().filter(|t| !t.is_empty()) {
+        Some(t) => t,
+        None => load_or_create_key(&args.data, "control-token")?,
+    };
     let exe = std::env::current_exe().context("locating the sidereal binary")?;
     let rt = tokio::runtime::Runtime::new()?;
     rt.block_on(async move {
         let world: Vec<String> = args.world.iter().map(|s| s.to_string()).collect();
-        let replication = Command::new(&exe)
+        let replication = child_command(&exe)
             .arg("replication")
             .args([
                 "--http",
@@ -161,6 +194,7 @@ pub fn run(args: UpArgs) -> anyhow::Result<()> {
             .arg("--data")
             .arg(&args.data)
             .env("SIDEREAL_SHARD_SECRET", &secret)
+            .env("SIDEREAL_CONTROL_TOKEN", &control_token)
             .stdin(Stdio::null())
             // Its ready line is for supervisors that bind port 0; `up` knows its ports.
             .stdout(Stdio::null())
@@ -171,6 +205,7 @@ pub fn run(args: UpArgs) -> anyhow::Result<()> {
             exe: exe.clone(),
             args: args.clone(),
             secret,
+            control_token,
             replication,
             shards: Vec::new(),
         };
@@ -180,22 +215,16 @@ pub fn run(args: UpArgs) -> anyhow::Result<()> {
     })
 }
 
+/// Conflicting placement writes are retried this many times in a row before the supervisor
+/// waits for its next round (it never gives up for good).
+const PLACEMENT_ATTEMPTS: u32 = 10;
+
 async fn supervise(fleet: &mut Fleet) -> anyhow::Result<()> {
     let base = format!("http://{}", fleet.args.http);
-    let client = reqwest::Client::builder()
-        .timeout(Duration::from_secs(5))
-        .build()?;
-    wait_for(
-        "replication's /healthz",
-        Duration::from_secs(30),
-        || async {
-            client
-                .get(format!("{base}/healthz"))
-                .send()
-                .await
-                .is_ok_and(|r| r.status().is_success())
-        },
-    )
+    let control = ControlClient::new(base.clone(), Some(fleet.control_token.clone()));
+    wait_for("replication's /healthz", Duration::from_secs(30), || {
+        control.healthy()
+    })
     .await?;
     for i in 0..fleet.args.shards {
         let child = fleet.spawn_shard(i)?;
@@ -205,23 +234,28 @@ async fn supervise(fleet: &mut Fleet) -> anyhow::Result<()> {
     }
     let want = fleet.args.shards;
     wait_for("every shard to link", Duration::from_secs(60), || async {
-        connected(&client, &base)
-            .await
-            .is_ok_and(|c| c.len() >= want)
+        connected(&control).await.is_ok_and(|c| c.len() >= want)
     })
     .await?;
-    let current: Placement =
-        serde_json::from_value(get_json(&client, &format!("{base}/v1/placement")).await?)?;
     let ids: Vec<ShardId> = fleet.shards.iter().map(|(id, _)| id.clone()).collect();
-    let p = placement::even(&fleet.args.world, &ids, current.generation + 1);
-    put_placement(&client, &base, &p).await?;
-    let status = get_json(&client, &format!("{base}/v1/status")).await?;
+    let world = fleet.args.world.clone();
+    control
+        .update_placement(PLACEMENT_ATTEMPTS, |_| {
+            Some(placement::even(&world, &ids, 0))
+        })
+        .await
+        .context("placing the world on the shards")?;
+    let status = control.status().await?;
     println!(
         "sidereal is up: {} shards, {} leaf sectors, {} entities",
-        status["shardsConnected"], status["leafSectors"], status["entities"]
+        status.shards_connected, status.leaf_sectors, status.entities
     );
     println!(
         "  control API  {base}/v1/status  {base}/v1/placement  {base}/v1/load  {base}/v1/shards"
+    );
+    println!(
+        "  token        Authorization: Bearer $(cat {})",
+        fleet.args.data.join("control-token").display()
     );
     println!(
         "  metrics      {base}/metrics, shards on 127.0.0.1:{}..",
@@ -244,75 +278,49 @@ async fn supervise(fleet: &mut Fleet) -> anyhow::Result<()> {
         if let Some(status) = fleet.replication.try_wait()? {
             bail!("replication exited ({status}); stopping the fleet");
         }
-        let mut died = Vec::new();
-        for (i, (id, child)) in fleet.shards.iter_mut().enumerate() {
-            if let Some(status) = child.try_wait()? {
-                warn!(shard = %id, %status, "shard exited; re-homing its sectors and restarting it");
-                died.push(i);
+        for i in 0..fleet.shards.len() {
+            if let Some(status) = fleet.shards[i].1.try_wait()? {
+                warn!(shard = %fleet.shards[i].0, %status, "shard exited; restarting it");
+                fleet.shards[i].1 = fleet.spawn_shard(i)?;
             }
         }
-        if died.is_empty() {
-            continue;
-        }
-        rehome(&client, &base).await?;
-        for i in died {
-            fleet.shards[i].1 = fleet.spawn_shard(i)?;
+        // Level-triggered: whatever put leaves on a shard that is not linked (a kill, a
+        // restart, another writer's placement), move them to linked shards. Every failure
+        // here is retried next round; none stops the fleet.
+        if let Err(e) = rehome(&control).await {
+            warn!(error = %e, "re-homing did not go through; retrying");
         }
     }
 }
 
-async fn connected(
-    client: &reqwest::Client,
-    base: &str,
-) -> anyhow::Result<std::collections::BTreeSet<ShardId>> {
-    let v = get_json(client, &format!("{base}/v1/shards")).await?;
-    Ok(v["shards"]
-        .as_array()
-        .map(|a| {
-            a.iter()
-                .filter(|s| s["connected"] == true)
-                .filter_map(|s| s["shard"].as_str().map(ShardId::new))
-                .collect()
+async fn connected(control: &ControlClient) -> Result<BTreeSet<ShardId>, ControlError> {
+    Ok(control
+        .shards()
+        .await?
+        .shards
+        .into_iter()
+        .filter(|s| s.connected)
+        .map(|s| s.shard)
+        .collect())
+}
+
+/// Moves the leaves of unlinked shards onto linked ones, re-reading and recomputing when
+/// another writer changed the placement first.
+async fn rehome(control: &ControlClient) -> Result<(), ControlError> {
+    let live = connected(control).await?;
+    if live.is_empty() {
+        return Ok(());
+    }
+    if let Some(reply) = control
+        .update_placement(PLACEMENT_ATTEMPTS, |current| {
+            placement::rehome(current, &live)
         })
-        .unwrap_or_default())
-}
-
-/// Moves the leaves of disconnected shards onto connected ones, through the control API.
-async fn rehome(client: &reqwest::Client, base: &str) -> anyhow::Result<()> {
-    // The link closes a moment after the process dies; wait until replication has noticed.
-    let current: Placement =
-        serde_json::from_value(get_json(client, &format!("{base}/v1/placement")).await?)?;
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        let live = connected(client, base).await?;
-        if let Some(next) = placement::rehome(&current, &live) {
-            return put_placement(client, base, &next).await;
-        }
-        if Instant::now() > deadline {
-            return Ok(());
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
-
-async fn put_placement(client: &reqwest::Client, base: &str, p: &Placement) -> anyhow::Result<()> {
-    let r = client
-        .put(format!("{base}/v1/placement"))
-        .json(p)
-        .send()
-        .await?;
-    if !r.status().is_success() {
-        bail!(
-            "placement generation {} refused: {} {}",
-            p.generation,
-            r.status(),
-            r.text().await.unwrap_or_default()
+        .await?
+    {
+        info!(
+            generation = reply.generation,
+            "re-homed the leaves of unlinked shards"
         );
     }
-    info!(
-        generation = p.generation,
-        leaves = p.sectors.len(),
-        "placement applied"
-    );
     Ok(())
 }

@@ -1,8 +1,12 @@
 //! Real processes over loopback: `sidereal replication` and `sidereal shard`, killed with
 //! SIGKILL, fed garbage by raw sockets; crash recovery and database outages with a real store.
 
+#[path = "processes/metrics.rs"]
+mod metrics;
 #[path = "processes/persistence.rs"]
 mod persistence;
+#[path = "processes/up_race.rs"]
+mod up_race;
 
 use std::collections::{BTreeSet, HashMap};
 use std::io::{BufRead, BufReader, Read, Write};
@@ -19,6 +23,8 @@ use sidereal_core::{
 };
 
 const SECRET: &str = "process-test-secret";
+/// Control token of every replication (and `sidereal up`) the tests start.
+pub(crate) const TOKEN: &str = "process-test-control-token";
 
 /// A child process killed when dropped.
 pub(crate) struct Proc(pub(crate) Child);
@@ -30,9 +36,10 @@ impl Drop for Proc {
     }
 }
 
-fn sidereal() -> Command {
+pub(crate) fn sidereal() -> Command {
     let mut c = Command::new(env!("CARGO_BIN_EXE_sidereal"));
     c.env("SIDEREAL_SHARD_SECRET", SECRET)
+        .env("SIDEREAL_CONTROL_TOKEN", TOKEN)
         .env("RUST_LOG", "warn")
         .stdin(Stdio::null());
     c
@@ -141,9 +148,13 @@ pub(crate) fn start_shard(r: &Replication, id: &str) -> Proc {
     )
 }
 
+pub(crate) fn auth() -> String {
+    format!("Authorization: Bearer {TOKEN}")
+}
+
 pub(crate) fn get(url: &str) -> Value {
     let out = Command::new("curl")
-        .args(["-sf", "--max-time", "5", url])
+        .args(["-sf", "--max-time", "5", "-H", &auth(), url])
         .output()
         .expect("curl");
     assert!(out.status.success(), "GET {url} failed");
@@ -164,6 +175,8 @@ pub(crate) fn put(url: &str, body: &Value) -> (u16, String) {
             "PUT",
             "-H",
             "content-type: application/json",
+            "-H",
+            &auth(),
         ])
         .args(["--data-binary", &body.to_string(), url])
         .output()
@@ -408,6 +421,19 @@ fn bad_input_is_refused_with_a_reason_and_the_fleet_carries_on() {
     s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
     s.write_all(&(1u32 << 30).to_le_bytes()).unwrap();
     assert!(closed_by_server(&mut s));
+    // Each rejection counted once, under its reason.
+    let rejected = |reason: &str| {
+        metric(
+            &r,
+            &format!("sidereal_links_rejected_total{{reason=\"{reason}\"}}"),
+        )
+    };
+    wait_until("rejections counted", Duration::from_secs(5), || {
+        rejected("malformed_frame") == 2.0
+    });
+    for reason in ["wrong_secret", "wrong_version", "already_connected"] {
+        assert_eq!(rejected(reason), 1.0, "{reason}");
+    }
 
     // An authenticated impostor: claims a sector it does not own, updates with stale epochs.
     let (mut s, mut reader, reply) = raw_hello(r.link, "impostor", PROTOCOL_VERSION, SECRET);
@@ -502,7 +528,7 @@ fn bad_input_is_refused_with_a_reason_and_the_fleet_carries_on() {
     );
 }
 
-fn free_port() -> u16 {
+pub(crate) fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()
@@ -510,7 +536,7 @@ fn free_port() -> u16 {
         .port()
 }
 
-fn pids_matching(pattern: &str) -> Vec<u32> {
+pub(crate) fn pids_matching(pattern: &str) -> Vec<u32> {
     let out = Command::new("pgrep")
         .args(["-f", pattern])
         .output()

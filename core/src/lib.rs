@@ -2,12 +2,17 @@
 //! codec, load and placement types. No Kubernetes, no Bevy: plain data and pure functions.
 
 pub mod codec;
+pub mod control;
+#[cfg(feature = "client")]
+pub mod control_client;
 pub mod geometry;
 pub mod ids;
 pub mod load;
 pub mod placement;
 pub mod protocol;
 
+#[cfg(feature = "client")]
+pub use control_client::{ControlClient, ControlError};
 pub use geometry::{Bounds, ParseSectorIdError, Point, SectorId, SectorIdError};
 pub use ids::{EntityId, EntityKind, EntitySnapshot, EntityState, Epoch, ShardId};
 pub use load::{Placement, SectorCounts, ShardLoadReport};

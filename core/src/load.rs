@@ -15,12 +15,18 @@ pub struct SectorCounts {
     pub players: u32,
 }
 
-/// What a shard reports about once a second.
+/// What a shard reports about once a second. Tick times are over its last ten seconds.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ShardLoadReport {
     pub tick: u64,
+    /// Mean CPU time of the simulation thread per tick: the work, what scaling acts on.
     pub tick_mean_ms: f32,
+    /// p99 CPU time per tick.
     pub tick_p99_ms: f32,
+    /// Mean wall-clock time per tick: the work plus waiting for a core.
+    pub tick_wall_mean_ms: f32,
+    /// p99 wall-clock time per tick.
+    pub tick_wall_p99_ms: f32,
     pub sectors: Vec<SectorCounts>,
 }
 

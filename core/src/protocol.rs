@@ -12,7 +12,7 @@ use crate::ids::{EntityId, EntitySnapshot, Epoch, ShardId};
 use crate::load::ShardLoadReport;
 
 /// Bumped on any incompatible change of the messages below.
-pub const PROTOCOL_VERSION: u32 = 1;
+pub const PROTOCOL_VERSION: u32 = 2;
 /// Largest frame either side accepts (a full handover of a crowded sector fits easily).
 pub const MAX_FRAME_BYTES: usize = 16 << 20;
 

@@ -13,20 +13,36 @@ use sidereal_core::{
     EntityId, EntityKind, EntitySnapshot, EntityState, Placement, SectorId, ShardId,
 };
 use sidereal_replication::{Authority, AuthorityConfig};
+use sidereal_shard::load::thread_cpu_time;
 
 fn percentile(v: &mut [f64], p: f64) -> f64 {
     v.sort_by(f64::total_cmp);
     v[((v.len() as f64 * p).ceil() as usize).clamp(1, v.len()) - 1]
 }
 
-/// One shard simulating N bodies in one big sector: ms per tick.
+/// Wall and CPU time of one call, in milliseconds.
+fn timed(f: impl FnOnce()) -> (f64, f64) {
+    let (t, c) = (Instant::now(), thread_cpu_time());
+    f();
+    (
+        t.elapsed().as_secs_f64() * 1000.0,
+        (thread_cpu_time() - c).as_secs_f64() * 1000.0,
+    )
+}
+
+fn mean(v: &[f64]) -> f64 {
+    v.iter().sum::<f64>() / v.len().max(1) as f64
+}
+
+/// One shard simulating N bodies in one big sector, ships firing as in a live shard: the
+/// whole `App::update` of a tick, wall and CPU time.
 fn shard_tick_cost() {
-    println!("## shard tick cost (one shard, one core, avian2d, release)");
-    println!("| bodies | mean ms/tick | p99 ms/tick |");
-    println!("|---|---|---|");
+    println!("## shard tick cost (one shard, one core, avian2d, release, projectiles on)");
+    println!("| bodies | wall mean ms | wall p99 ms | CPU mean ms | CPU p99 ms |");
+    println!("|---|---|---|---|---|");
     for n in [1_000, 5_000, 10_000, 20_000] {
         let world = vec![SectorId::new(3, 0, 0).unwrap()];
-        let mut f = Fleet::new(world.clone(), 1, 0);
+        let mut f = Fleet::new(world.clone(), 1, 90);
         f.seed(n, 5);
         let mut p = Placement {
             generation: 1,
@@ -37,15 +53,70 @@ fn shard_tick_cost() {
         for _ in 0..30 {
             f.step();
         }
-        let mut ms = Vec::new();
+        let (mut wall, mut cpu) = (Vec::new(), Vec::new());
         for _ in 0..300 {
-            let t = Instant::now();
-            f.shards[0].as_mut().unwrap().app.update();
-            ms.push(t.elapsed().as_secs_f64() * 1000.0);
+            let (w, c) = timed(|| f.shards[0].as_mut().unwrap().app.update());
+            wall.push(w);
+            cpu.push(c);
             f.step_replication_only();
         }
-        let mean = ms.iter().sum::<f64>() / ms.len() as f64;
-        println!("| {n} | {mean:.2} | {:.2} |", percentile(&mut ms, 0.99));
+        println!(
+            "| {n} | {:.2} | {:.2} | {:.2} | {:.2} |",
+            mean(&wall),
+            percentile(&mut wall, 0.99),
+            mean(&cpu),
+            percentile(&mut cpu, 0.99)
+        );
+    }
+}
+
+/// What a shard of `sidereal up` does, in-process: the default world (four scale-2 roots),
+/// 2,000 entities, 3 shards placed evenly, projectiles, shadows from replication every tick,
+/// handovers. Per shard: the fixed tick as the shard measures it (what it reports), and the
+/// whole `App::update` around it.
+fn live_shard_tick() {
+    println!("\n## live shard tick (the `sidereal up` defaults, in-process, release)");
+    let world: Vec<SectorId> = ["s2-xm1-ym1", "s2-x0-ym1", "s2-xm1-y0", "s2-x0-y0"]
+        .iter()
+        .map(|s| s.parse().unwrap())
+        .collect();
+    let mut f = Fleet::new(world, 3, 90);
+    f.seed(2000, 42);
+    f.place_even();
+    for _ in 0..60 {
+        f.step();
+    }
+    let n = f.shards.len();
+    let mut cpu = vec![Vec::new(); n];
+    let handovers0 = f.authority.counters.handovers;
+    for _ in 0..300 {
+        for (i, s) in f.shards.iter_mut().enumerate() {
+            let app = &mut s.as_mut().unwrap().app;
+            cpu[i].push(timed(|| app.update()).1);
+        }
+        f.step_replication_only();
+    }
+    println!(
+        "{} handovers in 300 ticks",
+        f.authority.counters.handovers - handovers0
+    );
+    println!(
+        "| shard | entities | shadows | fixed tick CPU mean / p99 ms | fixed tick wall mean / p99 ms | App::update CPU mean / p99 ms |"
+    );
+    println!("|---|---|---|---|---|---|");
+    for (i, s) in f.shards.iter().enumerate() {
+        let world = s.as_ref().unwrap().app.world();
+        let own = world.resource::<sidereal_shard::ownership::Ownership>();
+        let times = world.resource::<sidereal_shard::load::TickTimes>();
+        let (cm, cp) = times.cpu.summary();
+        let (wm, wp) = times.wall.summary();
+        println!(
+            "| shard-{i} | {} | {} | {cm:.2} / {cp:.2} | {wm:.2} / {wp:.2} | {:.2} / {:.2} |",
+            own.entities.len(),
+            own.shadow_count(),
+            mean(&cpu[i]),
+            percentile(&mut cpu[i], 0.99)
+        );
     }
 }
 
@@ -191,6 +262,9 @@ fn main() {
     let which = std::env::args().nth(1).filter(|a| !a.starts_with('-'));
     if which.as_deref().is_none_or(|w| w == "tick") {
         shard_tick_cost();
+    }
+    if which.as_deref().is_none_or(|w| w == "live") {
+        live_shard_tick();
     }
     if which.as_deref().is_none_or(|w| w == "link") {
         link_and_mirror();

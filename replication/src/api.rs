@@ -1,28 +1,39 @@
-//! The control API (JSON over HTTP): load, placement, shards, status, health and metrics.
+//! The control API (JSON over HTTP): load, placement, shards, entities and status behind a
+//! bearer token; health, readiness and metrics open. Answers are the typed views of
+//! `sidereal_core::control`, which every client reads.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use axum::extract::rejection::JsonRejection;
-use axum::extract::{Query, State};
+use axum::extract::{Query, Request, State};
 use axum::http::{StatusCode, header};
+use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
-use serde::Serialize;
-use serde_json::json;
+use sidereal_core::control::{
+    BEARER, EntitiesView, EntityView, ErrorView, LoadView, PutPlacementReply, SectorLoadView,
+    ShardLoadView, ShardView, ShardsView, StatusView,
+};
 use sidereal_core::{Placement, SectorId, ShardId};
 
 use crate::authority::PutPlacementError;
 use crate::server::Shared;
 
 pub fn router(shared: Arc<Shared>) -> Router {
-    Router::new()
+    let control = Router::new()
         .route("/v1/load", get(load))
         .route("/v1/placement", get(get_placement).put(put_placement))
         .route("/v1/shards", get(shards))
         .route("/v1/entities", get(entities))
         .route("/v1/status", get(status))
+        .route_layer(middleware::from_fn_with_state(
+            shared.clone(),
+            require_control_token,
+        ));
+    Router::new()
+        .merge(control)
         .route("/healthz", get(|| async { "ok" }))
         .route("/readyz", get(ready))
         .route("/metrics", get(metrics))
@@ -30,30 +41,42 @@ pub fn router(shared: Arc<Shared>) -> Router {
 }
 
 fn error(code: StatusCode, msg: impl ToString) -> Response {
-    (code, Json(json!({ "error": msg.to_string() }))).into_response()
+    (
+        code,
+        Json(ErrorView {
+            error: msg.to_string(),
+        }),
+    )
+        .into_response()
 }
 
-#[derive(Serialize)]
-#[serde(rename_all = "camelCase")]
-struct SectorLoadView {
-    sector: SectorId,
-    shard: ShardId,
-    entities: u32,
-    players: u32,
-    tick_p99_ms: f32,
-}
-
-#[derive(Serialize)]
-#[serde(rename_all = "camelCase")]
-struct ShardLoadView {
-    shard: ShardId,
-    tick: u64,
-    tick_mean_ms: f32,
-    tick_p99_ms: f32,
+/// Every control endpoint needs `Authorization: Bearer <token>`; anything else is a 401 that
+/// touches nothing. The comparison takes the same time wherever the tokens differ.
+async fn require_control_token(State(s): State<Arc<Shared>>, req: Request, next: Next) -> Response {
+    let given = req
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix(BEARER));
+    match given {
+        Some(t) if crate::authority::constant_time_eq(t.as_bytes(), s.control_token.as_bytes()) => {
+            next.run(req).await
+        }
+        Some(_) => error(StatusCode::UNAUTHORIZED, "wrong control token"),
+        None => {
+            let mut r = error(
+                StatusCode::UNAUTHORIZED,
+                "missing control token: send Authorization: Bearer <token> (see --control-token)",
+            );
+            r.headers_mut()
+                .insert(header::WWW_AUTHENTICATE, "Bearer".parse().expect("valid"));
+            r
+        }
+    }
 }
 
 /// Per-leaf load as last reported by the shard simulating it.
-async fn load(State(s): State<Arc<Shared>>) -> Response {
+async fn load(State(s): State<Arc<Shared>>) -> Json<LoadView> {
     let a = s.authority.lock().expect("authority lock");
     let mut sectors = Vec::new();
     let mut shards = Vec::new();
@@ -63,6 +86,8 @@ async fn load(State(s): State<Arc<Shared>>) -> Response {
             tick: r.tick,
             tick_mean_ms: r.tick_mean_ms,
             tick_p99_ms: r.tick_p99_ms,
+            tick_wall_mean_ms: r.tick_wall_mean_ms,
+            tick_wall_p99_ms: r.tick_wall_p99_ms,
         });
         for c in &r.sectors {
             if a.placement().sectors.get(&c.sector) == Some(shard) {
@@ -76,8 +101,11 @@ async fn load(State(s): State<Arc<Shared>>) -> Response {
             }
         }
     }
-    Json(json!({ "generation": a.placement().generation, "sectors": sectors, "shards": shards }))
-        .into_response()
+    Json(LoadView {
+        generation: a.placement().generation,
+        sectors,
+        shards,
+    })
 }
 
 async fn get_placement(State(s): State<Arc<Shared>>) -> Json<Placement> {
@@ -123,7 +151,11 @@ async fn put_placement(
                     format!("placement {generation} applied but not yet durable ({e}); retry");
                 return error(StatusCode::SERVICE_UNAVAILABLE, msg);
             }
-            Json(json!({ "generation": generation, "changed": changed })).into_response()
+            Json(PutPlacementReply {
+                generation,
+                changed,
+            })
+            .into_response()
         }
         Err(e @ (PutPlacementError::Stale { .. } | PutPlacementError::Conflict(_))) => {
             error(StatusCode::CONFLICT, e)
@@ -132,28 +164,25 @@ async fn put_placement(
     }
 }
 
-async fn shards(State(s): State<Arc<Shared>>) -> Response {
+async fn shards(State(s): State<Arc<Shared>>) -> Json<ShardsView> {
     let a = s.authority.lock().expect("authority lock");
     let live = a.live_shards();
     let mut owned: BTreeMap<&ShardId, usize> = BTreeMap::new();
     for (_, r) in a.mirror().iter() {
         *owned.entry(&r.owner).or_default() += 1;
     }
-    let list: Vec<_> = a
+    let shards = a
         .known_shards()
         .iter()
-        .map(|id| {
-            let report = a.load().get(id);
-            json!({
-                "shard": id,
-                "connected": live.contains(id),
-                "sectors": a.placement().sectors.values().filter(|s| *s == id).count(),
-                "entities": owned.get(id).copied().unwrap_or(0),
-                "tickP99Ms": report.map(|r| r.tick_p99_ms),
-            })
+        .map(|id| ShardView {
+            shard: id.clone(),
+            connected: live.contains(id),
+            sectors: a.placement().sectors.values().filter(|s| *s == id).count(),
+            entities: owned.get(id).copied().unwrap_or(0),
+            tick_p99_ms: a.load().get(id).map(|r| r.tick_p99_ms),
         })
         .collect();
-    Json(json!({ "shards": list })).into_response()
+    Json(ShardsView { shards })
 }
 
 #[derive(serde::Deserialize)]
@@ -163,9 +192,12 @@ struct EntityFilter {
 }
 
 /// Entities in the mirror, optionally only those of one owner or inside one sector.
-async fn entities(State(s): State<Arc<Shared>>, Query(f): Query<EntityFilter>) -> Response {
+async fn entities(
+    State(s): State<Arc<Shared>>,
+    Query(f): Query<EntityFilter>,
+) -> Json<EntitiesView> {
     let a = s.authority.lock().expect("authority lock");
-    let list: Vec<_> = a
+    let entities = a
         .mirror()
         .iter()
         .filter(|(_, r)| f.owner.as_deref().is_none_or(|o| r.owner.0 == o))
@@ -173,38 +205,41 @@ async fn entities(State(s): State<Arc<Shared>>, Query(f): Query<EntityFilter>) -
             f.sector
                 .is_none_or(|sec| sec.contains(r.snapshot.state.point()))
         })
-        .map(|(id, r)| {
-            json!({
-                "id": id.0, "kind": r.snapshot.kind, "owner": r.owner, "epoch": r.epoch,
-                "inTransit": r.in_transit, "version": r.version,
-                "pos": r.snapshot.state.pos, "vel": r.snapshot.state.vel,
-            })
+        .map(|(id, r)| EntityView {
+            id: *id,
+            kind: r.snapshot.kind,
+            owner: r.owner.clone(),
+            epoch: r.epoch,
+            in_transit: r.in_transit,
+            version: r.version,
+            pos: r.snapshot.state.pos,
+            vel: r.snapshot.state.vel,
         })
         .collect();
-    Json(json!({ "entities": list })).into_response()
+    Json(EntitiesView { entities })
 }
 
 /// The one-look summary.
-async fn status(State(s): State<Arc<Shared>>) -> Response {
+async fn status(State(s): State<Arc<Shared>>) -> Json<StatusView> {
+    let health = s.store_health.lock().expect("health lock").clone();
     let a = s.authority.lock().expect("authority lock");
     let players: u32 = a
         .load()
         .values()
         .flat_map(|r| r.sectors.iter().map(|c| c.players))
         .sum();
-    Json(json!({
-        "shardsConnected": a.live_shards().len(),
-        "leafSectors": a.placement().sectors.len(),
-        "entities": a.mirror().len(),
-        "players": players,
-        "placementGeneration": a.placement().generation,
-        "lastCheckpointAgeSeconds": s.store_health.lock().expect("health lock").last_checkpoint.map(|t| t.elapsed().as_secs_f64()),
-        "store": s.store.as_ref().map(|st| st.backend()),
-        "storeHealthy": s.store_health.lock().expect("health lock").healthy,
-        "checkpointBacklog": a.mirror().dirty_len(),
-        "uptimeSeconds": s.started.elapsed().as_secs(),
-    }))
-    .into_response()
+    Json(StatusView {
+        shards_connected: a.live_shards().len(),
+        leaf_sectors: a.placement().sectors.len(),
+        entities: a.mirror().len(),
+        players,
+        placement_generation: a.placement().generation,
+        last_checkpoint_age_seconds: health.last_checkpoint.map(|t| t.elapsed().as_secs_f64()),
+        store: s.store.as_ref().map(|st| st.backend().to_owned()),
+        store_healthy: health.healthy,
+        checkpoint_backlog: a.mirror().dirty_len(),
+        uptime_seconds: s.started.elapsed().as_secs(),
+    })
 }
 
 /// Not ready while checkpoints fail: the world keeps running, but nothing new is durable.
@@ -222,8 +257,8 @@ async fn ready(State(s): State<Arc<Shared>>) -> Response {
 }
 
 async fn metrics(State(s): State<Arc<Shared>>) -> Response {
-    let a = s.authority.lock().expect("authority lock");
     let health = s.store_health.lock().expect("health lock").clone();
-    let text = s.metrics.lock().expect("metrics lock").render(&a, &health);
+    let a = s.authority.lock().expect("authority lock");
+    let text = crate::metrics::render(&a, &health, &s.link_bytes);
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text).into_response()
 }

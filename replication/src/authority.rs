@@ -52,6 +52,36 @@ pub enum LinkError {
     Frame(String),
 }
 
+/// Every `reason` label of `sidereal_links_rejected_total`: the authority's refusals
+/// ([`LinkError::label`]) and the I/O shell's (`handshake_timeout`).
+pub const LINK_REJECTION_REASONS: [&str; 9] = [
+    "no_hello",
+    "wrong_version",
+    "wrong_secret",
+    "bad_name",
+    "already_connected",
+    "duplicate_hello",
+    "malformed_update",
+    "malformed_frame",
+    "handshake_timeout",
+];
+
+impl LinkError {
+    /// Short, stable name of the failure for `sidereal_links_rejected_total{reason=...}`.
+    pub fn label(&self) -> &'static str {
+        match self {
+            LinkError::NoHello => "no_hello",
+            LinkError::WrongVersion { .. } => "wrong_version",
+            LinkError::WrongSecret { .. } => "wrong_secret",
+            LinkError::BadName(_) => "bad_name",
+            LinkError::AlreadyConnected(_) => "already_connected",
+            LinkError::DuplicateHello => "duplicate_hello",
+            LinkError::Codec(_) => "malformed_update",
+            LinkError::Frame(_) => "malformed_frame",
+        }
+    }
+}
+
 /// Why a desired placement was not applied.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum PutPlacementError {
@@ -79,7 +109,21 @@ pub struct Counters {
     pub spawns: u64,
     pub despawns: u64,
     pub refusals: u64,
-    pub links_rejected: u64,
+    /// Links closed for bad input (handshake refused, malformed data), by reason label. A
+    /// link that merely closes or breaks (a killed shard) is not counted.
+    pub links_rejected: BTreeMap<&'static str, u64>,
+}
+
+impl Counters {
+    /// Counts one link closed for bad input.
+    pub fn link_rejected(&mut self, reason: &'static str) {
+        *self.links_rejected.entry(reason).or_default() += 1;
+    }
+
+    /// All links closed for bad input.
+    pub fn links_rejected_total(&self) -> u64 {
+        self.links_rejected.values().sum()
+    }
 }
 
 pub struct Authority {
@@ -189,6 +233,14 @@ impl Authority {
     /// Handles one message from a link. An error means: close this link (and call
     /// `disconnect`); the rest of the fleet is unaffected.
     pub fn on_message(&mut self, link: LinkId, msg: ShardMessage) -> Result<(), LinkError> {
+        let result = self.handle(link, msg);
+        if let Err(e) = &result {
+            self.counters.link_rejected(e.label());
+        }
+        result
+    }
+
+    fn handle(&mut self, link: LinkId, msg: ShardMessage) -> Result<(), LinkError> {
         let Some(state) = self.links.get(&link) else {
             return Ok(());
         };
@@ -262,7 +314,6 @@ impl Authority {
             Ok(())
         };
         if let Err(e) = result {
-            self.counters.links_rejected += 1;
             self.outbox.push((
                 link,
                 ReplicationMessage::Rejected {
@@ -634,7 +685,7 @@ fn clamp_into_world(snapshot: &mut EntitySnapshot, world: &[SectorId]) {
     s.pos = [cx as f32, cy as f32];
 }
 
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+pub(crate) fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     if a.len() != b.len() {
         return false;
     }
@@ -761,7 +812,9 @@ mod tests {
             a.on_message(link, ShardMessage::Updates(vec![])),
             Err(LinkError::NoHello)
         );
-        assert_eq!(a.counters.links_rejected, 3);
+        assert_eq!(a.counters.links_rejected_total(), 4);
+        assert_eq!(a.counters.links_rejected["wrong_secret"], 1);
+        assert_eq!(a.counters.links_rejected["no_hello"], 1);
         assert!(a.live_shards().is_empty());
     }
 

@@ -1,218 +1,185 @@
-//! Prometheus metrics of replication, filled from the authority at scrape time.
+//! Prometheus metrics of replication, read from their owners at scrape time: the authority's
+//! counters and mirror, the store's health, the link tasks' byte counts. Nothing here keeps a
+//! copy of state, so there are no deltas to get wrong. Names follow Prometheus conventions:
+//! base units, `_total` on counters only.
 
-use prometheus::{
-    Encoder, GaugeVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
-    TextEncoder,
-};
-use std::collections::BTreeMap;
+use std::sync::atomic::Ordering;
+use std::time::SystemTime;
+
+use prometheus::core::Collector;
+use prometheus::{Encoder, Gauge, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts};
 
 use crate::authority::Authority;
+use crate::server::{LinkBytes, StoreHealth};
 
-pub struct Metrics {
-    registry: Registry,
-    entities: IntGaugeVec,
-    players: IntGaugeVec,
-    shard_tick_p99: GaugeVec,
-    shards_connected: IntGauge,
-    placement_generation: IntGauge,
-    handovers: IntCounter,
-    updates: IntCounterVec,
-    spawns: IntCounter,
-    despawns: IntCounter,
-    refusals: IntCounter,
-    links_rejected: IntCounter,
-    /// Bytes on shard links, by direction (`in`: from shards, `out`: to shards).
-    pub link_bytes: IntCounterVec,
-    last: crate::authority::Counters,
-    store_healthy: IntGauge,
-    checkpoint_backlog: IntGauge,
-    checkpoint_age: prometheus::Gauge,
-    checkpoint_rows: IntCounter,
-    checkpoint_failures: IntCounter,
-    last_store: crate::server::StoreHealth,
-}
+/// The text exposition of every replication metric, as of now.
+pub fn render(a: &Authority, store: &StoreHealth, links: &LinkBytes) -> String {
+    let mut families = Vec::new();
+    let mut add = |c: &dyn Collector| families.extend(c.collect());
 
-impl Default for Metrics {
-    fn default() -> Self {
-        Self::new()
-    }
-}
-
-impl Metrics {
-    pub fn new() -> Self {
-        let registry = Registry::new_custom(Some("sidereal".into()), None).expect("valid prefix");
-        let entities = IntGaugeVec::new(
-            Opts::new(
-                "sector_entities",
-                "Entities per leaf sector, as last reported by its shard",
-            ),
-            &["sector", "shard"],
-        )
-        .unwrap();
-        let players = IntGaugeVec::new(
-            Opts::new("sector_players", "Players per leaf sector"),
-            &["sector", "shard"],
-        )
-        .unwrap();
-        let shard_tick_p99 = GaugeVec::new(
-            Opts::new("shard_tick_p99_ms", "Shard tick time p99 in milliseconds"),
-            &["shard"],
-        )
-        .unwrap();
-        let shards_connected =
-            IntGauge::new("shards_connected", "Shards with a live link").unwrap();
-        let placement_generation = IntGauge::new(
-            "placement_generation",
-            "Generation of the applied placement",
-        )
-        .unwrap();
-        let handovers = IntCounter::new(
-            "handovers_total",
-            "Entities handed from one owner to another",
-        )
-        .unwrap();
-        let updates = IntCounterVec::new(
-            Opts::new("entity_updates_total", "Entity updates from shards"),
-            &["result"],
-        )
-        .unwrap();
-        let spawns = IntCounter::new("spawns_total", "Entities spawned by shards").unwrap();
-        let despawns = IntCounter::new("despawns_total", "Entities despawned by shards").unwrap();
-        let refusals = IntCounter::new(
-            "refusals_total",
-            "Shard messages refused (non-owner, stale epoch, unowned sector)",
-        )
-        .unwrap();
-        let links_rejected = IntCounter::new(
-            "links_rejected_total",
-            "Shard links closed for bad handshakes or malformed frames",
-        )
-        .unwrap();
-        let link_bytes = IntCounterVec::new(
-            Opts::new("link_bytes_total", "Bytes on shard links"),
-            &["direction"],
-        )
-        .unwrap();
-        for c in [&entities, &players] {
-            registry.register(Box::new(c.clone())).unwrap();
-        }
-        registry.register(Box::new(shard_tick_p99.clone())).unwrap();
-        for g in [&shards_connected, &placement_generation] {
-            registry.register(Box::new(g.clone())).unwrap();
-        }
-        for c in [&handovers, &spawns, &despawns, &refusals, &links_rejected] {
-            registry.register(Box::new(c.clone())).unwrap();
-        }
-        registry.register(Box::new(updates.clone())).unwrap();
-        let store_healthy = IntGauge::new("store_healthy", "1 while checkpoints succeed").unwrap();
-        let checkpoint_backlog = IntGauge::new(
-            "checkpoint_backlog",
-            "Entities changed or removed since the last successful checkpoint",
-        )
-        .unwrap();
-        let checkpoint_age = prometheus::Gauge::new(
-            "checkpoint_age_seconds",
-            "Seconds since the last successful checkpoint (-1: none yet)",
-        )
-        .unwrap();
-        let checkpoint_rows = IntCounter::new(
-            "checkpoint_rows_total",
-            "Entity rows written by checkpoints",
-        )
-        .unwrap();
-        let checkpoint_failures = IntCounter::new(
-            "checkpoint_failures_total",
-            "Checkpoints that failed and were retried",
-        )
-        .unwrap();
-        for g in [&store_healthy, &checkpoint_backlog] {
-            registry.register(Box::new(g.clone())).unwrap();
-        }
-        registry.register(Box::new(checkpoint_age.clone())).unwrap();
-        for c in [&checkpoint_rows, &checkpoint_failures] {
-            registry.register(Box::new(c.clone())).unwrap();
-        }
-        registry.register(Box::new(link_bytes.clone())).unwrap();
-        Self {
-            registry,
-            entities,
-            players,
-            shard_tick_p99,
-            shards_connected,
-            placement_generation,
-            handovers,
-            updates,
-            spawns,
-            despawns,
-            refusals,
-            links_rejected,
-            link_bytes,
-            last: Default::default(),
-            store_healthy,
-            checkpoint_backlog,
-            checkpoint_age,
-            checkpoint_rows,
-            checkpoint_failures,
-            last_store: Default::default(),
-        }
-    }
-
-    /// Copies the authority's state into the metrics and renders the text exposition.
-    pub fn render(&mut self, a: &Authority, store: &crate::server::StoreHealth) -> String {
-        self.store_healthy.set(i64::from(store.healthy));
-        self.checkpoint_backlog.set(a.mirror().dirty_len() as i64);
-        self.checkpoint_age.set(
-            store
-                .last_checkpoint
-                .map(|t| t.elapsed().as_secs_f64())
-                .unwrap_or(-1.0),
-        );
-        self.checkpoint_rows
-            .inc_by(store.rows_written - self.last_store.rows_written);
-        self.checkpoint_failures
-            .inc_by(store.failures - self.last_store.failures);
-        self.last_store = store.clone();
-        let c = a.counters.clone();
-        self.handovers.inc_by(c.handovers - self.last.handovers);
-        self.spawns.inc_by(c.spawns - self.last.spawns);
-        self.despawns.inc_by(c.despawns - self.last.despawns);
-        self.refusals.inc_by(c.refusals - self.last.refusals);
-        self.links_rejected
-            .inc_by(c.links_rejected - self.last.links_rejected);
-        self.updates
-            .with_label_values(&["applied"])
-            .inc_by(c.updates_applied - self.last.updates_applied);
-        self.updates
-            .with_label_values(&["refused"])
-            .inc_by(c.updates_refused - self.last.updates_refused);
-        self.last = c;
-        self.entities.reset();
-        self.players.reset();
-        self.shard_tick_p99.reset();
-        let placement: &BTreeMap<_, _> = &a.placement().sectors;
-        for (shard, report) in a.load() {
-            self.shard_tick_p99
-                .with_label_values(&[shard.0.as_str()])
-                .set(f64::from(report.tick_p99_ms));
-            for s in &report.sectors {
-                if placement.get(&s.sector) == Some(shard) {
-                    let name = s.sector.to_string();
-                    self.entities
-                        .with_label_values(&[name.as_str(), shard.0.as_str()])
-                        .set(i64::from(s.entities));
-                    self.players
-                        .with_label_values(&[name.as_str(), shard.0.as_str()])
-                        .set(i64::from(s.players));
-                }
+    let labelled_gauge = |name: &str, help: &str, labels: &[&str]| {
+        IntGaugeVec::new(Opts::new(name, help).namespace("sidereal"), labels).expect("valid")
+    };
+    let entities = labelled_gauge(
+        "sector_entities",
+        "Entities per leaf sector, as last reported by its shard",
+        &["sector", "shard"],
+    );
+    let players = labelled_gauge(
+        "sector_players",
+        "Players per leaf sector, as last reported by its shard",
+        &["sector", "shard"],
+    );
+    let placement = &a.placement().sectors;
+    for (shard, report) in a.load() {
+        for s in &report.sectors {
+            if placement.get(&s.sector) == Some(shard) {
+                let labels = [s.sector.to_string(), shard.0.clone()];
+                let labels = [labels[0].as_str(), labels[1].as_str()];
+                entities
+                    .with_label_values(&labels)
+                    .set(i64::from(s.entities));
+                players.with_label_values(&labels).set(i64::from(s.players));
             }
         }
-        self.shards_connected.set(a.live_shards().len() as i64);
-        self.placement_generation
-            .set(a.placement().generation as i64);
-        let mut out = Vec::new();
-        TextEncoder::new()
-            .encode(&self.registry.gather(), &mut out)
-            .expect("text encoding");
-        String::from_utf8(out).expect("utf-8")
     }
+    add(&entities);
+    add(&players);
+
+    let gauge = |name: &str, help: &str, v: i64| {
+        let g = IntGauge::with_opts(Opts::new(name, help).namespace("sidereal")).expect("valid");
+        g.set(v);
+        g
+    };
+    add(&gauge(
+        "shards_connected",
+        "Shards with a live link",
+        a.live_shards().len() as i64,
+    ));
+    add(&gauge(
+        "leaf_sectors",
+        "Leaf sectors in the applied placement",
+        placement.len() as i64,
+    ));
+    add(&gauge(
+        "mirror_entities",
+        "Entities in replication's mirror",
+        a.mirror().len() as i64,
+    ));
+    add(&gauge(
+        "placement_generation",
+        "Generation of the applied placement",
+        a.placement().generation as i64,
+    ));
+    add(&gauge(
+        "store_healthy",
+        "1 while checkpoints succeed",
+        i64::from(store.healthy),
+    ));
+    add(&gauge(
+        "checkpoint_backlog",
+        "Entities changed or removed since the last successful checkpoint",
+        a.mirror().dirty_len() as i64,
+    ));
+    if let Some(at) = store.last_checkpoint_at {
+        let g = Gauge::with_opts(
+            Opts::new(
+                "last_checkpoint_timestamp_seconds",
+                "Unix time of the last successful checkpoint",
+            )
+            .namespace("sidereal"),
+        )
+        .expect("valid");
+        g.set(
+            at.duration_since(SystemTime::UNIX_EPOCH)
+                .unwrap_or_default()
+                .as_secs_f64(),
+        );
+        add(&g);
+    }
+
+    let counter = |name: &str, help: &str, v: u64| {
+        let c = IntCounter::with_opts(Opts::new(name, help).namespace("sidereal")).expect("valid");
+        c.inc_by(v);
+        c
+    };
+    let c = &a.counters;
+    add(&counter(
+        "handovers_total",
+        "Entities handed from one owner to another",
+        c.handovers,
+    ));
+    add(&counter(
+        "spawns_total",
+        "Entities spawned by shards",
+        c.spawns,
+    ));
+    add(&counter(
+        "despawns_total",
+        "Entities despawned by shards",
+        c.despawns,
+    ));
+    add(&counter(
+        "refusals_total",
+        "Shard messages refused (non-owner, stale epoch, unowned sector)",
+        c.refusals,
+    ));
+    add(&counter(
+        "checkpoint_rows_total",
+        "Entity rows written by checkpoints",
+        store.rows_written,
+    ));
+    add(&counter(
+        "checkpoint_failures_total",
+        "Checkpoints that failed and were retried",
+        store.failures,
+    ));
+    let labelled_counter = |name: &str, help: &str, label: &str, values: &[(&str, u64)]| {
+        let v = IntCounterVec::new(Opts::new(name, help).namespace("sidereal"), &[label])
+            .expect("valid");
+        for (l, n) in values {
+            v.with_label_values(&[*l]).inc_by(*n);
+        }
+        v
+    };
+    add(&labelled_counter(
+        "entity_updates_total",
+        "Entity updates from shards, by result",
+        "result",
+        &[
+            ("applied", c.updates_applied),
+            ("refused", c.updates_refused),
+        ],
+    ));
+    // Every reason from zero, so `rate()` sees the first rejection.
+    let mut rejected: std::collections::BTreeMap<&str, u64> =
+        crate::authority::LINK_REJECTION_REASONS
+            .iter()
+            .map(|r| (*r, 0))
+            .collect();
+    rejected.extend(c.links_rejected.iter().map(|(k, v)| (*k, *v)));
+    let rejected: Vec<(&str, u64)> = rejected.into_iter().collect();
+    add(&labelled_counter(
+        "links_rejected_total",
+        "Shard links closed for bad input (refused handshake, malformed data), by reason",
+        "reason",
+        &rejected,
+    ));
+    add(&labelled_counter(
+        "link_bytes_total",
+        "Bytes on shard links, by direction (received from shards, sent to shards)",
+        "direction",
+        &[
+            ("received", links.received.load(Ordering::Relaxed)),
+            ("sent", links.sent.load(Ordering::Relaxed)),
+        ],
+    ));
+
+    // A family without samples (no load reported yet) is not valid exposition text: leave it out.
+    families.retain(|f| !f.get_metric().is_empty());
+    let mut out = Vec::new();
+    if let Err(e) = prometheus::TextEncoder::new().encode(&families, &mut out) {
+        tracing::error!(error = %e, "encoding metrics");
+    }
+    String::from_utf8_lossy(&out).into_owned()
 }

@@ -3,6 +3,7 @@
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -16,7 +17,6 @@ use tokio::sync::mpsc;
 use tracing::{info, warn};
 
 use crate::authority::{Authority, AuthorityConfig, LinkId};
-use crate::metrics::Metrics;
 use crate::store::{EntityRow, Store, StoreError};
 
 /// A shard must say Hello within this long after connecting.
@@ -34,6 +34,8 @@ pub struct ReplicationConfig {
     pub database_url: Option<String>,
     pub data_dir: std::path::PathBuf,
     pub checkpoint_interval: Duration,
+    /// Bearer token every control endpoint requires (`/v1/...`).
+    pub control_token: String,
 }
 
 /// How the store is doing, for /readyz, /v1/status and /metrics.
@@ -41,30 +43,44 @@ pub struct ReplicationConfig {
 pub struct StoreHealth {
     pub healthy: bool,
     pub last_checkpoint: Option<Instant>,
+    /// The same moment on the wall clock, for the timestamp metric.
+    pub last_checkpoint_at: Option<std::time::SystemTime>,
     pub last_error: Option<String>,
     pub checkpoints: u64,
     pub rows_written: u64,
     pub failures: u64,
 }
 
+/// Bytes moved on shard links, counted by the link tasks.
+#[derive(Debug, Default)]
+pub struct LinkBytes {
+    /// From shards.
+    pub received: AtomicU64,
+    /// To shards.
+    pub sent: AtomicU64,
+}
+
 /// State shared by the link tasks, the ticker and the HTTP handlers.
 pub struct Shared {
     pub authority: Mutex<Authority>,
-    pub metrics: Mutex<Metrics>,
+    pub link_bytes: LinkBytes,
     writers: Mutex<HashMap<LinkId, mpsc::UnboundedSender<ReplicationMessage>>>,
     pub started: Instant,
     pub store: Option<Store>,
+    /// Bearer token of the control API.
+    pub control_token: String,
     pub store_health: Mutex<StoreHealth>,
 }
 
 impl Shared {
-    pub fn new(authority: Authority, store: Option<Store>) -> Arc<Self> {
+    pub fn new(authority: Authority, store: Option<Store>, control_token: String) -> Arc<Self> {
         Arc::new(Self {
             authority: Mutex::new(authority),
-            metrics: Mutex::new(Metrics::new()),
+            link_bytes: LinkBytes::default(),
             writers: Mutex::new(HashMap::new()),
             started: Instant::now(),
             store,
+            control_token,
             store_health: Mutex::new(StoreHealth {
                 healthy: true,
                 ..Default::default()
@@ -96,6 +112,7 @@ impl Shared {
             Ok(()) => {
                 h.healthy = true;
                 h.last_checkpoint = Some(Instant::now());
+                h.last_checkpoint_at = Some(std::time::SystemTime::now());
                 h.last_error = None;
                 h.checkpoints += 1;
                 h.rows_written += rows.len() as u64;
@@ -217,7 +234,7 @@ pub async fn start(
         seed_world(&mut authority, config.seed_entities, config.seed);
     }
     authority.reserve_incarnations_above(authority.max_incarnation());
-    let shared = Shared::new(authority, Some(store));
+    let shared = Shared::new(authority, Some(store), config.control_token.clone());
     if seeded {
         // Spawns are durable before anyone sees them.
         shared.checkpoint().await?;
@@ -310,12 +327,9 @@ async fn serve_link(shared: Arc<Shared>, stream: TcpStream, peer: SocketAddr) {
                 buf.extend(encode_frame(&m));
             }
             metrics_out
-                .metrics
-                .lock()
-                .expect("metrics lock")
                 .link_bytes
-                .with_label_values(&["out"])
-                .inc_by(buf.len() as u64);
+                .sent
+                .fetch_add(buf.len() as u64, Ordering::Relaxed);
             if wr.write_all(&buf).await.is_err() {
                 break;
             }
@@ -323,32 +337,63 @@ async fn serve_link(shared: Arc<Shared>, stream: TcpStream, peer: SocketAddr) {
         let _ = wr.shutdown().await;
     });
 
-    let reason = read_link(&shared, link, &mut rd).await;
+    let close = read_link(&shared, link, &mut rd).await;
     let shard = {
         let mut a = shared.authority.lock().expect("authority lock");
         let shard = a.shard_of(link).cloned();
-        if reason.is_some() {
-            a.counters.links_rejected += 1;
+        // The authority counted the refusals it made; the shell counts its own.
+        if let Some(reason) = close.rejected_here() {
+            a.counters.link_rejected(reason);
         }
         a.disconnect(link);
         shared.flush(&mut a);
         shard
     };
-    match reason {
-        Some(r) => warn!(%peer, shard = ?shard.map(|s| s.0), reason = %r, "closing shard link"),
-        None => info!(%peer, shard = ?shard.map(|s| s.0), "shard link closed by peer"),
+    let shard = shard.map(|s| s.0);
+    match &close {
+        LinkClose::PeerClosed => info!(%peer, ?shard, "shard link closed by peer"),
+        LinkClose::Io(e) => warn!(%peer, ?shard, error = %e, "shard link broke"),
+        _ => warn!(%peer, ?shard, reason = %close, "closing shard link"),
     }
     // Dropping the sender lets the writer flush what is queued (a Rejected reason) and close.
     shared.writers.lock().expect("writers lock").remove(&link);
     let _ = writer.await;
 }
 
-/// Reads frames until the peer closes (`None`) or the link must be closed (`Some(reason)`).
+/// Why a shard link ended.
+#[derive(Debug, thiserror::Error)]
+pub enum LinkClose {
+    #[error("closed by the shard")]
+    PeerClosed,
+    /// The connection broke (a killed shard resets it): not the shard's input at fault.
+    #[error("read error: {0}")]
+    Io(std::io::Error),
+    #[error("no Hello within {HANDSHAKE_TIMEOUT:?}")]
+    HandshakeTimeout,
+    #[error("malformed frame: {0}")]
+    Malformed(String),
+    /// The authority refused a message (and counted it).
+    #[error(transparent)]
+    Refused(#[from] crate::authority::LinkError),
+}
+
+impl LinkClose {
+    /// The rejection label when this close is a rejection the shell itself detected.
+    fn rejected_here(&self) -> Option<&'static str> {
+        match self {
+            LinkClose::HandshakeTimeout => Some("handshake_timeout"),
+            LinkClose::Malformed(_) => Some("malformed_frame"),
+            LinkClose::PeerClosed | LinkClose::Io(_) | LinkClose::Refused(_) => None,
+        }
+    }
+}
+
+/// Reads frames until the peer closes or the link must be closed, and says why.
 async fn read_link(
     shared: &Shared,
     link: LinkId,
     rd: &mut tokio::net::tcp::OwnedReadHalf,
-) -> Option<String> {
+) -> LinkClose {
     let mut reader = FrameReader::default();
     let mut buf = vec![0u8; 64 * 1024];
     let deadline = Instant::now() + HANDSHAKE_TIMEOUT;
@@ -369,33 +414,30 @@ async fn read_link(
             .await
             {
                 Ok(r) => r,
-                Err(_) => return Some(format!("no Hello within {HANDSHAKE_TIMEOUT:?}")),
+                Err(_) => return LinkClose::HandshakeTimeout,
             }
         };
         let n = match read {
-            Ok(0) => return None,
+            Ok(0) => return LinkClose::PeerClosed,
             Ok(n) => n,
-            Err(e) => return Some(format!("read error: {e}")),
+            Err(e) => return LinkClose::Io(e),
         };
         shared
-            .metrics
-            .lock()
-            .expect("metrics lock")
             .link_bytes
-            .with_label_values(&["in"])
-            .inc_by(n as u64);
+            .received
+            .fetch_add(n as u64, Ordering::Relaxed);
         reader.push(&buf[..n]);
         loop {
             let msg = match reader.next_frame::<ShardMessage>() {
                 Ok(Some(m)) => m,
                 Ok(None) => break,
-                Err(e) => return Some(e.to_string()),
+                Err(e) => return LinkClose::Malformed(e.to_string()),
             };
             let mut a = shared.authority.lock().expect("authority lock");
             let result = a.on_message(link, msg);
             shared.flush(&mut a);
             if let Err(e) = result {
-                return Some(e.to_string());
+                return LinkClose::Refused(e);
             }
         }
     }

@@ -8,6 +8,7 @@
 pub mod components;
 pub mod link;
 pub mod load;
+pub mod metrics;
 pub mod ownership;
 pub mod simulation;
 pub mod status;
@@ -25,6 +26,8 @@ pub use link::ShardLink;
 /// How a shard runs.
 #[derive(Debug, Clone, Resource)]
 pub struct ShardConfig {
+    /// The shard's name (its pod name under Kubernetes); labels its metrics.
+    pub name: String,
     pub tick_hz: u32,
     /// Seed of the shard's own randomness (ship steering, firing).
     pub seed: u64,
@@ -35,6 +38,7 @@ pub struct ShardConfig {
 impl Default for ShardConfig {
     fn default() -> Self {
         Self {
+            name: "shard".into(),
             tick_hz: 30,
             seed: 1,
             fire_every_ticks: 90,
@@ -73,6 +77,7 @@ pub fn build_app(config: ShardConfig, link: ShardLink, clock: Clock) -> App {
         )
         .insert_resource(Gravity(Vec2::ZERO))
         .insert_resource(Time::<Fixed>::from_duration(tick))
+        .insert_resource(metrics::ShardMetrics::new(&config.name))
         .insert_resource(config)
         .insert_resource(link)
         .add_plugins((
@@ -80,6 +85,7 @@ pub fn build_app(config: ShardConfig, link: ShardLink, clock: Clock) -> App {
             ownership::OwnershipPlugin,
             simulation::SimulationPlugin,
             load::LoadPlugin,
+            metrics::MetricsPlugin,
         ));
     if clock == Clock::Stepped {
         // Ready to `update()` by hand; a real-time app finishes its plugins in `run()`, so the

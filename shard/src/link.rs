@@ -6,6 +6,7 @@ use sidereal_core::codec::UpdateEncoder;
 use sidereal_core::protocol::{ReplicationMessage, ShardMessage};
 
 use crate::components::{Owned, TickSet, state_of};
+use crate::metrics::ShardMetrics;
 use avian2d::prelude::*;
 
 /// Channels to and from replication. The TCP bridge (or a test harness) sits on the far side.
@@ -68,8 +69,9 @@ impl Plugin for LinkPlugin {
     }
 }
 
-fn count_tick(mut tick: ResMut<TickCount>) {
+fn count_tick(mut tick: ResMut<TickCount>, metrics: Res<ShardMetrics>) {
     tick.0 += 1;
+    metrics.ticks.inc();
 }
 
 /// Sends every owned entity whose quantized state changed since last sent, as one batch.
@@ -78,6 +80,7 @@ fn send_changed_entities(
     tick: Res<TickCount>,
     mut encoder: ResMut<Encoder>,
     mut stats: ResMut<LinkStats>,
+    metrics: Res<ShardMetrics>,
     owned: Query<(
         &Owned,
         &Position,
@@ -93,7 +96,10 @@ fn send_changed_entities(
     if let Some(bytes) = encoder.0.encode(tick.0, &mut batch) {
         stats.update_batches += 1;
         stats.update_bytes += bytes.len() as u64;
-        stats.updates += bytes_count(&bytes);
+        let count = bytes_count(&bytes);
+        stats.updates += count;
+        metrics.update_bytes.inc_by(bytes.len() as u64);
+        metrics.updates.inc_by(count);
         link.send(ShardMessage::Updates(bytes));
     }
 }

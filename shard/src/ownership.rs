@@ -215,6 +215,7 @@ fn release_unowned(
 fn hand_over_leavers(
     mut commands: Commands,
     link: Res<ShardLink>,
+    metrics: Res<crate::metrics::ShardMetrics>,
     mut own: ResMut<Ownership>,
     mut encoder: ResMut<Encoder>,
     owned: Query<OwnedState>,
@@ -228,6 +229,7 @@ fn hand_over_leavers(
         own.entities.remove(&o.id);
         own.handed_over.insert(o.id, snap);
         own.handovers_out += 1;
+        metrics.handovers_out.inc();
         encoder.0.forget(o.id);
         commands.entity(e).despawn();
         link.send(ShardMessage::HandoverOut {

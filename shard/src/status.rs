@@ -1,30 +1,13 @@
-//! A snapshot of the shard's state, published every tick for the process's `/metrics`.
+//! The shard process's liveness: it stops when its link to replication dies.
 
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
 
 use bevy::prelude::*;
 
-use crate::link::{LinkStats, TickCount};
-use crate::load::TickTimes;
-use crate::ownership::Ownership;
-
-#[derive(Debug, Clone, Default)]
-pub struct ShardStatus {
-    pub tick: u64,
-    pub entities: usize,
-    pub shadows: usize,
-    pub sectors: usize,
-    pub handovers_out: u64,
-    pub tick_mean_ms: f32,
-    pub tick_p99_ms: f32,
-    pub link: LinkStats,
-}
-
-/// Shared with the metrics server; `alive` turns false when the link to replication dies.
+/// Shared with the process's `/healthz`; `alive` turns false when the link to replication dies.
 #[derive(Resource, Clone, Default)]
 pub struct StatusBoard {
-    pub status: Arc<Mutex<ShardStatus>>,
     pub alive: Arc<AtomicBool>,
 }
 
@@ -33,28 +16,8 @@ pub struct StatusPlugin(pub StatusBoard);
 impl Plugin for StatusPlugin {
     fn build(&self, app: &mut App) {
         app.insert_resource(self.0.clone())
-            .add_systems(Last, (publish_status, exit_when_link_dies));
+            .add_systems(Last, exit_when_link_dies);
     }
-}
-
-fn publish_status(
-    board: Res<StatusBoard>,
-    tick: Res<TickCount>,
-    own: Res<Ownership>,
-    times: Res<TickTimes>,
-    stats: Res<LinkStats>,
-) {
-    let (mean, p99) = times.summary();
-    *board.status.lock().expect("status lock") = ShardStatus {
-        tick: tick.0,
-        entities: own.entities.len(),
-        shadows: own.shadow_count(),
-        sectors: own.sectors.len(),
-        handovers_out: own.handovers_out,
-        tick_mean_ms: mean,
-        tick_p99_ms: p99,
-        link: *stats,
-    };
 }
 
 /// A shard without its link would simulate a world nobody sees: stop, and let the supervisor

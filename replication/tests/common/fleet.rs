@@ -64,6 +64,7 @@ impl Fleet {
         let (link, to_shard, from_shard) = ShardLink::pair();
         let app = build_app(
             ShardConfig {
+                name: name.to_owned(),
                 tick_hz: TICK_HZ,
                 seed,
                 fire_every_ticks,
