@@ -14,12 +14,13 @@ use std::net::{SocketAddr, TcpStream};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use serde_json::Value;
+use sidereal_core::control::{EntityView, LoadView, PutPlacementReply, StatusView};
 use sidereal_core::protocol::{
     FrameReader, PROTOCOL_VERSION, ReplicationMessage, ShardMessage, encode_frame,
 };
 use sidereal_core::{
-    EntityId, EntityKind, EntitySnapshot, EntityState, Placement, SectorId, ShardId, placement,
+    ControlClient, ControlError, EntityId, EntityKind, EntitySnapshot, EntityState, Placement,
+    SectorId, ShardId, placement,
 };
 
 const SECRET: &str = "process-test-secret";
@@ -49,7 +50,75 @@ pub(crate) struct Replication {
     pub(crate) proc_: Proc,
     pub(crate) http: String,
     pub(crate) link: SocketAddr,
+    /// The product's control client, with the test token.
+    pub(crate) control: Control,
     _data: Option<TempDir>,
+}
+
+/// The product's `ControlClient`, driven from these synchronous tests: every typed call the
+/// operator and `sidereal up` make, panicking with the server's reason when one fails.
+pub(crate) struct Control {
+    rt: tokio::runtime::Runtime,
+    pub(crate) client: ControlClient,
+}
+
+impl Control {
+    pub(crate) fn new(base: &str) -> Self {
+        Self::with_token(base, Some(TOKEN))
+    }
+
+    pub(crate) fn with_token(base: &str, token: Option<&str>) -> Self {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("a tokio runtime");
+        Self {
+            rt,
+            client: ControlClient::new(base, token.map(str::to_owned)),
+        }
+    }
+
+    pub(crate) fn run<T>(&self, f: impl std::future::Future<Output = T>) -> T {
+        self.rt.block_on(f)
+    }
+
+    /// Names of the shards with a live link.
+    pub(crate) fn connected(&self) -> BTreeSet<String> {
+        self.run(self.client.shards())
+            .expect("GET /v1/shards")
+            .shards
+            .into_iter()
+            .filter(|s| s.connected)
+            .map(|s| s.shard.0)
+            .collect()
+    }
+
+    pub(crate) fn placement(&self) -> Placement {
+        self.run(self.client.placement())
+            .expect("GET /v1/placement")
+    }
+
+    /// Entities of the mirror by id; `query` like `owner=shard-1`, or empty.
+    pub(crate) fn entities(&self, query: &str) -> HashMap<u64, EntityView> {
+        self.run(self.client.entities(query))
+            .expect("GET /v1/entities")
+            .entities
+            .into_iter()
+            .map(|e| (e.id.0, e))
+            .collect()
+    }
+
+    pub(crate) fn load(&self) -> LoadView {
+        self.run(self.client.load()).expect("GET /v1/load")
+    }
+
+    pub(crate) fn status(&self) -> StatusView {
+        self.run(self.client.status()).expect("GET /v1/status")
+    }
+
+    pub(crate) fn put_placement(&self, p: &Placement) -> Result<PutPlacementReply, ControlError> {
+        self.run(self.client.put_placement(p))
+    }
 }
 
 /// A directory removed when dropped.
@@ -123,6 +192,7 @@ pub(crate) fn start_replication_with(
     std::thread::spawn(move || for _ in lines {});
     Replication {
         proc_: Proc(child),
+        control: Control::new(&http),
         http,
         link,
         _data: None,
@@ -152,16 +222,8 @@ pub(crate) fn auth() -> String {
     format!("Authorization: Bearer {TOKEN}")
 }
 
-pub(crate) fn get(url: &str) -> Value {
-    let out = Command::new("curl")
-        .args(["-sf", "--max-time", "5", "-H", &auth(), url])
-        .output()
-        .expect("curl");
-    assert!(out.status.success(), "GET {url} failed");
-    serde_json::from_slice(&out.stdout).expect("json")
-}
-
-pub(crate) fn put(url: &str, body: &Value) -> (u16, String) {
+/// A raw PUT of any JSON text, typed or not, as a user's curl would send it: (status, body).
+pub(crate) fn put(url: &str, body: &serde_json::Value) -> (u16, String) {
     let out = Command::new("curl")
         .args([
             "-s",
@@ -198,27 +260,24 @@ pub(crate) fn wait_until(what: &str, timeout: Duration, mut f: impl FnMut() -> b
     }
 }
 
+/// The control token `sidereal up` generated into its data directory.
+pub(crate) fn token_of(data: &TempDir) -> String {
+    std::fs::read_to_string(data.0.join("control-token"))
+        .expect("sidereal up writes its control token")
+        .trim()
+        .to_owned()
+}
+
 pub(crate) fn connected(r: &Replication) -> BTreeSet<String> {
-    get(&format!("{}/v1/shards", r.http))["shards"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter(|s| s["connected"] == true)
-        .map(|s| s["shard"].as_str().unwrap().to_owned())
-        .collect()
+    r.control.connected()
 }
 
 pub(crate) fn placement_of(r: &Replication) -> Placement {
-    serde_json::from_value(get(&format!("{}/v1/placement", r.http))).unwrap()
+    r.control.placement()
 }
 
-pub(crate) fn entities(r: &Replication, query: &str) -> HashMap<u64, Value> {
-    get(&format!("{}/v1/entities{query}", r.http))["entities"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|e| (e["id"].as_u64().unwrap(), e.clone()))
-        .collect()
+pub(crate) fn entities(r: &Replication, query: &str) -> HashMap<u64, EntityView> {
+    r.control.entities(query)
 }
 
 fn start_fleet(shards: usize, entities_n: usize) -> (Replication, Vec<Proc>) {
@@ -234,11 +293,7 @@ fn start_fleet(shards: usize, entities_n: usize) -> (Replication, Vec<Proc>) {
         .collect();
     let world = vec!["s2-xm1-y0".parse().unwrap(), "s2-x0-y0".parse().unwrap()];
     let p = placement::even(&world, &ids, 1);
-    let (code, body) = put(
-        &format!("{}/v1/placement", r.http),
-        &serde_json::to_value(&p).unwrap(),
-    );
-    assert_eq!(code, 200, "{body}");
+    r.control.put_placement(&p).expect("the first placement");
     (r, procs)
 }
 
@@ -247,9 +302,7 @@ fn kill_9_of_a_shard_rehomes_its_sectors_and_loses_nothing() {
     let (r, mut procs) = start_fleet(3, 1500);
     // Let the fleet run until every shard has reported load and entities have crossed.
     wait_until("load from all shards", Duration::from_secs(30), || {
-        get(&format!("{}/v1/load", r.http))["shards"]
-            .as_array()
-            .is_some_and(|s| s.len() == 3)
+        r.control.load().shards.len() == 3
     });
     wait_until("handovers", Duration::from_secs(30), || {
         let m = Command::new("curl")
@@ -268,24 +321,20 @@ fn kill_9_of_a_shard_rehomes_its_sectors_and_loses_nothing() {
         Duration::from_secs(10),
         || !connected(&r).contains("shard-1"),
     );
-    let orphans = entities(&r, "?owner=shard-1");
+    let orphans = entities(&r, "owner=shard-1");
     assert!(!orphans.is_empty(), "shard-1 owned entities when it died");
     let before_total = entities(&r, "").len();
 
     let current = placement_of(&r);
     let live: BTreeSet<ShardId> = connected(&r).into_iter().map(ShardId::new).collect();
     let next = placement::rehome(&current, &live).expect("shard-1 had leaves");
-    let (code, body) = put(
-        &format!("{}/v1/placement", r.http),
-        &serde_json::to_value(&next).unwrap(),
-    );
-    assert_eq!(code, 200, "{body}");
+    r.control.put_placement(&next).expect("re-homing");
 
     wait_until("orphans adopted", Duration::from_secs(10), || {
         let now = entities(&r, "");
         orphans.keys().all(|id| {
             now.get(id)
-                .is_some_and(|e| e["owner"] != "shard-1" && e["inTransit"] == false)
+                .is_some_and(|e| e.owner.0 != "shard-1" && !e.in_transit)
         })
     });
     let after = entities(&r, "");
@@ -293,21 +342,22 @@ fn kill_9_of_a_shard_rehomes_its_sectors_and_loses_nothing() {
         let now = &after[id];
         // Projectiles may have expired since; everything else must still be there.
         assert!(
-            now["version"].as_u64() >= before["version"].as_u64(),
+            now.version >= before.version,
             "{id}: state went back in time"
         );
-        assert!(
-            now["epoch"].as_u64() > before["epoch"].as_u64(),
-            "{id}: adopted at a new epoch"
-        );
+        assert!(now.epoch > before.epoch, "{id}: adopted at a new epoch");
     }
     let asteroids_before = orphans
         .values()
-        .filter(|e| e["kind"] != "Projectile")
+        .filter(|e| e.kind != EntityKind::Projectile)
         .count();
     let asteroids_after = orphans
         .keys()
-        .filter(|id| after.get(id).is_some_and(|e| e["kind"] != "Projectile"))
+        .filter(|id| {
+            after
+                .get(id)
+                .is_some_and(|e| e.kind != EntityKind::Projectile)
+        })
         .count();
     assert_eq!(
         asteroids_before, asteroids_after,
@@ -372,8 +422,13 @@ fn closed_by_server(s: &mut TcpStream) -> bool {
 }
 
 pub(crate) fn metric(r: &Replication, name: &str) -> f64 {
+    metric_at(&r.http, name)
+}
+
+/// The value of the sample `name` (with its labels) on `<base>/metrics`, 0 when absent.
+pub(crate) fn metric_at(base: &str, name: &str) -> f64 {
     let m = Command::new("curl")
-        .args(["-sf", &format!("{}/metrics", r.http)])
+        .args(["-sf", &format!("{base}/metrics")])
         .output()
         .unwrap();
     String::from_utf8_lossy(&m.stdout)
@@ -441,7 +496,7 @@ fn bad_input_is_refused_with_a_reason_and_the_fleet_carries_on() {
         panic!("{reply:?}")
     };
     let refusals = metric(&r, "sidereal_refusals_total");
-    let someone_elses = *entities(&r, "?owner=shard-0")
+    let someone_elses = *entities(&r, "owner=shard-0")
         .keys()
         .next()
         .expect("shard-0 owns entities");
@@ -483,7 +538,7 @@ fn bad_input_is_refused_with_a_reason_and_the_fleet_carries_on() {
     });
     let victim = &entities(&r, "")[&someone_elses];
     assert_eq!(
-        victim["owner"], "shard-0",
+        victim.owner.0, "shard-0",
         "nothing the impostor said took effect"
     );
     assert!(!entities(&r, "").contains_key(&spawn.id.0));
@@ -554,6 +609,8 @@ fn sidereal_up_runs_supervises_and_stops_the_fleet() {
     let data = TempDir::new("up");
     let (http, link, metrics) = (free_port(), free_port(), free_port());
     let mut up = sidereal()
+        // As a user runs it: the control token is generated into the data directory.
+        .env_remove("SIDEREAL_CONTROL_TOKEN")
         .args(["up", "--shards", "2", "--entities", "300"])
         .args([
             "--http",
@@ -580,9 +637,15 @@ fn sidereal_up_runs_supervises_and_stops_the_fleet() {
         "{banner:?}"
     );
     std::thread::spawn(move || for _ in out {});
-    let status = || get(&format!("{base}/v1/status"));
-    assert_eq!(status()["shardsConnected"], 2);
-    assert_eq!(status()["entities"], 300);
+    let control = Control::with_token(&base, Some(&token_of(&data)));
+    let status = || control.status();
+    let anonymous = Control::with_token(&base, None);
+    assert!(matches!(
+        anonymous.run(anonymous.client.status()),
+        Err(ControlError::Unauthorized(_))
+    ));
+    assert_eq!(status().shards_connected, 2);
+    assert_eq!(status().entities, 300);
     assert!(
         data.0.join("sidereal.db").exists(),
         "the embedded store lives in the data directory"
@@ -591,15 +654,15 @@ fn sidereal_up_runs_supervises_and_stops_the_fleet() {
     let victim = format!("shard --id shard-1 --replication 127.0.0.1:{link}");
     let pids = pids_matching(&victim);
     assert_eq!(pids.len(), 1, "{pids:?}");
-    let generation = status()["placementGeneration"].as_u64().unwrap();
+    let generation = status().placement_generation;
     Command::new("kill")
         .args(["-9", &pids[0].to_string()])
         .status()
         .unwrap();
     wait_until("re-homed and restarted", Duration::from_secs(30), || {
         let s = status();
-        s["placementGeneration"].as_u64() > Some(generation)
-            && s["shardsConnected"] == 2
+        s.placement_generation > generation
+            && s.shards_connected == 2
             && pids_matching(&victim)
                 .first()
                 .is_some_and(|p| *p != pids[0])
@@ -659,14 +722,13 @@ fn split_and_merge_through_the_control_api() {
     };
     p.sectors.insert(world[0], ShardId::new("shard-0"));
     p.sectors.insert(world[1], ShardId::new("shard-1"));
-    let url = format!("{}/v1/placement", r.http);
-    assert_eq!(put(&url, &serde_json::to_value(&p).unwrap()).0, 200);
-    let settled = |expect: &dyn Fn(&Value) -> Option<String>| {
+    r.control.put_placement(&p).expect("the first placement");
+    let settled = |expect: &dyn Fn(&EntityView) -> Option<String>| {
         let all = entities(&r, "");
         all.len() == 800
-            && all.values().all(|e| {
-                e["inTransit"] == false && expect(e).is_none_or(|o| e["owner"] == o.as_str())
-            })
+            && all
+                .values()
+                .all(|e| !e.in_transit && expect(e).is_none_or(|o| e.owner.0 == o))
     };
     wait_until("initial placement settled", Duration::from_secs(20), || {
         settled(&|_| None)
@@ -679,10 +741,9 @@ fn split_and_merge_through_the_control_api() {
         ["shard-0", "shard-1", "shard-0", "shard-1"].map(ShardId::new),
     )
     .unwrap();
-    let (code, body) = put(&url, &serde_json::to_value(&split).unwrap());
-    assert_eq!(code, 200, "{body}");
-    let owner_by_child = |e: &Value| -> Option<String> {
-        let (x, y) = (e["pos"][0].as_f64().unwrap(), e["pos"][1].as_f64().unwrap());
+    r.control.put_placement(&split).expect("the split");
+    let owner_by_child = |e: &EntityView| -> Option<String> {
+        let (x, y) = (f64::from(e.pos[0]), f64::from(e.pos[1]));
         let cell = SectorId::of_point(sidereal_core::Point::new(x, y), 0).ok()?;
         let leaf = placement::leaf_covering(&split.sectors, cell)?;
         Some(split.sectors[&leaf].0.clone())
@@ -692,9 +753,9 @@ fn split_and_merge_through_the_control_api() {
         Duration::from_secs(20),
         || settled(&owner_by_child),
     );
-    let west_on_1 = entities(&r, "?owner=shard-1")
+    let west_on_1 = entities(&r, "owner=shard-1")
         .values()
-        .filter(|e| e["pos"][0].as_f64().unwrap() < 0.0)
+        .filter(|e| e.pos[0] < 0.0)
         .count();
     assert!(
         west_on_1 > 50,
@@ -703,18 +764,20 @@ fn split_and_merge_through_the_control_api() {
 
     // Merge back, onto shard-1 this time.
     let merged = placement::merge(&split, world[0], ShardId::new("shard-1")).unwrap();
-    let (code, body) = put(&url, &serde_json::to_value(&merged).unwrap());
-    assert_eq!(code, 200, "{body}");
+    let reply = r.control.put_placement(&merged).expect("the merge");
+    assert!(reply.changed);
     wait_until(
         "merge settled: everything on shard-1",
         Duration::from_secs(20),
         || settled(&|_| Some("shard-1".to_owned())),
     );
     // Idempotent: the same placement again changes nothing.
-    let (code, body) = put(&url, &serde_json::to_value(&merged).unwrap());
-    assert_eq!(
-        (code, body.contains("\"changed\":false")),
-        (200, true),
-        "{body}"
-    );
+    let reply = r
+        .control
+        .put_placement(&merged)
+        .expect("the same placement again");
+    assert!(!reply.changed, "{reply:?}");
+    // An older generation is a conflict a writer must resolve by re-reading.
+    let err = r.control.put_placement(&split).unwrap_err();
+    assert!(matches!(err, ControlError::Conflict(_)), "{err}");
 }

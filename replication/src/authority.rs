@@ -109,6 +109,9 @@ pub struct Counters {
     pub spawns: u64,
     pub despawns: u64,
     pub refusals: u64,
+    /// Placement writes refused because another writer got there first (409: a stale
+    /// generation, or the current one with other contents).
+    pub placement_conflicts: u64,
     /// Links closed for bad input (handshake refused, malformed data), by reason label. A
     /// link that merely closes or breaks (a killed shard) is not counted.
     pub links_rejected: BTreeMap<&'static str, u64>,
@@ -538,6 +541,14 @@ impl Authority {
     /// is a no-op. Leaves whose shard changes are handed over: a live old owner releases their
     /// entities itself; a dead one's entities are re-homed from the mirror.
     pub fn put_placement(&mut self, desired: Placement) -> Result<bool, PutPlacementError> {
+        let result = self.apply_placement(desired);
+        if let Err(PutPlacementError::Stale { .. } | PutPlacementError::Conflict(_)) = &result {
+            self.counters.placement_conflicts += 1;
+        }
+        result
+    }
+
+    fn apply_placement(&mut self, desired: Placement) -> Result<bool, PutPlacementError> {
         let current = self.placement.generation;
         if desired.generation < current {
             return Err(PutPlacementError::Stale {

@@ -125,6 +125,11 @@ pub fn render(a: &Authority, store: &StoreHealth, links: &LinkBytes) -> String {
         c.refusals,
     ));
     add(&counter(
+        "placement_conflicts_total",
+        "Placement writes refused with 409 because another writer was first",
+        c.placement_conflicts,
+    ));
+    add(&counter(
         "checkpoint_rows_total",
         "Entity rows written by checkpoints",
         store.rows_written,

@@ -6,7 +6,7 @@ use std::io::Write;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use super::{Proc, TOKEN, free_port, get, sidereal, start_replication, wait_until};
+use super::{Proc, TOKEN, free_port, sidereal, start_replication, wait_until};
 
 fn fetch(url: &str, header: Option<&str>) -> (u16, String) {
     let mut c = Command::new("curl");
@@ -83,24 +83,14 @@ fn every_metrics_endpoint_passes_promtool_and_counts_what_its_names_say() {
         vec!["s2-xm1-y0".parse().unwrap(), "s2-x0-y0".parse().unwrap()];
     let ids = ["shard-0", "shard-1"].map(sidereal_core::ShardId::new);
     let p = sidereal_core::placement::even(&world, &ids, 1);
-    assert_eq!(
-        super::put(
-            &format!("{}/v1/placement", r.http),
-            &serde_json::to_value(&p).unwrap()
-        )
-        .0,
-        200
-    );
+    r.control.put_placement(&p).expect("placing the world");
     let shard_metrics = format!("http://127.0.0.1:{}/metrics", ports[0]);
     wait_until(
         "a second of ticks and a load report",
         Duration::from_secs(30),
         || {
             let (_, m) = fetch(&shard_metrics, None);
-            sum_of(&m, "sidereal_shard_ticks_total") >= 40.0
-                && get(&format!("{}/v1/load", r.http))["shards"]
-                    .as_array()
-                    .is_some_and(|s| s.len() == 2)
+            sum_of(&m, "sidereal_shard_ticks_total") >= 40.0 && r.control.load().shards.len() == 2
         },
     );
 
@@ -167,7 +157,11 @@ fn every_metrics_endpoint_passes_promtool_and_counts_what_its_names_say() {
 fn the_control_api_needs_its_token_and_health_does_not() {
     let r = start_replication(50);
     let good = format!("Authorization: Bearer {TOKEN}");
-    let before = get(&format!("{}/v1/placement", r.http));
+    let _shard = super::start_shard(&r, "shard-0");
+    wait_until("shard linked", Duration::from_secs(30), || {
+        super::connected(&r).len() == 1
+    });
+    let before = r.control.placement();
     for path in [
         "/v1/status",
         "/v1/load",
@@ -195,14 +189,32 @@ fn the_control_api_needs_its_token_and_health_does_not() {
     for path in ["/healthz", "/readyz", "/metrics"] {
         assert_eq!(fetch(&format!("{}{path}", r.http), None).0, 200, "{path}");
     }
-    // A placement write without the token changes nothing.
+    // A valid placement written without the token, or with a wrong one, changes nothing.
+    let world: Vec<sidereal_core::SectorId> =
+        vec!["s2-xm1-y0".parse().unwrap(), "s2-x0-y0".parse().unwrap()];
+    let next = sidereal_core::placement::even(
+        &world,
+        &[sidereal_core::ShardId::new("shard-0")],
+        before.generation + 1,
+    );
+    for token in [None, Some("wrong-token-of-some-length")] {
+        let intruder = super::Control::with_token(&r.http, token);
+        let err = intruder.put_placement(&next).unwrap_err();
+        assert!(
+            matches!(err, sidereal_core::ControlError::Unauthorized(_)),
+            "{err}"
+        );
+    }
     let out = Command::new("curl")
         .args(["-s", "-o", "/dev/null", "-w", "%{http_code}", "-X", "PUT"])
         .args(["-H", "content-type: application/json"])
-        .args(["--data-binary", r#"{"generation": 99, "sectors": {}}"#])
+        .args(["--data-binary", &serde_json::to_string(&next).unwrap()])
         .arg(format!("{}/v1/placement", r.http))
         .output()
         .unwrap();
     assert_eq!(String::from_utf8_lossy(&out.stdout), "401");
-    assert_eq!(get(&format!("{}/v1/placement", r.http)), before);
+    assert_eq!(r.control.placement(), before);
+    // The same document with the token is applied: the token was all that stopped it.
+    r.control.put_placement(&next).expect("authorised write");
+    assert_eq!(r.control.placement(), next);
 }

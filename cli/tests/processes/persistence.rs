@@ -6,8 +6,8 @@ use std::process::Command;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use serde_json::Value;
-use sidereal_core::{SectorId, ShardId, placement};
+use sidereal_core::control::EntityView;
+use sidereal_core::{EntityKind, SectorId, ShardId, placement};
 
 use super::*;
 
@@ -51,31 +51,23 @@ fn place(r: &Replication, shards: usize) {
         .collect();
     let generation = placement_of(r).generation + 1;
     let p = placement::even(&world(), &ids, generation);
-    let (code, body) = put(
-        &format!("{}/v1/placement", r.http),
-        &serde_json::to_value(&p).unwrap(),
-    );
-    assert_eq!(code, 200, "{body}");
+    r.control.put_placement(&p).expect("placing the world");
 }
 
-fn entity_list(r: &Replication) -> Vec<Value> {
-    get(&format!("{}/v1/entities", r.http))["entities"]
-        .as_array()
-        .unwrap()
-        .clone()
+fn entity_list(r: &Replication) -> Vec<EntityView> {
+    r.control.entities("").into_values().collect()
 }
 
 fn applied(r: &Replication) -> f64 {
     metric(r, "sidereal_entity_updates_total{result=\"applied\"}")
 }
 
-fn speed(e: &Value) -> f64 {
-    let v = &e["vel"];
-    v[0].as_f64().unwrap().hypot(v[1].as_f64().unwrap())
+fn speed(e: &EntityView) -> f64 {
+    f64::from(e.vel[0]).hypot(f64::from(e.vel[1]))
 }
 
-fn pos(e: &Value) -> (f64, f64) {
-    (e["pos"][0].as_f64().unwrap(), e["pos"][1].as_f64().unwrap())
+fn pos(e: &EntityView) -> (f64, f64) {
+    (f64::from(e.pos[0]), f64::from(e.pos[1]))
 }
 
 /// kill -9 replication at several moments; every durable entity comes back exactly once and
@@ -101,16 +93,16 @@ fn replication_killed_at_random_moments_restores_the_world() {
         });
         let durable: HashSet<u64> = entity_list(&r)
             .iter()
-            .filter(|e| e["kind"] != "Projectile")
-            .map(|e| e["id"].as_u64().unwrap())
+            .filter(|e| e.kind != EntityKind::Projectile)
+            .map(|e| e.id.0)
             .collect();
         assert_eq!(durable.len(), 600);
         let ship = entity_list(&r)
             .into_iter()
-            .find(|e| e["kind"] == "Ship")
-            .unwrap()["id"]
-            .as_u64()
-            .unwrap();
+            .find(|e| e.kind == EntityKind::Ship)
+            .unwrap()
+            .id
+            .0;
         if let Some(u) = &url {
             psql(
                 u,
@@ -144,7 +136,7 @@ fn replication_killed_at_random_moments_restores_the_world() {
 
         let r2 = start_replication_with(600, &data.0, url.as_deref(), &extra);
         let restored = entity_list(&r2);
-        let ids: Vec<u64> = restored.iter().map(|e| e["id"].as_u64().unwrap()).collect();
+        let ids: Vec<u64> = restored.iter().map(|e| e.id.0).collect();
         let unique: HashSet<u64> = ids.iter().copied().collect();
         assert_eq!(
             ids.len(),
@@ -155,13 +147,10 @@ fn replication_killed_at_random_moments_restores_the_world() {
             unique, durable,
             "round {round} ({backend}): exactly the durable entities come back"
         );
-        let by_id: HashMap<u64, &Value> = restored
-            .iter()
-            .map(|e| (e["id"].as_u64().unwrap(), e))
-            .collect();
+        let by_id: HashMap<u64, &EntityView> = restored.iter().map(|e| (e.id.0, e)).collect();
         let mut worst = 0.0f64;
-        for e in last.1.iter().filter(|e| e["kind"] != "Projectile") {
-            let id = e["id"].as_u64().unwrap();
+        for e in last.1.iter().filter(|e| e.kind != EntityKind::Projectile) {
+            let id = e.id.0;
             let now = by_id[&id];
             let ((x0, y0), (x1, y1)) = (pos(e), pos(now));
             let allowed = speed(e).max(speed(now)).max(60.0)
@@ -185,10 +174,9 @@ fn replication_killed_at_random_moments_restores_the_world() {
             .map(|i| start_shard(&r2, &format!("shard-{i}")))
             .collect();
         wait_until("restored entities adopted", Duration::from_secs(20), || {
-            entity_list(&r2).iter().all(|e| {
-                e["owner"].as_str().is_some_and(|o| o.starts_with("shard-"))
-                    && e["inTransit"] == false
-            })
+            entity_list(&r2)
+                .iter()
+                .all(|e| e.owner.0.starts_with("shard-") && !e.in_transit)
         });
         if let Some(u) = &url {
             assert_eq!(
@@ -216,7 +204,7 @@ fn a_database_outage_keeps_the_world_running_and_loses_nothing() {
         connected(&r).len() == 1
     });
     place(&r, 1);
-    let status = || get(&format!("{}/v1/status", r.http));
+    let status = || r.control.status();
     let ready = || {
         Command::new("curl")
             .args([
@@ -232,7 +220,7 @@ fn a_database_outage_keeps_the_world_running_and_loses_nothing() {
             .stdout
     };
     wait_until("a checkpoint", Duration::from_secs(10), || {
-        status()["lastCheckpointAgeSeconds"].as_f64().is_some()
+        status().last_checkpoint_age_seconds.is_some()
     });
     assert_eq!(ready(), b"200");
 
@@ -246,14 +234,14 @@ fn a_database_outage_keeps_the_world_running_and_loses_nothing() {
         ready() == b"503"
     });
     let s = status();
-    assert_eq!(s["storeHealthy"], false);
+    assert!(!s.store_healthy);
     // The simulation goes on: updates keep arriving while the database is away.
     let before = applied(&r);
     wait_until("updates during the outage", Duration::from_secs(5), || {
         applied(&r) > before
     });
     wait_until("backlog grows", Duration::from_secs(5), || {
-        status()["checkpointBacklog"].as_u64().unwrap_or(0) > 0
+        status().checkpoint_backlog > 0
     });
     assert_eq!(connected(&r).len(), 1, "the shard is unaffected");
     let remaining = Duration::from_secs(10).saturating_sub(outage.elapsed());
@@ -272,15 +260,15 @@ fn a_database_outage_keeps_the_world_running_and_loses_nothing() {
         "a checkpoint after the outage",
         Duration::from_secs(10),
         || {
-            status()["lastCheckpointAgeSeconds"]
-                .as_f64()
+            status()
+                .last_checkpoint_age_seconds
                 .is_some_and(|age| age < flushed_at.elapsed().as_secs_f64() + 0.01)
         },
     );
-    let live: HashMap<u64, Value> = entity_list(&r)
+    let live: HashMap<u64, EntityView> = entity_list(&r)
         .into_iter()
-        .filter(|e| e["kind"] != "Projectile")
-        .map(|e| (e["id"].as_u64().unwrap(), e))
+        .filter(|e| e.kind != EntityKind::Projectile)
+        .map(|e| (e.id.0, e))
         .collect();
     assert_eq!(live.len(), 500);
     let stored: HashSet<u64> = psql(&url, "SELECT id FROM entities")

@@ -9,13 +9,15 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
-use serde_json::Value;
-use sidereal_core::{Placement, SectorId, ShardId, placement};
+use sidereal_core::control::EntityView;
+use sidereal_core::{ControlError, EntityKind, Placement, SectorId, ShardId, placement};
 
-use super::{Proc, TempDir, free_port, get, pids_matching, put, sidereal, wait_until};
+use super::{
+    Control, Proc, TempDir, free_port, metric_at, pids_matching, sidereal, token_of, wait_until,
+};
 
 /// The second writer's next placement: split a leaf, merge four siblings, or move a leaf,
-/// onto shards it believes are linked (it may be wrong: one may have just died).
+/// onto the given shards.
 fn next_placement(current: &Placement, shards: &[ShardId], step: u32) -> Option<Placement> {
     let leaves: Vec<SectorId> = current.sectors.keys().copied().collect();
     if leaves.is_empty() || shards.is_empty() {
@@ -46,13 +48,11 @@ fn next_placement(current: &Placement, shards: &[ShardId], step: u32) -> Option<
     }
 }
 
-fn long_lived(entities: &Value) -> Vec<Value> {
-    entities["entities"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter(|e| e["kind"] != "Projectile")
-        .cloned()
+fn long_lived(control: &Control) -> Vec<EntityView> {
+    control
+        .entities("")
+        .into_values()
+        .filter(|e| e.kind != EntityKind::Projectile)
         .collect()
 }
 
@@ -62,6 +62,7 @@ fn sidereal_up_survives_kills_and_a_concurrent_placement_writer() {
     let data = TempDir::new("up-race");
     let (http, link, metrics) = (free_port(), free_port(), free_port());
     let mut child = sidereal()
+        .env_remove("SIDEREAL_CONTROL_TOKEN")
         .args(["up", "--shards", "3", "--entities", &ENTITIES.to_string()])
         .args(["--http", &format!("127.0.0.1:{http}")])
         .args(["--link", &format!("127.0.0.1:{link}")])
@@ -77,99 +78,115 @@ fn sidereal_up_survives_kills_and_a_concurrent_placement_writer() {
     assert!(banner.starts_with("sidereal is up: 3 shards"), "{banner}");
     std::thread::spawn(move || for _ in out {});
     let base = format!("http://127.0.0.1:{http}");
+    let control = Control::with_token(&base, Some(&token_of(&data)));
 
-    // The second writer: reads, computes, writes as fast as it can; counts its own 409s.
+    // The second writer, like an operator script: reads, computes, writes as fast as it can,
+    // onto any of the fleet's shards whether linked or not (a dead one's leaves are then the
+    // supervisor's to move, against this writer); counts its own 409s.
+    let fleet: Vec<ShardId> = (0..3).map(|i| ShardId::new(format!("shard-{i}"))).collect();
     let stop = Arc::new(AtomicBool::new(false));
     let (writes, conflicts) = (Arc::new(AtomicU32::new(0)), Arc::new(AtomicU32::new(0)));
     let writer = {
-        let (stop, writes, conflicts, base) = (
-            stop.clone(),
-            writes.clone(),
-            conflicts.clone(),
-            base.clone(),
-        );
+        let (stop, writes, conflicts) = (stop.clone(), writes.clone(), conflicts.clone());
+        let token = token_of(&data);
+        let base = base.clone();
         std::thread::spawn(move || {
-            let deadline = Instant::now() + Duration::from_secs(60);
+            let control = Control::with_token(&base, Some(&token));
+            let deadline = Instant::now() + Duration::from_secs(180);
             let mut step = 0u32;
             while !stop.load(Ordering::SeqCst) && Instant::now() < deadline {
                 step += 1;
-                let current: Placement =
-                    serde_json::from_value(get(&format!("{base}/v1/placement"))).unwrap();
-                let shards: Vec<ShardId> = get(&format!("{base}/v1/shards"))["shards"]
-                    .as_array()
-                    .unwrap()
-                    .iter()
-                    .filter(|s| s["connected"] == true)
-                    .map(|s| ShardId::new(s["shard"].as_str().unwrap()))
-                    .collect();
-                let Some(mut next) = next_placement(&current, &shards, step) else {
+                let current = control.placement();
+                let Some(mut next) = next_placement(&current, &fleet, step) else {
                     continue;
                 };
                 next.generation = current.generation + 1;
-                match put(
-                    &format!("{base}/v1/placement"),
-                    &serde_json::to_value(&next).unwrap(),
-                )
-                .0
-                {
-                    200 => writes.fetch_add(1, Ordering::SeqCst),
-                    409 => conflicts.fetch_add(1, Ordering::SeqCst),
-                    // 422: a shard it chose is unknown to replication; its view was stale.
-                    _ => 0,
+                match control.put_placement(&next) {
+                    Ok(_) => writes.fetch_add(1, Ordering::SeqCst),
+                    Err(ControlError::Conflict(_)) => conflicts.fetch_add(1, Ordering::SeqCst),
+                    // Its view was stale (a shard it chose is unknown), or the write was not
+                    // yet durable: the next round reads again.
+                    Err(ControlError::Invalid(_) | ControlError::Unavailable(_)) => 0,
+                    Err(e) => panic!("second writer: {e}"),
                 };
             }
         })
     };
 
-    // Kill a shard each time the writer has made a few more writes.
-    let mut rng_step = 0usize;
-    for round in 1..=4u32 {
-        wait_until("the writer progresses", Duration::from_secs(30), || {
-            writes.load(Ordering::SeqCst) >= round * 6
-        });
+    // Kill shards, one after another, while the writer hammers the placement, until the
+    // supervisor has lost placement races of its own: replication counts every 409, the writer
+    // counts its own, and it has at most one write in flight, so an excess of two or more
+    // means the supervisor lost at least one. Each round waits for the supervisor to restart
+    // the victim and for every leaf to be on a linked shard again.
+    let supervisor_conflicts = || {
+        let writers = f64::from(conflicts.load(Ordering::SeqCst));
+        metric_at(&base, "sidereal_placement_conflicts_total") - writers
+    };
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let mut kills = 0usize;
+    while kills < 4 || supervisor_conflicts() < 2.0 {
+        assert!(
+            Instant::now() < deadline,
+            "after {kills} kills the supervisor has still not met a conflicting writer"
+        );
+        let victim = format!(
+            "shard --id shard-{} --replication 127.0.0.1:{link}",
+            kills % 3
+        );
+        let Some(&pid) = pids_matching(&victim).first() else {
+            continue;
+        };
+        Command::new("kill")
+            .args(["-9", &pid.to_string()])
+            .status()
+            .unwrap();
+        kills += 1;
+        eprintln!(
+            "kill {kills}: writer {} writes {} conflicts; replication counted {} conflicts",
+            writes.load(Ordering::SeqCst),
+            conflicts.load(Ordering::SeqCst),
+            metric_at(&base, "sidereal_placement_conflicts_total")
+        );
+        wait_until(
+            "the victim restarted, linked, and its leaves re-homed",
+            Duration::from_secs(30),
+            || {
+                let linked = control.connected();
+                pids_matching(&victim).first().is_some_and(|p| *p != pid)
+                    && linked.len() == 3
+                    && control
+                        .placement()
+                        .sectors
+                        .values()
+                        .all(|s| linked.contains(&s.0))
+            },
+        );
         assert!(
             up.0.try_wait().unwrap().is_none(),
             "sidereal up exited during the race"
         );
-        rng_step += 1;
-        let victim = format!(
-            "shard --id shard-{} --replication 127.0.0.1:{link}",
-            rng_step % 3
-        );
-        if let Some(pid) = pids_matching(&victim).first() {
-            Command::new("kill")
-                .args(["-9", &pid.to_string()])
-                .status()
-                .unwrap();
-        }
     }
     stop.store(true, Ordering::SeqCst);
     writer.join().unwrap();
     eprintln!(
-        "second writer: {} placements applied, {} conflicts",
+        "{kills} kills; second writer: {} placements applied, {} conflicts; supervisor: {} conflicts",
         writes.load(Ordering::SeqCst),
-        conflicts.load(Ordering::SeqCst)
+        conflicts.load(Ordering::SeqCst),
+        supervisor_conflicts()
     );
 
     // The supervisor is still there and converges: three linked shards, every leaf on one of
     // them, nothing in transit, every ship and asteroid conserved.
     let settled = || {
-        let shards: BTreeSet<String> = get(&format!("{base}/v1/shards"))["shards"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .filter(|s| s["connected"] == true)
-            .map(|s| s["shard"].as_str().unwrap().to_owned())
-            .collect();
-        let p: Placement = serde_json::from_value(get(&format!("{base}/v1/placement"))).unwrap();
-        let all = get(&format!("{base}/v1/entities"));
-        let lived = long_lived(&all);
+        let shards: BTreeSet<String> = control.connected();
+        let p = control.placement();
+        let lived = long_lived(&control);
         shards.len() == 3
             && p.sectors.values().all(|s| shards.contains(&s.0))
             && lived.len() == ENTITIES
             && lived
                 .iter()
-                .all(|e| e["inTransit"] == false && shards.contains(e["owner"].as_str().unwrap()))
+                .all(|e| !e.in_transit && shards.contains(&e.owner.0))
     };
     wait_until(
         "a whole fleet: 3 linked shards own every leaf and entity",
@@ -180,10 +197,7 @@ fn sidereal_up_survives_kills_and_a_concurrent_placement_writer() {
         up.0.try_wait().unwrap().is_none(),
         "sidereal up must survive the race"
     );
-    let ids: BTreeSet<u64> = long_lived(&get(&format!("{base}/v1/entities")))
-        .iter()
-        .map(|e| e["id"].as_u64().unwrap())
-        .collect();
+    let ids: BTreeSet<u64> = long_lived(&control).iter().map(|e| e.id.0).collect();
     assert_eq!(
         ids.len(),
         ENTITIES,

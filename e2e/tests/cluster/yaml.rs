@@ -108,17 +108,25 @@ async fn hand_written_samples_are_accepted_as_written() -> anyhow::Result<()> {
     .await
 }
 
-/// A user who writes the pre-v1alpha1 shape (`x:` and `y:`) is told which fields to use;
-/// nothing is stored.
+/// A user who writes the pre-v1alpha1 shape (`x:` and `y:`) is refused by strict field
+/// validation, which names the unknown field; nothing is stored. The same sector typed with
+/// the new keys, nothing quoted, is accepted.
 #[tokio::test]
-async fn the_old_coordinate_keys_are_refused_with_the_new_names() -> anyhow::Result<()> {
+async fn the_old_coordinate_keys_are_refused_and_the_new_ones_need_no_quotes() -> anyhow::Result<()>
+{
     in_namespace("oldkeys", |client, ns| async move {
-        let yaml = "apiVersion: sidereal.dev/v1alpha1\nkind: Sector\nmetadata:\n  name: s0-x0-y0\nspec:\n  pool: default\n  scale: 0\n  x: 0\n  y: 0\n";
-        let (ok, text) = kubectl_stdin(&["apply", "-n", &ns], yaml);
+        let head = "apiVersion: sidereal.dev/v1alpha1\nkind: Sector\nmetadata:\n  name: s0-x0-ym1\nspec:\n  pool: default\n  scale: 0\n";
+        let (ok, text) = kubectl_stdin(&["apply", "-n", &ns], &format!("{head}  x: 0\n  y: -1\n"));
         assert!(!ok, "{text}");
-        assert!(text.contains("gridX") && text.contains("gridY"), "{text}");
+        assert!(text.contains(r#"unknown field "spec.x""#), "{text}");
         let sectors: Api<Sector> = Api::namespaced(client.clone(), &ns);
         assert!(sectors.list(&Default::default()).await?.items.is_empty());
+
+        let (ok, text) =
+            kubectl_stdin(&["apply", "-n", &ns], &format!("{head}  gridX: 0\n  gridY: -1\n"));
+        assert!(ok, "{text}");
+        let stored = sectors.get("s0-x0-ym1").await?;
+        assert_eq!((stored.spec.grid_x, stored.spec.grid_y), (0, -1));
         Ok(())
     })
     .await
