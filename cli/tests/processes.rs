@@ -602,41 +602,49 @@ pub(crate) fn pids_matching(pattern: &str) -> Vec<u32> {
         .collect()
 }
 
-/// `sidereal up`: starts the fleet, says where it is, survives a shard's kill -9 by re-homing
-/// and restarting it, and stops every process on Ctrl-C.
-#[test]
-fn sidereal_up_runs_supervises_and_stops_the_fleet() {
-    let data = TempDir::new("up");
+/// `sidereal up --shards N --entities M` on free ports with `data` as its data directory, as a
+/// user runs it (the control token generated there): the process, the first two lines it
+/// printed, its control API base URL and its shard-link port.
+pub(crate) fn start_up(
+    data: &TempDir,
+    shards: usize,
+    entities: usize,
+) -> (Proc, Vec<String>, String, u16) {
     let (http, link, metrics) = (free_port(), free_port(), free_port());
-    let mut up = sidereal()
-        // As a user runs it: the control token is generated into the data directory.
+    let mut child = sidereal()
         .env_remove("SIDEREAL_CONTROL_TOKEN")
-        .args(["up", "--shards", "2", "--entities", "300"])
-        .args([
-            "--http",
-            &format!("127.0.0.1:{http}"),
-            "--link",
-            &format!("127.0.0.1:{link}"),
-        ])
+        .args(["up", "--shards", &shards.to_string()])
+        .args(["--entities", &entities.to_string()])
+        .args(["--http", &format!("127.0.0.1:{http}")])
+        .args(["--link", &format!("127.0.0.1:{link}")])
         .args(["--metrics-base-port", &metrics.to_string()])
         .arg("--data")
         .arg(&data.0)
         .stdout(Stdio::piped())
         .spawn()
         .expect("start sidereal up");
-    let mut out = BufReader::new(up.stdout.take().unwrap()).lines();
-    let mut up = Proc(up);
+    let mut out = BufReader::new(child.stdout.take().unwrap()).lines();
+    let up = Proc(child);
     let banner: Vec<String> = out.by_ref().take(2).map(|l| l.unwrap()).collect();
+    // Keep draining stdout so the child never blocks on a full pipe.
+    std::thread::spawn(move || for _ in out {});
+    (up, banner, format!("http://127.0.0.1:{http}"), link)
+}
+
+/// `sidereal up`: starts the fleet, says where it is, survives a shard's kill -9 by re-homing
+/// and restarting it, and stops every process on Ctrl-C.
+#[test]
+fn sidereal_up_runs_supervises_and_stops_the_fleet() {
+    let data = TempDir::new("up");
+    let (mut up, banner, base, link) = start_up(&data, 2, 300);
     assert!(
         banner[0].starts_with("sidereal is up: 2 shards"),
         "{banner:?}"
     );
-    let base = format!("http://127.0.0.1:{http}");
     assert!(
         banner[1].contains(&format!("{base}/v1/status")),
         "{banner:?}"
     );
-    std::thread::spawn(move || for _ in out {});
     let control = Control::with_token(&base, Some(&token_of(&data)));
     let status = || control.status();
     let anonymous = Control::with_token(&base, None);

@@ -3,8 +3,7 @@
 //! the end the fleet is whole and every long-lived entity is still there.
 
 use std::collections::BTreeSet;
-use std::io::{BufRead, BufReader};
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::time::{Duration, Instant};
@@ -12,9 +11,7 @@ use std::time::{Duration, Instant};
 use sidereal_core::control::EntityView;
 use sidereal_core::{ControlError, EntityKind, Placement, SectorId, ShardId, placement};
 
-use super::{
-    Control, Proc, TempDir, free_port, metric_at, pids_matching, sidereal, token_of, wait_until,
-};
+use super::{Control, TempDir, metric_at, pids_matching, token_of, wait_until};
 
 /// The second writer's next placement: split a leaf, merge four siblings, or move a leaf,
 /// onto the given shards.
@@ -60,24 +57,11 @@ fn long_lived(control: &Control) -> Vec<EntityView> {
 fn sidereal_up_survives_kills_and_a_concurrent_placement_writer() {
     const ENTITIES: usize = 600;
     let data = TempDir::new("up-race");
-    let (http, link, metrics) = (free_port(), free_port(), free_port());
-    let mut child = sidereal()
-        .env_remove("SIDEREAL_CONTROL_TOKEN")
-        .args(["up", "--shards", "3", "--entities", &ENTITIES.to_string()])
-        .args(["--http", &format!("127.0.0.1:{http}")])
-        .args(["--link", &format!("127.0.0.1:{link}")])
-        .args(["--metrics-base-port", &metrics.to_string()])
-        .arg("--data")
-        .arg(&data.0)
-        .stdout(Stdio::piped())
-        .spawn()
-        .expect("start sidereal up");
-    let mut out = BufReader::new(child.stdout.take().unwrap()).lines();
-    let mut up = Proc(child);
-    let banner = out.next().expect("a banner").unwrap();
-    assert!(banner.starts_with("sidereal is up: 3 shards"), "{banner}");
-    std::thread::spawn(move || for _ in out {});
-    let base = format!("http://127.0.0.1:{http}");
+    let (mut up, banner, base, link) = super::start_up(&data, 3, ENTITIES);
+    assert!(
+        banner[0].starts_with("sidereal is up: 3 shards"),
+        "{banner:?}"
+    );
     let control = Control::with_token(&base, Some(&token_of(&data)));
 
     // The second writer, like an operator script: reads, computes, writes as fast as it can,
