@@ -727,6 +727,7 @@ fn split_and_merge_through_the_control_api() {
     let mut p = Placement {
         generation: 1,
         sectors: Default::default(),
+        world: None,
     };
     p.sectors.insert(world[0], ShardId::new("shard-0"));
     p.sectors.insert(world[1], ShardId::new("shard-1"));

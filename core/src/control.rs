@@ -103,8 +103,12 @@ pub struct EntityView {
 #[serde(rename_all = "camelCase")]
 pub struct StatusView {
     pub shards_connected: usize,
+    /// Root sectors of the world.
+    pub roots: usize,
     pub leaf_sectors: usize,
     pub entities: usize,
+    /// Entities of removed roots, kept out of the simulation until their root returns.
+    pub archived_entities: usize,
     pub players: u32,
     pub placement_generation: u64,
     /// Seconds since the last successful checkpoint; none yet, or no store.

@@ -35,4 +35,9 @@ pub struct ShardLoadReport {
 pub struct Placement {
     pub generation: u64,
     pub sectors: BTreeMap<SectorId, ShardId>,
+    /// The world's root sectors. In a write, `None` keeps the current roots (a fleet whose
+    /// world is a command-line flag); replication always answers with them. A root left out of
+    /// a write is archived with its entities; written again, it comes back as it was.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub world: Option<Vec<SectorId>>,
 }

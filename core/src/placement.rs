@@ -29,6 +29,31 @@ pub enum PlacementError {
     CannotSplit(SectorId),
     #[error("merge into {0} is impossible: its four children are not all leaves of the placement")]
     CannotMerge(SectorId),
+    #[error("the world needs at least one root sector")]
+    NoRoots,
+    #[error("roots {0} and {1} overlap: {0} contains {1}; roots must be disjoint")]
+    RootsOverlap(SectorId, SectorId),
+}
+
+/// Checks that `roots` can be a world: at least one, each valid, no two overlapping.
+pub fn validate_world(roots: &[SectorId]) -> Result<(), PlacementError> {
+    if roots.is_empty() {
+        return Err(PlacementError::NoRoots);
+    }
+    for (i, a) in roots.iter().enumerate() {
+        if !a.is_valid() {
+            return Err(PlacementError::InvalidSector(*a));
+        }
+        for b in &roots[i + 1..] {
+            if a.covers(b) {
+                return Err(PlacementError::RootsOverlap(*a, *b));
+            }
+            if b.covers(a) {
+                return Err(PlacementError::RootsOverlap(*b, *a));
+            }
+        }
+    }
+    Ok(())
 }
 
 fn names(ids: &[SectorId]) -> String {
@@ -119,6 +144,7 @@ pub fn even(world: &[SectorId], shards: &[ShardId], generation: u64) -> Placemen
     Placement {
         generation,
         sectors,
+        world: None,
     }
 }
 
@@ -203,6 +229,26 @@ mod tests {
 
     fn known(n: usize) -> BTreeSet<ShardId> {
         (0..n).map(shard).collect()
+    }
+
+    #[test]
+    fn a_world_is_one_or_more_disjoint_valid_roots() {
+        let s = |t: &str| t.parse::<SectorId>().unwrap();
+        validate_world(&world()).unwrap();
+        validate_world(&[s("s0-xm5-y3")]).unwrap();
+        assert_eq!(validate_world(&[]), Err(PlacementError::NoRoots));
+        assert_eq!(
+            validate_world(&[s("s2-x0-y0"), s("s0-x3-y1")]),
+            Err(PlacementError::RootsOverlap(s("s2-x0-y0"), s("s0-x3-y1")))
+        );
+        assert_eq!(
+            validate_world(&[s("s0-x3-y1"), s("s2-x0-y0")]),
+            Err(PlacementError::RootsOverlap(s("s2-x0-y0"), s("s0-x3-y1")))
+        );
+        assert!(matches!(
+            validate_world(&[s("s1-x0-y0"), s("s1-x0-y0")]),
+            Err(PlacementError::RootsOverlap(..))
+        ));
     }
 
     #[test]

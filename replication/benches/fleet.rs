@@ -47,6 +47,7 @@ fn shard_tick_cost() {
         let mut p = Placement {
             generation: 1,
             sectors: Default::default(),
+            world: None,
         };
         p.sectors.insert(world[0], ShardId::new("shard-0"));
         f.place(p);
@@ -181,6 +182,7 @@ fn link_and_mirror() {
     let mut p = Placement {
         generation: 1,
         sectors: Default::default(),
+        world: None,
     };
     p.sectors
         .insert(SectorId::new(4, 0, 0).unwrap(), ShardId::new("shard-0"));
@@ -258,6 +260,7 @@ fn handovers() {
     let mut p = Placement {
         generation: 1,
         sectors: Default::default(),
+        world: None,
     };
     let root = world[0];
     for c in root.children().unwrap() {

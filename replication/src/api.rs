@@ -230,8 +230,10 @@ async fn status(State(s): State<Arc<Shared>>) -> Json<StatusView> {
         .sum();
     Json(StatusView {
         shards_connected: a.live_shards().len(),
+        roots: a.world().len(),
         leaf_sectors: a.placement().sectors.len(),
         entities: a.mirror().len(),
+        archived_entities: a.mirror().archived_len(),
         players,
         placement_generation: a.placement().generation,
         last_checkpoint_age_seconds: health.last_checkpoint.map(|t| t.elapsed().as_secs_f64()),

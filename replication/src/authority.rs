@@ -11,7 +11,7 @@ use sidereal_core::protocol::{
     Adoption, PROTOCOL_VERSION, ReplicationMessage, Shadow, ShardMessage,
 };
 use sidereal_core::{
-    EntityId, EntitySnapshot, Epoch, Placement, SectorId, ShardId, ShardLoadReport,
+    EntityId, EntityKind, EntitySnapshot, Epoch, Placement, SectorId, ShardId, ShardLoadReport,
 };
 use tracing::{info, warn};
 
@@ -112,6 +112,9 @@ pub struct Counters {
     /// Placement writes refused because another writer got there first (409: a stale
     /// generation, or the current one with other contents).
     pub placement_conflicts: u64,
+    /// Entities taken out of the world with their root, and brought back with it.
+    pub archived: u64,
+    pub restored: u64,
     /// Links closed for bad input (handshake refused, malformed data), by reason label. A
     /// link that merely closes or breaks (a killed shard) is not counted.
     pub links_rejected: BTreeMap<&'static str, u64>,
@@ -138,6 +141,8 @@ pub struct Authority {
     /// Every shard ever connected, to tell "dead" from "unknown".
     seen: BTreeSet<ShardId>,
     mirror: Mirror,
+    /// The world's roots now: the configured ones until a placement brings its own.
+    world: Vec<SectorId>,
     next_link: LinkId,
     next_incarnation: u32,
     outbox: Vec<(LinkId, ReplicationMessage)>,
@@ -148,8 +153,12 @@ pub struct Authority {
 impl Authority {
     pub fn new(config: AuthorityConfig) -> Self {
         Self {
+            world: config.world.clone(),
+            placement: Placement {
+                world: Some(config.world.clone()),
+                ..Placement::default()
+            },
             config,
-            placement: Placement::default(),
             links: BTreeMap::new(),
             live: BTreeMap::new(),
             seen: BTreeSet::new(),
@@ -160,6 +169,11 @@ impl Authority {
             load: BTreeMap::new(),
             counters: Counters::default(),
         }
+    }
+
+    /// The world's root sectors now.
+    pub fn world(&self) -> &[SectorId] {
+        &self.world
     }
 
     pub fn config(&self) -> &AuthorityConfig {
@@ -280,6 +294,11 @@ impl Authority {
                 entities,
             } => {
                 for (snapshot, epoch) in entities {
+                    // Released because its root left the world: it is archived already.
+                    if self.mirror.is_archived(snapshot.id) {
+                        self.forget_on_link(link, snapshot.id);
+                        continue;
+                    }
                     self.handover_out(link, &shard, snapshot, epoch);
                 }
             }
@@ -370,7 +389,7 @@ impl Authority {
         let msg = ReplicationMessage::Assign {
             generation: self.placement.generation,
             sectors,
-            world: self.config.world.clone(),
+            world: self.world.clone(),
         };
         self.send_to(shard, msg);
     }
@@ -407,6 +426,11 @@ impl Authority {
         let l = self.links.get_mut(&link).expect("live link");
         let (_tick, decoded) = l.decoder.decode(bytes)?;
         for u in decoded {
+            // Its root just left the world; the shard has not applied that placement yet.
+            // The archive keeps the state it was archived with.
+            if self.mirror.is_archived(u.id) {
+                continue;
+            }
             match self.mirror.check_owner(u.id, shard, Some(u.epoch)) {
                 Ok(r) => {
                     r.snapshot.state = u.state.to_state();
@@ -490,7 +514,7 @@ impl Authority {
         if self.leaf_of(&snapshot).is_none() {
             // It left the world (a collision pushed it past the edge): put it back just inside,
             // moving inwards. Handing it back unchanged would bounce it between owners forever.
-            clamp_into_world(&mut snapshot, &self.config.world);
+            clamp_into_world(&mut snapshot, &self.world);
         }
         let to = self
             .leaf_of(&snapshot)
@@ -556,18 +580,32 @@ impl Authority {
                 current,
             });
         }
+        let world = desired.world.clone().unwrap_or_else(|| self.world.clone());
         if desired.generation == current && current != 0 {
-            return if desired.sectors == self.placement.sectors {
+            return if desired.sectors == self.placement.sectors && world == self.world {
                 Ok(false)
             } else {
                 Err(PutPlacementError::Conflict(current))
             };
         }
-        placement::validate(&desired.sectors, &self.config.world, &self.seen)?;
-        let before = std::mem::replace(&mut self.placement, desired);
+        placement::validate_world(&world)?;
+        placement::validate(&desired.sectors, &world, &self.seen)?;
+        self.placement = Placement {
+            world: Some(world.clone()),
+            ..desired
+        };
+        let (archived, restored) = if world != self.world {
+            self.world = world;
+            self.archive_and_restore()
+        } else {
+            (0, 0)
+        };
         info!(
             generation = self.placement.generation,
             leaves = self.placement.sectors.len(),
+            roots = self.world.len(),
+            archived,
+            restored,
             "placement applied"
         );
         // Tell every live shard its (possibly unchanged) set; shards ignore unchanged sets.
@@ -590,8 +628,43 @@ impl Authority {
         for (target, ids) in by_target {
             self.readopt(&target, ids);
         }
-        let _ = before;
         Ok(true)
+    }
+
+    /// After the roots changed: entities no root covers leave the simulation for the archive
+    /// (projectiles, which live for seconds, simply end), and archived entities a root covers
+    /// again come back, to be adopted by the owner of their leaf. (archived, restored)
+    fn archive_and_restore(&mut self) -> (usize, usize) {
+        let inside = |world: &[SectorId], s: &EntitySnapshot| {
+            SectorId::of_point(s.state.point(), 0)
+                .is_ok_and(|cell| world.iter().any(|r| r.covers(&cell)))
+        };
+        let leaving: Vec<(EntityId, EntityKind)> = self
+            .mirror
+            .iter()
+            .filter(|(_, r)| !inside(&self.world, &r.snapshot))
+            .map(|(id, r)| (*id, r.snapshot.kind))
+            .collect();
+        let returning: Vec<EntityId> = self
+            .mirror
+            .archived()
+            .filter(|(_, r)| inside(&self.world, &r.snapshot))
+            .map(|(id, _)| *id)
+            .collect();
+        let mut archived = 0;
+        for (id, kind) in leaving {
+            if kind == EntityKind::Projectile {
+                self.mirror.remove(id);
+            } else if self.mirror.archive(id) {
+                archived += 1;
+            }
+        }
+        for id in &returning {
+            self.mirror.unarchive(*id, ShardId::new("unplaced"));
+        }
+        self.counters.archived += archived as u64;
+        self.counters.restored += returning.len() as u64;
+        (archived, returning.len())
     }
 
     /// Per live shard, the entities of other owners within the shadow margin of its sectors.
@@ -628,6 +701,7 @@ impl Authority {
     pub fn max_incarnation(&self) -> u32 {
         self.mirror
             .iter()
+            .chain(self.mirror.archived())
             .map(|(id, _)| (id.0 >> EntityId::COUNTER_BITS) as u32)
             .max()
             .unwrap_or(0)
@@ -645,9 +719,19 @@ impl Authority {
             .insert_restored(snapshot, ShardId::new("unplaced"), epoch, version);
     }
 
-    /// Takes the placement loaded from the store as the current one. Its shards are not live
-    /// yet; each gets its leaves (and the entities in them) when it links.
-    pub fn load_placement(&mut self, p: Placement) {
+    /// Loads an archived entity from the store (its root is not in the world).
+    pub fn load_archived_entity(&mut self, snapshot: EntitySnapshot, epoch: Epoch, version: u64) {
+        self.mirror.insert_archived(snapshot, epoch, version);
+    }
+
+    /// Takes the placement loaded from the store as the current one, with its world if it
+    /// carries one. Its shards are not live yet; each gets its leaves (and the entities in
+    /// them) when it links.
+    pub fn load_placement(&mut self, mut p: Placement) {
+        match &p.world {
+            Some(world) => self.world = world.clone(),
+            None => p.world = Some(self.world.clone()),
+        }
         self.placement = p;
         self.seen.extend(self.placement.sectors.values().cloned());
     }
@@ -759,6 +843,7 @@ mod tests {
                 .enumerate()
                 .map(|(i, k)| (*k, ShardId::new(format!("shard-{}", i % 2))))
                 .collect(),
+            world: None,
         };
         a.put_placement(p).unwrap();
         for id in [1, 2] {
@@ -1032,5 +1117,104 @@ mod tests {
             ))
         ));
         assert_eq!(a.placement(), &p);
+    }
+
+    #[test]
+    fn roots_come_and_go_with_the_placement_and_their_entities_are_archived_then_restored() {
+        let (mut a, l0, _l1) = two_shards();
+        let west = SectorId::new(1, 0, 0).unwrap();
+        let east = SectorId::new(1, 1, 0).unwrap();
+        let shard = |n: &str| ShardId::new(n);
+        assert_eq!(a.placement().world.as_deref(), Some(&[west][..]));
+        // An entity waiting where the world does not reach yet.
+        a.restore_entity(snap(EntityId(3), 2500.0, 100.0), shard("unplaced"));
+
+        // Grow the world at runtime: a second root, placed on shard-1, whose entity is adopted.
+        let mut grown = a.placement().clone();
+        grown.generation = 2;
+        grown.world = Some(vec![west, east]);
+        grown.sectors.insert(east, shard("shard-1"));
+        assert_eq!(a.put_placement(grown), Ok(true));
+        assert_eq!(a.world(), [west, east]);
+        assert_eq!(a.mirror.get(EntityId(3)).unwrap().owner, shard("shard-1"));
+        let told_world = a.take_outbox().into_iter().any(
+            |(_, m)| matches!(m, ReplicationMessage::Assign { world, .. } if world == [west, east]),
+        );
+        assert!(told_world, "live shards learn the new world");
+        let before: Vec<_> = [1, 2]
+            .map(|i| a.mirror.get(EntityId(i)).unwrap().clone())
+            .into();
+
+        // Remove the west root: its entities leave the simulation for the archive, unchanged.
+        let shrunk = Placement {
+            generation: 3,
+            sectors: [(east, shard("shard-1"))].into(),
+            world: Some(vec![east]),
+        };
+        assert_eq!(a.put_placement(shrunk), Ok(true));
+        assert_eq!(a.mirror.len(), 1);
+        assert_eq!(a.mirror.archived_len(), 2);
+        assert!(a.mirror.is_archived(EntityId(1)) && a.mirror.is_archived(EntityId(2)));
+        // The shard that owned one lets it go; that is not a refusal.
+        let refusals = a.counters.refusals;
+        a.on_message(
+            l0,
+            ShardMessage::Released {
+                generation: 3,
+                entities: vec![(before[0].snapshot, before[0].epoch)],
+            },
+        )
+        .unwrap();
+        // An update racing the removal (sent before the shard saw the placement) is dropped:
+        // the archive keeps the state it was archived with.
+        let mut enc = UpdateEncoder::default();
+        let moved = EntityState {
+            pos: [300.0, 300.0],
+            ..Default::default()
+        };
+        let bytes = enc
+            .encode(9, &mut [(EntityId(1), before[0].epoch, moved)])
+            .unwrap();
+        a.on_message(l0, ShardMessage::Updates(bytes)).unwrap();
+        assert_eq!(a.counters.refusals, refusals);
+        assert!(a.mirror.get(EntityId(1)).is_none(), "out of the simulation");
+
+        // Re-create the root: the same entities come back, as they were, to its new owner.
+        let back = Placement {
+            generation: 4,
+            sectors: [(west, shard("shard-0")), (east, shard("shard-1"))].into(),
+            world: Some(vec![west, east]),
+        };
+        assert_eq!(a.put_placement(back), Ok(true));
+        assert_eq!(a.mirror.archived_len(), 0);
+        for old in &before {
+            let now = a.mirror.get(old.snapshot.id).unwrap();
+            assert_eq!(now.snapshot, old.snapshot, "restored exactly");
+            assert_eq!(now.owner, shard("shard-0"));
+            assert!(now.epoch > old.epoch, "adopted at a new epoch");
+        }
+        assert_eq!((a.counters.archived, a.counters.restored), (2, 2));
+    }
+
+    #[test]
+    fn a_world_of_overlapping_or_no_roots_is_refused_and_changes_nothing() {
+        let (mut a, _, _) = two_shards();
+        let p = a.placement().clone();
+        let west = SectorId::new(1, 0, 0).unwrap();
+        let inner = SectorId::new(0, 1, 1).unwrap();
+        for (world, expected) in [
+            (vec![], PlacementError::NoRoots),
+            (vec![west, inner], PlacementError::RootsOverlap(west, inner)),
+        ] {
+            let mut bad = p.clone();
+            bad.generation = 2;
+            bad.world = Some(world);
+            assert_eq!(
+                a.put_placement(bad),
+                Err(PutPlacementError::Invalid(expected))
+            );
+        }
+        assert_eq!(a.placement(), &p);
+        assert_eq!(a.world(), [west]);
     }
 }

@@ -67,6 +67,16 @@ pub fn render(a: &Authority, store: &StoreHealth, links: &LinkBytes) -> String {
         a.mirror().len() as i64,
     ));
     add(&gauge(
+        "archived_entities",
+        "Entities of removed roots, kept out of the simulation",
+        a.mirror().archived_len() as i64,
+    ));
+    add(&gauge(
+        "roots",
+        "Root sectors of the world",
+        a.world().len() as i64,
+    ));
+    add(&gauge(
         "placement_generation",
         "Generation of the applied placement",
         a.placement().generation as i64,
@@ -123,6 +133,16 @@ pub fn render(a: &Authority, store: &StoreHealth, links: &LinkBytes) -> String {
         "refusals_total",
         "Shard messages refused (non-owner, stale epoch, unowned sector)",
         c.refusals,
+    ));
+    add(&counter(
+        "archived_total",
+        "Entities taken out of the world with their root",
+        c.archived,
+    ));
+    add(&counter(
+        "restored_total",
+        "Archived entities brought back with their root",
+        c.restored,
     ));
     add(&counter(
         "placement_conflicts_total",

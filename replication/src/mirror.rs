@@ -41,7 +41,10 @@ pub enum Refusal {
 #[derive(Debug, Default)]
 pub struct Mirror {
     entities: HashMap<EntityId, EntityRecord>,
-    /// Changed since the last checkpoint was taken.
+    /// Entities of roots removed from the world: out of the simulation, kept (in the store
+    /// too) exactly as they were, until their root comes back.
+    archived: HashMap<EntityId, EntityRecord>,
+    /// Changed since the last checkpoint was taken (live or archived).
     dirty: HashSet<EntityId>,
     /// Removed since the last checkpoint was taken.
     removed: HashSet<EntityId>,
@@ -117,7 +120,7 @@ impl Mirror {
         let changed = self
             .dirty
             .drain()
-            .filter_map(|id| self.entities.get(&id).cloned())
+            .filter_map(|id| self.entities.get(&id).or(self.archived.get(&id)).cloned())
             .collect();
         (changed, self.removed.drain().collect())
     }
@@ -129,7 +132,7 @@ impl Mirror {
         removed: impl IntoIterator<Item = EntityId>,
     ) {
         for id in changed {
-            if self.entities.contains_key(&id) {
+            if self.entities.contains_key(&id) || self.archived.contains_key(&id) {
                 self.dirty.insert(id);
             }
         }
@@ -189,6 +192,54 @@ impl Mirror {
         let epoch = r.epoch;
         self.dirty.insert(id);
         Some(epoch)
+    }
+
+    /// Takes an entity out of the simulation into the archive, as it is (its last change is
+    /// still checkpointed). A handover in flight is void: nobody simulates it any more.
+    pub fn archive(&mut self, id: EntityId) -> bool {
+        let Some(mut r) = self.entities.remove(&id) else {
+            return false;
+        };
+        r.in_transit = false;
+        r.previous_owner = None;
+        self.archived.insert(id, r);
+        true
+    }
+
+    /// Brings an archived entity back into the world, owned by `owner` (a placeholder that is
+    /// not live, so the owner of its leaf adopts it at the next epoch).
+    pub fn unarchive(&mut self, id: EntityId, owner: ShardId) -> bool {
+        let Some(mut r) = self.archived.remove(&id) else {
+            return false;
+        };
+        r.owner = owner;
+        self.entities.insert(id, r);
+        true
+    }
+
+    /// Inserts an archived entity loaded from the store.
+    pub fn insert_archived(&mut self, snapshot: EntitySnapshot, epoch: Epoch, version: u64) {
+        let record = EntityRecord {
+            snapshot,
+            owner: ShardId::new("archived"),
+            epoch,
+            in_transit: false,
+            previous_owner: None,
+            version,
+        };
+        self.archived.insert(snapshot.id, record);
+    }
+
+    pub fn is_archived(&self, id: EntityId) -> bool {
+        self.archived.contains_key(&id)
+    }
+
+    pub fn archived(&self) -> impl Iterator<Item = (&EntityId, &EntityRecord)> {
+        self.archived.iter()
+    }
+
+    pub fn archived_len(&self) -> usize {
+        self.archived.len()
     }
 
     pub fn remove(&mut self, id: EntityId) -> Option<EntityRecord> {

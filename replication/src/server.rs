@@ -159,7 +159,7 @@ pub struct Running {
 /// Scatters `n` drifting entities over the world's roots, owned by nobody until placed.
 pub fn seed_world(a: &mut Authority, n: usize, seed: u64) {
     let mut rng = SmallRng::seed_from_u64(seed);
-    let world = a.config().world.clone();
+    let world = a.world().to_vec();
     for i in 0..n {
         let b = world[i % world.len()].bounds();
         let kind = if i % 10 == 0 {
@@ -213,10 +213,13 @@ pub async fn start(
     for (snapshot, epoch, version) in loaded.entities {
         authority.load_entity(snapshot, epoch, version);
     }
+    let archived = loaded.archived.len();
+    for (snapshot, epoch, version) in loaded.archived {
+        authority.load_archived_entity(snapshot, epoch, version);
+    }
     if let Some(p) = loaded.placement {
         let shards = p.sectors.values().cloned().collect();
-        if sidereal_core::placement::validate(&p.sectors, &config.authority.world, &shards).is_ok()
-        {
+        if sidereal_core::placement::validate(&p.sectors, &loaded.world, &shards).is_ok() {
             authority.load_placement(p);
         } else {
             warn!("stored placement does not fit this world; waiting for a new one");
@@ -224,6 +227,8 @@ pub async fn start(
     }
     info!(
         entities = restored,
+        archived,
+        roots = authority.world().len(),
         quarantined = loaded.quarantined.len(),
         generation = authority.placement().generation,
         seconds = t0.elapsed().as_secs_f64(),

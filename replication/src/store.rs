@@ -78,8 +78,9 @@ impl EntityRow {
         })
     }
 
-    /// The entity this row describes, or why it cannot enter the live world.
-    pub fn validate(&self, world: &[SectorId]) -> Result<(EntitySnapshot, Epoch, u64), String> {
+    /// The entity this row describes and the scale-0 sector it lies in, or why it cannot be
+    /// loaded at all.
+    pub fn validate(&self) -> Result<(EntitySnapshot, Epoch, u64, SectorId), String> {
         let kind = match self.kind {
             0 => EntityKind::Ship,
             1 => EntityKind::Asteroid,
@@ -101,9 +102,6 @@ impl EntityRow {
                 self.pos
             ));
         }
-        if !world.iter().any(|r| r.covers(&sector)) {
-            return Err(format!("sector {sector} is outside the world"));
-        }
         if self.id <= 0 || self.owner_epoch < 0 || self.version < 0 {
             return Err("negative id, epoch or version".into());
         }
@@ -114,7 +112,12 @@ impl EntityRow {
             ttl_ticks: None,
             player: self.player,
         };
-        Ok((snapshot, self.owner_epoch as u64, self.version as u64))
+        Ok((
+            snapshot,
+            self.owner_epoch as u64,
+            self.version as u64,
+            sector,
+        ))
     }
 }
 
@@ -132,7 +135,11 @@ pub enum WriteMode {
 /// The world as loaded at start.
 #[derive(Debug, Default)]
 pub struct LoadedWorld {
+    /// The roots: the stored placement's, else the ones the caller gave.
+    pub world: Vec<SectorId>,
     pub entities: Vec<(EntitySnapshot, Epoch, u64)>,
+    /// Entities no root covers (their root was removed): kept, not simulated.
+    pub archived: Vec<(EntitySnapshot, Epoch, u64)>,
     /// (id, reason) of rows moved to quarantine.
     pub quarantined: Vec<(i64, String)>,
     pub placement: Option<Placement>,
@@ -332,9 +339,15 @@ impl Store {
         Ok(())
     }
 
-    /// Loads the world; rows that do not decode or validate are moved to `quarantine` (in one
-    /// transaction) and reported, never loaded.
+    /// Loads the world: its roots are the stored placement's (else `world`); entities inside
+    /// them are live, valid ones outside are archived; rows that do not decode or validate
+    /// are moved to `quarantine` (in one transaction) and reported, never loaded.
     pub async fn load(&self, world: &[SectorId]) -> Result<LoadedWorld, StoreError> {
+        let placement = self.load_placement().await?;
+        let world = placement
+            .as_ref()
+            .and_then(|p| p.world.clone())
+            .unwrap_or_else(|| world.to_vec());
         let sql = format!("SELECT {COLUMNS} FROM entities ORDER BY id");
         let decoded: Vec<(i64, Result<EntityRow, sqlx::Error>)> = match self {
             Store::Postgres(p) => sqlx::query(&sql)
@@ -354,8 +367,14 @@ impl Store {
         let mut bad: Vec<(i64, String, String)> = Vec::new();
         for (id, r) in decoded {
             match r {
-                Ok(row) => match row.validate(world) {
-                    Ok(e) => out.entities.push(e),
+                Ok(row) => match row.validate() {
+                    Ok((snapshot, epoch, version, sector)) => {
+                        if world.iter().any(|r| r.covers(&sector)) {
+                            out.entities.push((snapshot, epoch, version));
+                        } else {
+                            out.archived.push((snapshot, epoch, version));
+                        }
+                    }
                     Err(reason) => bad.push((id, reason, format!("{row:?}"))),
                 },
                 Err(e) => bad.push((id, format!("row does not decode: {e}"), String::new())),
@@ -368,7 +387,8 @@ impl Store {
                 .map(|(id, reason, _)| (id, reason))
                 .collect();
         }
-        out.placement = self.load_placement().await?;
+        out.placement = placement;
+        out.world = world;
         Ok(out)
     }
 

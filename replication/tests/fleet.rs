@@ -107,6 +107,7 @@ fn split_onto_two_shards_and_merge_back_with_live_traffic() {
     let mut p = sidereal_core::Placement {
         generation: 1,
         sectors: Default::default(),
+        world: None,
     };
     for (i, c) in root.children().unwrap().into_iter().enumerate() {
         p.sectors.insert(c, ids[usize::from(i == 3)].clone());

@@ -148,11 +148,6 @@ async fn bad_rows_are_quarantined_not_loaded() {
             (2, insert(2, "s0-x999-y0", "5", 1), "not in its sector"),
             (3, insert(3, "not-a-sector", "5", 1), "invalid sector name"),
             (4, insert(4, "s0-x0-y0", "5", 9), "unknown kind"),
-            (
-                5,
-                insert(5, "s0-x9000-y0", "9000500", 1),
-                "outside the world",
-            ),
         ];
         // A NaN position: Postgres stores it; SQLite turns NaN into NULL, so store text instead.
         if url.starts_with("postgres") {
@@ -166,8 +161,19 @@ async fn bad_rows_are_quarantined_not_loaded() {
                 Store::Sqlite(p) => sqlx::query(sql).execute(p).await.map(|_| ()).unwrap(),
             }
         }
+        // Valid, but outside every root (its root was removed): archived, kept, not live.
+        let outside = insert(5, "s0-x9000-y0", "9000500", 1);
+        match &store {
+            Store::Postgres(p) => sqlx::query(&outside).execute(p).await.map(|_| ()).unwrap(),
+            Store::Sqlite(p) => sqlx::query(&outside).execute(p).await.map(|_| ()).unwrap(),
+        }
         let loaded = store.load(&world()).await.unwrap();
         assert_eq!(loaded.entities.len(), 1, "{url}: only the good row is live");
+        assert_eq!(
+            loaded.archived.iter().map(|e| e.0.id.0).collect::<Vec<_>>(),
+            [5],
+            "{url}: the row outside the world is archived"
+        );
         for (id, _, reason) in &bad {
             let q = loaded
                 .quarantined
@@ -183,7 +189,7 @@ async fn bad_rows_are_quarantined_not_loaded() {
         // Moved, not copied: the next start loads cleanly and the quarantine keeps them.
         let again = store.load(&world()).await.unwrap();
         assert!(
-            again.quarantined.is_empty() && again.entities.len() == 1,
+            again.quarantined.is_empty() && again.entities.len() == 1 && again.archived.len() == 1,
             "{url}"
         );
         assert_eq!(store.quarantined().await.unwrap().len(), bad.len(), "{url}");
@@ -197,6 +203,7 @@ async fn placement_and_accounts_are_durable() {
         let mut p = Placement {
             generation: 7,
             sectors: Default::default(),
+            world: None,
         };
         p.sectors.insert(world()[0], ShardId::new("shard-3"));
         store.save_placement(&p).await.unwrap();

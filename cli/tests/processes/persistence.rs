@@ -289,3 +289,96 @@ fn a_database_outage_keeps_the_world_running_and_loses_nothing() {
     );
     assert!(metric(&r, "sidereal_checkpoint_failures_total") >= 1.0);
 }
+
+/// The world's roots come from the placement: removing a root over the control API takes its
+/// entities out of the simulation into the store, a kill -9 of replication keeps them there
+/// (archived, not quarantined, not simulated), and writing the root again brings every one
+/// of them back to the shards.
+#[test]
+fn a_removed_root_is_archived_across_a_crash_and_comes_back_whole() {
+    let _pg = PG.lock().unwrap_or_else(|e| e.into_inner());
+    let url = fresh_database("roots");
+    let data = TempDir::new("roots");
+    let extra = ["--checkpoint-interval", "0.5"];
+    let long_lived = |r: &Replication| -> HashMap<u64, EntityView> {
+        r.control
+            .entities("")
+            .into_iter()
+            .filter(|(_, e)| e.kind != EntityKind::Projectile)
+            .collect()
+    };
+    let r = start_replication_with(600, &data.0, Some(&url), &extra);
+    let shards: Vec<Proc> = (0..2)
+        .map(|i| start_shard(&r, &format!("shard-{i}")))
+        .collect();
+    wait_until("shards linked", Duration::from_secs(30), || {
+        connected(&r).len() == 2
+    });
+    place(&r, 2);
+    let everyone: HashSet<u64> = long_lived(&r).into_keys().collect();
+    assert_eq!(everyone.len(), 600);
+    let [west, east] = [world()[0], world()[1]];
+    let ids: Vec<ShardId> = ["shard-0", "shard-1"].map(ShardId::new).into();
+
+    // Remove the west root.
+    let mut shrunk = placement::even(&[east], &ids, placement_of(&r).generation + 1);
+    shrunk.world = Some(vec![east]);
+    r.control.put_placement(&shrunk).expect("removing a root");
+    let status = r.control.status();
+    assert_eq!(status.roots, 1);
+    assert!(status.archived_entities > 100, "{status:?}");
+    let archived = status.archived_entities;
+    let live_ids: HashSet<u64> = long_lived(&r).into_keys().collect();
+    assert_eq!(live_ids.len() + archived, 600);
+    wait_until(
+        "the shards simulate only the east root",
+        Duration::from_secs(20),
+        || {
+            long_lived(&r)
+                .values()
+                .all(|e| e.pos[0] >= 0.0 && !e.in_transit && e.owner.0.starts_with("shard-"))
+        },
+    );
+    // kill -9 replication at once (the placement and its world were durable before the PUT
+    // answered); the shards stop with it. The archive survives in the store.
+    let mut r = r;
+    r.proc_.0.kill().unwrap();
+    r.proc_.0.wait().unwrap();
+    drop(shards);
+    let r2 = start_replication_with(600, &data.0, Some(&url), &extra);
+    let status = r2.control.status();
+    assert_eq!(
+        (status.roots, status.archived_entities, status.entities),
+        (1, archived, 600 - archived),
+        "{status:?}"
+    );
+    assert!(psql(&url, "SELECT count(*) FROM quarantine") == "0");
+    assert_eq!(r2.control.placement().world, Some(vec![east]));
+
+    // Re-create the west root: every archived entity comes back and is simulated again.
+    let _shards2: Vec<Proc> = (0..2)
+        .map(|i| start_shard(&r2, &format!("shard-{i}")))
+        .collect();
+    wait_until("shards linked again", Duration::from_secs(30), || {
+        connected(&r2).len() == 2
+    });
+    let mut whole = placement::even(&[west, east], &ids, placement_of(&r2).generation + 1);
+    whole.world = Some(vec![west, east]);
+    r2.control
+        .put_placement(&whole)
+        .expect("re-creating the root");
+    assert_eq!(r2.control.status().archived_entities, 0);
+    wait_until(
+        "every entity back and adopted",
+        Duration::from_secs(20),
+        || {
+            let now = long_lived(&r2);
+            now.len() == 600
+                && now
+                    .values()
+                    .all(|e| !e.in_transit && e.owner.0.starts_with("shard-"))
+        },
+    );
+    let back: HashSet<u64> = long_lived(&r2).into_keys().collect();
+    assert_eq!(back, everyone, "the same entities, none lost, none new");
+}
