@@ -1,5 +1,6 @@
 //! `sidereal`: one binary for every role of the fleet.
 
+mod operator_cmd;
 mod replication_cmd;
 mod shard_cmd;
 mod up_cmd;
@@ -28,6 +29,8 @@ enum Command {
     Replication(replication_cmd::ReplicationArgs),
     /// Run one shard.
     Shard(shard_cmd::ShardArgs),
+    /// Run the Kubernetes operator (Sector controller).
+    Operator(operator_cmd::OperatorArgs),
     /// Print the Sector and ShardPool CRDs as YAML (or write one file per CRD into --out).
     Crdgen {
         /// Write `<plural>.sidereal.dev.yaml` files into this directory instead of printing.
@@ -68,6 +71,10 @@ fn main() -> anyhow::Result<()> {
             init_tracing();
             up_cmd::die_with_supervisor();
             replication_cmd::run(args)?;
+        }
+        Command::Operator(args) => {
+            init_tracing();
+            operator_cmd::run(args)?;
         }
         Command::Shard(args) => {
             init_tracing();

@@ -662,19 +662,30 @@ fn sidereal_up_runs_supervises_and_stops_the_fleet() {
     let victim = format!("shard --id shard-1 --replication 127.0.0.1:{link}");
     let pids = pids_matching(&victim);
     assert_eq!(pids.len(), 1, "{pids:?}");
-    let generation = status().placement_generation;
     Command::new("kill")
         .args(["-9", &pids[0].to_string()])
         .status()
         .unwrap();
-    wait_until("re-homed and restarted", Duration::from_secs(30), || {
-        let s = status();
-        s.placement_generation > generation
-            && s.shards_connected == 2
-            && pids_matching(&victim)
-                .first()
-                .is_some_and(|p| *p != pids[0])
-    });
+    // Restarted under the same name; whether its leaves were re-homed meanwhile or it linked
+    // again first and took them back, every entity ends up simulated by a linked shard.
+    wait_until(
+        "restarted, with every entity simulated",
+        Duration::from_secs(30),
+        || {
+            let linked = control.connected();
+            linked.len() == 2
+                && pids_matching(&victim)
+                    .first()
+                    .is_some_and(|p| *p != pids[0])
+                && control
+                    .entities("")
+                    .values()
+                    .filter(|e| e.kind != EntityKind::Projectile)
+                    .filter(|e| !e.in_transit && linked.contains(&e.owner.0))
+                    .count()
+                    == 300
+        },
+    );
 
     Command::new("kill")
         .args(["-INT", &up.0.id().to_string()])

@@ -151,3 +151,28 @@ pub fn rejection<T: std::fmt::Debug>(result: Result<T, kube::Error>) -> anyhow::
         Err(e) => bail!("request failed without an API rejection: {e}"),
     }
 }
+
+/// The `sidereal` binary this workspace built (`cargo test --workspace` builds it before any
+/// test runs; `make test` puts it under `CARGO_TARGET_DIR`).
+pub fn sidereal_bin() -> PathBuf {
+    let target = std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| repo_root().join("target"));
+    let bin = target.join("debug/sidereal");
+    assert!(
+        bin.exists(),
+        "{} is missing: run the suite with `make test` (cargo test --workspace builds it)",
+        bin.display()
+    );
+    bin
+}
+
+/// A local process killed when dropped (the test's replication, shards, operator).
+pub struct LocalProcess(pub std::process::Child);
+
+impl Drop for LocalProcess {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}

@@ -1,7 +1,43 @@
 //! The Sidereal operator: from the load shards measure, it splits hot sectors, merges cold
 //! siblings, places leaves on shards and sizes the shard pool.
 //!
-//! [`policy`] holds every decision as a pure function; the controllers around it only observe
-//! and act.
+//! [`policy`] holds every decision as a pure function and [`world`] what a namespace's Sectors
+//! mean; the controller around them ([`controller`]) only observes and acts.
 
+pub mod context;
+pub mod controller;
 pub mod policy;
+pub mod world;
+
+pub use context::Context;
+
+/// Everything a reconcile can fail on.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("Kubernetes API: {0}")]
+    Kube(#[from] kube::Error),
+    #[error("replication's control API: {0}")]
+    Control(#[from] sidereal_core::ControlError),
+    #[error("Secret {namespace}/{name} is malformed: {reason}")]
+    BadControlSecret {
+        namespace: String,
+        name: String,
+        reason: String,
+    },
+    #[error("Sector {0} has no namespace")]
+    NotNamespaced(String),
+}
+
+impl Error {
+    /// Short, stable name for `sidereal_operator_reconcile_errors_total{error=...}`.
+    pub fn metric_label(&self) -> &'static str {
+        match self {
+            Error::Kube(_) => "kube",
+            Error::Control(e) => e.label(),
+            Error::BadControlSecret { .. } => "bad_control_secret",
+            Error::NotNamespaced(_) => "not_namespaced",
+        }
+    }
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;

@@ -1,5 +1,6 @@
 //! One test binary for everything that needs a real cluster (linking is the slow part).
 
 mod admission;
+mod operator;
 mod pods;
 mod yaml;

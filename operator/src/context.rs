@@ -1,0 +1,110 @@
+//! State the reconcilers share: the Kubernetes client, the event recorder, metrics, and when
+//! each world was last synced.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use kube::Client;
+use kube::runtime::events::{Recorder, Reporter};
+use prometheus::{Histogram, HistogramOpts, IntCounterVec, Opts, Registry};
+
+/// The one field manager of every write the operator makes.
+pub const FIELD_MANAGER: &str = "sidereal-operator";
+
+/// The Secret in a world's namespace that says where its replication is: keys `url` (the
+/// control API, e.g. `http://replication:7700`) and `token` (its bearer token).
+pub const CONTROL_SECRET: &str = "sidereal-control";
+
+/// A world is synced at most this often, however many of its Sectors ask.
+pub const SYNC_DEBOUNCE: Duration = Duration::from_millis(500);
+
+/// The operator's metrics.
+#[derive(Clone)]
+pub struct Metrics {
+    pub registry: Registry,
+    pub syncs: IntCounterVec,
+    pub errors: IntCounterVec,
+    pub sync_seconds: Histogram,
+    pub status_writes: IntCounterVec,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        let registry =
+            Registry::new_custom(Some("sidereal_operator".into()), None).expect("a valid prefix");
+        let syncs = IntCounterVec::new(
+            Opts::new("world_syncs_total", "World syncs, by outcome"),
+            &["outcome"],
+        )
+        .expect("valid");
+        let errors = IntCounterVec::new(
+            Opts::new("reconcile_errors_total", "Failed reconciles, by error"),
+            &["error"],
+        )
+        .expect("valid");
+        let sync_seconds = Histogram::with_opts(HistogramOpts::new(
+            "world_sync_duration_seconds",
+            "Time to observe a world, place it and write its Sectors' status",
+        ))
+        .expect("valid");
+        let status_writes = IntCounterVec::new(
+            Opts::new(
+                "status_writes_total",
+                "Sector status patches, by kind (written only on change)",
+            ),
+            &["kind"],
+        )
+        .expect("valid");
+        for c in [&syncs, &errors, &status_writes] {
+            registry.register(Box::new(c.clone())).expect("unique");
+        }
+        registry
+            .register(Box::new(sync_seconds.clone()))
+            .expect("unique");
+        Self {
+            registry,
+            syncs,
+            errors,
+            sync_seconds,
+            status_writes,
+        }
+    }
+}
+
+/// Shared by every reconcile.
+pub struct Context {
+    pub client: Client,
+    pub recorder: Recorder,
+    pub metrics: Metrics,
+    /// When each namespace's world was last synced.
+    pub synced: Mutex<HashMap<String, Instant>>,
+}
+
+impl Context {
+    pub fn new(client: Client, metrics: Metrics) -> Self {
+        let reporter = Reporter {
+            controller: FIELD_MANAGER.into(),
+            instance: std::env::var("POD_NAME").ok(),
+        };
+        Self {
+            recorder: Recorder::new(client.clone(), reporter),
+            client,
+            metrics,
+            synced: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// Whether `namespace` was synced recently enough to skip this round (and if not, marks
+    /// it synced now).
+    pub fn claim_sync(&self, namespace: &str, now: Instant) -> bool {
+        let mut synced = self.synced.lock().expect("synced lock");
+        match synced.get(namespace) {
+            Some(t) if now.saturating_duration_since(*t) < SYNC_DEBOUNCE => false,
+            _ => {
+                synced.insert(namespace.to_owned(), now);
+                true
+            }
+        }
+    }
+}

@@ -1,0 +1,305 @@
+//! The Sector controller. Every namespace holding Sectors is one world, served by the
+//! replication named in its `sidereal-control` Secret. A reconcile of any Sector syncs its
+//! whole world (at most every [`SYNC_DEBOUNCE`](crate::context::SYNC_DEBOUNCE)): observe the
+//! Sectors, pools and replication once, push the placement with the Sectors' roots as the
+//! world, then write each Sector's status where it changed. Each step is idempotent.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::future::Future;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use futures::StreamExt;
+use k8s_openapi::api::core::v1::Secret;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+use kube::api::{Api, ListParams, Patch, PatchParams};
+use kube::runtime::controller::{Action, Controller};
+use kube::runtime::events::{Event, EventType};
+use kube::runtime::watcher;
+use kube::{Resource, ResourceExt};
+use serde_json::json;
+use sidereal_core::{ControlClient, Placement, SectorId, ShardId};
+use sidereal_crds::{Sector, SectorStatus, ShardPool};
+use tracing::{debug, info, warn};
+
+use crate::context::{CONTROL_SECRET, Context, FIELD_MANAGER};
+use crate::policy::{Capacity, placement::assign};
+use crate::world::{ReplicationView, SectorState, SectorTree, sector_state};
+use crate::{Error, Result};
+
+/// A world is re-synced this often even when nothing in the cluster changed: load moves.
+pub const RESYNC: Duration = Duration::from_secs(2);
+
+/// Conflicting placement writes retried in a row before the reconcile fails (and is retried).
+const PLACEMENT_ATTEMPTS: u32 = 10;
+
+/// Runs the Sector controller over every namespace (or only `namespace`) until `shutdown`
+/// resolves.
+pub async fn run(
+    ctx: Arc<Context>,
+    namespace: Option<String>,
+    shutdown: impl Future<Output = ()> + Send + Sync + 'static,
+) {
+    let sectors: Api<Sector> = match &namespace {
+        Some(ns) => Api::namespaced(ctx.client.clone(), ns),
+        None => Api::all(ctx.client.clone()),
+    };
+    info!(
+        namespace = namespace.as_deref().unwrap_or("*"),
+        "sector controller starting"
+    );
+    Controller::new(sectors, watcher::Config::default())
+        .graceful_shutdown_on(shutdown)
+        .run(reconcile, error_policy, ctx)
+        .for_each(|r| async move {
+            if let Err(e) = r {
+                debug!(error = %e, "reconcile did not complete");
+            }
+        })
+        .await;
+    info!("sector controller stopped");
+}
+
+async fn reconcile(sector: Arc<Sector>, ctx: Arc<Context>) -> Result<Action> {
+    let ns = sector
+        .namespace()
+        .ok_or_else(|| Error::NotNamespaced(sector.name_any()))?;
+    if ctx.claim_sync(&ns, Instant::now()) {
+        let timer = ctx.metrics.sync_seconds.start_timer();
+        let result = sync_world(&ctx, &ns).await;
+        timer.observe_duration();
+        let outcome = if result.is_ok() { "ok" } else { "error" };
+        ctx.metrics.syncs.with_label_values(&[outcome]).inc();
+        result?;
+    }
+    Ok(Action::requeue(RESYNC))
+}
+
+fn error_policy(sector: Arc<Sector>, e: &Error, ctx: Arc<Context>) -> Action {
+    ctx.metrics
+        .errors
+        .with_label_values(&[e.metric_label()])
+        .inc();
+    warn!(sector = %sector.name_any(), error = %e, "world sync failed; retrying");
+    // Let the next Sector's reconcile try again at once.
+    if let Some(ns) = sector.namespace() {
+        ctx.synced.lock().expect("synced lock").remove(&ns);
+    }
+    Action::requeue(Duration::from_secs(2))
+}
+
+/// One world, end to end: observe, place, report.
+async fn sync_world(ctx: &Context, ns: &str) -> Result<()> {
+    let sectors_api: Api<Sector> = Api::namespaced(ctx.client.clone(), ns);
+    let sectors = sectors_api.list(&ListParams::default()).await?.items;
+    let pools: BTreeMap<String, ShardPool> = Api::<ShardPool>::namespaced(ctx.client.clone(), ns)
+        .list(&ListParams::default())
+        .await?
+        .items
+        .into_iter()
+        .map(|p| (p.name_any(), p))
+        .collect();
+    let placeable: BTreeSet<SectorId> = sectors
+        .iter()
+        .filter(|s| pools.contains_key(&s.spec.pool))
+        .filter_map(|s| s.sector_id().ok())
+        .collect();
+    let tree = SectorTree::of(&placeable);
+    let view = match control_client(ctx, ns).await? {
+        Some(control) => Some(place(&control, &tree, &pools).await?),
+        None => None,
+    };
+    for s in &sectors {
+        let Ok(id) = s.sector_id() else { continue };
+        let state = sector_state(id, &tree, pools.contains_key(&s.spec.pool), view.as_ref());
+        sync_status(ctx, &sectors_api, s, &state).await?;
+    }
+    Ok(())
+}
+
+/// The namespace's replication, from its `sidereal-control` Secret; `None` when there is none.
+async fn control_client(ctx: &Context, ns: &str) -> Result<Option<ControlClient>> {
+    let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), ns);
+    let Some(secret) = secrets.get_opt(CONTROL_SECRET).await? else {
+        return Ok(None);
+    };
+    let field = |key: &str| -> Result<String> {
+        let bytes = secret
+            .data
+            .as_ref()
+            .and_then(|d| d.get(key))
+            .map(|b| b.0.clone())
+            .or_else(|| {
+                secret
+                    .string_data
+                    .as_ref()
+                    .and_then(|d| d.get(key))
+                    .map(|s| s.clone().into_bytes())
+            })
+            .ok_or_else(|| Error::BadControlSecret {
+                namespace: ns.to_owned(),
+                name: CONTROL_SECRET.to_owned(),
+                reason: format!("no key {key:?}"),
+            })?;
+        String::from_utf8(bytes)
+            .map(|s| s.trim().to_owned())
+            .map_err(|_| Error::BadControlSecret {
+                namespace: ns.to_owned(),
+                name: CONTROL_SECRET.to_owned(),
+                reason: format!("{key} is not UTF-8"),
+            })
+    };
+    Ok(Some(ControlClient::new(
+        field("url")?,
+        Some(field("token")?),
+    )))
+}
+
+fn capacity_of(pool: &ShardPool) -> Capacity {
+    Capacity {
+        sectors: usize::try_from(pool.spec.capacity.sectors)
+            .unwrap_or(1)
+            .max(1),
+        entities: u64::try_from(pool.spec.capacity.entities)
+            .unwrap_or(1)
+            .max(1),
+    }
+}
+
+/// Reads replication once (shards, load), pushes the desired placement of the tree's leaves
+/// with its roots as the world when it differs from the applied one (re-reading and
+/// recomputing on a conflict), and returns what replication now reports.
+async fn place(
+    control: &ControlClient,
+    tree: &SectorTree,
+    pools: &BTreeMap<String, ShardPool>,
+) -> Result<ReplicationView> {
+    let connected: BTreeSet<ShardId> = control
+        .shards()
+        .await?
+        .shards
+        .into_iter()
+        .filter(|s| s.connected)
+        .map(|s| s.shard)
+        .collect();
+    let load: BTreeMap<SectorId, _> = control
+        .load()
+        .await?
+        .sectors
+        .into_iter()
+        .map(|l| (l.sector, l))
+        .collect();
+    if !tree.roots.is_empty() && !connected.is_empty() {
+        // Shards are not yet per pool: the first pool's capacity sizes them all.
+        let capacity = pools.values().next().map(capacity_of).unwrap_or(Capacity {
+            sectors: 16,
+            entities: 20_000,
+        });
+        let leaves: BTreeMap<SectorId, u64> = tree
+            .leaves
+            .iter()
+            .map(|l| (*l, load.get(l).map_or(0, |v| u64::from(v.entities))))
+            .collect();
+        let shards: Vec<ShardId> = connected.iter().cloned().collect();
+        let roots = tree.roots.clone();
+        let applied = control
+            .update_placement(PLACEMENT_ATTEMPTS, |current| {
+                let sectors = assign(&leaves, &current.sectors, &shards, capacity);
+                let unchanged =
+                    sectors == current.sectors && current.world.as_deref() == Some(&roots[..]);
+                (!unchanged).then(|| Placement {
+                    generation: 0,
+                    sectors,
+                    world: Some(roots.clone()),
+                })
+            })
+            .await?;
+        if let Some(reply) = applied {
+            info!(
+                generation = reply.generation,
+                roots = roots.len(),
+                leaves = leaves.len(),
+                "placement pushed"
+            );
+        }
+    }
+    Ok(ReplicationView {
+        placement: control.placement().await?,
+        connected,
+        load,
+    })
+}
+
+/// Writes `state` into the Sector's status if it says something new, keeping the condition's
+/// transition time when its status did not flip; an Event marks every phase change.
+async fn sync_status(
+    ctx: &Context,
+    api: &Api<Sector>,
+    sector: &Sector,
+    state: &SectorState,
+) -> Result<()> {
+    let old = sector.status.clone().unwrap_or_default();
+    let generation = sector.metadata.generation;
+    let ready = if state.readiness.ready() {
+        "True"
+    } else {
+        "False"
+    };
+    let old_ready = old.conditions.iter().find(|c| c.type_ == "Ready");
+    let condition = Condition {
+        type_: "Ready".into(),
+        status: ready.into(),
+        reason: state.readiness.reason().into(),
+        message: state.message.clone(),
+        observed_generation: generation,
+        last_transition_time: match old_ready {
+            Some(c) if c.status == ready => c.last_transition_time.clone(),
+            _ => Time(k8s_openapi::jiff::Timestamp::now()),
+        },
+    };
+    let new = SectorStatus {
+        phase: Some(state.phase),
+        shard: state.shard.clone(),
+        load: state.load.clone(),
+        children: old.children.clone(),
+        conditions: vec![condition],
+        observed_generation: generation,
+    };
+    if new == old {
+        return Ok(());
+    }
+    let patch = json!({
+        "apiVersion": "sidereal.dev/v1alpha1",
+        "kind": "Sector",
+        "status": new,
+    });
+    api.patch_status(
+        &sector.name_any(),
+        &PatchParams::apply(FIELD_MANAGER).force(),
+        &Patch::Apply(&patch),
+    )
+    .await?;
+    let kind = if old.phase == new.phase {
+        "load"
+    } else {
+        "phase"
+    };
+    ctx.metrics.status_writes.with_label_values(&[kind]).inc();
+    if old.phase != new.phase {
+        let event = Event {
+            type_: if state.readiness.ready() {
+                EventType::Normal
+            } else {
+                EventType::Warning
+            },
+            reason: state.readiness.reason().into(),
+            note: Some(state.message.clone()),
+            action: "Sync".into(),
+            secondary: None,
+        };
+        if let Err(e) = ctx.recorder.publish(&event, &sector.object_ref(&())).await {
+            warn!(error = %e, "publishing an event");
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,272 @@
+//! One world (a namespace) as the operator sees it, and what each Sector's status should say:
+//! plain functions over plain data, so the reconciler only observes and writes.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use sidereal_core::control::SectorLoadView;
+use sidereal_core::{Placement, SectorId, ShardId};
+use sidereal_crds::{SectorLoad, SectorPhase};
+
+/// The sector tree of one world: roots have no ancestor among the Sectors; a Sector with all
+/// four children present is split (inner), and its children carry on; the rest are leaves,
+/// the only sectors simulated. A Sector under an ancestor that is not split (a child whose
+/// siblings are missing) is stray: it is reported, not simulated, so the leaves always tile
+/// the roots exactly.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct SectorTree {
+    pub roots: Vec<SectorId>,
+    pub leaves: BTreeSet<SectorId>,
+    pub stray: BTreeSet<SectorId>,
+}
+
+impl SectorTree {
+    /// The tree of `sectors` (the ids of a namespace's Sector objects).
+    pub fn of(sectors: &BTreeSet<SectorId>) -> Self {
+        let split = |s: &SectorId| {
+            s.children()
+                .is_some_and(|c| c.iter().all(|k| sectors.contains(k)))
+        };
+        let mut tree = Self::default();
+        for s in sectors {
+            let mut ancestors = std::iter::successors(s.parent(), |a| a.parent())
+                .filter(|a| sectors.contains(a))
+                .peekable();
+            if ancestors.peek().is_none() {
+                tree.roots.push(*s);
+            } else if !ancestors.all(|a| split(&a)) {
+                tree.stray.insert(*s);
+                continue;
+            }
+            if !split(s) {
+                tree.leaves.insert(*s);
+            }
+        }
+        tree
+    }
+}
+
+/// Why a Sector is or is not simulated: the reason of its `Ready` condition.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Readiness {
+    /// A leaf placed on a linked shard.
+    Simulated,
+    /// An inner node: its children are simulated instead.
+    Split,
+    /// Its `spec.pool` names no ShardPool in the namespace; it is left out of the world.
+    PoolNotFound,
+    /// The namespace has no replication to talk to (no `sidereal-control` Secret).
+    NoReplication,
+    /// No shard is linked to replication, so nothing can be placed.
+    NoShards,
+    /// Placed on a shard that is not linked right now; it will be re-homed.
+    ShardDown,
+    /// Not in replication's placement yet.
+    NotPlaced,
+    /// Under an ancestor whose four children are not all Sectors: not simulated.
+    ParentNotSplit,
+}
+
+impl Readiness {
+    /// The condition's `reason`.
+    pub fn reason(self) -> &'static str {
+        match self {
+            Readiness::Simulated => "Simulated",
+            Readiness::Split => "Split",
+            Readiness::PoolNotFound => "PoolNotFound",
+            Readiness::NoReplication => "NoReplication",
+            Readiness::NoShards => "NoShards",
+            Readiness::ShardDown => "ShardDown",
+            Readiness::NotPlaced => "NotPlaced",
+            Readiness::ParentNotSplit => "ParentNotSplit",
+        }
+    }
+
+    /// Whether the `Ready` condition is true.
+    pub fn ready(self) -> bool {
+        matches!(self, Readiness::Simulated | Readiness::Split)
+    }
+}
+
+/// What one Sector's status should say.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SectorState {
+    pub phase: SectorPhase,
+    pub shard: Option<String>,
+    pub load: Option<SectorLoad>,
+    pub readiness: Readiness,
+    pub message: String,
+}
+
+/// What replication told the operator this round.
+#[derive(Debug, Clone, Default)]
+pub struct ReplicationView {
+    pub placement: Placement,
+    pub connected: BTreeSet<ShardId>,
+    pub load: BTreeMap<SectorId, SectorLoadView>,
+}
+
+/// The status of `sector` in `tree`, given whether its pool exists and what replication
+/// reported (`None`: no replication reachable).
+pub fn sector_state(
+    sector: SectorId,
+    tree: &SectorTree,
+    pool_exists: bool,
+    replication: Option<&ReplicationView>,
+) -> SectorState {
+    let state = |phase, readiness: Readiness, message: String| SectorState {
+        phase,
+        shard: None,
+        load: None,
+        readiness,
+        message,
+    };
+    if !pool_exists {
+        return state(
+            SectorPhase::Pending,
+            Readiness::PoolNotFound,
+            "spec.pool names no ShardPool in this namespace; create it or fix the name".into(),
+        );
+    }
+    if tree.stray.contains(&sector) {
+        return state(
+            SectorPhase::Pending,
+            Readiness::ParentNotSplit,
+            "an ancestor's four children are not all Sectors, so this one is not simulated".into(),
+        );
+    }
+    if !tree.leaves.contains(&sector) {
+        return state(
+            SectorPhase::Split,
+            Readiness::Split,
+            "an inner sector: its children are simulated".into(),
+        );
+    }
+    let Some(r) = replication else {
+        return state(
+            SectorPhase::Pending,
+            Readiness::NoReplication,
+            "no replication for this namespace: create the Secret sidereal-control with keys url and token".into(),
+        );
+    };
+    let Some(shard) = r.placement.sectors.get(&sector) else {
+        let (readiness, message) = if r.connected.is_empty() {
+            (Readiness::NoShards, "no shard is linked to replication yet")
+        } else {
+            (Readiness::NotPlaced, "waiting for the next placement")
+        };
+        return state(SectorPhase::Pending, readiness, message.into());
+    };
+    let (readiness, message) = if r.connected.contains(shard) {
+        (Readiness::Simulated, format!("simulated by {shard}"))
+    } else {
+        (
+            Readiness::ShardDown,
+            format!("placed on {shard}, which is not linked; it will be re-homed"),
+        )
+    };
+    SectorState {
+        phase: if readiness.ready() {
+            SectorPhase::Active
+        } else {
+            SectorPhase::Pending
+        },
+        shard: Some(shard.0.clone()),
+        load: r.load.get(&sector).map(|l| SectorLoad {
+            entities: i64::from(l.entities),
+            players: i64::from(l.players),
+            // Rounded to tenths of a millisecond: status is written only when it changes,
+            // and the noise in the last digits is not a change.
+            tick_p99_ms: (f64::from(l.tick_p99_ms) * 10.0).round() / 10.0,
+        }),
+        readiness,
+        message,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ids(names: &[&str]) -> BTreeSet<SectorId> {
+        names.iter().map(|n| n.parse().unwrap()).collect()
+    }
+
+    #[test]
+    fn roots_have_no_ancestor_split_sectors_have_all_four_children_the_rest_are_leaves() {
+        let tree = SectorTree::of(&ids(&[
+            "s2-x0-y0",
+            "s1-x0-y0",
+            "s1-x1-y0",
+            "s1-x0-y1",
+            "s1-x1-y1",
+            "s2-xm1-y0",
+            // One child of s2-xm1-y0 without its siblings, and its own child.
+            "s1-xm2-y0",
+            "s0-xm4-y0",
+        ]));
+        assert_eq!(
+            tree.roots,
+            vec!["s2-xm1-y0".parse().unwrap(), "s2-x0-y0".parse().unwrap()]
+        );
+        assert_eq!(
+            tree.leaves,
+            ids(&["s1-x0-y0", "s1-x1-y0", "s1-x0-y1", "s1-x1-y1", "s2-xm1-y0"])
+        );
+        assert_eq!(tree.stray, ids(&["s1-xm2-y0", "s0-xm4-y0"]));
+        assert_eq!(SectorTree::of(&BTreeSet::new()), SectorTree::default());
+    }
+
+    #[test]
+    fn status_says_why_a_sector_is_or_is_not_simulated() {
+        let s: SectorId = "s2-x0-y0".parse().unwrap();
+        let tree = SectorTree::of(&ids(&["s2-x0-y0"]));
+        let mut r = ReplicationView::default();
+        let reason = |pool, r: Option<&ReplicationView>| sector_state(s, &tree, pool, r).readiness;
+        assert_eq!(reason(false, Some(&r)), Readiness::PoolNotFound);
+        assert_eq!(reason(true, None), Readiness::NoReplication);
+        assert_eq!(reason(true, Some(&r)), Readiness::NoShards);
+        r.connected.insert(ShardId::new("shard-0"));
+        assert_eq!(reason(true, Some(&r)), Readiness::NotPlaced);
+        r.placement.sectors.insert(s, ShardId::new("shard-1"));
+        assert_eq!(reason(true, Some(&r)), Readiness::ShardDown);
+        r.placement.sectors.insert(s, ShardId::new("shard-0"));
+        r.load.insert(
+            s,
+            SectorLoadView {
+                sector: s,
+                shard: ShardId::new("shard-0"),
+                entities: 42,
+                players: 1,
+                tick_p99_ms: 1.234_567,
+            },
+        );
+        let active = sector_state(s, &tree, true, Some(&r));
+        assert_eq!(
+            (active.phase, active.shard.as_deref(), active.readiness),
+            (SectorPhase::Active, Some("shard-0"), Readiness::Simulated)
+        );
+        assert_eq!(
+            active.load,
+            Some(SectorLoad {
+                entities: 42,
+                players: 1,
+                tick_p99_ms: 1.2
+            })
+        );
+        let family = ids(&["s2-x0-y0", "s1-x0-y0", "s1-x1-y0", "s1-x0-y1", "s1-x1-y1"]);
+        assert_eq!(
+            sector_state(s, &SectorTree::of(&family), true, Some(&r)).phase,
+            SectorPhase::Split
+        );
+        let lonely = SectorTree::of(&ids(&["s2-x0-y0", "s1-x0-y0"]));
+        let child: SectorId = "s1-x0-y0".parse().unwrap();
+        assert_eq!(
+            sector_state(child, &lonely, true, Some(&r)).readiness,
+            Readiness::ParentNotSplit
+        );
+        assert_eq!(
+            sector_state(s, &lonely, true, Some(&r)).phase,
+            SectorPhase::Active
+        );
+    }
+}
