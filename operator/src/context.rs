@@ -9,6 +9,8 @@ use kube::Client;
 use kube::runtime::events::{Recorder, Reporter};
 use prometheus::{Histogram, HistogramOpts, IntCounterVec, Opts, Registry};
 
+use crate::policy::history::LoadHistory;
+
 /// The one field manager of every write the operator makes.
 pub const FIELD_MANAGER: &str = "sidereal-operator";
 
@@ -27,6 +29,7 @@ pub struct Metrics {
     pub errors: IntCounterVec,
     pub sync_seconds: Histogram,
     pub status_writes: IntCounterVec,
+    pub transitions: IntCounterVec,
 }
 
 impl Default for Metrics {
@@ -56,7 +59,12 @@ impl Default for Metrics {
             &["kind"],
         )
         .expect("valid");
-        for c in [&syncs, &errors, &status_writes] {
+        let transitions = IntCounterVec::new(
+            Opts::new("transitions_total", "Splits and merges started, by kind"),
+            &["kind"],
+        )
+        .expect("valid");
+        for c in [&syncs, &errors, &status_writes, &transitions] {
             registry.register(Box::new(c.clone())).expect("unique");
         }
         registry
@@ -68,6 +76,7 @@ impl Default for Metrics {
             errors,
             sync_seconds,
             status_writes,
+            transitions,
         }
     }
 }
@@ -79,6 +88,8 @@ pub struct Context {
     pub metrics: Metrics,
     /// When each namespace's world was last synced.
     pub synced: Mutex<HashMap<String, Instant>>,
+    /// What the policy remembers of each world's load between syncs.
+    pub histories: Mutex<HashMap<String, LoadHistory>>,
 }
 
 impl Context {
@@ -92,6 +103,7 @@ impl Context {
             client,
             metrics,
             synced: Mutex::new(HashMap::new()),
+            histories: Mutex::new(HashMap::new()),
         }
     }
 

@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::Secret;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
-use kube::api::{Api, ListParams, Patch, PatchParams};
+use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams};
 use kube::runtime::controller::{Action, Controller};
 use kube::runtime::events::{Event, EventType};
 use kube::runtime::watcher;
@@ -23,7 +23,9 @@ use sidereal_crds::{Sector, SectorStatus, ShardPool};
 use tracing::{debug, info, warn};
 
 use crate::context::{CONTROL_SECRET, Context, FIELD_MANAGER};
-use crate::policy::{Capacity, placement::assign};
+use crate::policy::transitions::{Transition, decide};
+use crate::policy::{Capacity, LeafLoad, placement::assign};
+use crate::pool::policy_of;
 use crate::world::{ReplicationView, SectorState, SectorTree, sector_state};
 use crate::{Error, Result};
 
@@ -109,6 +111,9 @@ async fn sync_world(ctx: &Context, ns: &str) -> Result<()> {
         Some(control) => Some(place(&control, &tree, &pools).await?),
         None => None,
     };
+    if let Some(view) = &view {
+        scale(ctx, &sectors_api, ns, &sectors, &tree, &pools, view).await?;
+    }
     for s in &sectors {
         let Ok(id) = s.sector_id() else { continue };
         let state = sector_state(id, &tree, pools.contains_key(&s.spec.pool), view.as_ref());
@@ -230,6 +235,126 @@ async fn place(
     })
 }
 
+/// Feeds this round's load to the world's history and carries out the splits and merges the
+/// policy decides: a split creates the four child Sectors (owned by the parent, so deleting
+/// it cascades), a merge deletes them. The next sync places the new leaves.
+async fn scale(
+    ctx: &Context,
+    api: &Api<Sector>,
+    ns: &str,
+    sectors: &[Sector],
+    tree: &SectorTree,
+    pools: &BTreeMap<String, ShardPool>,
+    view: &ReplicationView,
+) -> Result<()> {
+    let by_id: BTreeMap<SectorId, &Sector> = sectors
+        .iter()
+        .filter_map(|s| s.sector_id().ok().map(|id| (id, s)))
+        .collect();
+    // One policy per world for now: the pool of its first root.
+    let Some(pool) = tree
+        .roots
+        .first()
+        .and_then(|r| by_id.get(r))
+        .and_then(|s| pools.get(&s.spec.pool))
+    else {
+        return Ok(());
+    };
+    let policy = policy_of(&pool.spec);
+    // Only fresh reports from the shard that simulates the leaf count.
+    let reports: BTreeMap<SectorId, LeafLoad> = tree
+        .leaves
+        .iter()
+        .filter_map(|l| {
+            let shard = view.placement.sectors.get(l)?;
+            let v = view
+                .load
+                .get(l)
+                .filter(|_| view.connected.contains(shard))?;
+            Some((
+                *l,
+                LeafLoad {
+                    entities: u64::from(v.entities),
+                    players: u64::from(v.players),
+                    tick_p99_ms: f64::from(v.tick_p99_ms),
+                },
+            ))
+        })
+        .collect();
+    let now = Instant::now();
+    let transitions = {
+        let mut histories = ctx.histories.lock().expect("histories lock");
+        let history = histories.entry(ns.to_owned()).or_default();
+        history.observe(&tree.leaves, &reports, &policy, now);
+        let chosen = decide(&tree.roots, &tree.leaves, &policy, history, 0, now);
+        for t in &chosen {
+            history.record_change(t.sectors(), now);
+        }
+        chosen
+    };
+    for t in transitions {
+        match t {
+            Transition::Split { sector, children } => {
+                let Some(parent) = by_id.get(&sector) else {
+                    continue;
+                };
+                let owner = parent.controller_owner_ref(&());
+                for c in children {
+                    let mut child = Sector::for_id(&parent.spec.pool, c);
+                    child.metadata.owner_references = owner.clone().map(|o| vec![o]);
+                    api.patch(
+                        &c.name(),
+                        &PatchParams::apply(FIELD_MANAGER).force(),
+                        &Patch::Apply(&child),
+                    )
+                    .await?;
+                }
+                ctx.metrics.transitions.with_label_values(&["split"]).inc();
+                info!(%sector, "split");
+                publish(
+                    ctx,
+                    parent,
+                    EventType::Normal,
+                    "Splitting",
+                    format!(
+                        "over the split thresholds for {}s: splitting into its four children",
+                        policy.split.sustain.as_secs()
+                    ),
+                )
+                .await;
+            }
+            Transition::Merge { parent, children } => {
+                for c in children {
+                    match api.delete(&c.name(), &DeleteParams::default()).await {
+                        Ok(_) => {}
+                        Err(kube::Error::Api(e)) if e.code == 404 => {}
+                        Err(e) => return Err(e.into()),
+                    }
+                }
+                ctx.metrics.transitions.with_label_values(&["merge"]).inc();
+                info!(%parent, "merge");
+                if let Some(p) = by_id.get(&parent) {
+                    publish(ctx, p, EventType::Normal, "Merging", format!("its four children were under the merge thresholds for {}s: merging them back", policy.merge.sustain.as_secs())).await;
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+async fn publish(ctx: &Context, sector: &Sector, type_: EventType, reason: &str, note: String) {
+    let event = Event {
+        type_,
+        reason: reason.into(),
+        note: Some(note),
+        action: reason.into(),
+        secondary: None,
+    };
+    if let Err(e) = ctx.recorder.publish(&event, &sector.object_ref(&())).await {
+        warn!(error = %e, "publishing an event");
+    }
+}
+
 /// Writes `state` into the Sector's status if it says something new, keeping the condition's
 /// transition time when its status did not flip; an Event marks every phase change.
 async fn sync_status(
@@ -261,7 +386,7 @@ async fn sync_status(
         phase: Some(state.phase),
         shard: state.shard.clone(),
         load: state.load.clone(),
-        children: old.children.clone(),
+        children: state.children.clone(),
         conditions: vec![condition],
         observed_generation: generation,
     };
@@ -273,12 +398,19 @@ async fn sync_status(
         "kind": "Sector",
         "status": new,
     });
-    api.patch_status(
-        &sector.name_any(),
-        &PatchParams::apply(FIELD_MANAGER).force(),
-        &Patch::Apply(&patch),
-    )
-    .await?;
+    match api
+        .patch_status(
+            &sector.name_any(),
+            &PatchParams::apply(FIELD_MANAGER).force(),
+            &Patch::Apply(&patch),
+        )
+        .await
+    {
+        Ok(_) => {}
+        // Deleted since it was listed (a merge, a user): nothing to report on.
+        Err(kube::Error::Api(e)) if e.code == 404 => return Ok(()),
+        Err(e) => return Err(e.into()),
+    }
     let kind = if old.phase == new.phase {
         "load"
     } else {
@@ -286,20 +418,19 @@ async fn sync_status(
     };
     ctx.metrics.status_writes.with_label_values(&[kind]).inc();
     if old.phase != new.phase {
-        let event = Event {
-            type_: if state.readiness.ready() {
-                EventType::Normal
-            } else {
-                EventType::Warning
-            },
-            reason: state.readiness.reason().into(),
-            note: Some(state.message.clone()),
-            action: "Sync".into(),
-            secondary: None,
+        let type_ = if state.readiness.ready() {
+            EventType::Normal
+        } else {
+            EventType::Warning
         };
-        if let Err(e) = ctx.recorder.publish(&event, &sector.object_ref(&())).await {
-            warn!(error = %e, "publishing an event");
-        }
+        publish(
+            ctx,
+            sector,
+            type_,
+            state.readiness.reason(),
+            state.message.clone(),
+        )
+        .await;
     }
     Ok(())
 }

@@ -7,6 +7,7 @@
 pub mod context;
 pub mod controller;
 pub mod policy;
+pub mod pool;
 pub mod world;
 
 pub use context::Context;

@@ -91,6 +91,8 @@ impl Readiness {
 #[derive(Debug, Clone, PartialEq)]
 pub struct SectorState {
     pub phase: SectorPhase,
+    /// Names of the four children while split.
+    pub children: Vec<String>,
     pub shard: Option<String>,
     pub load: Option<SectorLoad>,
     pub readiness: Readiness,
@@ -115,6 +117,7 @@ pub fn sector_state(
 ) -> SectorState {
     let state = |phase, readiness: Readiness, message: String| SectorState {
         phase,
+        children: Vec::new(),
         shard: None,
         load: None,
         readiness,
@@ -135,11 +138,16 @@ pub fn sector_state(
         );
     }
     if !tree.leaves.contains(&sector) {
-        return state(
+        let mut split = state(
             SectorPhase::Split,
             Readiness::Split,
-            "an inner sector: its children are simulated".into(),
+            "split: its four children are simulated".into(),
         );
+        split.children = sector
+            .children()
+            .map(|c| c.iter().map(SectorId::name).collect())
+            .unwrap_or_default();
+        return split;
     }
     let Some(r) = replication else {
         return state(
@@ -165,6 +173,7 @@ pub fn sector_state(
         )
     };
     SectorState {
+        children: Vec::new(),
         phase: if readiness.ready() {
             SectorPhase::Active
         } else {

@@ -7,6 +7,7 @@ use std::io::{BufRead, BufReader, Write};
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
+use kube::ResourceExt;
 use kube::api::Api;
 use sidereal_core::{ControlClient, SectorId};
 use sidereal_crds::{Sector, SectorPhase};
@@ -186,6 +187,121 @@ async fn the_operator_makes_root_sectors_the_world_and_reports_them_live() -> an
         .await?;
         assert_eq!(control.status().await?.roots, 4, "not part of the world");
 
+        Ok(())
+    })
+    .await
+}
+
+fn pool_yaml(split_entities: u32, merge_entities: u32) -> String {
+    format!(
+        "apiVersion: sidereal.dev/v1alpha1
+kind: ShardPool
+metadata:
+  name: default
+spec:
+  split:
+    entities: {split_entities}
+    players: 200
+    tickP99Ms: 2000
+    sustainSeconds: 1
+  merge:
+    entities: {merge_entities}
+    players: 100
+    tickP99Ms: 1000
+    sustainSeconds: 1
+  cooldownSeconds: 1
+  maxConcurrentTransitions: 4
+  minScale: 1
+"
+    )
+}
+
+/// Load drives the tree: a root over the split threshold splits into its four children (owned
+/// by it), which are placed and simulated with every entity conserved; raise the thresholds
+/// and the four merge back.
+#[tokio::test]
+async fn a_hot_root_splits_into_four_simulated_children_and_merges_back_when_cold()
+-> anyhow::Result<()> {
+    in_namespace("splitmerge", |client, ns| async move {
+        let (_replication, _shards, http) = start_fleet();
+        let control = ControlClient::new(http.clone(), Some(TOKEN.to_owned()));
+        apply_stdin(
+            &ns,
+            &format!(
+                "apiVersion: v1\nkind: Secret\nmetadata:\n  name: sidereal-control\nstringData:\n  url: {http}\n  token: {TOKEN}\n"
+            ),
+        )?;
+        // 400 entities in one root: hot against a split threshold of 100.
+        apply_stdin(&ns, &pool_yaml(100, 50))?;
+        apply_stdin(
+            &ns,
+            "apiVersion: sidereal.dev/v1alpha1\nkind: Sector\nmetadata:\n  name: s2-x0-y0\nspec:\n  pool: default\n  scale: 2\n  gridX: 0\n  gridY: 0\n",
+        )?;
+        let _operator = LocalProcess(
+            sidereal()
+                .args(["operator", "--metrics", "127.0.0.1:0", "--namespace", &ns])
+                .stdout(Stdio::null())
+                .spawn()?,
+        );
+        let sectors: Api<Sector> = Api::namespaced(client.clone(), &ns);
+        let children: BTreeSet<String> = ["s1-x0-y0", "s1-x1-y0", "s1-x0-y1", "s1-x1-y1"]
+            .map(String::from)
+            .into();
+        let phase = |s: &Sector| s.status.as_ref().and_then(|st| st.phase);
+        wait_until("split: four children Active, the parent Split", Duration::from_secs(90), || async {
+            let list = sectors.list(&Default::default()).await?.items;
+            let kids: Vec<&Sector> = list.iter().filter(|s| children.contains(&s.name_any())).collect();
+            let parent = list.iter().find(|s| s.name_any() == "s2-x0-y0");
+            Ok(kids.len() == 4
+                && kids.iter().all(|k| phase(k) == Some(SectorPhase::Active))
+                && parent.is_some_and(|p| phase(p) == Some(SectorPhase::Split)))
+        })
+        .await?;
+        // Owned by the parent (deleting it cascades), simulated by replication as leaves.
+        let parent = sectors.get("s2-x0-y0").await?;
+        for k in &children {
+            let kid = sectors.get(k).await?;
+            let owner = kid.metadata.owner_references.unwrap_or_default();
+            assert!(
+                owner.iter().any(|o| o.uid == parent.metadata.uid.clone().unwrap() && o.controller == Some(true)),
+                "{k} is owned by its parent"
+            );
+        }
+        assert_eq!(
+            parent.status.unwrap().children.into_iter().collect::<BTreeSet<_>>(),
+            children
+        );
+        let placement = control.placement().await?;
+        assert_eq!(
+            placement.sectors.keys().map(|s| s.name()).collect::<BTreeSet<_>>(),
+            children
+        );
+        assert_eq!(names(placement.world.as_deref().unwrap()), BTreeSet::from(["s2-x0-y0".to_owned()]));
+        wait_until("every entity simulated after the split", Duration::from_secs(30), || async {
+            let s = control.status().await?;
+            let e = control.entities("").await?.entities;
+            Ok(s.entities == ENTITIES && e.iter().all(|e| !e.in_transit))
+        })
+        .await?;
+
+        // Cold now: the four merge back into their parent, which simulates them again.
+        apply_stdin(&ns, &pool_yaml(100_000, 50_000))?;
+        wait_until("merged: the children gone, the parent Active", Duration::from_secs(90), || async {
+            let list = sectors.list(&Default::default()).await?.items;
+            Ok(list.len() == 1 && phase(&list[0]) == Some(SectorPhase::Active))
+        })
+        .await?;
+        let placement = control.placement().await?;
+        assert_eq!(
+            placement.sectors.keys().map(|s| s.name()).collect::<Vec<_>>(),
+            ["s2-x0-y0"]
+        );
+        wait_until("every entity simulated after the merge", Duration::from_secs(30), || async {
+            let s = control.status().await?;
+            let e = control.entities("").await?.entities;
+            Ok(s.entities == ENTITIES && e.iter().all(|e| !e.in_transit))
+        })
+        .await?;
         Ok(())
     })
     .await
