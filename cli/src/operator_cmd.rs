@@ -17,9 +17,14 @@ pub struct OperatorArgs {
     /// `/metrics` and `/healthz`.
     #[arg(long, default_value = "0.0.0.0:8080")]
     pub metrics: SocketAddr,
-    /// Watch only this namespace (default: every namespace; each one is a world).
-    #[arg(long, env = "SIDEREAL_WATCH_NAMESPACE")]
-    pub namespace: Option<String>,
+    /// Watch only these namespaces, comma-separated or repeated (default: every namespace;
+    /// each one is a world).
+    #[arg(
+        long = "namespace",
+        env = "SIDEREAL_WATCH_NAMESPACES",
+        value_delimiter = ','
+    )]
+    pub namespaces: Vec<String>,
 }
 
 pub fn run(args: OperatorArgs) -> anyhow::Result<()> {
@@ -55,7 +60,7 @@ pub fn run(args: OperatorArgs) -> anyhow::Result<()> {
             let _ = axum::serve(listener, app).await;
         });
         let ctx = Arc::new(Context::new(client, metrics));
-        controller::run(ctx, args.namespace, shutdown_signal()).await;
+        controller::run(ctx, args.namespaces, shutdown_signal()).await;
         Ok(())
     })
 }

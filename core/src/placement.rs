@@ -29,17 +29,13 @@ pub enum PlacementError {
     CannotSplit(SectorId),
     #[error("merge into {0} is impossible: its four children are not all leaves of the placement")]
     CannotMerge(SectorId),
-    #[error("the world needs at least one root sector")]
-    NoRoots,
     #[error("roots {0} and {1} overlap: {0} contains {1}; roots must be disjoint")]
     RootsOverlap(SectorId, SectorId),
 }
 
-/// Checks that `roots` can be a world: at least one, each valid, no two overlapping.
+/// Checks that `roots` can be a world: each valid, no two overlapping. No roots at all is a
+/// world whose every entity is archived (its last root Sector was deleted).
 pub fn validate_world(roots: &[SectorId]) -> Result<(), PlacementError> {
-    if roots.is_empty() {
-        return Err(PlacementError::NoRoots);
-    }
     for (i, a) in roots.iter().enumerate() {
         if !a.is_valid() {
             return Err(PlacementError::InvalidSector(*a));
@@ -232,11 +228,11 @@ mod tests {
     }
 
     #[test]
-    fn a_world_is_one_or_more_disjoint_valid_roots() {
+    fn a_world_is_disjoint_valid_roots() {
         let s = |t: &str| t.parse::<SectorId>().unwrap();
         validate_world(&world()).unwrap();
         validate_world(&[s("s0-xm5-y3")]).unwrap();
-        assert_eq!(validate_world(&[]), Err(PlacementError::NoRoots));
+        validate_world(&[]).unwrap();
         assert_eq!(
             validate_world(&[s("s2-x0-y0"), s("s0-x3-y1")]),
             Err(PlacementError::RootsOverlap(s("s2-x0-y0"), s("s0-x3-y1")))

@@ -29,36 +29,43 @@ use crate::pool::policy_of;
 use crate::world::{ReplicationView, SectorState, SectorTree, sector_state};
 use crate::{Error, Result};
 
-/// A world is re-synced this often even when nothing in the cluster changed: load moves.
+/// Every known world is re-synced this often even when nothing in the cluster changed: load
+/// moves.
 pub const RESYNC: Duration = Duration::from_secs(2);
 
 /// Conflicting placement writes retried in a row before the reconcile fails (and is retried).
 const PLACEMENT_ATTEMPTS: u32 = 10;
 
-/// Runs the Sector controller over every namespace (or only `namespace`) until `shutdown`
-/// resolves.
+/// Runs the Sector controller over every namespace (or only over `namespaces`, one watch
+/// each) until `shutdown` resolves.
 pub async fn run(
     ctx: Arc<Context>,
-    namespace: Option<String>,
-    shutdown: impl Future<Output = ()> + Send + Sync + 'static,
+    namespaces: Vec<String>,
+    shutdown: impl Future<Output = ()> + Send + 'static,
 ) {
-    let sectors: Api<Sector> = match &namespace {
-        Some(ns) => Api::namespaced(ctx.client.clone(), ns),
-        None => Api::all(ctx.client.clone()),
+    let shutdown = futures::FutureExt::shared(futures::FutureExt::boxed(shutdown));
+    let apis: Vec<Api<Sector>> = if namespaces.is_empty() {
+        vec![Api::all(ctx.client.clone())]
+    } else {
+        namespaces
+            .iter()
+            .map(|ns| Api::namespaced(ctx.client.clone(), ns))
+            .collect()
     };
-    info!(
-        namespace = namespace.as_deref().unwrap_or("*"),
-        "sector controller starting"
-    );
-    Controller::new(sectors, watcher::Config::default())
-        .graceful_shutdown_on(shutdown)
-        .run(reconcile, error_policy, ctx)
-        .for_each(|r| async move {
-            if let Err(e) = r {
-                debug!(error = %e, "reconcile did not complete");
-            }
-        })
-        .await;
+    info!(namespaces = ?namespaces, "sector controller starting");
+    let ticker = tokio::spawn(tick_worlds(ctx.clone()));
+    futures::future::join_all(apis.into_iter().map(|api| {
+        Controller::new(api, watcher::Config::default())
+            .graceful_shutdown_on(shutdown.clone())
+            .run(reconcile, error_policy, ctx.clone())
+            .for_each(|r| async move {
+                if let Err(e) = r {
+                    debug!(error = %e, "reconcile did not complete");
+                }
+            })
+    }))
+    .await;
+    ticker.abort();
     info!("sector controller stopped");
 }
 
@@ -66,15 +73,49 @@ async fn reconcile(sector: Arc<Sector>, ctx: Arc<Context>) -> Result<Action> {
     let ns = sector
         .namespace()
         .ok_or_else(|| Error::NotNamespaced(sector.name_any()))?;
-    if ctx.claim_sync(&ns, Instant::now()) {
-        let timer = ctx.metrics.sync_seconds.start_timer();
-        let result = sync_world(&ctx, &ns).await;
-        timer.observe_duration();
-        let outcome = if result.is_ok() { "ok" } else { "error" };
-        ctx.metrics.syncs.with_label_values(&[outcome]).inc();
-        result?;
+    sync_if_due(&ctx, &ns).await?;
+    // The world ticker re-syncs every known world every RESYNC: no per-Sector requeue, so
+    // 10,000 Sectors cost one sync per world per tick, not 10,000 reconciles.
+    Ok(Action::await_change())
+}
+
+/// Syncs the world of `ns` unless it was synced within the debounce window.
+async fn sync_if_due(ctx: &Context, ns: &str) -> Result<()> {
+    if !ctx.claim_sync(ns, Instant::now()) {
+        return Ok(());
     }
-    Ok(Action::requeue(RESYNC))
+    let timer = ctx.metrics.sync_seconds.start_timer();
+    let result = sync_world(ctx, ns).await;
+    timer.observe_duration();
+    let outcome = if result.is_ok() { "ok" } else { "error" };
+    ctx.metrics.syncs.with_label_values(&[outcome]).inc();
+    result
+}
+
+/// Every RESYNC, syncs every world the controller has seen (load moves without any object
+/// changing; a world whose last Sector was deleted still has to archive it).
+async fn tick_worlds(ctx: Arc<Context>) {
+    let mut every = tokio::time::interval(RESYNC);
+    every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+    loop {
+        every.tick().await;
+        let worlds: Vec<String> = ctx
+            .synced
+            .lock()
+            .expect("synced lock")
+            .keys()
+            .cloned()
+            .collect();
+        for ns in worlds {
+            if let Err(e) = sync_if_due(&ctx, &ns).await {
+                ctx.metrics
+                    .errors
+                    .with_label_values(&[e.metric_label()])
+                    .inc();
+                warn!(namespace = %ns, error = %e, "world sync failed; retrying");
+            }
+        }
+    }
 }
 
 fn error_policy(sector: Arc<Sector>, e: &Error, ctx: Arc<Context>) -> Action {
@@ -113,6 +154,12 @@ async fn sync_world(ctx: &Context, ns: &str) -> Result<()> {
     };
     if let Some(view) = &view {
         scale(ctx, &sectors_api, ns, &sectors, &tree, &pools, view).await?;
+    }
+    if sectors.is_empty() {
+        // Its last Sector is gone (and its roots archived above): stop ticking it.
+        ctx.synced.lock().expect("synced lock").remove(ns);
+        ctx.histories.lock().expect("histories lock").remove(ns);
+        return Ok(());
     }
     for s in &sectors {
         let Ok(id) = s.sector_id() else { continue };
@@ -194,7 +241,8 @@ async fn place(
         .into_iter()
         .map(|l| (l.sector, l))
         .collect();
-    if !tree.roots.is_empty() && !connected.is_empty() {
+    // No roots (the last root Sector deleted) needs no shard: everything is archived.
+    if tree.roots.is_empty() || !connected.is_empty() {
         // Shards are not yet per pool: the first pool's capacity sizes them all.
         let capacity = pools.values().next().map(capacity_of).unwrap_or(Capacity {
             sectors: 16,

@@ -1197,24 +1197,29 @@ mod tests {
     }
 
     #[test]
-    fn a_world_of_overlapping_or_no_roots_is_refused_and_changes_nothing() {
+    fn a_world_of_overlapping_roots_is_refused_and_one_of_no_roots_archives_everything() {
         let (mut a, _, _) = two_shards();
         let p = a.placement().clone();
         let west = SectorId::new(1, 0, 0).unwrap();
         let inner = SectorId::new(0, 1, 1).unwrap();
-        for (world, expected) in [
-            (vec![], PlacementError::NoRoots),
-            (vec![west, inner], PlacementError::RootsOverlap(west, inner)),
-        ] {
-            let mut bad = p.clone();
-            bad.generation = 2;
-            bad.world = Some(world);
-            assert_eq!(
-                a.put_placement(bad),
-                Err(PutPlacementError::Invalid(expected))
-            );
-        }
+        let mut bad = p.clone();
+        bad.generation = 2;
+        bad.world = Some(vec![west, inner]);
+        assert_eq!(
+            a.put_placement(bad),
+            Err(PutPlacementError::Invalid(PlacementError::RootsOverlap(
+                west, inner
+            )))
+        );
         assert_eq!(a.placement(), &p);
         assert_eq!(a.world(), [west]);
+        // The last root deleted: nothing is simulated, nothing is lost.
+        let empty = Placement {
+            generation: 2,
+            sectors: Default::default(),
+            world: Some(vec![]),
+        };
+        assert_eq!(a.put_placement(empty), Ok(true));
+        assert_eq!((a.mirror.len(), a.mirror.archived_len()), (0, 2));
     }
 }

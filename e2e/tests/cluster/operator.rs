@@ -25,10 +25,27 @@ fn sidereal() -> Command {
     c
 }
 
-/// Replication (world: a single root far from the samples, so every root the test sees came
-/// from Sectors) and two shards that fire nothing (entity counts stay exact).
-fn start_fleet() -> (LocalProcess, Vec<LocalProcess>, String) {
-    let data = std::env::temp_dir().join(format!("sidereal-e2e-op-{}", std::process::id()));
+/// A replication and its shards, on loopback, with their own data directory.
+struct Fleet {
+    _replication: LocalProcess,
+    _shards: Vec<LocalProcess>,
+    http: String,
+    data: std::path::PathBuf,
+}
+
+impl Drop for Fleet {
+    fn drop(&mut self) {
+        self._shards.clear();
+        let _ = std::fs::remove_dir_all(&self.data);
+    }
+}
+
+/// Replication (world: the root `s2-x0-y0`, where it seeds its entities) and two shards that
+/// fire nothing, so entity counts stay exact.
+fn start_fleet() -> Fleet {
+    static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let data = std::env::temp_dir().join(format!("sidereal-e2e-op-{}-{n}", std::process::id()));
     let mut child = sidereal()
         .args([
             "replication",
@@ -72,7 +89,19 @@ fn start_fleet() -> (LocalProcess, Vec<LocalProcess>, String) {
             )
         })
         .collect();
-    (LocalProcess(child), shards, http)
+    Fleet {
+        _replication: LocalProcess(child),
+        _shards: shards,
+        http,
+        data,
+    }
+}
+
+/// The Secret that tells the operator where a world's replication is, as a user writes it.
+fn control_secret(http: &str) -> String {
+    format!(
+        "apiVersion: v1\nkind: Secret\nmetadata:\n  name: sidereal-control\nstringData:\n  url: {http}\n  token: {TOKEN}\n"
+    )
 }
 
 fn apply_stdin(ns: &str, yaml: &str) -> anyhow::Result<()> {
@@ -99,15 +128,10 @@ fn names(ids: &[SectorId]) -> BTreeSet<String> {
 #[tokio::test]
 async fn the_operator_makes_root_sectors_the_world_and_reports_them_live() -> anyhow::Result<()> {
     in_namespace("operator", |client, ns| async move {
-        let (_replication, _shards, http) = start_fleet();
+        let fleet = start_fleet();
+        let http = fleet.http.clone();
         let control = ControlClient::new(http.clone(), Some(TOKEN.to_owned()));
-        // Where replication is, as a user would write it.
-        apply_stdin(
-            &ns,
-            &format!(
-                "apiVersion: v1\nkind: Secret\nmetadata:\n  name: sidereal-control\nstringData:\n  url: {http}\n  token: {TOKEN}\n"
-            ),
-        )?;
+        apply_stdin(&ns, &control_secret(&http))?;
         let samples = repo_root().join("manifests/samples");
         kubectl(&["apply", "-n", &ns, "-f", samples.to_str().unwrap()])?;
         let _operator = LocalProcess(
@@ -223,14 +247,10 @@ spec:
 async fn a_hot_root_splits_into_four_simulated_children_and_merges_back_when_cold()
 -> anyhow::Result<()> {
     in_namespace("splitmerge", |client, ns| async move {
-        let (_replication, _shards, http) = start_fleet();
+        let fleet = start_fleet();
+        let http = fleet.http.clone();
         let control = ControlClient::new(http.clone(), Some(TOKEN.to_owned()));
-        apply_stdin(
-            &ns,
-            &format!(
-                "apiVersion: v1\nkind: Secret\nmetadata:\n  name: sidereal-control\nstringData:\n  url: {http}\n  token: {TOKEN}\n"
-            ),
-        )?;
+        apply_stdin(&ns, &control_secret(&http))?;
         // 400 entities in one root: hot against a split threshold of 100.
         apply_stdin(&ns, &pool_yaml(100, 50))?;
         apply_stdin(
@@ -303,6 +323,73 @@ async fn a_hot_root_splits_into_four_simulated_children_and_merges_back_when_col
         })
         .await?;
         Ok(())
+    })
+    .await
+}
+
+/// One operator, two worlds: each namespace's Sectors become its own replication's world, and
+/// what happens in one (here: its only root deleted) never shows in the other.
+#[tokio::test]
+async fn two_worlds_run_side_by_side_under_one_operator_and_never_touch() -> anyhow::Result<()> {
+    in_namespace("world-a", |client, ns_a| async move {
+        in_namespace("world-b", move |_, ns_b| async move {
+            let (a, b) = (start_fleet(), start_fleet());
+            let (control_a, control_b) = (
+                ControlClient::new(a.http.clone(), Some(TOKEN.to_owned())),
+                ControlClient::new(b.http.clone(), Some(TOKEN.to_owned())),
+            );
+            apply_stdin(&ns_a, &control_secret(&a.http))?;
+            apply_stdin(&ns_b, &control_secret(&b.http))?;
+            let samples = repo_root().join("manifests/samples");
+            kubectl(&["apply", "-n", &ns_a, "-f", samples.to_str().unwrap()])?;
+            kubectl(&["apply", "-n", &ns_b, "-f", samples.join("shardpool.yaml").to_str().unwrap()])?;
+            apply_stdin(
+                &ns_b,
+                "apiVersion: sidereal.dev/v1alpha1\nkind: Sector\nmetadata:\n  name: s2-x0-y0\nspec:\n  pool: default\n  scale: 2\n  gridX: 0\n  gridY: 0\n",
+            )?;
+            let _operator = LocalProcess(
+                sidereal()
+                    .args(["operator", "--metrics", "127.0.0.1:0"])
+                    .args(["--namespace", &format!("{ns_a},{ns_b}")])
+                    .stdout(Stdio::null())
+                    .spawn()?,
+            );
+            let active = |ns: String, n: usize| {
+                let sectors: Api<Sector> = Api::namespaced(client.clone(), &ns);
+                move || {
+                    let sectors = sectors.clone();
+                    async move {
+                        let list = sectors.list(&Default::default()).await?.items;
+                        Ok(list.len() == n
+                            && list.iter().all(|s| {
+                                s.status.as_ref().and_then(|st| st.phase) == Some(SectorPhase::Active)
+                            }))
+                    }
+                }
+            };
+            wait_until("world A: four roots Active", Duration::from_secs(60), active(ns_a.clone(), 4)).await?;
+            wait_until("world B: one root Active", Duration::from_secs(60), active(ns_b.clone(), 1)).await?;
+            let world = |p: sidereal_core::Placement| names(p.world.as_deref().unwrap());
+            assert_eq!(world(control_a.placement().await?).len(), 4);
+            assert_eq!(world(control_b.placement().await?), BTreeSet::from(["s2-x0-y0".to_owned()]));
+
+            // World B loses its only root (every entity archived); world A does not notice.
+            let generation_a = control_a.placement().await?.generation;
+            kubectl(&["delete", "sector", "s2-x0-y0", "-n", &ns_b])?;
+            wait_until("world B archived", Duration::from_secs(30), || async {
+                let s = control_b.status().await?;
+                Ok(s.roots == 0 && s.archived_entities == ENTITIES && s.entities == 0)
+            })
+            .await?;
+            let s = control_a.status().await?;
+            assert_eq!((s.roots, s.archived_entities, s.entities), (4, 0, ENTITIES));
+            // A's placement moves only with A's own load (bin-packing), never to B's roots.
+            let p = control_a.placement().await?;
+            assert!(p.generation >= generation_a);
+            assert_eq!(world(p).len(), 4, "world A untouched");
+            Ok(())
+        })
+        .await
     })
     .await
 }

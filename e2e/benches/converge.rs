@@ -1,0 +1,196 @@
+//! Operator convergence on the local control plane (needs KUBECONFIG, like the e2e suite, and
+//! the `sidereal` binary the workspace builds). N root Sectors are applied at once with a real
+//! replication and two real shards; it prints how long the API server takes to accept them
+//! (kubectl apply: the floor), how long until every one is Active on a shard, and what the
+//! operator wrote. It reports; it never fails on a slow machine.
+//!
+//! `cargo bench -p sidereal-e2e --bench converge -- 1024` (default 1024 roots)
+
+use std::io::{BufRead, BufReader, Write};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use kube::api::{Api, DeleteParams};
+use sidereal_crds::{Sector, SectorPhase};
+use sidereal_e2e::{LocalProcess, client, install_crds, sidereal_bin};
+
+const TOKEN: &str = "bench-control-token";
+
+fn sidereal() -> Command {
+    let mut c = Command::new(sidereal_bin());
+    c.env("SIDEREAL_SHARD_SECRET", "bench-shard-secret")
+        .env("SIDEREAL_CONTROL_TOKEN", TOKEN)
+        .env("RUST_LOG", "warn")
+        .stdin(Stdio::null());
+    c
+}
+
+fn kubectl_stdin(args: &[&str], text: &str) -> String {
+    let mut child = Command::new("kubectl")
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("kubectl");
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(text.as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success(), "kubectl {args:?}");
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+fn metric(text: &str, name: &str) -> f64 {
+    text.lines()
+        .filter(|l| l.starts_with(name))
+        .filter_map(|l| l.rsplit_once(' ').and_then(|(_, v)| v.parse::<f64>().ok()))
+        .sum()
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let n: usize = std::env::args()
+        .skip(1)
+        .find_map(|a| a.parse().ok())
+        .unwrap_or(1024);
+    let side = (n as f64).sqrt().ceil() as i64;
+    let client = client().await?;
+    install_crds(&client).await?;
+    let ns = format!("bench-converge-{}", std::process::id());
+    kubectl_stdin(
+        &["apply", "-f", "-"],
+        &format!("apiVersion: v1\nkind: Namespace\nmetadata:\n  name: {ns}\n"),
+    );
+
+    let data = std::env::temp_dir().join(format!("sidereal-bench-{}", std::process::id()));
+    let mut repl = sidereal()
+        .args([
+            "replication",
+            "--http",
+            "127.0.0.1:0",
+            "--link",
+            "127.0.0.1:0",
+        ])
+        .args(["--seed-entities", "1000", "--world", "s2-x0-y0"])
+        .arg("--data")
+        .arg(&data)
+        .stdout(Stdio::piped())
+        .spawn()?;
+    let mut lines = BufReader::new(repl.stdout.take().unwrap()).lines();
+    let ready = lines.next().expect("ready line")?;
+    std::thread::spawn(move || for _ in lines {});
+    let _repl = LocalProcess(repl);
+    let addr = |k: &str| {
+        ready
+            .split_whitespace()
+            .find_map(|w| w.strip_prefix(k))
+            .unwrap()
+            .to_owned()
+    };
+    let (http, link) = (format!("http://{}", addr("http=")), addr("link="));
+    let _shards: Vec<LocalProcess> = (0..2)
+        .map(|i| {
+            LocalProcess(
+                sidereal()
+                    .args([
+                        "shard",
+                        "--id",
+                        &format!("shard-{i}"),
+                        "--replication",
+                        &link,
+                    ])
+                    .args(["--metrics", "127.0.0.1:0"])
+                    .spawn()
+                    .unwrap(),
+            )
+        })
+        .collect();
+
+    // Everything as text, the way users apply it: the Secret, a pool sized for the test, roots.
+    let mut yaml = format!(
+        "apiVersion: v1\nkind: Secret\nmetadata:\n  name: sidereal-control\nstringData:\n  url: {http}\n  token: {TOKEN}\n---\napiVersion: sidereal.dev/v1alpha1\nkind: ShardPool\nmetadata:\n  name: default\nspec:\n  capacity:\n    sectors: {n}\n    entities: 1000000\n"
+    );
+    for i in 0..n as i64 {
+        let (x, y) = (i % side, i / side);
+        yaml.push_str(&format!(
+            "---\napiVersion: sidereal.dev/v1alpha1\nkind: Sector\nmetadata:\n  name: s0-x{x}-y{y}\nspec:\n  pool: default\n  scale: 0\n  gridX: {x}\n  gridY: {y}\n"
+        ));
+    }
+    let t = Instant::now();
+    kubectl_stdin(&["apply", "-n", &ns, "-f", "-"], &yaml);
+    let apply = t.elapsed();
+
+    let t = Instant::now();
+    let mut op = sidereal()
+        .args(["operator", "--metrics", "127.0.0.1:0", "--namespace", &ns])
+        .stdout(Stdio::piped())
+        .spawn()?;
+    let mut op_out = BufReader::new(op.stdout.take().unwrap()).lines();
+    let op_metrics = op_out.next().expect("metrics line")?;
+    let op_metrics = op_metrics.split_once("metrics=").unwrap().1.to_owned();
+    let op_pid = op.id();
+    let _op = LocalProcess(op);
+    let sectors: Api<Sector> = Api::namespaced(client.clone(), &ns);
+    let converged = loop {
+        let list = sectors.list(&Default::default()).await?.items;
+        let active = list
+            .iter()
+            .filter(|s| s.status.as_ref().and_then(|st| st.phase) == Some(SectorPhase::Active))
+            .count();
+        if active == n {
+            break t.elapsed();
+        }
+        if t.elapsed() > Duration::from_secs(600) {
+            println!("gave up after 600 s: {active}/{n} Active");
+            break t.elapsed();
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    let scrape = || {
+        let out = Command::new("curl")
+            .args(["-s", &format!("{op_metrics}/metrics")])
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let m = scrape();
+    let writes = metric(&m, "sidereal_operator_status_writes_total");
+    // Steady state: a minute of nothing changing but the entities drifting.
+    let steady_window = Duration::from_secs(60);
+    tokio::time::sleep(steady_window).await; // the measured window itself
+    let m2 = scrape();
+    let steady = metric(&m2, "sidereal_operator_status_writes_total") - writes;
+    let status = std::fs::read_to_string(format!("/proc/{op_pid}/status")).unwrap_or_default();
+    let peak = status
+        .lines()
+        .find(|l| l.starts_with("VmHWM"))
+        .unwrap_or("VmHWM: ?");
+    let stat = std::fs::read_to_string(format!("/proc/{op_pid}/stat")).unwrap_or_default();
+    let fields: Vec<&str> = stat.split_whitespace().collect();
+    let ticks = |i: usize| {
+        fields
+            .get(i)
+            .and_then(|v| v.parse::<f64>().ok())
+            .unwrap_or(0.0)
+    };
+    let cpu_seconds = (ticks(13) + ticks(14)) / 100.0;
+    println!(
+        "| root Sectors | kubectl apply (API floor) | operator start to all Active | status writes to converge | status writes/min, steady (entities drifting) | operator CPU | operator peak RSS |"
+    );
+    println!("|---|---|---|---|---|---|---|");
+    println!(
+        "| {n} | {:.1} s | {:.1} s | {writes} | {steady} | {cpu_seconds:.1} s | {} |",
+        apply.as_secs_f64(),
+        converged.as_secs_f64(),
+        peak.trim_start_matches("VmHWM:").trim()
+    );
+    let _ = sectors
+        .delete_collection(&DeleteParams::background(), &Default::default())
+        .await;
+    kubectl_stdin(&["delete", "namespace", &ns, "--wait=false"], "");
+    let _ = std::fs::remove_dir_all(&data);
+    Ok(())
+}
