@@ -1,7 +1,7 @@
 //! State the reconcilers share: the Kubernetes client, the event recorder, metrics, and when
 //! each world was last synced.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
@@ -88,6 +88,8 @@ pub struct Context {
     pub metrics: Metrics,
     /// When each namespace's world was last synced.
     pub synced: Mutex<HashMap<String, Instant>>,
+    /// Worlds being synced right now.
+    pub running: Mutex<HashSet<String>>,
     /// What the policy remembers of each world's load between syncs.
     pub histories: Mutex<HashMap<String, LoadHistory>>,
 }
@@ -103,20 +105,56 @@ impl Context {
             client,
             metrics,
             synced: Mutex::new(HashMap::new()),
+            running: Mutex::new(HashSet::new()),
             histories: Mutex::new(HashMap::new()),
         }
     }
 
-    /// Whether `namespace` was synced recently enough to skip this round (and if not, marks
-    /// it synced now).
+    /// Claims the next sync of `namespace`: refused while one is running (one sync per world
+    /// at a time: two would race each other's view and make statuses flap) or when the last
+    /// one started within the debounce window. Release with [`Context::release_sync`].
     pub fn claim_sync(&self, namespace: &str, now: Instant) -> bool {
+        let mut running = self.running.lock().expect("running lock");
+        if running.contains(namespace) {
+            return false;
+        }
         let mut synced = self.synced.lock().expect("synced lock");
         match synced.get(namespace) {
             Some(t) if now.saturating_duration_since(*t) < SYNC_DEBOUNCE => false,
             _ => {
                 synced.insert(namespace.to_owned(), now);
+                running.insert(namespace.to_owned());
                 true
             }
         }
+    }
+
+    /// Ends the sync claimed with [`Context::claim_sync`].
+    pub fn release_sync(&self, namespace: &str) {
+        self.running.lock().expect("running lock").remove(namespace);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn one_sync_per_world_at_a_time_and_not_more_often_than_the_debounce() {
+        let client = kube::Client::try_from(kube::Config::new(
+            "http://127.0.0.1:1".parse().expect("a URL"),
+        ))
+        .expect("a client needs no server to be built");
+        let ctx = Context::new(client, Metrics::default());
+        let t0 = Instant::now();
+        assert!(ctx.claim_sync("a", t0));
+        assert!(
+            !ctx.claim_sync("a", t0 + SYNC_DEBOUNCE * 4),
+            "still running"
+        );
+        assert!(ctx.claim_sync("b", t0), "another world is independent");
+        ctx.release_sync("a");
+        assert!(!ctx.claim_sync("a", t0 + SYNC_DEBOUNCE / 2), "debounced");
+        assert!(ctx.claim_sync("a", t0 + SYNC_DEBOUNCE * 4));
     }
 }

@@ -24,14 +24,17 @@ use tracing::{debug, info, warn};
 
 use crate::context::{CONTROL_SECRET, Context, FIELD_MANAGER};
 use crate::policy::transitions::{Transition, decide};
-use crate::policy::{Capacity, LeafLoad, placement::assign};
+use crate::policy::{Capacity, LeafLoad, PoolPolicy, Thresholds, placement::assign};
 use crate::pool::policy_of;
-use crate::world::{ReplicationView, SectorState, SectorTree, sector_state};
+use crate::world::{ReplicationView, SectorState, SectorTree, load_moved, sector_state};
 use crate::{Error, Result};
 
 /// Every known world is re-synced this often even when nothing in the cluster changed: load
 /// moves.
 pub const RESYNC: Duration = Duration::from_secs(2);
+
+/// Sector status patches in flight at once during a sync.
+const STATUS_WRITES_IN_FLIGHT: usize = 16;
 
 /// Conflicting placement writes retried in a row before the reconcile fails (and is retried).
 const PLACEMENT_ATTEMPTS: u32 = 10;
@@ -86,6 +89,7 @@ async fn sync_if_due(ctx: &Context, ns: &str) -> Result<()> {
     }
     let timer = ctx.metrics.sync_seconds.start_timer();
     let result = sync_world(ctx, ns).await;
+    ctx.release_sync(ns);
     timer.observe_duration();
     let outcome = if result.is_ok() { "ok" } else { "error" };
     ctx.metrics.syncs.with_label_values(&[outcome]).inc();
@@ -161,10 +165,30 @@ async fn sync_world(ctx: &Context, ns: &str) -> Result<()> {
         ctx.histories.lock().expect("histories lock").remove(ns);
         return Ok(());
     }
-    for s in &sectors {
-        let Ok(id) = s.sector_id() else { continue };
-        let state = sector_state(id, &tree, pools.contains_key(&s.spec.pool), view.as_ref());
-        sync_status(ctx, &sectors_api, s, &state).await?;
+    // Status writes go out a few at a time: a world of thousands of Sectors converges in
+    // seconds, without flooding the API server.
+    // The scale of a meaningful load change: the split thresholds of the world's pool.
+    let split = tree
+        .roots
+        .first()
+        .and_then(|r| sectors.iter().find(|s| s.sector_id().ok() == Some(*r)))
+        .and_then(|s| pools.get(&s.spec.pool))
+        .map_or_else(|| PoolPolicy::default().split, |p| policy_of(&p.spec).split);
+    let jobs: Vec<(&Sector, SectorState)> = sectors
+        .iter()
+        .filter_map(|s| {
+            let id = s.sector_id().ok()?;
+            let pool_exists = pools.contains_key(&s.spec.pool);
+            Some((s, sector_state(id, &tree, pool_exists, view.as_ref())))
+        })
+        .collect();
+    for chunk in jobs.chunks(STATUS_WRITES_IN_FLIGHT) {
+        let writes = chunk
+            .iter()
+            .map(|(s, state)| sync_status(ctx, &sectors_api, s, state, &split));
+        for result in futures::future::join_all(writes).await {
+            result?;
+        }
     }
     Ok(())
 }
@@ -410,6 +434,7 @@ async fn sync_status(
     api: &Api<Sector>,
     sector: &Sector,
     state: &SectorState,
+    split: &Thresholds,
 ) -> Result<()> {
     let old = sector.status.clone().unwrap_or_default();
     let generation = sector.metadata.generation;
@@ -430,10 +455,15 @@ async fn sync_status(
             _ => Time(k8s_openapi::jiff::Timestamp::now()),
         },
     };
+    // Keep the load last written unless it moved meaningfully (see `load_moved`).
+    let load = match (&old.load, &state.load) {
+        (Some(o), Some(n)) if !load_moved(o, n, split) => Some(o.clone()),
+        _ => state.load.clone(),
+    };
     let new = SectorStatus {
         phase: Some(state.phase),
         shard: state.shard.clone(),
-        load: state.load.clone(),
+        load,
         children: state.children.clone(),
         conditions: vec![condition],
         observed_generation: generation,

@@ -7,6 +7,8 @@ use sidereal_core::control::SectorLoadView;
 use sidereal_core::{Placement, SectorId, ShardId};
 use sidereal_crds::{SectorLoad, SectorPhase};
 
+use crate::policy::Thresholds;
+
 /// The sector tree of one world: roots have no ancestor among the Sectors; a Sector with all
 /// four children present is split (inner), and its children carry on; the rest are leaves,
 /// the only sectors simulated. A Sector under an ancestor that is not split (a child whose
@@ -192,6 +194,26 @@ pub fn sector_state(
     }
 }
 
+/// Whether a Sector's reported load moved enough to be worth a status write: the API server is
+/// not a metrics pipeline (Prometheus has the exact figures). A figure must move by more than
+/// 10% (20% for tick p99), more than a small floor, and more than a twentieth (a tenth for
+/// tick p99) of the pool's split threshold: what the operator acts on sets the scale of what
+/// is worth showing. Without this, a shard's tick jitter rewrites every Sector it simulates.
+pub fn load_moved(old: &SectorLoad, new: &SectorLoad, split: &Thresholds) -> bool {
+    let count = |a: i64, b: i64, threshold: u64| {
+        let d = (a - b).abs();
+        let floor = 5.max(i64::try_from(threshold / 20).unwrap_or(i64::MAX));
+        d > floor && d * 10 > a.abs().max(b.abs())
+    };
+    let tick = {
+        let d = (old.tick_p99_ms - new.tick_p99_ms).abs();
+        d > 1.0_f64.max(split.tick_p99_ms / 10.0) && d > 0.2 * old.tick_p99_ms.max(new.tick_p99_ms)
+    };
+    count(old.entities, new.entities, split.entities)
+        || count(old.players, new.players, split.players)
+        || tick
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -223,6 +245,44 @@ mod tests {
         );
         assert_eq!(tree.stray, ids(&["s1-xm2-y0", "s0-xm4-y0"]));
         assert_eq!(SectorTree::of(&BTreeSet::new()), SectorTree::default());
+    }
+
+    #[test]
+    fn only_a_meaningful_change_of_load_is_worth_a_status_write() {
+        let load = |entities, players, tick_p99_ms| SectorLoad {
+            entities,
+            players,
+            tick_p99_ms,
+        };
+        // Split at 1,000 entities, 40 players, 10 ms: floors of 50 entities, 5 players, 1 ms.
+        let split = Thresholds {
+            entities: 1_000,
+            players: 40,
+            tick_p99_ms: 10.0,
+            sustain: std::time::Duration::from_secs(30),
+        };
+        let moved = |a: &SectorLoad, b: &SectorLoad| load_moved(a, b, &split);
+        let base = load(100, 10, 5.0);
+        for (new, expected) in [
+            (load(104, 10, 5.0), false), // drift
+            (load(100, 10, 5.9), false), // jitter under 1 ms
+            (load(100, 12, 5.0), false), // +2 players
+            (load(120, 10, 5.0), false), // +20%, but under a twentieth of the threshold
+            (load(160, 10, 5.0), true),  // +60
+            (load(100, 10, 9.0), true),  // tick +80%
+            (load(100, 0, 5.0), true),   // ten players left
+            (load(3000, 10, 5.0), true), // hot
+        ] {
+            assert_eq!(moved(&base, &new), expected, "{new:?}");
+        }
+        assert!(
+            !moved(&load(1, 0, 0.4), &load(2, 0, 0.5)),
+            "tiny sectors jitter"
+        );
+        assert!(!moved(&load(0, 0, 0.4), &load(3, 0, 0.4)), "a few drift in");
+        assert!(moved(&load(0, 0, 0.4), &load(60, 0, 0.4)));
+        // A shard's tick jitter under a tenth of the threshold rewrites nothing.
+        assert!(!moved(&load(5, 0, 3.0), &load(5, 0, 3.9)));
     }
 
     #[test]

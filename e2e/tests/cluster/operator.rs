@@ -167,13 +167,15 @@ async fn the_operator_makes_root_sectors_the_world_and_reports_them_live() -> an
         let status = control.status().await?;
         // The seeded root s2-x0-y0 is one of the samples; nothing else was seeded.
         assert_eq!((status.roots, status.entities, status.archived_entities), (4, ENTITIES, 0));
+        // Status carries load, rewritten only when it moves meaningfully (Prometheus has the
+        // exact figures), so the sum is close to, not always exactly, the world's count.
         wait_until("load reported in status", Duration::from_secs(30), || async {
             let list = sectors.list(&Default::default()).await?.items;
-            Ok(list
+            let sum: i64 = list
                 .iter()
                 .map(|s| s.status.as_ref().and_then(|st| st.load.clone()).map_or(0, |l| l.entities))
-                .sum::<i64>()
-                == ENTITIES as i64)
+                .sum();
+            Ok((ENTITIES as i64 * 9 / 10..=ENTITIES as i64 * 11 / 10).contains(&sum))
         })
         .await?;
         let table = kubectl(&["get", "sectors", "-n", &ns, "--no-headers"])?;
