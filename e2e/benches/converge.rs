@@ -136,9 +136,14 @@ async fn main() -> anyhow::Result<()> {
     let sectors: Api<Sector> = Api::namespaced(client.clone(), &ns);
     let converged = loop {
         let list = sectors.list(&Default::default()).await?.items;
+        // Converged: Active on a shard, with the load its shard reported.
         let active = list
             .iter()
-            .filter(|s| s.status.as_ref().and_then(|st| st.phase) == Some(SectorPhase::Active))
+            .filter(|s| {
+                s.status
+                    .as_ref()
+                    .is_some_and(|st| st.phase == Some(SectorPhase::Active) && st.load.is_some())
+            })
             .count();
         if active == n {
             break t.elapsed();
@@ -178,7 +183,7 @@ async fn main() -> anyhow::Result<()> {
     };
     let cpu_seconds = (ticks(13) + ticks(14)) / 100.0;
     println!(
-        "| root Sectors | kubectl apply (API floor) | operator start to all Active | status writes to converge | status writes/min, steady (entities drifting) | operator CPU | operator peak RSS |"
+        "| root Sectors | kubectl apply (API floor) | operator start to all Active with load | status writes to converge | status writes/min, steady (entities drifting) | operator CPU | operator peak RSS |"
     );
     println!("|---|---|---|---|---|---|---|");
     println!(

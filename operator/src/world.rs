@@ -196,7 +196,7 @@ pub fn sector_state(
 
 /// Whether a Sector's reported load moved enough to be worth a status write: the API server is
 /// not a metrics pipeline (Prometheus has the exact figures). A figure must move by more than
-/// 10% (20% for tick p99), more than a small floor, and more than a twentieth (a tenth for
+/// 10% (30% for tick p99), more than a small floor, and more than a twentieth (a fifth for
 /// tick p99) of the pool's split threshold: what the operator acts on sets the scale of what
 /// is worth showing. Without this, a shard's tick jitter rewrites every Sector it simulates.
 pub fn load_moved(old: &SectorLoad, new: &SectorLoad, split: &Thresholds) -> bool {
@@ -207,7 +207,7 @@ pub fn load_moved(old: &SectorLoad, new: &SectorLoad, split: &Thresholds) -> boo
     };
     let tick = {
         let d = (old.tick_p99_ms - new.tick_p99_ms).abs();
-        d > 1.0_f64.max(split.tick_p99_ms / 10.0) && d > 0.2 * old.tick_p99_ms.max(new.tick_p99_ms)
+        d > 1.0_f64.max(split.tick_p99_ms / 5.0) && d > 0.3 * old.tick_p99_ms.max(new.tick_p99_ms)
     };
     count(old.entities, new.entities, split.entities)
         || count(old.players, new.players, split.players)
@@ -254,7 +254,7 @@ mod tests {
             players,
             tick_p99_ms,
         };
-        // Split at 1,000 entities, 40 players, 10 ms: floors of 50 entities, 5 players, 1 ms.
+        // Split at 1,000 entities, 40 players, 10 ms: floors of 50 entities, 5 players, 2 ms.
         let split = Thresholds {
             entities: 1_000,
             players: 40,
@@ -281,8 +281,8 @@ mod tests {
         );
         assert!(!moved(&load(0, 0, 0.4), &load(3, 0, 0.4)), "a few drift in");
         assert!(moved(&load(0, 0, 0.4), &load(60, 0, 0.4)));
-        // A shard's tick jitter under a tenth of the threshold rewrites nothing.
-        assert!(!moved(&load(5, 0, 3.0), &load(5, 0, 3.9)));
+        // A shard's tick jitter under a fifth of the threshold rewrites nothing.
+        assert!(!moved(&load(5, 0, 3.0), &load(5, 0, 4.9)));
     }
 
     #[test]

@@ -243,8 +243,8 @@ spec:
 }
 
 /// Load drives the tree: a root over the split threshold splits into its four children (owned
-/// by it), which are placed and simulated with every entity conserved; raise the thresholds
-/// and the four merge back.
+/// by it), which are placed and simulated with every entity conserved, even with the operator
+/// killed mid-split and replaced; raise the thresholds and the four merge back.
 #[tokio::test]
 async fn a_hot_root_splits_into_four_simulated_children_and_merges_back_when_cold()
 -> anyhow::Result<()> {
@@ -259,20 +259,33 @@ async fn a_hot_root_splits_into_four_simulated_children_and_merges_back_when_col
             &ns,
             "apiVersion: sidereal.dev/v1alpha1\nkind: Sector\nmetadata:\n  name: s2-x0-y0\nspec:\n  pool: default\n  scale: 2\n  gridX: 0\n  gridY: 0\n",
         )?;
-        let _operator = LocalProcess(
-            sidereal()
-                .args(["operator", "--metrics", "127.0.0.1:0", "--namespace", &ns])
-                .stdout(Stdio::null())
-                .spawn()?,
-        );
+        let operator = || -> anyhow::Result<LocalProcess> {
+            Ok(LocalProcess(
+                sidereal()
+                    .args(["operator", "--metrics", "127.0.0.1:0", "--namespace", &ns])
+                    .stdout(Stdio::null())
+                    .spawn()?,
+            ))
+        };
+        let first = operator()?;
         let sectors: Api<Sector> = Api::namespaced(client.clone(), &ns);
         let children: BTreeSet<String> = ["s1-x0-y0", "s1-x1-y0", "s1-x0-y1", "s1-x1-y1"]
             .map(String::from)
             .into();
+        // kill -9 the operator the moment the split shows (children being created, nothing
+        // placed yet), and start another: it picks up where the first stopped.
+        wait_until("the split starts", Duration::from_secs(90), || async {
+            let list = sectors.list(&Default::default()).await?.items;
+            Ok(list.iter().any(|s| children.contains(&s.name_any())))
+        })
+        .await?;
+        drop(first);
+        let _operator = operator()?;
         let phase = |s: &Sector| s.status.as_ref().and_then(|st| st.phase);
         wait_until("split: four children Active, the parent Split", Duration::from_secs(90), || async {
             let list = sectors.list(&Default::default()).await?.items;
             let kids: Vec<&Sector> = list.iter().filter(|s| children.contains(&s.name_any())).collect();
+            assert!(list.len() <= 5, "no Sector but the root and its four children: {list:?}");
             let parent = list.iter().find(|s| s.name_any() == "s2-x0-y0");
             Ok(kids.len() == 4
                 && kids.iter().all(|k| phase(k) == Some(SectorPhase::Active))
