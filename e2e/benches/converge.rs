@@ -6,41 +6,18 @@
 //!
 //! `cargo bench -p sidereal-e2e --bench converge -- 1024` (default 1024 roots)
 
-use std::io::{BufRead, BufReader, Write};
+use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use kube::api::{Api, DeleteParams};
 use sidereal_crds::{Sector, SectorPhase};
-use sidereal_e2e::{LocalProcess, client, install_crds, sidereal_bin};
+use sidereal_e2e::{LocalFleet, LocalProcess, client, install_crds, kubectl_stdin, sidereal};
 
-const TOKEN: &str = "bench-control-token";
-
-fn sidereal() -> Command {
-    let mut c = Command::new(sidereal_bin());
-    c.env("SIDEREAL_SHARD_SECRET", "bench-shard-secret")
-        .env("SIDEREAL_CONTROL_TOKEN", TOKEN)
-        .env("RUST_LOG", "warn")
-        .stdin(Stdio::null());
-    c
-}
-
-fn kubectl_stdin(args: &[&str], text: &str) -> String {
-    let mut child = Command::new("kubectl")
-        .args(args)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .spawn()
-        .expect("kubectl");
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(text.as_bytes())
-        .unwrap();
-    let out = child.wait_with_output().unwrap();
-    assert!(out.status.success(), "kubectl {args:?}");
-    String::from_utf8_lossy(&out.stdout).into_owned()
+fn kubectl_in(args: &[&str], text: &str) -> String {
+    let (ok, said) = kubectl_stdin(args, text);
+    assert!(ok, "kubectl {args:?}: {said}");
+    said
 }
 
 fn metric(text: &str, name: &str) -> f64 {
@@ -60,58 +37,17 @@ async fn main() -> anyhow::Result<()> {
     let client = client().await?;
     install_crds(&client).await?;
     let ns = format!("bench-converge-{}", std::process::id());
-    kubectl_stdin(
-        &["apply", "-f", "-"],
+    kubectl_in(
+        &["apply"],
         &format!("apiVersion: v1\nkind: Namespace\nmetadata:\n  name: {ns}\n"),
     );
 
-    let data = std::env::temp_dir().join(format!("sidereal-bench-{}", std::process::id()));
-    let mut repl = sidereal()
-        .args([
-            "replication",
-            "--http",
-            "127.0.0.1:0",
-            "--link",
-            "127.0.0.1:0",
-        ])
-        .args(["--seed-entities", "1000", "--world", "s2-x0-y0"])
-        .arg("--data")
-        .arg(&data)
-        .stdout(Stdio::piped())
-        .spawn()?;
-    let mut lines = BufReader::new(repl.stdout.take().unwrap()).lines();
-    let ready = lines.next().expect("ready line")?;
-    std::thread::spawn(move || for _ in lines {});
-    let _repl = LocalProcess(repl);
-    let addr = |k: &str| {
-        ready
-            .split_whitespace()
-            .find_map(|w| w.strip_prefix(k))
-            .unwrap()
-            .to_owned()
-    };
-    let (http, link) = (format!("http://{}", addr("http=")), addr("link="));
-    let _shards: Vec<LocalProcess> = (0..2)
-        .map(|i| {
-            LocalProcess(
-                sidereal()
-                    .args([
-                        "shard",
-                        "--id",
-                        &format!("shard-{i}"),
-                        "--replication",
-                        &link,
-                    ])
-                    .args(["--metrics", "127.0.0.1:0"])
-                    .spawn()
-                    .unwrap(),
-            )
-        })
-        .collect();
+    let fleet = LocalFleet::start(1000, 2, 90)?;
 
     // Everything as text, the way users apply it: the Secret, a pool sized for the test, roots.
     let mut yaml = format!(
-        "apiVersion: v1\nkind: Secret\nmetadata:\n  name: sidereal-control\nstringData:\n  url: {http}\n  token: {TOKEN}\n---\napiVersion: sidereal.dev/v1alpha1\nkind: ShardPool\nmetadata:\n  name: default\nspec:\n  capacity:\n    sectors: {n}\n    entities: 1000000\n"
+        "{}---\napiVersion: sidereal.dev/v1alpha1\nkind: ShardPool\nmetadata:\n  name: default\nspec:\n  capacity:\n    sectors: {n}\n    entities: 1000000\n",
+        fleet.control_secret()
     );
     for i in 0..n as i64 {
         let (x, y) = (i % side, i / side);
@@ -120,7 +56,7 @@ async fn main() -> anyhow::Result<()> {
         ));
     }
     let t = Instant::now();
-    kubectl_stdin(&["apply", "-n", &ns, "-f", "-"], &yaml);
+    kubectl_in(&["apply", "-n", &ns], &yaml);
     let apply = t.elapsed();
 
     let t = Instant::now();
@@ -195,7 +131,8 @@ async fn main() -> anyhow::Result<()> {
     let _ = sectors
         .delete_collection(&DeleteParams::background(), &Default::default())
         .await;
-    kubectl_stdin(&["delete", "namespace", &ns, "--wait=false"], "");
-    let _ = std::fs::remove_dir_all(&data);
+    let _ = std::process::Command::new("kubectl")
+        .args(["delete", "namespace", &ns, "--wait=false"])
+        .output();
     Ok(())
 }

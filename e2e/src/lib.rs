@@ -176,3 +176,147 @@ impl Drop for LocalProcess {
         let _ = self.0.wait();
     }
 }
+
+/// `kubectl <args> -f -` with `text` on stdin: whether it succeeded, and what it printed
+/// (stdout, then stderr).
+pub fn kubectl_stdin(args: &[&str], text: &str) -> (bool, String) {
+    use std::io::Write;
+    use std::process::Stdio;
+    let mut child = std::process::Command::new("kubectl")
+        .args(args)
+        .args(["-f", "-"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("kubectl");
+    child
+        .stdin
+        .take()
+        .expect("piped")
+        .write_all(text.as_bytes())
+        .expect("writing to kubectl");
+    let out = child.wait_with_output().expect("kubectl");
+    let said = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status.success(), said)
+}
+
+/// `kubectl apply -n <ns> -f -` of `yaml`, as a user pipes it.
+pub fn apply_text(ns: &str, yaml: &str) -> anyhow::Result<()> {
+    let (ok, said) = kubectl_stdin(&["apply", "-n", ns], yaml);
+    anyhow::ensure!(ok, "kubectl apply: {said}");
+    Ok(())
+}
+
+/// The control token of every [`LocalFleet`].
+pub const FLEET_TOKEN: &str = "e2e-fleet-control-token";
+
+/// A `sidereal` command with the fleet's secrets in its environment.
+pub fn sidereal() -> std::process::Command {
+    let mut c = std::process::Command::new(sidereal_bin());
+    c.env("SIDEREAL_SHARD_SECRET", "e2e-shard-secret")
+        .env("SIDEREAL_CONTROL_TOKEN", FLEET_TOKEN)
+        .env("RUST_LOG", "warn")
+        .stdin(std::process::Stdio::null());
+    c
+}
+
+/// A replication and its shards as local processes on loopback, with their own data
+/// directory (removed on drop): what the operator talks to in the e2e tests and benchmarks.
+pub struct LocalFleet {
+    _replication: LocalProcess,
+    shards: Vec<LocalProcess>,
+    /// The control API, e.g. `http://127.0.0.1:41234`.
+    pub http: String,
+    data: PathBuf,
+}
+
+impl LocalFleet {
+    /// Replication seeding `entities` in its flag world `s2-x0-y0`, and `shards` shards that
+    /// fire every `fire_every_ticks` ticks (0: never, so entity counts stay exact).
+    pub fn start(entities: usize, shards: usize, fire_every_ticks: u32) -> anyhow::Result<Self> {
+        use std::io::BufRead;
+        static N: AtomicU32 = AtomicU32::new(0);
+        let data = std::env::temp_dir().join(format!(
+            "sidereal-e2e-fleet-{}-{}",
+            std::process::id(),
+            N.fetch_add(1, Ordering::Relaxed)
+        ));
+        let mut child = sidereal()
+            .args([
+                "replication",
+                "--http",
+                "127.0.0.1:0",
+                "--link",
+                "127.0.0.1:0",
+            ])
+            .args(["--seed-entities", &entities.to_string()])
+            .args(["--world", "s2-x0-y0"])
+            .arg("--data")
+            .arg(&data)
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .context("starting replication")?;
+        let mut lines = std::io::BufReader::new(child.stdout.take().expect("piped")).lines();
+        let replication = LocalProcess(child);
+        let ready = lines.next().context("replication's ready line")??;
+        // Keep draining stdout so it never blocks on a full pipe.
+        std::thread::spawn(move || for _ in lines {});
+        let addr = |key: &str| {
+            ready
+                .split_whitespace()
+                .find_map(|w| w.strip_prefix(key))
+                .map(str::to_owned)
+                .with_context(|| format!("{key} in {ready:?}"))
+        };
+        let (http, link) = (format!("http://{}", addr("http=")?), addr("link=")?);
+        let shards = (0..shards)
+            .map(|i| {
+                Ok(LocalProcess(
+                    sidereal()
+                        .args([
+                            "shard",
+                            "--id",
+                            &format!("shard-{i}"),
+                            "--replication",
+                            &link,
+                        ])
+                        .args(["--metrics", "127.0.0.1:0"])
+                        .args(["--fire-every-ticks", &fire_every_ticks.to_string()])
+                        .spawn()
+                        .context("starting a shard")?,
+                ))
+            })
+            .collect::<anyhow::Result<_>>()?;
+        Ok(Self {
+            _replication: replication,
+            shards,
+            http,
+            data,
+        })
+    }
+
+    /// The Secret that tells the operator where this world's replication is, as YAML.
+    pub fn control_secret(&self) -> String {
+        format!(
+            "apiVersion: v1\nkind: Secret\nmetadata:\n  name: sidereal-control\nstringData:\n  url: {}\n  token: {FLEET_TOKEN}\n",
+            self.http
+        )
+    }
+
+    /// A client of this fleet's control API.
+    pub fn control(&self) -> sidereal_core::ControlClient {
+        sidereal_core::ControlClient::new(self.http.clone(), Some(FLEET_TOKEN.to_owned()))
+    }
+}
+
+impl Drop for LocalFleet {
+    fn drop(&mut self) {
+        self.shards.clear();
+        let _ = std::fs::remove_dir_all(&self.data);
+    }
+}

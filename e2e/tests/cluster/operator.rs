@@ -3,123 +3,18 @@
 //! itself). Everything a user applies is applied as text by kubectl.
 
 use std::collections::BTreeSet;
-use std::io::{BufRead, BufReader, Write};
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 use std::time::Duration;
 
 use kube::ResourceExt;
 use kube::api::Api;
-use sidereal_core::{ControlClient, SectorId};
+use sidereal_core::SectorId;
 use sidereal_crds::{Sector, SectorPhase};
-use sidereal_e2e::{LocalProcess, in_namespace, kubectl, repo_root, sidereal_bin, wait_until};
+use sidereal_e2e::{
+    LocalFleet, LocalProcess, apply_text, in_namespace, kubectl, repo_root, sidereal, wait_until,
+};
 
-const TOKEN: &str = "e2e-operator-control-token";
 const ENTITIES: usize = 400;
-
-fn sidereal() -> Command {
-    let mut c = Command::new(sidereal_bin());
-    c.env("SIDEREAL_SHARD_SECRET", "e2e-shard-secret")
-        .env("SIDEREAL_CONTROL_TOKEN", TOKEN)
-        .env("RUST_LOG", "warn")
-        .stdin(Stdio::null());
-    c
-}
-
-/// A replication and its shards, on loopback, with their own data directory.
-struct Fleet {
-    _replication: LocalProcess,
-    _shards: Vec<LocalProcess>,
-    http: String,
-    data: std::path::PathBuf,
-}
-
-impl Drop for Fleet {
-    fn drop(&mut self) {
-        self._shards.clear();
-        let _ = std::fs::remove_dir_all(&self.data);
-    }
-}
-
-/// Replication (world: the root `s2-x0-y0`, where it seeds its entities) and two shards that
-/// fire nothing, so entity counts stay exact.
-fn start_fleet() -> Fleet {
-    static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
-    let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    let data = std::env::temp_dir().join(format!("sidereal-e2e-op-{}-{n}", std::process::id()));
-    let mut child = sidereal()
-        .args([
-            "replication",
-            "--http",
-            "127.0.0.1:0",
-            "--link",
-            "127.0.0.1:0",
-        ])
-        .args(["--seed-entities", &ENTITIES.to_string()])
-        .args(["--world", "s2-x0-y0"])
-        .arg("--data")
-        .arg(&data)
-        .stdout(Stdio::piped())
-        .spawn()
-        .expect("start replication");
-    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-    let ready = lines.next().expect("a ready line").expect("stdout");
-    std::thread::spawn(move || for _ in lines {});
-    let addr = |key: &str| {
-        ready
-            .split_whitespace()
-            .find_map(|w| w.strip_prefix(key))
-            .unwrap_or_else(|| panic!("{key} in {ready:?}"))
-            .to_owned()
-    };
-    let (http, link) = (format!("http://{}", addr("http=")), addr("link="));
-    let shards = (0..2)
-        .map(|i| {
-            LocalProcess(
-                sidereal()
-                    .args([
-                        "shard",
-                        "--id",
-                        &format!("shard-{i}"),
-                        "--replication",
-                        &link,
-                    ])
-                    .args(["--metrics", "127.0.0.1:0", "--fire-every-ticks", "0"])
-                    .spawn()
-                    .expect("start shard"),
-            )
-        })
-        .collect();
-    Fleet {
-        _replication: LocalProcess(child),
-        _shards: shards,
-        http,
-        data,
-    }
-}
-
-/// The Secret that tells the operator where a world's replication is, as a user writes it.
-fn control_secret(http: &str) -> String {
-    format!(
-        "apiVersion: v1\nkind: Secret\nmetadata:\n  name: sidereal-control\nstringData:\n  url: {http}\n  token: {TOKEN}\n"
-    )
-}
-
-fn apply_stdin(ns: &str, yaml: &str) -> anyhow::Result<()> {
-    let mut child = Command::new("kubectl")
-        .args(["apply", "-n", ns, "-f", "-"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()?;
-    child.stdin.take().unwrap().write_all(yaml.as_bytes())?;
-    let out = child.wait_with_output()?;
-    anyhow::ensure!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    Ok(())
-}
 
 fn names(ids: &[SectorId]) -> BTreeSet<String> {
     ids.iter().map(|s| s.name()).collect()
@@ -128,10 +23,9 @@ fn names(ids: &[SectorId]) -> BTreeSet<String> {
 #[tokio::test]
 async fn the_operator_makes_root_sectors_the_world_and_reports_them_live() -> anyhow::Result<()> {
     in_namespace("operator", |client, ns| async move {
-        let fleet = start_fleet();
-        let http = fleet.http.clone();
-        let control = ControlClient::new(http.clone(), Some(TOKEN.to_owned()));
-        apply_stdin(&ns, &control_secret(&http))?;
+        let fleet = LocalFleet::start(ENTITIES, 2, 0)?;
+        let control = fleet.control();
+        apply_text(&ns, &fleet.control_secret())?;
         let samples = repo_root().join("manifests/samples");
         kubectl(&["apply", "-n", &ns, "-f", samples.to_str().unwrap()])?;
         let _operator = LocalProcess(
@@ -199,7 +93,7 @@ async fn the_operator_makes_root_sectors_the_world_and_reports_them_live() -> an
         wait_until("every root Active again", Duration::from_secs(30), all_active).await?;
 
         // A Sector naming a pool that does not exist: a condition, not a crash, not placed.
-        apply_stdin(
+        apply_text(
             &ns,
             "apiVersion: sidereal.dev/v1alpha1\nkind: Sector\nmetadata:\n  name: s2-x1-y0\nspec:\n  pool: nope\n  scale: 2\n  gridX: 1\n  gridY: 0\n",
         )?;
@@ -249,13 +143,12 @@ spec:
 async fn a_hot_root_splits_into_four_simulated_children_and_merges_back_when_cold()
 -> anyhow::Result<()> {
     in_namespace("splitmerge", |client, ns| async move {
-        let fleet = start_fleet();
-        let http = fleet.http.clone();
-        let control = ControlClient::new(http.clone(), Some(TOKEN.to_owned()));
-        apply_stdin(&ns, &control_secret(&http))?;
+        let fleet = LocalFleet::start(ENTITIES, 2, 0)?;
+        let control = fleet.control();
+        apply_text(&ns, &fleet.control_secret())?;
         // 400 entities in one root: hot against a split threshold of 100.
-        apply_stdin(&ns, &pool_yaml(100, 50))?;
-        apply_stdin(
+        apply_text(&ns, &pool_yaml(100, 50))?;
+        apply_text(
             &ns,
             "apiVersion: sidereal.dev/v1alpha1\nkind: Sector\nmetadata:\n  name: s2-x0-y0\nspec:\n  pool: default\n  scale: 2\n  gridX: 0\n  gridY: 0\n",
         )?;
@@ -320,7 +213,7 @@ async fn a_hot_root_splits_into_four_simulated_children_and_merges_back_when_col
         .await?;
 
         // Cold now: the four merge back into their parent, which simulates them again.
-        apply_stdin(&ns, &pool_yaml(100_000, 50_000))?;
+        apply_text(&ns, &pool_yaml(100_000, 50_000))?;
         wait_until("merged: the children gone, the parent Active", Duration::from_secs(90), || async {
             let list = sectors.list(&Default::default()).await?.items;
             Ok(list.len() == 1 && phase(&list[0]) == Some(SectorPhase::Active))
@@ -348,17 +241,14 @@ async fn a_hot_root_splits_into_four_simulated_children_and_merges_back_when_col
 async fn two_worlds_run_side_by_side_under_one_operator_and_never_touch() -> anyhow::Result<()> {
     in_namespace("world-a", |client, ns_a| async move {
         in_namespace("world-b", move |_, ns_b| async move {
-            let (a, b) = (start_fleet(), start_fleet());
-            let (control_a, control_b) = (
-                ControlClient::new(a.http.clone(), Some(TOKEN.to_owned())),
-                ControlClient::new(b.http.clone(), Some(TOKEN.to_owned())),
-            );
-            apply_stdin(&ns_a, &control_secret(&a.http))?;
-            apply_stdin(&ns_b, &control_secret(&b.http))?;
+            let (a, b) = (LocalFleet::start(ENTITIES, 2, 0)?, LocalFleet::start(ENTITIES, 2, 0)?);
+            let (control_a, control_b) = (a.control(), b.control());
+            apply_text(&ns_a, &a.control_secret())?;
+            apply_text(&ns_b, &b.control_secret())?;
             let samples = repo_root().join("manifests/samples");
             kubectl(&["apply", "-n", &ns_a, "-f", samples.to_str().unwrap()])?;
             kubectl(&["apply", "-n", &ns_b, "-f", samples.join("shardpool.yaml").to_str().unwrap()])?;
-            apply_stdin(
+            apply_text(
                 &ns_b,
                 "apiVersion: sidereal.dev/v1alpha1\nkind: Sector\nmetadata:\n  name: s2-x0-y0\nspec:\n  pool: default\n  scale: 2\n  gridX: 0\n  gridY: 0\n",
             )?;

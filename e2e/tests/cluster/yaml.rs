@@ -1,40 +1,12 @@
 //! What users type, as they type it: the committed CRD YAML and the hand-written samples,
 //! applied as text by kubectl to the real API server (client-side and server-side).
 
-use std::io::Write;
-use std::process::{Command, Stdio};
-
 use kube::api::Api;
 use sidereal_crds::Sector;
-use sidereal_e2e::{in_namespace, kubectl, repo_root};
+use sidereal_e2e::{in_namespace, kubectl, kubectl_stdin, repo_root};
 
 fn path(rel: &str) -> String {
     repo_root().join(rel).to_string_lossy().into_owned()
-}
-
-/// `kubectl <args> -f -` with `yaml` on stdin: (success, stdout + stderr).
-fn kubectl_stdin(args: &[&str], yaml: &str) -> (bool, String) {
-    let mut child = Command::new("kubectl")
-        .args(args)
-        .args(["-f", "-"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("kubectl");
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(yaml.as_bytes())
-        .unwrap();
-    let out = child.wait_with_output().unwrap();
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    (out.status.success(), text)
 }
 
 /// The README's install commands, on the real API server (not a client-side dry run): the
