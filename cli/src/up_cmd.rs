@@ -294,14 +294,7 @@ async fn supervise(fleet: &mut Fleet) -> anyhow::Result<()> {
 }
 
 async fn connected(control: &ControlClient) -> Result<BTreeSet<ShardId>, ControlError> {
-    Ok(control
-        .shards()
-        .await?
-        .shards
-        .into_iter()
-        .filter(|s| s.connected)
-        .map(|s| s.shard)
-        .collect())
+    control.connected_shards().await
 }
 
 /// Moves the leaves of unlinked shards onto linked ones, re-reading and recomputing when

@@ -84,12 +84,10 @@ impl Control {
 
     /// Names of the shards with a live link.
     pub(crate) fn connected(&self) -> BTreeSet<String> {
-        self.run(self.client.shards())
+        self.run(self.client.connected_shards())
             .expect("GET /v1/shards")
-            .shards
             .into_iter()
-            .filter(|s| s.connected)
-            .map(|s| s.shard.0)
+            .map(|s| s.0)
             .collect()
     }
 

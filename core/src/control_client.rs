@@ -140,6 +140,20 @@ impl ControlClient {
             .await
     }
 
+    /// The shards whose link is up now.
+    pub async fn connected_shards(
+        &self,
+    ) -> Result<std::collections::BTreeSet<crate::ids::ShardId>, ControlError> {
+        Ok(self
+            .shards()
+            .await?
+            .shards
+            .into_iter()
+            .filter(|s| s.connected)
+            .map(|s| s.shard)
+            .collect())
+    }
+
     /// Entities of the mirror; `query` like `owner=shard-1` or `sector=s0-x1-y2` (or empty).
     pub async fn entities(&self, query: &str) -> Result<EntitiesView, ControlError> {
         let path = if query.is_empty() {

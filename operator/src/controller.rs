@@ -250,14 +250,7 @@ async fn place(
     tree: &SectorTree,
     pools: &BTreeMap<String, ShardPool>,
 ) -> Result<ReplicationView> {
-    let connected: BTreeSet<ShardId> = control
-        .shards()
-        .await?
-        .shards
-        .into_iter()
-        .filter(|s| s.connected)
-        .map(|s| s.shard)
-        .collect();
+    let connected = control.connected_shards().await?;
     let load: BTreeMap<SectorId, _> = control
         .load()
         .await?

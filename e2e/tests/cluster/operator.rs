@@ -3,7 +3,7 @@
 //! itself). Everything a user applies is applied as text by kubectl.
 
 use std::collections::BTreeSet;
-use std::process::Stdio;
+use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use kube::ResourceExt;
@@ -28,12 +28,14 @@ async fn the_operator_makes_root_sectors_the_world_and_reports_them_live() -> an
         apply_text(&ns, &fleet.control_secret())?;
         let samples = repo_root().join("manifests/samples");
         kubectl(&["apply", "-n", &ns, "-f", samples.to_str().unwrap()])?;
-        let _operator = LocalProcess(
-            sidereal()
-                .args(["operator", "--metrics", "127.0.0.1:0", "--namespace", &ns])
-                .stdout(Stdio::null())
-                .spawn()?,
-        );
+        let mut child = sidereal()
+            .args(["operator", "--metrics", "127.0.0.1:0", "--namespace", &ns])
+            .stdout(Stdio::piped())
+            .spawn()?;
+        let mut out = std::io::BufRead::lines(std::io::BufReader::new(child.stdout.take().unwrap()));
+        let _operator = LocalProcess(child);
+        let said = out.next().expect("the operator's first line")?;
+        let metrics_url = format!("{}/metrics", said.split_once("metrics=").expect(&said).1);
         let sectors: Api<Sector> = Api::namespaced(client.clone(), &ns);
         let samples_roots: BTreeSet<String> = ["s2-xm1-ym1", "s2-x0-ym1", "s2-xm1-y0", "s2-x0-y0"]
             .map(String::from)
@@ -74,6 +76,23 @@ async fn the_operator_makes_root_sectors_the_world_and_reports_them_live() -> an
         .await?;
         let table = kubectl(&["get", "sectors", "-n", &ns, "--no-headers"])?;
         assert_eq!(table.matches(" Active ").count(), 4, "{table}");
+        // The operator's own metrics follow Prometheus conventions and count what it did.
+        let text = Command::new("curl").args(["-sf", &metrics_url]).output()?.stdout;
+        let mut promtool = Command::new("promtool")
+            .args(["check", "metrics"])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()?;
+        std::io::Write::write_all(&mut promtool.stdin.take().unwrap(), &text)?;
+        let checked = promtool.wait_with_output()?;
+        let said = format!("{}{}", String::from_utf8_lossy(&checked.stdout), String::from_utf8_lossy(&checked.stderr));
+        assert!(checked.status.success() && said.trim().is_empty(), "promtool: {said}");
+        let text = String::from_utf8_lossy(&text);
+        assert!(
+            text.lines().any(|l| l.starts_with("sidereal_operator_world_syncs_total{outcome=\"ok\"}")),
+            "{text}"
+        );
 
         // Deleting the root where the entities were seeded archives those inside it;
         // re-applying it brings every one of them back.
