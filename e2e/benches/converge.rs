@@ -62,6 +62,7 @@ async fn main() -> anyhow::Result<()> {
     let t = Instant::now();
     let mut op = sidereal()
         .args(["operator", "--metrics", "127.0.0.1:0", "--namespace", &ns])
+        .args(["--lease-namespace", &ns, "--lease-duration", "3"])
         .stdout(Stdio::piped())
         .spawn()?;
     let mut op_out = BufReader::new(op.stdout.take().unwrap()).lines();

@@ -15,6 +15,8 @@ use kube::api::{Api, DeleteParams, PostParams};
 use kube::runtime::wait::{await_condition, conditions};
 use sidereal_crds::{Sector, ShardPool};
 
+pub mod kubelet;
+
 /// Field manager used for server-side apply by the tests.
 pub const MANAGER: &str = "sidereal-e2e";
 
@@ -212,13 +214,16 @@ pub fn apply_text(ns: &str, yaml: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The secret shards of every [`LocalFleet`] present to its replication.
+pub const SHARD_SECRET: &str = "e2e-shard-secret";
+
 /// The control token of every [`LocalFleet`].
 pub const FLEET_TOKEN: &str = "e2e-fleet-control-token";
 
 /// A `sidereal` command with the fleet's secrets in its environment.
 pub fn sidereal() -> std::process::Command {
     let mut c = std::process::Command::new(sidereal_bin());
-    c.env("SIDEREAL_SHARD_SECRET", "e2e-shard-secret")
+    c.env("SIDEREAL_SHARD_SECRET", SHARD_SECRET)
         .env("SIDEREAL_CONTROL_TOKEN", FLEET_TOKEN)
         .env("RUST_LOG", "warn")
         .stdin(std::process::Stdio::null());
@@ -232,6 +237,8 @@ pub struct LocalFleet {
     shards: Vec<LocalProcess>,
     /// The control API, e.g. `http://127.0.0.1:41234`.
     pub http: String,
+    /// The shard-link address shards connect to.
+    pub link: String,
     data: PathBuf,
 }
 
@@ -283,7 +290,7 @@ impl LocalFleet {
                             "--id",
                             &format!("shard-{i}"),
                             "--replication",
-                            &link,
+                            link.as_str(),
                         ])
                         .args(["--metrics", "127.0.0.1:0"])
                         .args(["--fire-every-ticks", &fire_every_ticks.to_string()])
@@ -296,15 +303,24 @@ impl LocalFleet {
             _replication: replication,
             shards,
             http,
+            link,
             data,
         })
     }
 
-    /// The Secret that tells the operator where this world's replication is, as YAML.
+    /// The Secret that tells the operator where this world's replication is (control API,
+    /// token, and the shard-link address its shard pods get), as YAML.
     pub fn control_secret(&self) -> String {
         format!(
-            "apiVersion: v1\nkind: Secret\nmetadata:\n  name: sidereal-control\nstringData:\n  url: {}\n  token: {FLEET_TOKEN}\n",
-            self.http
+            "apiVersion: v1\nkind: Secret\nmetadata:\n  name: sidereal-control\nstringData:\n  url: {}\n  token: {FLEET_TOKEN}\n  link: \"{}\"\n",
+            self.http, self.link
+        )
+    }
+
+    /// The Secret holding the secret shard pods present to this fleet's replication, as YAML.
+    pub fn shard_secret(&self) -> String {
+        format!(
+            "apiVersion: v1\nkind: Secret\nmetadata:\n  name: sidereal-shard\nstringData:\n  secret: {SHARD_SECRET}\n"
         )
     }
 

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use kube::Client;
 use kube::runtime::events::{Recorder, Reporter};
-use prometheus::{Histogram, HistogramOpts, IntCounterVec, Opts, Registry};
+use prometheus::{Histogram, HistogramOpts, IntCounterVec, IntGauge, Opts, Registry};
 
 use crate::policy::history::LoadHistory;
 
@@ -26,10 +26,14 @@ pub const SYNC_DEBOUNCE: Duration = Duration::from_millis(500);
 pub struct Metrics {
     pub registry: Registry,
     pub syncs: IntCounterVec,
+    pub reconciles: IntCounterVec,
     pub errors: IntCounterVec,
+    pub pods: IntCounterVec,
     pub sync_seconds: Histogram,
     pub status_writes: IntCounterVec,
     pub transitions: IntCounterVec,
+    /// 1 while this replica holds the leader lease.
+    pub leader: IntGauge,
 }
 
 impl Default for Metrics {
@@ -41,9 +45,25 @@ impl Default for Metrics {
             &["outcome"],
         )
         .expect("valid");
+        let reconciles = IntCounterVec::new(
+            Opts::new("reconciles_total", "Reconciles, by controller"),
+            &["controller"],
+        )
+        .expect("valid");
         let errors = IntCounterVec::new(
-            Opts::new("reconcile_errors_total", "Failed reconciles, by error"),
-            &["error"],
+            Opts::new(
+                "reconcile_errors_total",
+                "Failed reconciles, by controller and error",
+            ),
+            &["controller", "error"],
+        )
+        .expect("valid");
+        let pods = IntCounterVec::new(
+            Opts::new(
+                "shard_pods_total",
+                "Shard pods created, replaced (their process ended) and retired (idle surplus)",
+            ),
+            &["action"],
         )
         .expect("valid");
         let sync_seconds = Histogram::with_opts(HistogramOpts::new(
@@ -64,19 +84,35 @@ impl Default for Metrics {
             &["kind"],
         )
         .expect("valid");
-        for c in [&syncs, &errors, &status_writes, &transitions] {
+        for c in [
+            &syncs,
+            &reconciles,
+            &errors,
+            &pods,
+            &status_writes,
+            &transitions,
+        ] {
             registry.register(Box::new(c.clone())).expect("unique");
         }
         registry
             .register(Box::new(sync_seconds.clone()))
             .expect("unique");
+        let leader = IntGauge::new(
+            "leader",
+            "1 while this replica holds the leader lease and reconciles, else 0",
+        )
+        .expect("valid");
+        registry.register(Box::new(leader.clone())).expect("unique");
         Self {
             registry,
             syncs,
+            reconciles,
             errors,
+            pods,
             sync_seconds,
             status_writes,
             transitions,
+            leader,
         }
     }
 }
@@ -92,6 +128,8 @@ pub struct Context {
     pub running: Mutex<HashSet<String>>,
     /// What the policy remembers of each world's load between syncs.
     pub histories: Mutex<HashMap<String, LoadHistory>>,
+    /// Since when each shard pod (`namespace/name`) has owned no sector.
+    pub idle_since: Mutex<HashMap<String, Instant>>,
 }
 
 impl Context {
@@ -107,6 +145,7 @@ impl Context {
             synced: Mutex::new(HashMap::new()),
             running: Mutex::new(HashSet::new()),
             histories: Mutex::new(HashMap::new()),
+            idle_since: Mutex::new(HashMap::new()),
         }
     }
 

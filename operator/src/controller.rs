@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use futures::StreamExt;
-use k8s_openapi::api::core::v1::Secret;
+use k8s_openapi::api::core::v1::{Pod, Secret};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams};
 use kube::runtime::controller::{Action, Controller};
@@ -26,6 +26,7 @@ use crate::context::{CONTROL_SECRET, Context, FIELD_MANAGER};
 use crate::policy::transitions::{Transition, decide};
 use crate::policy::{Capacity, LeafLoad, PoolPolicy, Thresholds, placement::assign};
 use crate::pool::policy_of;
+use crate::shardpool::DRAINING_LABEL;
 use crate::world::{ReplicationView, SectorState, SectorTree, load_moved, sector_state};
 use crate::{Error, Result};
 
@@ -56,7 +57,8 @@ pub async fn run(
             .collect()
     };
     info!(namespaces = ?namespaces, "sector controller starting");
-    let ticker = tokio::spawn(tick_worlds(ctx.clone()));
+    // Aborted when this future ends or is dropped (a replica losing the lead drops it).
+    let _ticker = AbortOnDrop(tokio::spawn(tick_worlds(ctx.clone())));
     futures::future::join_all(apis.into_iter().map(|api| {
         Controller::new(api, watcher::Config::default())
             .graceful_shutdown_on(shutdown.clone())
@@ -68,8 +70,15 @@ pub async fn run(
             })
     }))
     .await;
-    ticker.abort();
     info!("sector controller stopped");
+}
+
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
 }
 
 async fn reconcile(sector: Arc<Sector>, ctx: Arc<Context>) -> Result<Action> {
@@ -87,6 +96,7 @@ async fn sync_if_due(ctx: &Context, ns: &str) -> Result<()> {
     if !ctx.claim_sync(ns, Instant::now()) {
         return Ok(());
     }
+    ctx.metrics.reconciles.with_label_values(&["sector"]).inc();
     let timer = ctx.metrics.sync_seconds.start_timer();
     let result = sync_world(ctx, ns).await;
     ctx.release_sync(ns);
@@ -114,7 +124,7 @@ async fn tick_worlds(ctx: Arc<Context>) {
             if let Err(e) = sync_if_due(&ctx, &ns).await {
                 ctx.metrics
                     .errors
-                    .with_label_values(&[e.metric_label()])
+                    .with_label_values(&["sector", e.metric_label()])
                     .inc();
                 warn!(namespace = %ns, error = %e, "world sync failed; retrying");
             }
@@ -125,7 +135,7 @@ async fn tick_worlds(ctx: Arc<Context>) {
 fn error_policy(sector: Arc<Sector>, e: &Error, ctx: Arc<Context>) -> Action {
     ctx.metrics
         .errors
-        .with_label_values(&[e.metric_label()])
+        .with_label_values(&["sector", e.metric_label()])
         .inc();
     warn!(sector = %sector.name_any(), error = %e, "world sync failed; retrying");
     // Let the next Sector's reconcile try again at once.
@@ -153,7 +163,7 @@ async fn sync_world(ctx: &Context, ns: &str) -> Result<()> {
         .collect();
     let tree = SectorTree::of(&placeable);
     let view = match control_client(ctx, ns).await? {
-        Some(control) => Some(place(&control, &tree, &pools).await?),
+        Some(control) => Some(place(&control, &tree, &pools, &draining(ctx, ns).await?).await?),
         None => None,
     };
     if let Some(view) = &view {
@@ -193,8 +203,20 @@ async fn sync_world(ctx: &Context, ns: &str) -> Result<()> {
     Ok(())
 }
 
+/// Shard pods their pool is draining: nothing new is placed on them, and what they own moves.
+async fn draining(ctx: &Context, ns: &str) -> Result<BTreeSet<ShardId>> {
+    let pods: Api<Pod> = Api::namespaced(ctx.client.clone(), ns);
+    Ok(pods
+        .list_metadata(&ListParams::default().labels(&format!("{DRAINING_LABEL}=true")))
+        .await?
+        .items
+        .into_iter()
+        .map(|p| ShardId::new(p.name_any()))
+        .collect())
+}
+
 /// The namespace's replication, from its `sidereal-control` Secret; `None` when there is none.
-async fn control_client(ctx: &Context, ns: &str) -> Result<Option<ControlClient>> {
+pub(crate) async fn control_client(ctx: &Context, ns: &str) -> Result<Option<ControlClient>> {
     let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), ns);
     let Some(secret) = secrets.get_opt(CONTROL_SECRET).await? else {
         return Ok(None);
@@ -249,8 +271,11 @@ async fn place(
     control: &ControlClient,
     tree: &SectorTree,
     pools: &BTreeMap<String, ShardPool>,
+    draining: &BTreeSet<ShardId>,
 ) -> Result<ReplicationView> {
     let connected = control.connected_shards().await?;
+    // A draining shard keeps simulating until its leaves are placed elsewhere.
+    let placeable: BTreeSet<&ShardId> = connected.difference(draining).collect();
     let load: BTreeMap<SectorId, _> = control
         .load()
         .await?
@@ -259,7 +284,7 @@ async fn place(
         .map(|l| (l.sector, l))
         .collect();
     // No roots (the last root Sector deleted) needs no shard: everything is archived.
-    if tree.roots.is_empty() || !connected.is_empty() {
+    if tree.roots.is_empty() || !placeable.is_empty() {
         // Shards are not yet per pool: the first pool's capacity sizes them all.
         let capacity = pools.values().next().map(capacity_of).unwrap_or(Capacity {
             sectors: 16,
@@ -270,7 +295,7 @@ async fn place(
             .iter()
             .map(|l| (*l, load.get(l).map_or(0, |v| u64::from(v.entities))))
             .collect();
-        let shards: Vec<ShardId> = connected.iter().cloned().collect();
+        let shards: Vec<ShardId> = placeable.iter().map(|s| (*s).clone()).collect();
         let roots = tree.roots.clone();
         let applied = control
             .update_placement(PLACEMENT_ATTEMPTS, |current| {

@@ -2,12 +2,15 @@
 //! siblings, places leaves on shards and sizes the shard pool.
 //!
 //! [`policy`] holds every decision as a pure function and [`world`] what a namespace's Sectors
-//! mean; the controller around them ([`controller`]) only observes and acts.
+//! mean; the controllers around them ([`controller`] for Sectors, [`shardpool`] for the shard
+//! pods of each pool) only observe and act.
 
 pub mod context;
 pub mod controller;
+pub mod leader;
 pub mod policy;
 pub mod pool;
+pub mod shardpool;
 pub mod world;
 
 pub use context::Context;
@@ -25,7 +28,7 @@ pub enum Error {
         name: String,
         reason: String,
     },
-    #[error("Sector {0} has no namespace")]
+    #[error("{0} has no namespace")]
     NotNamespaced(String),
 }
 

@@ -3,4 +3,5 @@
 mod admission;
 mod operator;
 mod pods;
+mod pools;
 mod yaml;

@@ -30,6 +30,7 @@ async fn the_operator_makes_root_sectors_the_world_and_reports_them_live() -> an
         kubectl(&["apply", "-n", &ns, "-f", samples.to_str().unwrap()])?;
         let mut child = sidereal()
             .args(["operator", "--metrics", "127.0.0.1:0", "--namespace", &ns])
+                    .args(["--lease-namespace", &ns, "--lease-duration", "3"])
             .stdout(Stdio::piped())
             .spawn()?;
         let mut out = std::io::BufRead::lines(std::io::BufReader::new(child.stdout.take().unwrap()));
@@ -175,6 +176,7 @@ async fn a_hot_root_splits_into_four_simulated_children_and_merges_back_when_col
             Ok(LocalProcess(
                 sidereal()
                     .args(["operator", "--metrics", "127.0.0.1:0", "--namespace", &ns])
+                    .args(["--lease-namespace", &ns, "--lease-duration", "3"])
                     .stdout(Stdio::null())
                     .spawn()?,
             ))
@@ -274,6 +276,7 @@ async fn two_worlds_run_side_by_side_under_one_operator_and_never_touch() -> any
             let _operator = LocalProcess(
                 sidereal()
                     .args(["operator", "--metrics", "127.0.0.1:0"])
+                    .args(["--lease-namespace", &ns_a, "--lease-duration", "3"])
                     .args(["--namespace", &format!("{ns_a},{ns_b}")])
                     .stdout(Stdio::null())
                     .spawn()?,
@@ -314,6 +317,95 @@ async fn two_worlds_run_side_by_side_under_one_operator_and_never_touch() -> any
             Ok(())
         })
         .await
+    })
+    .await
+}
+
+/// The value of an unlabelled metric in a Prometheus text page (None: not exported).
+fn metric(page: &str, name: &str) -> Option<f64> {
+    page.lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
+}
+
+fn scrape(url: &str) -> anyhow::Result<String> {
+    let out = Command::new("curl").args(["-sf", url]).output()?;
+    anyhow::ensure!(out.status.success(), "curl {url} failed");
+    Ok(String::from_utf8(out.stdout)?)
+}
+
+/// Two replicas elect one leader on a Lease; only it reconciles. Killed with -9, the other
+/// takes over within the lease duration and carries on, with nothing duplicated.
+#[tokio::test]
+async fn of_two_operator_replicas_only_the_leader_reconciles_and_a_follower_takes_over()
+-> anyhow::Result<()> {
+    in_namespace("leader", |client, ns| async move {
+        let fleet = LocalFleet::start(ENTITIES, 2, 0)?;
+        apply_text(&ns, &fleet.control_secret())?;
+        let samples = repo_root().join("manifests/samples");
+        kubectl(&["apply", "-n", &ns, "-f", samples.to_str().unwrap()])?;
+        let replica = |identity: &str| -> anyhow::Result<(LocalProcess, String)> {
+            let mut child = sidereal()
+                .args(["operator", "--metrics", "127.0.0.1:0", "--namespace", &ns])
+                .args(["--lease-namespace", &ns, "--lease-duration", "3", "--identity", identity])
+                .stdout(Stdio::piped())
+                .spawn()?;
+            let mut out = std::io::BufRead::lines(std::io::BufReader::new(child.stdout.take().unwrap()));
+            let said = out.next().expect("the operator's first line")?;
+            let url = format!("{}/metrics", said.split_once("metrics=").expect(&said).1);
+            Ok((LocalProcess(child), url))
+        };
+        let (a, url_a) = replica("replica-a")?;
+        let (b, url_b) = replica("replica-b")?;
+        let sectors: Api<Sector> = Api::namespaced(client.clone(), &ns);
+        let active = |n: usize| {
+            let sectors = sectors.clone();
+            move || {
+                let sectors = sectors.clone();
+                async move {
+                    let list = sectors.list(&Default::default()).await?.items;
+                    Ok(list.len() == n
+                        && list.iter().all(|s| s.status.as_ref().and_then(|st| st.phase) == Some(SectorPhase::Active)))
+                }
+            }
+        };
+        wait_until("the samples Active", Duration::from_secs(60), active(4)).await?;
+        let leases: Api<k8s_openapi::api::coordination::v1::Lease> = Api::namespaced(client.clone(), &ns);
+        let holder = leases.get("sidereal-operator").await?.spec.unwrap().holder_identity.unwrap();
+        let (leader, leader_url, follower, follower_url, follower_name) = if holder == "replica-a" {
+            (a, url_a, b, url_b, "replica-b")
+        } else {
+            (b, url_b, a, url_a, "replica-a")
+        };
+        assert_eq!(metric(&scrape(&leader_url)?, "sidereal_operator_leader"), Some(1.0));
+        let page = scrape(&follower_url)?;
+        assert_eq!(metric(&page, "sidereal_operator_leader"), Some(0.0));
+        assert!(
+            !page.contains("sidereal_operator_reconciles_total{"),
+            "the follower reconciled: {page}"
+        );
+
+        // The leader dies without a word; the follower waits out the lease, then leads.
+        drop(leader);
+        let killed = std::time::Instant::now();
+        apply_text(
+            &ns,
+            "apiVersion: sidereal.dev/v1alpha1\nkind: Sector\nmetadata:\n  name: s2-x1-y0\nspec:\n  pool: default\n  scale: 2\n  gridX: 1\n  gridY: 0\n",
+        )?;
+        wait_until("the follower leads", Duration::from_secs(30), || async {
+            Ok(metric(&scrape(&follower_url)?, "sidereal_operator_leader") == Some(1.0))
+        })
+        .await?;
+        let takeover = killed.elapsed();
+        wait_until("the new root Active under the new leader", Duration::from_secs(60), active(5)).await?;
+        let lease = leases.get("sidereal-operator").await?.spec.unwrap();
+        assert_eq!(lease.holder_identity.as_deref(), Some(follower_name));
+        assert!(lease.lease_transitions.unwrap_or(0) >= 1);
+        // A follower waits a whole lease duration (3 s) of silence, checking every second.
+        assert!(takeover < Duration::from_secs(8), "took over after {takeover:?}");
+        eprintln!("leader killed -> follower leading in {takeover:?}");
+        assert_eq!(fleet.control().status().await?.roots, 5);
+        drop(follower);
+        Ok(())
     })
     .await
 }

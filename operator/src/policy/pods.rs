@@ -1,6 +1,5 @@
-//! How many shard pods a pool needs, and which idle pods may retire.
+//! How many shard pods a pool needs, which to start, drain and retire.
 
-use std::collections::BTreeMap;
 use std::time::Instant;
 
 use sidereal_core::ShardId;
@@ -25,33 +24,61 @@ pub struct PodState {
     pub sectors: usize,
     /// Since when it has owned no sector (None while it owns some).
     pub idle_since: Option<Instant>,
+    /// Replication reports its link up (only then can it take sectors).
+    pub connected: bool,
+    /// Its process ended (pod phase Failed or Succeeded): it will never link again.
+    pub ended: bool,
 }
 
-/// The pods to delete now: only pods that own no sector and have been idle for the pool's
-/// retire time, only as many as exceed `desired`, newest names last so the choice is stable.
-/// A pod that still owns sectors is never chosen.
-pub fn retirable(
-    pods: &[PodState],
-    desired: usize,
-    policy: &PoolPolicy,
-    now: Instant,
-) -> Vec<ShardId> {
-    let surplus = pods.len().saturating_sub(desired.max(policy.min_shards));
-    let mut idle: BTreeMap<&ShardId, Instant> = BTreeMap::new();
-    for p in pods {
-        if p.sectors == 0
-            && let Some(since) = p.idle_since
-            && now.saturating_duration_since(since) >= policy.idle_retire
-        {
-            idle.insert(&p.shard, since);
-        }
+/// What the pool controller does to its pods this round.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct PodPlan {
+    /// New pods to create.
+    pub create: usize,
+    /// Pods whose process ended: deleted, and replaced by `create`.
+    pub replace: Vec<ShardId>,
+    /// Pods beyond the desired count: no new sectors go to them, theirs move off.
+    pub drain: Vec<ShardId>,
+    /// Drained pods that own nothing and have been idle for the pool's retire time: deleted.
+    pub retire: Vec<ShardId>,
+}
+
+/// The plan for `pods` when the pool needs `desired` of them. Pods that ended are replaced;
+/// missing pods are created up to `desired` (never beyond the pool's max); the surplus
+/// drains, pods that never linked first, then those owning the fewest sectors; a drained pod
+/// retires only once it owns no sector and has been idle for the retire time. A pod that still
+/// owns sectors is never deleted, whatever the count says. Deterministic for the same input.
+pub fn plan_pods(pods: &[PodState], desired: usize, policy: &PoolPolicy, now: Instant) -> PodPlan {
+    let desired = desired.clamp(policy.min_shards, policy.max_shards.max(policy.min_shards));
+    let replace: Vec<ShardId> = pods
+        .iter()
+        .filter(|p| p.ended)
+        .map(|p| p.shard.clone())
+        .collect();
+    let mut live: Vec<&PodState> = pods.iter().filter(|p| !p.ended).collect();
+    let create = desired.saturating_sub(live.len());
+    let surplus = live.len().saturating_sub(desired);
+    // Cheapest to lose first: never linked, then fewest sectors, then idle longest.
+    live.sort_by(|a, b| {
+        (a.connected, a.sectors, a.idle_since.is_none())
+            .cmp(&(b.connected, b.sectors, b.idle_since.is_none()))
+            .then(a.idle_since.cmp(&b.idle_since))
+            .then(a.shard.cmp(&b.shard))
+    });
+    let drain: Vec<&PodState> = live.into_iter().take(surplus).collect();
+    let retire = drain
+        .iter()
+        .filter(|p| {
+            p.sectors == 0
+                && p.idle_since
+                    .is_some_and(|since| now.saturating_duration_since(since) >= policy.idle_retire)
+        })
+        .map(|p| p.shard.clone())
+        .collect();
+    PodPlan {
+        create,
+        replace,
+        drain: drain.into_iter().map(|p| p.shard.clone()).collect(),
+        retire,
     }
-    let mut chosen: Vec<(&ShardId, Instant)> = idle.into_iter().collect();
-    // Longest idle first.
-    chosen.sort_by(|a, b| a.1.cmp(&b.1).then(a.0.cmp(b.0)));
-    chosen
-        .into_iter()
-        .take(surplus)
-        .map(|(s, _)| s.clone())
-        .collect()
 }

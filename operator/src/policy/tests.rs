@@ -8,7 +8,7 @@ use sidereal_core::{SectorId, ShardId};
 
 use super::history::LoadHistory;
 use super::placement::{assign, moved};
-use super::pods::{PodState, desired_shards, retirable};
+use super::pods::{PodState, desired_shards, plan_pods};
 use super::transitions::{Transition, decide};
 use super::{Capacity, LeafLoad, PoolPolicy};
 
@@ -326,28 +326,76 @@ fn pod_count_covers_sectors_and_entities_plus_spares_within_bounds() {
 }
 
 #[test]
-fn only_idle_empty_pods_beyond_the_desired_count_retire() {
-    let p = PoolPolicy::default(); // idle retire 300 s
+fn the_pod_plan_replaces_ended_pods_creates_missing_ones_and_drains_the_cheapest() {
+    let p = PoolPolicy::default(); // 1..=8 shards, idle retire 300 s
     let t0 = Instant::now();
     let now = t0 + Duration::from_secs(1000);
-    let pod = |name: &str, sectors, idle: Option<u64>| PodState {
+    let pod = |name: &str, sectors, idle: Option<u64>, connected| PodState {
         shard: ShardId::new(name),
         sectors,
         idle_since: idle.map(|s| t0 + Duration::from_secs(s)),
+        connected,
+        ended: false,
     };
-    let pods = [
-        pod("busy", 3, None),
-        pod("idle-long", 0, Some(100)),
-        pod("idle-longer", 0, Some(50)),
-        pod("idle-short", 0, Some(900)),
+    // Too few: create the difference; an ended pod is replaced (deleted, and counted missing).
+    let mut dead = pod("dead", 3, None, false);
+    dead.ended = true;
+    let few = [pod("a", 2, None, true), dead];
+    let plan = plan_pods(&few, 3, &p, now);
+    assert_eq!((plan.create, plan.replace.clone()), (2, shards(&["dead"])));
+    assert!(plan.drain.is_empty() && plan.retire.is_empty());
+    // Never beyond the pool's max.
+    assert_eq!(plan_pods(&[], 50, &p, now).create, 8);
+    // Never below its min, even when nothing is needed.
+    assert_eq!(plan_pods(&[], 0, &p, now).create, 1);
+
+    // Too many: the surplus drains, never-linked pods first, then the least loaded.
+    let many = [
+        pod("busy", 5, None, true),
+        pod("light", 1, None, true),
+        pod("idle-long", 0, Some(100), true),
+        pod("idle-short", 0, Some(900), true),
+        pod("pending", 0, Some(950), false),
     ];
+    let plan = plan_pods(&many, 2, &p, now);
+    assert_eq!(plan.create, 0);
+    assert_eq!(plan.drain, shards(&["pending", "idle-long", "idle-short"]));
+    // Only those idle past the retire time go now.
+    assert_eq!(plan.retire, shards(&["idle-long"]));
+    let plan = plan_pods(&many, 1, &p, now);
     assert_eq!(
-        retirable(&pods, 1, &p, now),
-        shards(&["idle-longer", "idle-long"])
+        plan.drain,
+        shards(&["pending", "idle-long", "idle-short", "light"])
     );
-    assert_eq!(retirable(&pods, 3, &p, now), shards(&["idle-longer"]));
-    assert!(retirable(&pods, 4, &p, now).is_empty());
-    // A pod that owns sectors is never retired, whatever the count says.
-    let owning = [pod("a", 1, None), pod("b", 2, None)];
-    assert!(retirable(&owning, 0, &p, now).is_empty());
+    assert_eq!(
+        plan.retire,
+        shards(&["idle-long"]),
+        "light still owns a sector"
+    );
+    // Later, everything drained and idle retires, and the busy pod stays.
+    let later = t0 + Duration::from_secs(5000);
+    let plan = plan_pods(&many, 1, &p, later);
+    assert_eq!(plan.retire, shards(&["pending", "idle-long", "idle-short"]));
+    assert!(plan_pods(&many, 5, &p, later).drain.is_empty());
+}
+
+#[test]
+fn a_pod_that_owns_sectors_is_never_retired() {
+    let p = PoolPolicy {
+        min_shards: 0,
+        ..PoolPolicy::default()
+    };
+    let t0 = Instant::now();
+    let owning: Vec<PodState> = (0..4)
+        .map(|i| PodState {
+            shard: ShardId::new(format!("p{i}")),
+            sectors: i + 1,
+            idle_since: Some(t0),
+            connected: true,
+            ended: false,
+        })
+        .collect();
+    let plan = plan_pods(&owning, 0, &p, t0 + Duration::from_secs(1_000_000));
+    assert_eq!(plan.drain.len(), 4);
+    assert!(plan.retire.is_empty());
 }

@@ -1,0 +1,289 @@
+//! The full loop with real processes: the operator runs a ShardPool's pods on kwok nodes, the
+//! kubelet stand-in runs a real `sidereal shard` for each, and load drives the fleet. A root
+//! splits when the pool's threshold drops below its load and the pool grows to fit its
+//! children; a shard pod deleted by hand is replaced and its leaves re-homed with nothing lost;
+//! raised thresholds merge the children back and the surplus pods drain and retire.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::process::Stdio;
+use std::time::Duration;
+
+use k8s_openapi::api::core::v1::Pod;
+use kube::api::{Api, ListParams};
+use kube::{Client, ResourceExt};
+use sidereal_core::ControlClient;
+use sidereal_crds::{Sector, SectorPhase, ShardPool};
+use sidereal_e2e::kubelet::Kubelet;
+use sidereal_e2e::{
+    LocalFleet, LocalProcess, apply_text, in_namespace, kubectl, sidereal, wait_until,
+};
+
+const ENTITIES: usize = 400;
+const SHARD_PODS: &str = "app.kubernetes.io/name=sidereal-shard";
+
+/// A pool of at most 6 shards holding 2 leaves each, with one warm spare; everything is
+/// quick (1 s sustain, cooldown and idle time) so the test sees several transitions.
+fn pool_yaml(split_entities: u32, merge_entities: u32) -> String {
+    format!(
+        "apiVersion: sidereal.dev/v1alpha1
+kind: ShardPool
+metadata:
+  name: default
+spec:
+  shards:
+    min: 1
+    max: 6
+    warmSpares: 1
+  capacity:
+    sectors: 2
+    entities: 100000
+  split:
+    entities: {split_entities}
+    players: 200
+    tickP99Ms: 2000
+    sustainSeconds: 1
+  merge:
+    entities: {merge_entities}
+    players: 100
+    tickP99Ms: 1000
+    sustainSeconds: 1
+  cooldownSeconds: 1
+  maxConcurrentTransitions: 4
+  minScale: 1
+  idleRetireSeconds: 2
+  template:
+    spec:
+      tolerations:
+        - key: kwok.x-k8s.io/node
+          operator: Exists
+          effect: NoSchedule
+      containers:
+        - name: shard
+          image: sidereal:dev
+          args: [shard, --fire-every-ticks, \"0\"]
+"
+    )
+}
+
+const ROOT: &str = "apiVersion: sidereal.dev/v1alpha1
+kind: Sector
+metadata:
+  name: s2-x0-y0
+spec:
+  pool: default
+  scale: 2
+  gridX: 0
+  gridY: 0
+";
+
+/// The pool's live shard pods (not being deleted).
+async fn shard_pods(client: &Client, ns: &str) -> anyhow::Result<BTreeSet<String>> {
+    Ok(Api::<Pod>::namespaced(client.clone(), ns)
+        .list(&ListParams::default().labels(SHARD_PODS))
+        .await?
+        .items
+        .into_iter()
+        .filter(|p| p.metadata.deletion_timestamp.is_none())
+        .map(|p| p.name_any())
+        .collect())
+}
+
+/// Every leaf Sector is Active on one of `pods`, every entity is simulated (none archived,
+/// none in transit), and replication's placement names only `pods`: the world is whole.
+async fn whole(
+    sectors: &Api<Sector>,
+    control: &ControlClient,
+    pods: &BTreeSet<String>,
+    leaves: usize,
+) -> anyhow::Result<bool> {
+    let list = sectors.list(&Default::default()).await?.items;
+    let active: Vec<&Sector> = list
+        .iter()
+        .filter(|s| s.status.as_ref().and_then(|st| st.phase) == Some(SectorPhase::Active))
+        .collect();
+    let on_pods = active.iter().all(|s| {
+        s.status
+            .as_ref()
+            .and_then(|st| st.shard.as_ref())
+            .is_some_and(|sh| pods.contains(sh))
+    });
+    let placement = control.placement().await?;
+    let placed_on_pods = placement.sectors.values().all(|s| pods.contains(&s.0));
+    let status = control.status().await?;
+    let entities = control.entities("").await?.entities;
+    Ok(active.len() == leaves
+        && on_pods
+        && placement.sectors.len() == leaves
+        && placed_on_pods
+        && status.entities == ENTITIES
+        && status.archived_entities == 0
+        && entities.iter().all(|e| !e.in_transit))
+}
+
+#[tokio::test]
+async fn shard_pods_follow_the_load_through_a_split_a_lost_pod_and_a_merge() -> anyhow::Result<()> {
+    in_namespace("pools", |client, ns| async move {
+        let fleet = LocalFleet::start(ENTITIES, 0, 0)?;
+        let control = fleet.control();
+        apply_text(&ns, &fleet.control_secret())?;
+        apply_text(&ns, &fleet.shard_secret())?;
+        apply_text(&ns, &pool_yaml(100_000, 50))?;
+        apply_text(&ns, ROOT)?;
+        let kubelet = Kubelet::start(client.clone(), &ns, SHARD_PODS);
+        let _operator = LocalProcess(
+            sidereal()
+                .args(["operator", "--metrics", "127.0.0.1:0", "--namespace", &ns])
+                .args(["--lease-namespace", &ns, "--lease-duration", "3"])
+                .stdout(Stdio::null())
+                .spawn()?,
+        );
+        let sectors: Api<Sector> = Api::namespaced(client.clone(), &ns);
+        let pools: Api<ShardPool> = Api::namespaced(client.clone(), &ns);
+        let pool_is = |shards: i32, ready: i32, leaves: i32| {
+            let pools = pools.clone();
+            move || {
+                let pools = pools.clone();
+                async move {
+                    let st = pools.get("default").await?.status.unwrap_or_default();
+                    Ok((st.shards, st.ready, st.leaves) == (shards, ready, leaves))
+                }
+            }
+        };
+
+        // A pool whose template makes pods the API server refuses says so in its status.
+        apply_text(&ns, "apiVersion: sidereal.dev/v1alpha1\nkind: ShardPool\nmetadata:\n  name: broken\nspec:\n  template:\n    spec:\n      containers:\n        - name: shard\n")?;
+        wait_until("the broken pool says why", Duration::from_secs(30), || async {
+            let st = pools.get("broken").await?.status.unwrap_or_default();
+            Ok(st.conditions.iter().any(|c| {
+                c.status == "False" && c.reason == "InvalidTemplate" && c.message.contains("image")
+            }))
+        })
+        .await?;
+
+        // One leaf needs one shard, plus the warm spare: two pods, both running real shards
+        // linked to replication, the root simulated on one of them.
+        wait_until(
+            "two shard pods linked, the root Active on one",
+            Duration::from_secs(90),
+            || async {
+                let pods = shard_pods(&client, &ns).await?;
+                Ok(pods.len() == 2 && whole(&sectors, &control, &pods, 1).await?)
+            },
+        )
+        .await?;
+        wait_until(
+            "pool status: 2 shards, 2 ready, 1 leaf",
+            Duration::from_secs(30),
+            pool_is(2, 2, 1),
+        )
+        .await?;
+        let before = shard_pods(&client, &ns).await?;
+        assert_eq!(kubelet.running(), before, "a process per pod");
+        let linked = control.connected_shards().await?;
+        assert_eq!(
+            linked.iter().map(|s| s.0.clone()).collect::<BTreeSet<_>>(),
+            before
+        );
+        let table = kubectl(&["get", "shardpools", "-n", &ns, "--no-headers"])?;
+        let row = table.lines().find(|l| l.starts_with("default ")).expect(&table);
+        let columns: Vec<&str> = row.split_whitespace().collect();
+        // NAME MIN MAX SHARDS READY LEAVES AGE
+        assert_eq!(
+            &columns[..6],
+            ["default", "1", "6", "2", "2", "1"],
+            "{table}"
+        );
+
+        // 400 entities in the root, split threshold 150: four children of about 100 each,
+        // two leaves per shard: two busy pods and a spare.
+        apply_text(&ns, &pool_yaml(150, 20))?;
+        wait_until(
+            "split: four children Active on three linked pods",
+            Duration::from_secs(90),
+            || async {
+                let pods = shard_pods(&client, &ns).await?;
+                let parent = sectors.get("s2-x0-y0").await?;
+                let split = parent.status.and_then(|s| s.phase) == Some(SectorPhase::Split);
+                Ok(split && pods.len() == 3 && whole(&sectors, &control, &pods, 4).await?)
+            },
+        )
+        .await?;
+        wait_until(
+            "pool status: 3 shards, 3 ready, 4 leaves",
+            Duration::from_secs(30),
+            pool_is(3, 3, 4),
+        )
+        .await?;
+        let pods = shard_pods(&client, &ns).await?;
+        assert!(
+            before.is_subset(&pods),
+            "growing never replaced a pod: {before:?} -> {pods:?}"
+        );
+
+        // A pod that simulates leaves is deleted by hand: a new pod takes its place, its leaves
+        // are re-homed from replication's mirror, nothing is lost.
+        let placement = control.placement().await?;
+        let mut owned: BTreeMap<String, usize> = BTreeMap::new();
+        for shard in placement.sectors.values() {
+            *owned.entry(shard.0.clone()).or_default() += 1;
+        }
+        let victim = owned.keys().next().expect("some pod owns leaves").clone();
+        kubectl(&["delete", "pod", &victim, "-n", &ns, "--wait=false"])?;
+        wait_until(
+            "the lost pod replaced and its leaves re-homed",
+            Duration::from_secs(90),
+            || async {
+                let now = shard_pods(&client, &ns).await?;
+                Ok(now.len() == 3
+                    && !now.contains(&victim)
+                    && whole(&sectors, &control, &now, 4).await?)
+            },
+        )
+        .await?;
+        assert!(
+            !kubelet.running().contains(&victim),
+            "its process was stopped"
+        );
+
+        // Cold: the children merge back into the root, and the surplus pods drain and retire
+        // after the pool's idle time, back to one busy pod and the spare.
+        apply_text(&ns, &pool_yaml(100_000, 50_000))?;
+        wait_until(
+            "merged, and back to two pods",
+            Duration::from_secs(90),
+            || async {
+                let pods = shard_pods(&client, &ns).await?;
+                let list = sectors.list(&Default::default()).await?.items;
+                Ok(list.len() == 1
+                    && pods.len() == 2
+                    && whole(&sectors, &control, &pods, 1).await?)
+            },
+        )
+        .await?;
+        wait_until(
+            "pool status: 2 shards, 2 ready, 1 leaf",
+            Duration::from_secs(30),
+            pool_is(2, 2, 1),
+        )
+        .await?;
+        let events = kubectl(&[
+            "get",
+            "events",
+            "-n",
+            &ns,
+            "--field-selector",
+            "involvedObject.kind=ShardPool",
+            "-o",
+            "custom-columns=R:.reason",
+            "--no-headers",
+        ])?;
+        for reason in ["Created", "Draining", "Retired"] {
+            assert!(
+                events.lines().any(|l| l.trim() == reason),
+                "no {reason} Event: {events}"
+            );
+        }
+        Ok(())
+    })
+    .await
+}
