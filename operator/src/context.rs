@@ -29,6 +29,7 @@ pub struct Metrics {
     pub reconciles: IntCounterVec,
     pub errors: IntCounterVec,
     pub pods: IntCounterVec,
+    pub invalid_objects: IntCounterVec,
     pub sync_seconds: Histogram,
     pub status_writes: IntCounterVec,
     pub transitions: IntCounterVec,
@@ -84,11 +85,20 @@ impl Default for Metrics {
             &["kind"],
         )
         .expect("valid");
+        let invalid_objects = IntCounterVec::new(
+            Opts::new(
+                "invalid_objects_total",
+                "Objects skipped because the operator cannot read them, by kind (once per version)",
+            ),
+            &["kind"],
+        )
+        .expect("valid");
         for c in [
             &syncs,
             &reconciles,
             &errors,
             &pods,
+            &invalid_objects,
             &status_writes,
             &transitions,
         ] {
@@ -109,6 +119,7 @@ impl Default for Metrics {
             reconciles,
             errors,
             pods,
+            invalid_objects,
             sync_seconds,
             status_writes,
             transitions,
@@ -130,6 +141,8 @@ pub struct Context {
     pub histories: Mutex<HashMap<String, LoadHistory>>,
     /// Since when each shard pod (`namespace/name`) has owned no sector.
     pub idle_since: Mutex<HashMap<String, Instant>>,
+    /// Invalid objects already reported (`uid/name/resourceVersion`).
+    pub invalid_seen: Mutex<HashSet<String>>,
 }
 
 impl Context {
@@ -146,6 +159,7 @@ impl Context {
             running: Mutex::new(HashSet::new()),
             histories: Mutex::new(HashMap::new()),
             idle_since: Mutex::new(HashMap::new()),
+            invalid_seen: Mutex::new(HashSet::new()),
         }
     }
 

@@ -13,6 +13,7 @@ use futures::StreamExt;
 use k8s_openapi::api::core::v1::{Pod, Secret};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams};
+use kube::core::DeserializeGuard;
 use kube::runtime::controller::{Action, Controller};
 use kube::runtime::events::{Event, EventType};
 use kube::runtime::watcher;
@@ -23,6 +24,7 @@ use sidereal_crds::{Sector, SectorStatus, ShardPool};
 use tracing::{debug, info, warn};
 
 use crate::context::{CONTROL_SECRET, Context, FIELD_MANAGER};
+use crate::objects::list_valid;
 use crate::policy::transitions::{Transition, decide};
 use crate::policy::{Capacity, LeafLoad, PoolPolicy, Thresholds, placement::assign};
 use crate::pool::policy_of;
@@ -48,7 +50,7 @@ pub async fn run(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) {
     let shutdown = futures::FutureExt::shared(futures::FutureExt::boxed(shutdown));
-    let apis: Vec<Api<Sector>> = if namespaces.is_empty() {
+    let apis: Vec<Api<DeserializeGuard<Sector>>> = if namespaces.is_empty() {
         vec![Api::all(ctx.client.clone())]
     } else {
         namespaces
@@ -81,7 +83,8 @@ impl Drop for AbortOnDrop {
     }
 }
 
-async fn reconcile(sector: Arc<Sector>, ctx: Arc<Context>) -> Result<Action> {
+async fn reconcile(sector: Arc<DeserializeGuard<Sector>>, ctx: Arc<Context>) -> Result<Action> {
+    // A Sector that does not deserialize still names its world; the sync reports and skips it.
     let ns = sector
         .namespace()
         .ok_or_else(|| Error::NotNamespaced(sector.name_any()))?;
@@ -132,7 +135,7 @@ async fn tick_worlds(ctx: Arc<Context>) {
     }
 }
 
-fn error_policy(sector: Arc<Sector>, e: &Error, ctx: Arc<Context>) -> Action {
+fn error_policy(sector: Arc<DeserializeGuard<Sector>>, e: &Error, ctx: Arc<Context>) -> Action {
     ctx.metrics
         .errors
         .with_label_values(&["sector", e.metric_label()])
@@ -148,11 +151,9 @@ fn error_policy(sector: Arc<Sector>, e: &Error, ctx: Arc<Context>) -> Action {
 /// One world, end to end: observe, place, report.
 async fn sync_world(ctx: &Context, ns: &str) -> Result<()> {
     let sectors_api: Api<Sector> = Api::namespaced(ctx.client.clone(), ns);
-    let sectors = sectors_api.list(&ListParams::default()).await?.items;
-    let pools: BTreeMap<String, ShardPool> = Api::<ShardPool>::namespaced(ctx.client.clone(), ns)
-        .list(&ListParams::default())
+    let sectors: Vec<Sector> = list_valid(ctx, ns).await?;
+    let pools: BTreeMap<String, ShardPool> = list_valid::<ShardPool>(ctx, ns)
         .await?
-        .items
         .into_iter()
         .map(|p| (p.name_any(), p))
         .collect();

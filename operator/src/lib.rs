@@ -8,6 +8,7 @@
 pub mod context;
 pub mod controller;
 pub mod leader;
+pub mod objects;
 pub mod policy;
 pub mod pool;
 pub mod shardpool;

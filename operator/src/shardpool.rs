@@ -16,6 +16,7 @@ use k8s_openapi::api::core::v1::{
 };
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
+use kube::core::DeserializeGuard;
 use kube::runtime::controller::{Action, Controller};
 use kube::runtime::events::{Event, EventType};
 use kube::runtime::watcher;
@@ -27,6 +28,7 @@ use tracing::{debug, info, warn};
 
 use crate::context::{CONTROL_SECRET, Context, FIELD_MANAGER};
 use crate::controller::control_client;
+use crate::objects::{list_valid, report_invalid};
 use crate::policy::pods::{PodPlan, PodState, desired_shards, plan_pods};
 use crate::pool::policy_of;
 use crate::world::SectorTree;
@@ -55,7 +57,7 @@ pub async fn run(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) {
     let shutdown = futures::FutureExt::shared(futures::FutureExt::boxed(shutdown));
-    let scopes: Vec<(Api<ShardPool>, Api<Pod>)> = if namespaces.is_empty() {
+    let scopes: Vec<(Api<DeserializeGuard<ShardPool>>, Api<Pod>)> = if namespaces.is_empty() {
         vec![(Api::all(ctx.client.clone()), Api::all(ctx.client.clone()))]
     } else {
         namespaces
@@ -85,7 +87,7 @@ pub async fn run(
     info!("shardpool controller stopped");
 }
 
-fn error_policy(pool: Arc<ShardPool>, e: &Error, ctx: Arc<Context>) -> Action {
+fn error_policy(pool: Arc<DeserializeGuard<ShardPool>>, e: &Error, ctx: Arc<Context>) -> Action {
     ctx.metrics
         .errors
         .with_label_values(&["shardpool", e.metric_label()])
@@ -112,7 +114,15 @@ struct Linked {
     sectors_of: BTreeMap<ShardId, usize>,
 }
 
-async fn reconcile(pool: Arc<ShardPool>, ctx: Arc<Context>) -> Result<Action> {
+async fn reconcile(guarded: Arc<DeserializeGuard<ShardPool>>, ctx: Arc<Context>) -> Result<Action> {
+    let pool = match &guarded.0 {
+        Ok(pool) => pool,
+        Err(invalid) => {
+            // Its pods stay as they are until the pool is fixed (the watch brings it back).
+            report_invalid::<ShardPool>(&ctx, invalid).await;
+            return Ok(Action::await_change());
+        }
+    };
     let ns = pool
         .namespace()
         .ok_or_else(|| Error::NotNamespaced(pool.name_any()))?;
@@ -122,17 +132,17 @@ async fn reconcile(pool: Arc<ShardPool>, ctx: Arc<Context>) -> Result<Action> {
         .inc();
     let name = pool.name_any();
     let pods: Api<Pod> = Api::namespaced(ctx.client.clone(), &ns);
-    let observed = observe(&ctx, &ns, &pool).await?;
+    let observed = observe(&ctx, &ns, pool).await?;
     let policy = policy_of(&pool.spec);
     let desired = desired_shards(observed.leaves.len(), observed.entities, &policy);
     let now = Instant::now();
     let states = pod_states(&ctx, &ns, &observed, now);
     let plan = plan_pods(&states, desired, &policy, now);
-    replace_ended(&ctx, &pods, &pool, &plan).await?;
-    let refused = create_missing(&ctx, &pods, &pool, plan.create).await?;
-    mark_draining(&ctx, &pods, &pool, &observed.pods, &plan).await?;
-    retire_idle(&ctx, &pods, &pool, &plan).await?;
-    sync_pool_status(&ctx, &pool, &observed, &plan, desired, refused).await?;
+    replace_ended(&ctx, &pods, pool, &plan).await?;
+    let refused = create_missing(&ctx, &pods, pool, plan.create).await?;
+    mark_draining(&ctx, &pods, pool, &observed.pods, &plan).await?;
+    retire_idle(&ctx, &pods, pool, &plan).await?;
+    sync_pool_status(&ctx, pool, &observed, &plan, desired, refused).await?;
     debug!(pool = %name, desired, pods = observed.pods.len(), "pool reconciled");
     Ok(Action::requeue(RESYNC))
 }
@@ -147,10 +157,7 @@ async fn observe(ctx: &Context, ns: &str, pool: &ShardPool) -> Result<Observed> 
         .into_iter()
         .filter(|p| p.metadata.deletion_timestamp.is_none() && is_managed(p))
         .collect();
-    let sectors = Api::<Sector>::namespaced(ctx.client.clone(), ns)
-        .list(&ListParams::default())
-        .await?
-        .items;
+    let sectors: Vec<Sector> = list_valid(ctx, ns).await?;
     let mine: BTreeSet<SectorId> = sectors
         .iter()
         .filter(|s| s.spec.pool == name)

@@ -160,6 +160,10 @@ async fn shard_pods_follow_the_load_through_a_split_a_lost_pod_and_a_merge() -> 
         })
         .await?;
 
+        // A pool the API server accepts (the template is opaque to it) but the operator cannot
+        // read: reported on the object, and it stalls nothing else (everything below).
+        apply_text(&ns, "apiVersion: sidereal.dev/v1alpha1\nkind: ShardPool\nmetadata:\n  name: unreadable\nspec:\n  template:\n    spec:\n      containers: not-a-list\n")?;
+
         // One leaf needs one shard, plus the warm spare: two pods, both running real shards
         // linked to replication, the root simulated on one of them.
         wait_until(
@@ -283,6 +287,21 @@ async fn shard_pods_follow_the_load_through_a_split_a_lost_pod_and_a_merge() -> 
                 "no {reason} Event: {events}"
             );
         }
+        let unreadable = kubectl(&[
+            "get",
+            "events",
+            "-n",
+            &ns,
+            "--field-selector",
+            "involvedObject.name=unreadable",
+            "-o",
+            "custom-columns=R:.reason,M:.message",
+            "--no-headers",
+        ])?;
+        assert!(
+            unreadable.contains("InvalidObject") && unreadable.contains("not-a-list"),
+            "{unreadable}"
+        );
         Ok(())
     })
     .await
