@@ -230,10 +230,49 @@ pub fn sidereal() -> std::process::Command {
     c
 }
 
+/// Starts replication on `http` and `link` (`127.0.0.1:0`: any free port) with its data in
+/// `data`, seeding `entities` into `s2-x0-y0` if the store is empty; returns it with the
+/// addresses it bound (the control API as a URL).
+fn spawn_replication(
+    entities: usize,
+    data: &std::path::Path,
+    http: &str,
+    link: &str,
+) -> anyhow::Result<(LocalProcess, String, String)> {
+    use std::io::BufRead;
+    let mut child = sidereal()
+        .args(["replication", "--http", http, "--link", link])
+        .args(["--seed-entities", &entities.to_string()])
+        .args(["--world", "s2-x0-y0"])
+        .arg("--data")
+        .arg(data)
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .context("starting replication")?;
+    let mut lines = std::io::BufReader::new(child.stdout.take().expect("piped")).lines();
+    let replication = LocalProcess(child);
+    let ready = lines.next().context("replication's ready line")??;
+    // Keep draining stdout so it never blocks on a full pipe.
+    std::thread::spawn(move || for _ in lines {});
+    let addr = |key: &str| {
+        ready
+            .split_whitespace()
+            .find_map(|w| w.strip_prefix(key))
+            .map(str::to_owned)
+            .with_context(|| format!("{key} in {ready:?}"))
+    };
+    Ok((
+        replication,
+        format!("http://{}", addr("http=")?),
+        addr("link=")?,
+    ))
+}
+
 /// A replication and its shards as local processes on loopback, with their own data
 /// directory (removed on drop): what the operator talks to in the e2e tests and benchmarks.
 pub struct LocalFleet {
-    _replication: LocalProcess,
+    replication: LocalProcess,
+    entities: usize,
     shards: Vec<LocalProcess>,
     /// The control API, e.g. `http://127.0.0.1:41234`.
     pub http: String,
@@ -246,41 +285,14 @@ impl LocalFleet {
     /// Replication seeding `entities` in its flag world `s2-x0-y0`, and `shards` shards that
     /// fire every `fire_every_ticks` ticks (0: never, so entity counts stay exact).
     pub fn start(entities: usize, shards: usize, fire_every_ticks: u32) -> anyhow::Result<Self> {
-        use std::io::BufRead;
         static N: AtomicU32 = AtomicU32::new(0);
         let data = std::env::temp_dir().join(format!(
             "sidereal-e2e-fleet-{}-{}",
             std::process::id(),
             N.fetch_add(1, Ordering::Relaxed)
         ));
-        let mut child = sidereal()
-            .args([
-                "replication",
-                "--http",
-                "127.0.0.1:0",
-                "--link",
-                "127.0.0.1:0",
-            ])
-            .args(["--seed-entities", &entities.to_string()])
-            .args(["--world", "s2-x0-y0"])
-            .arg("--data")
-            .arg(&data)
-            .stdout(std::process::Stdio::piped())
-            .spawn()
-            .context("starting replication")?;
-        let mut lines = std::io::BufReader::new(child.stdout.take().expect("piped")).lines();
-        let replication = LocalProcess(child);
-        let ready = lines.next().context("replication's ready line")??;
-        // Keep draining stdout so it never blocks on a full pipe.
-        std::thread::spawn(move || for _ in lines {});
-        let addr = |key: &str| {
-            ready
-                .split_whitespace()
-                .find_map(|w| w.strip_prefix(key))
-                .map(str::to_owned)
-                .with_context(|| format!("{key} in {ready:?}"))
-        };
-        let (http, link) = (format!("http://{}", addr("http=")?), addr("link=")?);
+        let (replication, http, link) =
+            spawn_replication(entities, &data, "127.0.0.1:0", "127.0.0.1:0")?;
         let shards = (0..shards)
             .map(|i| {
                 Ok(LocalProcess(
@@ -300,12 +312,25 @@ impl LocalFleet {
             })
             .collect::<anyhow::Result<_>>()?;
         Ok(Self {
-            _replication: replication,
+            replication,
+            entities,
             shards,
             http,
             link,
             data,
         })
+    }
+
+    /// Kills replication with SIGKILL and starts it again on the same addresses and data: it
+    /// comes back with the world its store holds; its shards' links broke, so they exit and
+    /// whoever runs them starts them again.
+    pub fn restart_replication(&mut self) -> anyhow::Result<()> {
+        let _ = self.replication.0.kill();
+        let _ = self.replication.0.wait();
+        let http = self.http.trim_start_matches("http://").to_owned();
+        let (replication, _, _) = spawn_replication(self.entities, &self.data, &http, &self.link)?;
+        self.replication = replication;
+        Ok(())
     }
 
     /// The Secret that tells the operator where this world's replication is (control API,

@@ -120,23 +120,30 @@ async fn whole(
         && entities.iter().all(|e| !e.in_transit))
 }
 
+/// A world with no shard of its own: replication (400 entities in `s2-x0-y0`), its Secrets,
+/// the pool (no split yet), the root, the kubelet stand-in and the operator.
+fn pool_world(client: &Client, ns: &str) -> anyhow::Result<(LocalFleet, Kubelet, LocalProcess)> {
+    let fleet = LocalFleet::start(ENTITIES, 0, 0)?;
+    apply_text(ns, &fleet.control_secret())?;
+    apply_text(ns, &fleet.shard_secret())?;
+    apply_text(ns, &pool_yaml(100_000, 50))?;
+    apply_text(ns, ROOT)?;
+    let kubelet = Kubelet::start(client.clone(), ns, SHARD_PODS);
+    let operator = LocalProcess(
+        sidereal()
+            .args(["operator", "--metrics", "127.0.0.1:0", "--namespace", ns])
+            .args(["--lease-namespace", ns, "--lease-duration", "3"])
+            .stdout(Stdio::null())
+            .spawn()?,
+    );
+    Ok((fleet, kubelet, operator))
+}
+
 #[tokio::test]
 async fn shard_pods_follow_the_load_through_a_split_a_lost_pod_and_a_merge() -> anyhow::Result<()> {
     in_namespace("pools", |client, ns| async move {
-        let fleet = LocalFleet::start(ENTITIES, 0, 0)?;
+        let (fleet, kubelet, _operator) = pool_world(&client, &ns)?;
         let control = fleet.control();
-        apply_text(&ns, &fleet.control_secret())?;
-        apply_text(&ns, &fleet.shard_secret())?;
-        apply_text(&ns, &pool_yaml(100_000, 50))?;
-        apply_text(&ns, ROOT)?;
-        let kubelet = Kubelet::start(client.clone(), &ns, SHARD_PODS);
-        let _operator = LocalProcess(
-            sidereal()
-                .args(["operator", "--metrics", "127.0.0.1:0", "--namespace", &ns])
-                .args(["--lease-namespace", &ns, "--lease-duration", "3"])
-                .stdout(Stdio::null())
-                .spawn()?,
-        );
         let sectors: Api<Sector> = Api::namespaced(client.clone(), &ns);
         let pools: Api<ShardPool> = Api::namespaced(client.clone(), &ns);
         let pool_is = |shards: i32, ready: i32, leaves: i32| {
@@ -301,6 +308,52 @@ async fn shard_pods_follow_the_load_through_a_split_a_lost_pod_and_a_merge() -> 
         assert!(
             unreadable.contains("InvalidObject") && unreadable.contains("not-a-list"),
             "{unreadable}"
+        );
+        Ok(())
+    })
+    .await
+}
+
+/// Replication killed with SIGKILL and started again on the same addresses: it reloads the
+/// world and placement from its store, the shard processes (their links broken) exit and are
+/// started again in the same pods, and every entity is simulated again.
+#[tokio::test]
+async fn a_replication_restart_loses_nothing_and_the_same_pods_carry_on() -> anyhow::Result<()> {
+    in_namespace("restart", |client, ns| async move {
+        let (mut fleet, kubelet, _operator) = pool_world(&client, &ns)?;
+        let control = fleet.control();
+        let sectors: Api<Sector> = Api::namespaced(client.clone(), &ns);
+        wait_until(
+            "two shard pods linked, the root Active",
+            Duration::from_secs(90),
+            || async {
+                let pods = shard_pods(&client, &ns).await?;
+                Ok(pods.len() == 2 && whole(&sectors, &control, &pods, 1).await?)
+            },
+        )
+        .await?;
+        let pods = shard_pods(&client, &ns).await?;
+        let starts = kubelet.starts();
+        fleet.restart_replication()?;
+        wait_until(
+            "every entity simulated again on the same pods",
+            Duration::from_secs(90),
+            || async {
+                let linked = control.connected_shards().await.unwrap_or_default();
+                Ok(linked.len() == 2
+                    && shard_pods(&client, &ns).await? == pods
+                    && whole(&sectors, &control, &pods, 1).await?)
+            },
+        )
+        .await?;
+        assert!(
+            kubelet.starts() >= starts + 2,
+            "both shard processes were started again"
+        );
+        let status = control.status().await?;
+        assert_eq!(
+            (status.roots, status.entities, status.archived_entities),
+            (1, ENTITIES, 0)
         );
         Ok(())
     })
