@@ -1,5 +1,6 @@
 //! `sidereal`: one binary for every role of the fleet.
 
+mod autoscale;
 mod operator_cmd;
 mod replication_cmd;
 mod shard_cmd;

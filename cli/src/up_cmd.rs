@@ -1,6 +1,7 @@
-//! `sidereal up`: replication and N shards as local processes, placed evenly, supervised.
+//! `sidereal up`: replication and N shards as local processes, placed evenly, supervised, and
+//! autoscaled by the operator's policy (splits, merges, shard count) unless `--no-autoscale`.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
@@ -8,7 +9,12 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 use clap::Args;
-use sidereal_core::{ControlClient, ControlError, SectorId, ShardId, placement};
+use sidereal_core::{ControlClient, ControlError, Placement, SectorId, ShardId, placement};
+use sidereal_operator::policy::PoolPolicy;
+use sidereal_operator::policy::placement::assign;
+use sidereal_operator::policy::transitions::Transition;
+
+use crate::autoscale::Autoscaler;
 use tokio::process::{Child, Command};
 use tracing::{info, warn};
 
@@ -16,9 +22,35 @@ use crate::replication_cmd::{DEFAULT_WORLD, shutdown_signal};
 
 #[derive(Args, Debug, Clone)]
 pub struct UpArgs {
-    /// Number of shard processes.
+    /// Shard processes at start, and the fewest the autoscaler keeps.
     #[arg(long, default_value_t = 3)]
     pub shards: usize,
+    /// The most shard processes the autoscaler starts.
+    #[arg(long, default_value_t = 8)]
+    pub max_shards: usize,
+    /// Keep the world's leaves and the shard count as they are (no split, merge or scaling).
+    #[arg(long)]
+    pub no_autoscale: bool,
+    /// A leaf with more entities than this for --split-after seconds splits into four.
+    #[arg(long, default_value_t = 5000)]
+    pub split_entities: u64,
+    /// Four sibling leaves with fewer entities than this together, for --merge-after seconds,
+    /// merge back into their parent.
+    #[arg(long, default_value_t = 1000)]
+    pub merge_entities: u64,
+    #[arg(long, default_value_t = 30)]
+    pub split_after: u64,
+    #[arg(long, default_value_t = 120)]
+    pub merge_after: u64,
+    /// Seconds between two splits or merges of the same sector.
+    #[arg(long, default_value_t = 120)]
+    pub cooldown: u64,
+    /// Leaves one shard takes at most before another is started.
+    #[arg(long, default_value_t = 16)]
+    pub sectors_per_shard: usize,
+    /// An extra shard that owns nothing stops after being idle this many seconds.
+    #[arg(long, default_value_t = 300)]
+    pub idle_retire: u64,
     /// Headless bot clients (the client issue adds them; must be 0 for now).
     #[arg(long, default_value_t = 0)]
     pub bots: usize,
@@ -110,7 +142,12 @@ struct Fleet {
     secret: String,
     control_token: String,
     replication: Child,
-    shards: Vec<(ShardId, Child)>,
+    /// Shard `shard-i` by its index i (its metrics port is the base port + i).
+    shards: BTreeMap<usize, Child>,
+}
+
+fn shard_id(i: usize) -> ShardId {
+    ShardId::new(format!("shard-{i}"))
 }
 
 impl Fleet {
@@ -122,7 +159,7 @@ impl Fleet {
             .context("metrics port overflow")?;
         child_command(&self.exe)
             .arg("shard")
-            .args(["--id", &format!("shard-{i}")])
+            .args(["--id", &shard_id(i).0])
             .args(["--replication", &self.args.link.to_string()])
             .args(["--metrics", &format!("127.0.0.1:{port}")])
             .args(["--tick-hz", &self.args.tick_hz.to_string()])
@@ -134,12 +171,30 @@ impl Fleet {
             .context("starting a shard process")
     }
 
+    /// Starts shard-i for the lowest free i.
+    fn start_another_shard(&mut self) -> anyhow::Result<ShardId> {
+        let i = (0..)
+            .find(|i| !self.shards.contains_key(i))
+            .expect("a free index");
+        let child = self.spawn_shard(i)?;
+        self.shards.insert(i, child);
+        Ok(shard_id(i))
+    }
+
+    async fn stop_shard(&mut self, shard: &ShardId) {
+        let found = self.shards.keys().copied().find(|i| shard_id(*i) == *shard);
+        if let Some(mut child) = found.and_then(|i| self.shards.remove(&i)) {
+            let _ = child.start_kill();
+            let _ = child.wait().await;
+        }
+    }
+
     async fn stop(&mut self) {
-        for (_, c) in &mut self.shards {
+        for c in self.shards.values_mut() {
             let _ = c.start_kill();
         }
         let _ = self.replication.start_kill();
-        for (_, c) in &mut self.shards {
+        for c in self.shards.values_mut() {
             let _ = c.wait().await;
         }
         let _ = self.replication.wait().await;
@@ -163,6 +218,20 @@ where
 
 pub fn run(args: UpArgs) -> anyhow::Result<()> {
     anyhow::ensure!(args.shards >= 1, "--shards must be at least 1");
+    anyhow::ensure!(
+        args.max_shards >= args.shards,
+        "--max-shards ({}) must be at least --shards ({})",
+        args.max_shards,
+        args.shards
+    );
+    anyhow::ensure!(
+        args.merge_entities < args.split_entities,
+        "--merge-entities must be below --split-entities, or sectors would split and merge in a loop"
+    );
+    anyhow::ensure!(
+        args.sectors_per_shard >= 1,
+        "--sectors-per-shard must be at least 1"
+    );
     anyhow::ensure!(
         args.bots == 0,
         "--bots needs the client issue, which has not landed yet; use --bots 0"
@@ -207,7 +276,7 @@ pub fn run(args: UpArgs) -> anyhow::Result<()> {
             secret,
             control_token,
             replication,
-            shards: Vec::new(),
+            shards: BTreeMap::new(),
         };
         let result = supervise(&mut fleet).await;
         fleet.stop().await;
@@ -226,18 +295,15 @@ async fn supervise(fleet: &mut Fleet) -> anyhow::Result<()> {
         control.healthy()
     })
     .await?;
-    for i in 0..fleet.args.shards {
-        let child = fleet.spawn_shard(i)?;
-        fleet
-            .shards
-            .push((ShardId::new(format!("shard-{i}")), child));
+    for _ in 0..fleet.args.shards {
+        fleet.start_another_shard()?;
     }
     let want = fleet.args.shards;
     wait_for("every shard to link", Duration::from_secs(60), || async {
         connected(&control).await.is_ok_and(|c| c.len() >= want)
     })
     .await?;
-    let ids: Vec<ShardId> = fleet.shards.iter().map(|(id, _)| id.clone()).collect();
+    let ids: Vec<ShardId> = fleet.shards.keys().map(|i| shard_id(*i)).collect();
     let world = fleet.args.world.clone();
     control
         .update_placement(PLACEMENT_ATTEMPTS, |_| {
@@ -264,6 +330,7 @@ async fn supervise(fleet: &mut Fleet) -> anyhow::Result<()> {
     println!("  data         {}", fleet.args.data.display());
     println!("press Ctrl-C to stop");
 
+    let mut scaler = (!fleet.args.no_autoscale).then(|| Autoscaler::new(policy_of(&fleet.args)));
     let shutdown = shutdown_signal();
     tokio::pin!(shutdown);
     let mut every = tokio::time::interval(Duration::from_millis(500));
@@ -278,19 +345,91 @@ async fn supervise(fleet: &mut Fleet) -> anyhow::Result<()> {
         if let Some(status) = fleet.replication.try_wait()? {
             bail!("replication exited ({status}); stopping the fleet");
         }
-        for i in 0..fleet.shards.len() {
-            if let Some(status) = fleet.shards[i].1.try_wait()? {
-                warn!(shard = %fleet.shards[i].0, %status, "shard exited; restarting it");
-                fleet.shards[i].1 = fleet.spawn_shard(i)?;
+        let indices: Vec<usize> = fleet.shards.keys().copied().collect();
+        for i in indices {
+            if let Some(status) = fleet.shards.get_mut(&i).expect("listed").try_wait()? {
+                warn!(shard = %shard_id(i), %status, "shard exited; restarting it");
+                let child = fleet.spawn_shard(i)?;
+                fleet.shards.insert(i, child);
             }
         }
         // Level-triggered: whatever put leaves on a shard that is not linked (a kill, a
-        // restart, another writer's placement), move them to linked shards. Every failure
-        // here is retried next round; none stops the fleet.
-        if let Err(e) = rehome(&control).await {
-            warn!(error = %e, "re-homing did not go through; retrying");
+        // restart, another writer's placement), move them to linked shards; the autoscaler
+        // does that as part of its placement. Every failure here is retried next round; none
+        // stops the fleet.
+        let outcome = match &mut scaler {
+            Some(scaler) => autoscale(fleet, &control, scaler).await,
+            None => rehome(&control).await.map_err(Into::into),
+        };
+        if let Err(e) = outcome {
+            warn!(error = %e, "this round's placement did not go through; retrying");
         }
     }
+}
+
+/// The scaling policy of `up`'s flags (players and tick time keep the pool defaults).
+fn policy_of(args: &UpArgs) -> PoolPolicy {
+    let mut p = PoolPolicy::default();
+    p.split.entities = args.split_entities;
+    p.split.sustain = Duration::from_secs(args.split_after);
+    p.merge.entities = args.merge_entities;
+    p.merge.sustain = Duration::from_secs(args.merge_after);
+    p.cooldown = Duration::from_secs(args.cooldown);
+    p.capacity.sectors = args.sectors_per_shard;
+    p.min_shards = args.shards;
+    p.max_shards = args.max_shards;
+    p.warm_spares = 0;
+    p.idle_retire = Duration::from_secs(args.idle_retire);
+    p
+}
+
+/// One autoscaling round: observe, decide (splits, merges, shard count), place, then start
+/// or stop shard processes.
+async fn autoscale(
+    fleet: &mut Fleet,
+    control: &ControlClient,
+    scaler: &mut Autoscaler,
+) -> anyhow::Result<()> {
+    let current = control.placement().await?;
+    let load = control.load().await?.sectors;
+    let linked = connected(control).await?;
+    let running: Vec<ShardId> = fleet.shards.keys().map(|i| shard_id(*i)).collect();
+    let round = scaler.round(&current, &load, &linked, &running, Instant::now());
+    for t in &round.transitions {
+        match t {
+            Transition::Split { sector, .. } => info!(%sector, "splitting a hot sector"),
+            Transition::Merge { parent, .. } => info!(%parent, "merging four cold sectors"),
+        }
+    }
+    if !round.placeable.is_empty() {
+        let capacity = scaler.policy.capacity;
+        let written = control
+            .update_placement(PLACEMENT_ATTEMPTS, |cur| {
+                let sectors = assign(&round.leaves, &cur.sectors, &round.placeable, capacity);
+                (sectors != cur.sectors).then_some(Placement {
+                    generation: 0,
+                    sectors,
+                    world: None,
+                })
+            })
+            .await?;
+        if let Some(reply) = written {
+            info!(
+                generation = reply.generation,
+                leaves = round.leaves.len(),
+                "placement updated"
+            );
+        }
+    }
+    for _ in 0..round.start {
+        let shard = fleet.start_another_shard()?;
+        info!(%shard, "started a shard for the load");
+    }
+    for shard in &round.stop {
+        fleet.stop_shard(shard).await;
+        info!(%shard, "stopped an idle shard");
+    }
+    Ok(())
 }
 
 async fn connected(control: &ControlClient) -> Result<BTreeSet<ShardId>, ControlError> {

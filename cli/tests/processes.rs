@@ -5,6 +5,8 @@
 mod metrics;
 #[path = "processes/persistence.rs"]
 mod persistence;
+#[path = "processes/up_autoscale.rs"]
+mod up_autoscale;
 #[path = "processes/up_race.rs"]
 mod up_race;
 
@@ -608,10 +610,21 @@ pub(crate) fn start_up(
     shards: usize,
     entities: usize,
 ) -> (Proc, Vec<String>, String, u16) {
+    start_up_with(data, shards, entities, &[])
+}
+
+/// [`start_up`] with more flags.
+pub(crate) fn start_up_with(
+    data: &TempDir,
+    shards: usize,
+    entities: usize,
+    extra: &[&str],
+) -> (Proc, Vec<String>, String, u16) {
     let (http, link, metrics) = (free_port(), free_port(), free_port());
     let mut child = sidereal()
         .env_remove("SIDEREAL_CONTROL_TOKEN")
         .args(["up", "--shards", &shards.to_string()])
+        .args(extra)
         .args(["--entities", &entities.to_string()])
         .args(["--http", &format!("127.0.0.1:{http}")])
         .args(["--link", &format!("127.0.0.1:{link}")])
