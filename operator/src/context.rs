@@ -1,13 +1,15 @@
 //! State the reconcilers share: the Kubernetes client, the event recorder, metrics, and when
 //! each world was last synced.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use kube::Client;
 use kube::runtime::events::{Recorder, Reporter};
 use prometheus::{Histogram, HistogramOpts, IntCounterVec, IntGauge, Opts, Registry};
+
+use sidereal_core::SectorId;
 
 use crate::policy::history::LoadHistory;
 
@@ -139,6 +141,8 @@ pub struct Context {
     pub running: Mutex<HashSet<String>>,
     /// What the policy remembers of each world's load between syncs.
     pub histories: Mutex<HashMap<String, LoadHistory>>,
+    /// Per world, parents whose merge started and that are not simulated yet.
+    pub merging: Mutex<HashMap<String, BTreeSet<SectorId>>>,
     /// Since when each shard pod (`namespace/name`) has owned no sector.
     pub idle_since: Mutex<HashMap<String, Instant>>,
     /// Invalid objects already reported (`uid/name/resourceVersion`).
@@ -158,6 +162,7 @@ impl Context {
             synced: Mutex::new(HashMap::new()),
             running: Mutex::new(HashSet::new()),
             histories: Mutex::new(HashMap::new()),
+            merging: Mutex::new(HashMap::new()),
             idle_since: Mutex::new(HashMap::new()),
             invalid_seen: Mutex::new(HashSet::new()),
         }

@@ -29,7 +29,10 @@ use crate::policy::transitions::{Transition, decide};
 use crate::policy::{Capacity, LeafLoad, PoolPolicy, Thresholds, placement::assign};
 use crate::pool::policy_of;
 use crate::shardpool::DRAINING_LABEL;
-use crate::world::{ReplicationView, SectorState, SectorTree, load_moved, sector_state};
+use crate::world::{
+    ReplicationView, SectorState, SectorTree, load_moved, merging as merging_state, sector_state,
+    simulated, splits_under_way,
+};
 use crate::{Error, Result};
 
 /// Every known world is re-synced this often even when nothing in the cluster changed: load
@@ -174,6 +177,7 @@ async fn sync_world(ctx: &Context, ns: &str) -> Result<()> {
         // Its last Sector is gone (and its roots archived above): stop ticking it.
         ctx.synced.lock().expect("synced lock").remove(ns);
         ctx.histories.lock().expect("histories lock").remove(ns);
+        ctx.merging.lock().expect("merging lock").remove(ns);
         return Ok(());
     }
     // Status writes go out a few at a time: a world of thousands of Sectors converges in
@@ -185,12 +189,27 @@ async fn sync_world(ctx: &Context, ns: &str) -> Result<()> {
         .and_then(|r| sectors.iter().find(|s| s.sector_id().ok() == Some(*r)))
         .and_then(|s| pools.get(&s.spec.pool))
         .map_or_else(|| PoolPolicy::default().split, |p| policy_of(&p.spec).split);
+    let merging = ctx
+        .merging
+        .lock()
+        .expect("merging lock")
+        .get(ns)
+        .cloned()
+        .unwrap_or_default();
     let jobs: Vec<(&Sector, SectorState)> = sectors
         .iter()
         .filter_map(|s| {
             let id = s.sector_id().ok()?;
             let pool_exists = pools.contains_key(&s.spec.pool);
-            Some((s, sector_state(id, &tree, pool_exists, view.as_ref())))
+            let state = sector_state(id, &tree, pool_exists, view.as_ref());
+            Some((
+                s,
+                if merging.contains(&id) {
+                    merging_state(state)
+                } else {
+                    state
+                },
+            ))
         })
         .collect();
     for chunk in jobs.chunks(STATUS_WRITES_IN_FLIGHT) {
@@ -373,11 +392,19 @@ async fn scale(
         })
         .collect();
     let now = Instant::now();
+    // Transitions under way count against the pool's cap: splits whose children are not all
+    // simulated, merges whose parent is not simulated yet.
+    let in_flight = {
+        let mut merging = ctx.merging.lock().expect("merging lock");
+        let parents = merging.entry(ns.to_owned()).or_default();
+        parents.retain(|p| tree.leaves.contains(p) && !simulated(p, view));
+        parents.len() + splits_under_way(tree, view).len()
+    };
     let transitions = {
         let mut histories = ctx.histories.lock().expect("histories lock");
         let history = histories.entry(ns.to_owned()).or_default();
         history.observe(&tree.leaves, &reports, &policy, now);
-        let chosen = decide(&tree.roots, &tree.leaves, &policy, history, 0, now);
+        let chosen = decide(&tree.roots, &tree.leaves, &policy, history, in_flight, now);
         for t in &chosen {
             history.record_change(t.sectors(), now);
         }
@@ -423,6 +450,12 @@ async fn scale(
                     }
                 }
                 ctx.metrics.transitions.with_label_values(&["merge"]).inc();
+                ctx.merging
+                    .lock()
+                    .expect("merging lock")
+                    .entry(ns.to_owned())
+                    .or_default()
+                    .insert(parent);
                 info!(%parent, "merge");
                 if let Some(p) = by_id.get(&parent) {
                     publish(ctx, p, EventType::Normal, "Merging", format!("its four children were under the merge thresholds for {}s: merging them back", policy.merge.sustain.as_secs())).await;

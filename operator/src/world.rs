@@ -66,6 +66,10 @@ pub enum Readiness {
     NotPlaced,
     /// Under an ancestor whose four children are not all Sectors: not simulated.
     ParentNotSplit,
+    /// Split, and its children are not all simulated yet (being placed, entities handed over).
+    Splitting,
+    /// Its four children were merged back into it, and it is not simulated yet.
+    Merging,
 }
 
 impl Readiness {
@@ -80,6 +84,8 @@ impl Readiness {
             Readiness::ShardDown => "ShardDown",
             Readiness::NotPlaced => "NotPlaced",
             Readiness::ParentNotSplit => "ParentNotSplit",
+            Readiness::Splitting => "Splitting",
+            Readiness::Merging => "Merging",
         }
     }
 
@@ -140,11 +146,20 @@ pub fn sector_state(
         );
     }
     if !tree.leaves.contains(&sector) {
-        let mut split = state(
-            SectorPhase::Split,
-            Readiness::Split,
-            "split: its four children are simulated".into(),
-        );
+        let handing_over = replication.is_some_and(|r| children_pending(sector, tree, r));
+        let mut split = if handing_over {
+            state(
+                SectorPhase::Splitting,
+                Readiness::Splitting,
+                "split: its children are being placed on shards and given its entities".into(),
+            )
+        } else {
+            state(
+                SectorPhase::Split,
+                Readiness::Split,
+                "split: its four children are simulated".into(),
+            )
+        };
         split.children = sector
             .children()
             .map(|c| c.iter().map(SectorId::name).collect())
@@ -192,6 +207,45 @@ pub fn sector_state(
         readiness,
         message,
     }
+}
+
+/// Whether `sector` is placed on a shard linked to replication.
+pub fn simulated(sector: &SectorId, r: &ReplicationView) -> bool {
+    r.placement
+        .sectors
+        .get(sector)
+        .is_some_and(|shard| r.connected.contains(shard))
+}
+
+/// Whether some child of the split `sector` is a leaf not simulated yet.
+fn children_pending(sector: SectorId, tree: &SectorTree, r: &ReplicationView) -> bool {
+    sector.children().is_some_and(|c| {
+        c.iter()
+            .any(|k| tree.leaves.contains(k) && !simulated(k, r))
+    })
+}
+
+/// Splits under way: split Sectors whose children are not all simulated yet. Derived from
+/// the tree and replication alone, so an operator that restarts mid-split still counts them.
+pub fn splits_under_way(tree: &SectorTree, r: &ReplicationView) -> BTreeSet<SectorId> {
+    tree.leaves
+        .iter()
+        .filter(|l| !simulated(l, r) && !tree.roots.contains(l))
+        .filter_map(|l| l.parent())
+        .collect()
+}
+
+/// A merged parent's state while it waits for a shard: `Merging` rather than `Pending`.
+pub fn merging(mut state: SectorState) -> SectorState {
+    if state.phase == SectorPhase::Pending {
+        state.phase = SectorPhase::Merging;
+        state.readiness = Readiness::Merging;
+        state.message = format!(
+            "its four children were merged back into it; {}",
+            state.message
+        );
+    }
+    state
 }
 
 /// Whether a Sector's reported load moved enough to be worth a status write: the API server is
@@ -323,10 +377,30 @@ mod tests {
             })
         );
         let family = ids(&["s2-x0-y0", "s1-x0-y0", "s1-x1-y0", "s1-x0-y1", "s1-x1-y1"]);
+        let family = SectorTree::of(&family);
+        // Children not placed yet: the split is under way.
+        let splitting = sector_state(s, &family, true, Some(&r));
         assert_eq!(
-            sector_state(s, &SectorTree::of(&family), true, Some(&r)).phase,
+            (splitting.phase, splitting.readiness.ready()),
+            (SectorPhase::Splitting, false)
+        );
+        assert_eq!(splits_under_way(&family, &r), ids(&["s2-x0-y0"]));
+        // All four simulated: split.
+        for k in s.children().unwrap() {
+            r.placement.sectors.insert(k, ShardId::new("shard-0"));
+        }
+        assert_eq!(
+            sector_state(s, &family, true, Some(&r)).phase,
             SectorPhase::Split
         );
+        assert!(splits_under_way(&family, &r).is_empty());
+        // A root waiting for a shard is no split under way.
+        let unplaced_root = SectorTree::of(&ids(&["s2-x1-y0"]));
+        assert!(splits_under_way(&unplaced_root, &r).is_empty());
+        // A merged parent waiting for a shard says so; once simulated, it is simply Active.
+        let pending = sector_state("s2-x1-y0".parse().unwrap(), &unplaced_root, true, Some(&r));
+        assert_eq!(merging(pending).phase, SectorPhase::Merging);
+        assert_eq!(merging(active.clone()).phase, SectorPhase::Active);
         let lonely = SectorTree::of(&ids(&["s2-x0-y0", "s1-x0-y0"]));
         let child: SectorId = "s1-x0-y0".parse().unwrap();
         assert_eq!(
