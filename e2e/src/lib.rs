@@ -231,9 +231,10 @@ pub fn sidereal() -> std::process::Command {
 }
 
 /// Starts replication on `http` and `link` (`127.0.0.1:0`: any free port) with its data in
-/// `data`, seeding `entities` into `s2-x0-y0` if the store is empty; returns it with the
+/// `data`, seeding `entities` into `world` if the store is empty; returns it with the
 /// addresses it bound (the control API as a URL).
 fn spawn_replication(
+    world: &str,
     entities: usize,
     data: &std::path::Path,
     http: &str,
@@ -243,7 +244,7 @@ fn spawn_replication(
     let mut child = sidereal()
         .args(["replication", "--http", http, "--link", link])
         .args(["--seed-entities", &entities.to_string()])
-        .args(["--world", "s2-x0-y0"])
+        .args(["--world", world])
         .arg("--data")
         .arg(data)
         .stdout(std::process::Stdio::piped())
@@ -272,6 +273,7 @@ fn spawn_replication(
 /// directory (removed on drop): what the operator talks to in the e2e tests and benchmarks.
 pub struct LocalFleet {
     replication: LocalProcess,
+    world: String,
     entities: usize,
     shards: Vec<LocalProcess>,
     /// The control API, e.g. `http://127.0.0.1:41234`.
@@ -285,6 +287,16 @@ impl LocalFleet {
     /// Replication seeding `entities` in its flag world `s2-x0-y0`, and `shards` shards that
     /// fire every `fire_every_ticks` ticks (0: never, so entity counts stay exact).
     pub fn start(entities: usize, shards: usize, fire_every_ticks: u32) -> anyhow::Result<Self> {
+        Self::start_in("s2-x0-y0", entities, shards, fire_every_ticks)
+    }
+
+    /// [`LocalFleet::start`] with `entities` seeded in `world` (a comma-separated root list).
+    pub fn start_in(
+        world: &str,
+        entities: usize,
+        shards: usize,
+        fire_every_ticks: u32,
+    ) -> anyhow::Result<Self> {
         static N: AtomicU32 = AtomicU32::new(0);
         let data = std::env::temp_dir().join(format!(
             "sidereal-e2e-fleet-{}-{}",
@@ -292,7 +304,7 @@ impl LocalFleet {
             N.fetch_add(1, Ordering::Relaxed)
         ));
         let (replication, http, link) =
-            spawn_replication(entities, &data, "127.0.0.1:0", "127.0.0.1:0")?;
+            spawn_replication(world, entities, &data, "127.0.0.1:0", "127.0.0.1:0")?;
         let shards = (0..shards)
             .map(|i| {
                 Ok(LocalProcess(
@@ -313,6 +325,7 @@ impl LocalFleet {
             .collect::<anyhow::Result<_>>()?;
         Ok(Self {
             replication,
+            world: world.to_owned(),
             entities,
             shards,
             http,
@@ -328,7 +341,8 @@ impl LocalFleet {
         let _ = self.replication.0.kill();
         let _ = self.replication.0.wait();
         let http = self.http.trim_start_matches("http://").to_owned();
-        let (replication, _, _) = spawn_replication(self.entities, &self.data, &http, &self.link)?;
+        let (replication, _, _) =
+            spawn_replication(&self.world, self.entities, &self.data, &http, &self.link)?;
         self.replication = replication;
         Ok(())
     }

@@ -139,6 +139,8 @@ pub struct Context {
     pub synced: Mutex<HashMap<String, Instant>>,
     /// Worlds being synced right now.
     pub running: Mutex<HashSet<String>>,
+    /// Worlds whose running sync must go once more (something changed while it ran).
+    pub again: Mutex<HashSet<String>>,
     /// What the policy remembers of each world's load between syncs.
     pub histories: Mutex<HashMap<String, LoadHistory>>,
     /// Per world, parents whose merge started and that are not simulated yet.
@@ -161,6 +163,7 @@ impl Context {
             metrics,
             synced: Mutex::new(HashMap::new()),
             running: Mutex::new(HashSet::new()),
+            again: Mutex::new(HashSet::new()),
             histories: Mutex::new(HashMap::new()),
             merging: Mutex::new(HashMap::new()),
             idle_since: Mutex::new(HashMap::new()),
@@ -169,11 +172,16 @@ impl Context {
     }
 
     /// Claims the next sync of `namespace`: refused while one is running (one sync per world
-    /// at a time: two would race each other's view and make statuses flap) or when the last
-    /// one started within the debounce window. Release with [`Context::release_sync`].
+    /// at a time: two would race each other's view and make statuses flap; the running one is
+    /// asked to go again, so the change that asked is not lost) or when the last one started
+    /// within the debounce window. Release with [`Context::release_sync`].
     pub fn claim_sync(&self, namespace: &str, now: Instant) -> bool {
         let mut running = self.running.lock().expect("running lock");
         if running.contains(namespace) {
+            self.again
+                .lock()
+                .expect("again lock")
+                .insert(namespace.to_owned());
             return false;
         }
         let mut synced = self.synced.lock().expect("synced lock");
@@ -187,9 +195,15 @@ impl Context {
         }
     }
 
-    /// Ends the sync claimed with [`Context::claim_sync`].
-    pub fn release_sync(&self, namespace: &str) {
-        self.running.lock().expect("running lock").remove(namespace);
+    /// Ends the sync claimed with [`Context::claim_sync`]. True when a claim was refused while
+    /// it ran: the world is then still claimed, and the caller syncs it once more.
+    pub fn release_sync(&self, namespace: &str) -> bool {
+        let mut running = self.running.lock().expect("running lock");
+        if self.again.lock().expect("again lock").remove(namespace) {
+            return true;
+        }
+        running.remove(namespace);
+        false
     }
 }
 
@@ -211,7 +225,14 @@ mod tests {
             "still running"
         );
         assert!(ctx.claim_sync("b", t0), "another world is independent");
-        ctx.release_sync("a");
+        // The refused claim asked for one more round: still claimed.
+        assert!(ctx.release_sync("a"));
+        assert!(
+            !ctx.claim_sync("a", t0 + SYNC_DEBOUNCE * 8),
+            "running its extra round"
+        );
+        assert!(ctx.release_sync("a"));
+        assert!(!ctx.release_sync("a"), "done");
         assert!(!ctx.claim_sync("a", t0 + SYNC_DEBOUNCE / 2), "debounced");
         assert!(ctx.claim_sync("a", t0 + SYNC_DEBOUNCE * 4));
     }

@@ -102,14 +102,24 @@ async fn sync_if_due(ctx: &Context, ns: &str) -> Result<()> {
     if !ctx.claim_sync(ns, Instant::now()) {
         return Ok(());
     }
-    ctx.metrics.reconciles.with_label_values(&["sector"]).inc();
-    let timer = ctx.metrics.sync_seconds.start_timer();
-    let result = sync_world(ctx, ns).await;
-    ctx.release_sync(ns);
-    timer.observe_duration();
-    let outcome = if result.is_ok() { "ok" } else { "error" };
-    ctx.metrics.syncs.with_label_values(&[outcome]).inc();
-    result
+    loop {
+        ctx.metrics.reconciles.with_label_values(&["sector"]).inc();
+        let timer = ctx.metrics.sync_seconds.start_timer();
+        let result = sync_world(ctx, ns).await;
+        timer.observe_duration();
+        let outcome = if result.is_ok() { "ok" } else { "error" };
+        ctx.metrics.syncs.with_label_values(&[outcome]).inc();
+        // Something changed while it ran (a watch event's claim was refused): go again now
+        // rather than at the next tick.
+        if !ctx.release_sync(ns) {
+            return result;
+        }
+        if let Err(e) = result {
+            // No extra round after a failure: release for good; the error policy retries.
+            ctx.release_sync(ns);
+            return Err(e);
+        }
+    }
 }
 
 /// Every RESYNC, syncs every world the controller has seen (load moves without any object
@@ -154,24 +164,22 @@ fn error_policy(sector: Arc<DeserializeGuard<Sector>>, e: &Error, ctx: Arc<Conte
 /// One world, end to end: observe, place, report.
 async fn sync_world(ctx: &Context, ns: &str) -> Result<()> {
     let sectors_api: Api<Sector> = Api::namespaced(ctx.client.clone(), ns);
-    let sectors: Vec<Sector> = list_valid(ctx, ns).await?;
-    let pools: BTreeMap<String, ShardPool> = list_valid::<ShardPool>(ctx, ns)
-        .await?
-        .into_iter()
-        .map(|p| (p.name_any(), p))
-        .collect();
-    let placeable: BTreeSet<SectorId> = sectors
-        .iter()
-        .filter(|s| pools.contains_key(&s.spec.pool))
-        .filter_map(|s| s.sector_id().ok())
-        .collect();
-    let tree = SectorTree::of(&placeable);
-    let view = match control_client(ctx, ns).await? {
-        Some(control) => Some(place(&control, &tree, &pools, &draining(ctx, ns).await?).await?),
-        None => None,
+    let control = control_client(ctx, ns).await?;
+    let draining = match &control {
+        Some(_) => draining(ctx, ns).await?,
+        None => BTreeSet::new(),
     };
-    if let Some(view) = &view {
-        scale(ctx, &sectors_api, ns, &sectors, &tree, &pools, view).await?;
+    let (mut sectors, mut pools, mut tree) = observe(ctx, ns).await?;
+    let mut view = None;
+    if let Some(control) = &control {
+        let seen = place(control, &tree, &pools, &draining).await?;
+        if scale(ctx, &sectors_api, ns, &sectors, &tree, &pools, &seen).await? {
+            // The tree changed: place the new leaves now, not a sync later.
+            (sectors, pools, tree) = observe(ctx, ns).await?;
+            view = Some(place(control, &tree, &pools, &draining).await?);
+        } else {
+            view = Some(seen);
+        }
     }
     if sectors.is_empty() {
         // Its last Sector is gone (and its roots archived above): stop ticking it.
@@ -221,6 +229,26 @@ async fn sync_world(ctx: &Context, ns: &str) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// The world's readable Sectors and pools, and the tree of those whose pool exists.
+async fn observe(
+    ctx: &Context,
+    ns: &str,
+) -> Result<(Vec<Sector>, BTreeMap<String, ShardPool>, SectorTree)> {
+    let sectors: Vec<Sector> = list_valid(ctx, ns).await?;
+    let pools: BTreeMap<String, ShardPool> = list_valid::<ShardPool>(ctx, ns)
+        .await?
+        .into_iter()
+        .map(|p| (p.name_any(), p))
+        .collect();
+    let placeable: BTreeSet<SectorId> = sectors
+        .iter()
+        .filter(|s| pools.contains_key(&s.spec.pool))
+        .filter_map(|s| s.sector_id().ok())
+        .collect();
+    let tree = SectorTree::of(&placeable);
+    Ok((sectors, pools, tree))
 }
 
 /// Shard pods their pool is draining: nothing new is placed on them, and what they own moves.
@@ -356,7 +384,7 @@ async fn scale(
     tree: &SectorTree,
     pools: &BTreeMap<String, ShardPool>,
     view: &ReplicationView,
-) -> Result<()> {
+) -> Result<bool> {
     let by_id: BTreeMap<SectorId, &Sector> = sectors
         .iter()
         .filter_map(|s| s.sector_id().ok().map(|id| (id, s)))
@@ -368,7 +396,7 @@ async fn scale(
         .and_then(|r| by_id.get(r))
         .and_then(|s| pools.get(&s.spec.pool))
     else {
-        return Ok(());
+        return Ok(false);
     };
     let policy = policy_of(&pool.spec);
     // Only fresh reports from the shard that simulates the leaf count.
@@ -405,11 +433,26 @@ async fn scale(
         let history = histories.entry(ns.to_owned()).or_default();
         history.observe(&tree.leaves, &reports, &policy, now);
         let chosen = decide(&tree.roots, &tree.leaves, &policy, history, in_flight, now);
+        let late: BTreeMap<SectorId, Duration> = chosen
+            .iter()
+            .filter_map(|t| match t {
+                Transition::Split { sector, .. } => Some((
+                    *sector,
+                    history
+                        .hot_for(sector, &policy, now)
+                        .unwrap_or_default()
+                        .saturating_sub(policy.split.sustain),
+                )),
+                Transition::Merge { .. } => None,
+            })
+            .collect();
         for t in &chosen {
             history.record_change(t.sectors(), now);
         }
-        chosen
+        (chosen, late)
     };
+    let (transitions, late) = transitions;
+    let changed = !transitions.is_empty();
     for t in transitions {
         match t {
             Transition::Split { sector, children } => {
@@ -428,7 +471,10 @@ async fn scale(
                     .await?;
                 }
                 ctx.metrics.transitions.with_label_values(&["split"]).inc();
-                info!(%sector, "split");
+                // How long after its sustain window ended the split started (the split latency
+                // benchmark reads this line).
+                let window_ended_ms_ago = late.get(&sector).map_or(0, Duration::as_millis);
+                info!(%sector, window_ended_ms_ago, "split started");
                 publish(
                     ctx,
                     parent,
@@ -463,7 +509,7 @@ async fn scale(
             }
         }
     }
-    Ok(())
+    Ok(changed)
 }
 
 async fn publish(ctx: &Context, sector: &Sector, type_: EventType, reason: &str, note: String) {
