@@ -7,7 +7,7 @@ use anyhow::Context as _;
 use axum::Router;
 use axum::routing::get;
 use clap::Args;
-use sidereal_operator::context::Metrics;
+use sidereal_operator::context::{Metrics, counting_client};
 use sidereal_operator::leader::{self, Election};
 use sidereal_operator::{Context, controller, shardpool};
 
@@ -43,10 +43,10 @@ pub struct OperatorArgs {
 pub fn run(args: OperatorArgs) -> anyhow::Result<()> {
     let rt = tokio::runtime::Runtime::new()?;
     rt.block_on(async move {
-        let client = kube::Client::try_default()
+        let metrics = Metrics::default();
+        let client = counting_client(&metrics)
             .await
             .context("connecting to Kubernetes (KUBECONFIG, or the pod's service account)")?;
-        let metrics = Metrics::default();
         let listener = tokio::net::TcpListener::bind(args.metrics)
             .await
             .with_context(|| format!("binding {}", args.metrics))?;

@@ -1,8 +1,11 @@
 //! Operator convergence on the local control plane (needs KUBECONFIG, like the e2e suite, and
 //! the `sidereal` binary the workspace builds). N root Sectors are applied at once with a real
-//! replication and two real shards; it prints how long the API server takes to accept them
-//! (kubectl apply: the floor), how long until every one is Active on a shard, and what the
-//! operator wrote. It reports; it never fails on a slow machine.
+//! replication; the pool (1,000 sectors per shard, one warm spare) gets its shard pods from the
+//! operator, and the kubelet stand-in runs each as a real `sidereal shard` process. It prints
+//! how long the API server takes to accept the Sectors (kubectl apply: the floor), how long
+//! until every one is Active on a shard with its load and every shard pod Running and linked,
+//! the API requests the operator made, and what it writes once nothing changes. It reports;
+//! it never fails on a slow machine.
 //!
 //! `cargo bench -p sidereal-e2e --bench converge -- 1024` (default 1024 roots)
 
@@ -10,9 +13,14 @@ use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+use k8s_openapi::api::core::v1::Pod;
 use kube::api::{Api, DeleteParams};
 use sidereal_crds::{Sector, SectorPhase};
+use sidereal_e2e::kubelet::Kubelet;
 use sidereal_e2e::{LocalFleet, LocalProcess, client, install_crds, kubectl_stdin, sidereal};
+
+/// The pool's capacity: leaves per shard pod.
+const SECTORS_PER_SHARD: usize = 1000;
 
 fn kubectl_in(args: &[&str], text: &str) -> String {
     let (ok, said) = kubectl_stdin(args, text);
@@ -42,12 +50,14 @@ async fn main() -> anyhow::Result<()> {
         &format!("apiVersion: v1\nkind: Namespace\nmetadata:\n  name: {ns}\n"),
     );
 
-    let fleet = LocalFleet::start(1000, 2, 90)?;
+    let fleet = LocalFleet::start(1000, 0, 90)?;
+    let control = fleet.control();
 
-    // Everything as text, the way users apply it: the Secret, a pool sized for the test, roots.
+    // Everything as text, the way users apply it: the Secrets, the pool, the roots.
     let mut yaml = format!(
-        "{}---\napiVersion: sidereal.dev/v1alpha1\nkind: ShardPool\nmetadata:\n  name: default\nspec:\n  capacity:\n    sectors: {n}\n    entities: 1000000\n",
-        fleet.control_secret()
+        "{}---\n{}---\napiVersion: sidereal.dev/v1alpha1\nkind: ShardPool\nmetadata:\n  name: default\nspec:\n  shards: {{min: 1, max: 64, warmSpares: 1}}\n  capacity:\n    sectors: {SECTORS_PER_SHARD}\n    entities: 1000000\n  template:\n    spec:\n      tolerations: [{{key: kwok.x-k8s.io/node, operator: Exists, effect: NoSchedule}}]\n      containers:\n        - name: shard\n          image: sidereal:dev\n          args: [shard]\n",
+        fleet.control_secret(),
+        fleet.shard_secret()
     );
     for i in 0..n as i64 {
         let (x, y) = (i % side, i / side);
@@ -59,6 +69,9 @@ async fn main() -> anyhow::Result<()> {
     kubectl_in(&["apply", "-n", &ns], &yaml);
     let apply = t.elapsed();
 
+    let pods_wanted = n.div_ceil(SECTORS_PER_SHARD) + 1;
+    let _kubelet = Kubelet::start(client.clone(), &ns, "app.kubernetes.io/name=sidereal-shard");
+    let pods: Api<Pod> = Api::namespaced(client.clone(), &ns);
     let t = Instant::now();
     let mut op = sidereal()
         .args(["operator", "--metrics", "127.0.0.1:0", "--namespace", &ns])
@@ -82,7 +95,15 @@ async fn main() -> anyhow::Result<()> {
                     .is_some_and(|st| st.phase == Some(SectorPhase::Active) && st.load.is_some())
             })
             .count();
-        if active == n {
+        let running = pods
+            .list(&Default::default())
+            .await?
+            .items
+            .iter()
+            .filter(|p| p.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Running"))
+            .count();
+        let linked = control.connected_shards().await.map_or(0, |c| c.len());
+        if active == n && running == pods_wanted && linked == pods_wanted {
             break t.elapsed();
         }
         if t.elapsed() > Duration::from_secs(600) {
@@ -100,11 +121,24 @@ async fn main() -> anyhow::Result<()> {
     };
     let m = scrape();
     let writes = metric(&m, "sidereal_operator_status_writes_total");
+    let requests = metric(&m, "sidereal_operator_api_requests_total");
+    let api_writes = |m: &str| {
+        ["POST", "PUT", "PATCH", "DELETE"]
+            .iter()
+            .map(|v| {
+                metric(
+                    m,
+                    &format!("sidereal_operator_api_requests_total{{method=\"{v}\"}}"),
+                )
+            })
+            .sum::<f64>()
+    };
+    let writes_before = api_writes(&m);
     // Steady state: a minute of nothing changing but the entities drifting.
     let steady_window = Duration::from_secs(60);
     tokio::time::sleep(steady_window).await; // the measured window itself
     let m2 = scrape();
-    let steady = metric(&m2, "sidereal_operator_status_writes_total") - writes;
+    let steady = api_writes(&m2) - writes_before;
     let status = std::fs::read_to_string(format!("/proc/{op_pid}/status")).unwrap_or_default();
     let peak = status
         .lines()
@@ -120,13 +154,14 @@ async fn main() -> anyhow::Result<()> {
     };
     let cpu_seconds = (ticks(13) + ticks(14)) / 100.0;
     println!(
-        "| root Sectors | kubectl apply (API floor) | operator start to all Active with load | status writes to converge | status writes/min, steady (entities drifting) | operator CPU | operator peak RSS |"
+        "| root Sectors | shard pods (real processes) | kubectl apply (API floor) | operator start to all Active with load, all pods Running and linked | status writes to converge | operator API requests (per s) | API writes/min, steady (entities drifting) | operator CPU | operator peak RSS |"
     );
-    println!("|---|---|---|---|---|---|---|");
+    println!("|---|---|---|---|---|---|---|---|---|");
     println!(
-        "| {n} | {:.1} s | {:.1} s | {writes} | {steady} | {cpu_seconds:.1} s | {} |",
+        "| {n} | {pods_wanted} | {:.1} s | {:.1} s | {writes} | {requests} ({:.0}/s) | {steady} | {cpu_seconds:.1} s | {} |",
         apply.as_secs_f64(),
         converged.as_secs_f64(),
+        requests / converged.as_secs_f64().max(0.001),
         peak.trim_start_matches("VmHWM:").trim()
     );
     let _ = sectors

@@ -37,6 +37,7 @@ pub struct Metrics {
     pub transitions: IntCounterVec,
     /// 1 while this replica holds the leader lease.
     pub leader: IntGauge,
+    pub api_requests: IntCounterVec,
 }
 
 impl Default for Metrics {
@@ -115,6 +116,17 @@ impl Default for Metrics {
         )
         .expect("valid");
         registry.register(Box::new(leader.clone())).expect("unique");
+        let api_requests = IntCounterVec::new(
+            Opts::new(
+                "api_requests_total",
+                "Requests this replica made to the Kubernetes API server, by method and resource",
+            ),
+            &["method", "resource"],
+        )
+        .expect("valid");
+        registry
+            .register(Box::new(api_requests.clone()))
+            .expect("unique");
         Self {
             registry,
             syncs,
@@ -126,7 +138,42 @@ impl Default for Metrics {
             status_writes,
             transitions,
             leader,
+            api_requests,
         }
+    }
+}
+
+/// A client for the cluster in the environment (KUBECONFIG, or the pod's service account) that
+/// counts every request it makes in `sidereal_operator_api_requests_total`.
+pub async fn counting_client(metrics: &Metrics) -> Result<Client, kube::Error> {
+    let config = kube::Config::infer()
+        .await
+        .map_err(kube::Error::InferConfig)?;
+    let counter = metrics.api_requests.clone();
+    let count = tower::util::MapRequestLayer::new(move |req: http::Request<kube::client::Body>| {
+        counter
+            .with_label_values(&[req.method().as_str(), resource_of(req.uri().path())])
+            .inc();
+        req
+    });
+    Ok(kube::client::ClientBuilder::try_from(config)?
+        .with_layer(&count)
+        .build())
+}
+
+/// The resource a request path names (`/api/v1/namespaces/w/pods/p` -> `pods`,
+/// `/apis/sidereal.dev/v1alpha1/sectors` -> `sectors`): a small, fixed set of label values.
+fn resource_of(path: &str) -> &str {
+    let segments: Vec<&str> = path.trim_start_matches('/').split('/').collect();
+    let rest = match segments.first() {
+        Some(&"api") if segments.len() > 2 => &segments[2..],
+        Some(&"apis") if segments.len() > 3 => &segments[3..],
+        _ => return "other",
+    };
+    match rest {
+        ["namespaces", _, resource, ..] => resource,
+        [resource, ..] => resource,
+        [] => "other",
     }
 }
 
@@ -210,6 +257,28 @@ impl Context {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn requests_are_counted_by_the_resource_they_name() {
+        for (path, resource) in [
+            ("/api/v1/namespaces/w/pods/default-x2k", "pods"),
+            ("/api/v1/namespaces/w/pods", "pods"),
+            (
+                "/apis/sidereal.dev/v1alpha1/namespaces/w/sectors/s2-x0-y0/status",
+                "sectors",
+            ),
+            ("/apis/sidereal.dev/v1alpha1/sectors", "sectors"),
+            (
+                "/apis/coordination.k8s.io/v1/namespaces/w/leases/op",
+                "leases",
+            ),
+            ("/api/v1/namespaces/w", "namespaces"),
+            ("/version", "other"),
+            ("/apis", "other"),
+        ] {
+            assert_eq!(resource_of(path), resource, "{path}");
+        }
+    }
 
     #[tokio::test]
     async fn one_sync_per_world_at_a_time_and_not_more_often_than_the_debounce() {
