@@ -7,7 +7,9 @@ use std::time::{Duration, Instant};
 
 use kube::Client;
 use kube::runtime::events::{Recorder, Reporter};
-use prometheus::{Histogram, HistogramOpts, IntCounterVec, IntGauge, Opts, Registry};
+use prometheus::{
+    Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
+};
 
 use sidereal_core::SectorId;
 
@@ -38,6 +40,9 @@ pub struct Metrics {
     /// 1 while this replica holds the leader lease.
     pub leader: IntGauge,
     pub api_requests: IntCounterVec,
+    /// Leaves a placement write moved from one shard to another.
+    pub leaf_moves: IntCounter,
+    pub placement_generation: IntGaugeVec,
 }
 
 impl Default for Metrics {
@@ -127,6 +132,25 @@ impl Default for Metrics {
         registry
             .register(Box::new(api_requests.clone()))
             .expect("unique");
+        let leaf_moves = IntCounter::new(
+            "leaf_moves_total",
+            "Leaves the operator's placement writes moved from one shard to another",
+        )
+        .expect("valid");
+        registry
+            .register(Box::new(leaf_moves.clone()))
+            .expect("unique");
+        let placement_generation = IntGaugeVec::new(
+            Opts::new(
+                "placement_generation",
+                "Generation of each world's applied placement, as last read",
+            ),
+            &["namespace"],
+        )
+        .expect("valid");
+        registry
+            .register(Box::new(placement_generation.clone()))
+            .expect("unique");
         Self {
             registry,
             syncs,
@@ -139,6 +163,8 @@ impl Default for Metrics {
             transitions,
             leader,
             api_requests,
+            leaf_moves,
+            placement_generation,
         }
     }
 }

@@ -23,15 +23,16 @@ use sidereal_core::{ControlClient, Placement, SectorId, ShardId};
 use sidereal_crds::{Sector, SectorStatus, ShardPool};
 use tracing::{debug, info, warn};
 
-use crate::context::{CONTROL_SECRET, Context, FIELD_MANAGER};
+use crate::context::{CONTROL_SECRET, Context, FIELD_MANAGER, Metrics};
 use crate::objects::list_valid;
+use crate::policy::placement::{assign, moved};
 use crate::policy::transitions::{Transition, decide};
-use crate::policy::{Capacity, LeafLoad, PoolPolicy, Thresholds, placement::assign};
+use crate::policy::{Capacity, LeafLoad, PoolPolicy, Thresholds};
 use crate::pool::policy_of;
-use crate::shardpool::DRAINING_LABEL;
+use crate::shardpool::{DRAINING_LABEL, MANAGED_BY, POOL_LABEL};
 use crate::world::{
-    ReplicationView, SectorState, SectorTree, load_moved, merging as merging_state, sector_state,
-    simulated, splits_under_way,
+    ReplicationView, SectorState, SectorTree, bad_secret, load_moved, merging as merging_state,
+    sector_state, simulated, splits_under_way,
 };
 use crate::{Error, Result};
 
@@ -164,19 +165,46 @@ fn error_policy(sector: Arc<DeserializeGuard<Sector>>, e: &Error, ctx: Arc<Conte
 /// One world, end to end: observe, place, report.
 async fn sync_world(ctx: &Context, ns: &str) -> Result<()> {
     let sectors_api: Api<Sector> = Api::namespaced(ctx.client.clone(), ns);
-    let control = control_client(ctx, ns).await?;
-    let draining = match &control {
-        Some(_) => draining(ctx, ns).await?,
-        None => BTreeSet::new(),
+    // A broken Secret is the user's to fix: every Sector says so, and the sync goes on.
+    let (control, secret_problem) = match control_client(ctx, ns).await {
+        Ok(control) => (control, None),
+        Err(e @ Error::BadControlSecret { .. }) => {
+            warn!(namespace = %ns, error = %e, "the control Secret cannot be used");
+            (None, Some(e.to_string()))
+        }
+        Err(e) => return Err(e),
+    };
+    let pods = match &control {
+        Some(_) => shard_pods(ctx, ns).await?,
+        None => ShardPods::default(),
     };
     let (mut sectors, mut pools, mut tree) = observe(ctx, ns).await?;
     let mut view = None;
     if let Some(control) = &control {
-        let seen = place(control, &tree, &pools, &draining).await?;
+        let seen = place(
+            control,
+            &tree,
+            &pool_of(&sectors),
+            &pools,
+            &pods,
+            &ctx.metrics,
+            ns,
+        )
+        .await?;
         if scale(ctx, &sectors_api, ns, &sectors, &tree, &pools, &seen).await? {
             // The tree changed: place the new leaves now, not a sync later.
             (sectors, pools, tree) = observe(ctx, ns).await?;
-            view = Some(place(control, &tree, &pools, &draining).await?);
+            let sector_pool = pool_of(&sectors);
+            let placed = place(
+                control,
+                &tree,
+                &sector_pool,
+                &pools,
+                &pods,
+                &ctx.metrics,
+                ns,
+            );
+            view = Some(placed.await?);
         } else {
             view = Some(seen);
         }
@@ -184,19 +212,22 @@ async fn sync_world(ctx: &Context, ns: &str) -> Result<()> {
     if sectors.is_empty() {
         // Its last Sector is gone (and its roots archived above): stop ticking it.
         ctx.synced.lock().expect("synced lock").remove(ns);
-        ctx.histories.lock().expect("histories lock").remove(ns);
+        let prefix = format!("{ns}/");
+        ctx.histories
+            .lock()
+            .expect("histories lock")
+            .retain(|world, _| !world.starts_with(&prefix));
         ctx.merging.lock().expect("merging lock").remove(ns);
         return Ok(());
     }
     // Status writes go out a few at a time: a world of thousands of Sectors converges in
-    // seconds, without flooding the API server.
-    // The scale of a meaningful load change: the split thresholds of the world's pool.
-    let split = tree
-        .roots
-        .first()
-        .and_then(|r| sectors.iter().find(|s| s.sector_id().ok() == Some(*r)))
-        .and_then(|s| pools.get(&s.spec.pool))
-        .map_or_else(|| PoolPolicy::default().split, |p| policy_of(&p.spec).split);
+    // seconds, without flooding the API server. The scale of a meaningful load change is the
+    // split thresholds of the Sector's pool.
+    let splits: BTreeMap<&str, Thresholds> = pools
+        .iter()
+        .map(|(name, p)| (name.as_str(), policy_of(&p.spec).split))
+        .collect();
+    let default_split = PoolPolicy::default().split;
     let merging = ctx
         .merging
         .lock()
@@ -209,7 +240,10 @@ async fn sync_world(ctx: &Context, ns: &str) -> Result<()> {
         .filter_map(|s| {
             let id = s.sector_id().ok()?;
             let pool_exists = pools.contains_key(&s.spec.pool);
-            let state = sector_state(id, &tree, pool_exists, view.as_ref());
+            let mut state = sector_state(id, &tree, pool_exists, view.as_ref());
+            if let Some(problem) = &secret_problem {
+                state = bad_secret(state, problem);
+            }
             Some((
                 s,
                 if merging.contains(&id) {
@@ -221,9 +255,10 @@ async fn sync_world(ctx: &Context, ns: &str) -> Result<()> {
         })
         .collect();
     for chunk in jobs.chunks(STATUS_WRITES_IN_FLIGHT) {
-        let writes = chunk
-            .iter()
-            .map(|(s, state)| sync_status(ctx, &sectors_api, s, state, &split));
+        let writes = chunk.iter().map(|(s, state)| {
+            let split = splits.get(s.spec.pool.as_str()).unwrap_or(&default_split);
+            sync_status(ctx, &sectors_api, s, state, split)
+        });
         for result in futures::future::join_all(writes).await {
             result?;
         }
@@ -251,16 +286,40 @@ async fn observe(
     Ok((sectors, pools, tree))
 }
 
-/// Shard pods their pool is draining: nothing new is placed on them, and what they own moves.
-async fn draining(ctx: &Context, ns: &str) -> Result<BTreeSet<ShardId>> {
-    let pods: Api<Pod> = Api::namespaced(ctx.client.clone(), ns);
-    Ok(pods
-        .list_metadata(&ListParams::default().labels(&format!("{DRAINING_LABEL}=true")))
+/// The shard pods of a world: which pool each belongs to, and which are draining.
+#[derive(Debug, Default)]
+struct ShardPods {
+    pool_of: BTreeMap<ShardId, String>,
+    draining: BTreeSet<ShardId>,
+}
+
+async fn shard_pods(ctx: &Context, ns: &str) -> Result<ShardPods> {
+    let api: Api<Pod> = Api::namespaced(ctx.client.clone(), ns);
+    let managed = format!("{}={}", MANAGED_BY.0, MANAGED_BY.1);
+    let mut pods = ShardPods::default();
+    for pod in api
+        .list_metadata(&ListParams::default().labels(&managed))
         .await?
         .items
-        .into_iter()
-        .map(|p| ShardId::new(p.name_any()))
-        .collect())
+    {
+        let shard = ShardId::new(pod.name_any());
+        let labels = pod.labels();
+        if labels.get(DRAINING_LABEL).map(String::as_str) == Some("true") {
+            pods.draining.insert(shard.clone());
+        }
+        if let Some(pool) = labels.get(POOL_LABEL) {
+            pods.pool_of.insert(shard, pool.clone());
+        }
+    }
+    Ok(pods)
+}
+
+/// The pool of every Sector (a split's children carry their parent's).
+fn pool_of(sectors: &[Sector]) -> BTreeMap<SectorId, String> {
+    sectors
+        .iter()
+        .filter_map(|s| Some((s.sector_id().ok()?, s.spec.pool.clone())))
+        .collect()
 }
 
 /// The namespace's replication, from its `sidereal-control` Secret; `None` when there is none.
@@ -314,16 +373,19 @@ fn capacity_of(pool: &ShardPool) -> Capacity {
 
 /// Reads replication once (shards, load), pushes the desired placement of the tree's leaves
 /// with its roots as the world when it differs from the applied one (re-reading and
-/// recomputing on a conflict), and returns what replication now reports.
+/// recomputing on a conflict), and returns what replication now reports. Each pool's leaves go
+/// to its own linked, non-draining shard pods at its capacity; a pool with none uses shards
+/// that belong to no pool (started by hand), then any other pool's, so every leaf is placed.
 async fn place(
     control: &ControlClient,
     tree: &SectorTree,
+    sector_pool: &BTreeMap<SectorId, String>,
     pools: &BTreeMap<String, ShardPool>,
-    draining: &BTreeSet<ShardId>,
+    pods: &ShardPods,
+    metrics: &Metrics,
+    ns: &str,
 ) -> Result<ReplicationView> {
     let connected = control.connected_shards().await?;
-    // A draining shard keeps simulating until its leaves are placed elsewhere.
-    let placeable: BTreeSet<&ShardId> = connected.difference(draining).collect();
     let load: BTreeMap<SectorId, _> = control
         .load()
         .await?
@@ -331,23 +393,49 @@ async fn place(
         .into_iter()
         .map(|l| (l.sector, l))
         .collect();
+    // A draining shard keeps simulating until its leaves are placed elsewhere.
+    let placeable: Vec<ShardId> = connected.difference(&pods.draining).cloned().collect();
     // No roots (the last root Sector deleted) needs no shard: everything is archived.
     if tree.roots.is_empty() || !placeable.is_empty() {
-        // Shards are not yet per pool: the first pool's capacity sizes them all.
-        let capacity = pools.values().next().map(capacity_of).unwrap_or(Capacity {
-            sectors: 16,
-            entities: 20_000,
-        });
-        let leaves: BTreeMap<SectorId, u64> = tree
-            .leaves
+        let unpooled: Vec<ShardId> = placeable
             .iter()
-            .map(|l| (*l, load.get(l).map_or(0, |v| u64::from(v.entities))))
+            .filter(|s| !pods.pool_of.contains_key(*s))
+            .cloned()
             .collect();
-        let shards: Vec<ShardId> = placeable.iter().map(|s| (*s).clone()).collect();
+        let mut by_pool: BTreeMap<&str, BTreeMap<SectorId, u64>> = BTreeMap::new();
+        for leaf in &tree.leaves {
+            let pool = sector_pool.get(leaf).map_or("", String::as_str);
+            let entities = load.get(leaf).map_or(0, |v| u64::from(v.entities));
+            by_pool.entry(pool).or_default().insert(*leaf, entities);
+        }
+        let plan: Vec<(&BTreeMap<SectorId, u64>, Vec<ShardId>, Capacity)> = by_pool
+            .iter()
+            .map(|(pool, leaves)| {
+                let own: Vec<ShardId> = placeable
+                    .iter()
+                    .filter(|s| pods.pool_of.get(*s).is_some_and(|p| p == pool))
+                    .cloned()
+                    .collect();
+                let shards = [own, unpooled.clone(), placeable.clone()]
+                    .into_iter()
+                    .find(|s| !s.is_empty())
+                    .unwrap_or_default();
+                let capacity = pools.get(*pool).map(capacity_of).unwrap_or(Capacity {
+                    sectors: 16,
+                    entities: 20_000,
+                });
+                (leaves, shards, capacity)
+            })
+            .collect();
         let roots = tree.roots.clone();
+        let mut moves = 0;
         let applied = control
             .update_placement(PLACEMENT_ATTEMPTS, |current| {
-                let sectors = assign(&leaves, &current.sectors, &shards, capacity);
+                let mut sectors = BTreeMap::new();
+                for (leaves, shards, capacity) in &plan {
+                    sectors.extend(assign(leaves, &current.sectors, shards, *capacity));
+                }
+                moves = moved(&current.sectors, &sectors);
                 let unchanged =
                     sectors == current.sectors && current.world.as_deref() == Some(&roots[..]);
                 (!unchanged).then(|| Placement {
@@ -358,16 +446,23 @@ async fn place(
             })
             .await?;
         if let Some(reply) = applied {
+            metrics.leaf_moves.inc_by(moves as u64);
             info!(
                 generation = reply.generation,
+                moves,
                 roots = roots.len(),
-                leaves = leaves.len(),
+                leaves = tree.leaves.len(),
                 "placement pushed"
             );
         }
     }
+    let placement = control.placement().await?;
+    metrics
+        .placement_generation
+        .with_label_values(&[ns])
+        .set(i64::try_from(placement.generation).unwrap_or(i64::MAX));
     Ok(ReplicationView {
-        placement: control.placement().await?,
+        placement,
         connected,
         load,
     })
@@ -389,16 +484,6 @@ async fn scale(
         .iter()
         .filter_map(|s| s.sector_id().ok().map(|id| (id, s)))
         .collect();
-    // One policy per world for now: the pool of its first root.
-    let Some(pool) = tree
-        .roots
-        .first()
-        .and_then(|r| by_id.get(r))
-        .and_then(|s| pools.get(&s.spec.pool))
-    else {
-        return Ok(false);
-    };
-    let policy = policy_of(&pool.spec);
     // Only fresh reports from the shard that simulates the leaf count.
     let reports: BTreeMap<SectorId, LeafLoad> = tree
         .leaves
@@ -420,40 +505,41 @@ async fn scale(
         })
         .collect();
     let now = Instant::now();
-    // Transitions under way count against the pool's cap: splits whose children are not all
+    // Transitions under way count against their pool's cap: splits whose children are not all
     // simulated, merges whose parent is not simulated yet.
-    let in_flight = {
+    let mut under_way: Vec<SectorId> = splits_under_way(tree, view).into_iter().collect();
+    {
         let mut merging = ctx.merging.lock().expect("merging lock");
         let parents = merging.entry(ns.to_owned()).or_default();
         parents.retain(|p| tree.leaves.contains(p) && !simulated(p, view));
-        parents.len() + splits_under_way(tree, view).len()
-    };
-    let transitions = {
-        let mut histories = ctx.histories.lock().expect("histories lock");
-        let history = histories.entry(ns.to_owned()).or_default();
-        history.observe(&tree.leaves, &reports, &policy, now);
-        let chosen = decide(&tree.roots, &tree.leaves, &policy, history, in_flight, now);
-        let late: BTreeMap<SectorId, Duration> = chosen
-            .iter()
-            .filter_map(|t| match t {
-                Transition::Split { sector, .. } => Some((
-                    *sector,
-                    history
-                        .hot_for(sector, &policy, now)
-                        .unwrap_or_default()
-                        .saturating_sub(policy.split.sustain),
-                )),
-                Transition::Merge { .. } => None,
-            })
-            .collect();
-        for t in &chosen {
-            history.record_change(t.sectors(), now);
+        under_way.extend(parents.iter().copied());
+    }
+    // Each pool's subtrees follow that pool's policy, with a history of their own.
+    let mut transitions: Vec<(Transition, PoolPolicy)> = Vec::new();
+    let mut late: BTreeMap<SectorId, Duration> = BTreeMap::new();
+    for (name, pool) in pools {
+        let mine = |s: &SectorId| by_id.get(s).is_some_and(|x| x.spec.pool == *name);
+        let leaves: BTreeSet<SectorId> = tree.leaves.iter().copied().filter(mine).collect();
+        if leaves.is_empty() {
+            continue;
         }
-        (chosen, late)
-    };
-    let (transitions, late) = transitions;
+        let roots: Vec<SectorId> = tree.roots.iter().copied().filter(mine).collect();
+        let policy = policy_of(&pool.spec);
+        let in_flight = under_way.iter().filter(|s| mine(s)).count();
+        let mut histories = ctx.histories.lock().expect("histories lock");
+        let history = histories.entry(format!("{ns}/{name}")).or_default();
+        history.observe(&leaves, &reports, &policy, now);
+        for t in decide(&roots, &leaves, &policy, history, in_flight, now) {
+            if let Transition::Split { sector, .. } = t {
+                let over = history.hot_for(&sector, &policy, now).unwrap_or_default();
+                late.insert(sector, over.saturating_sub(policy.split.sustain));
+            }
+            history.record_change(t.sectors(), now);
+            transitions.push((t, policy.clone()));
+        }
+    }
     let changed = !transitions.is_empty();
-    for t in transitions {
+    for (t, policy) in transitions {
         match t {
             Transition::Split { sector, children } => {
                 let Some(parent) = by_id.get(&sector) else {

@@ -106,6 +106,8 @@ struct Observed {
     entities: u64,
     /// `None`: the namespace has no replication to ask.
     replication: Option<Linked>,
+    /// Why the namespace's control Secret cannot be used, if it cannot.
+    secret_problem: Option<String>,
 }
 
 struct Linked {
@@ -164,12 +166,26 @@ async fn observe(ctx: &Context, ns: &str, pool: &ShardPool) -> Result<Observed> 
         .filter_map(|s| s.sector_id().ok())
         .collect();
     let leaves = SectorTree::of(&mine).leaves;
-    let Some(control) = control_client(ctx, ns).await? else {
+    let control = match control_client(ctx, ns).await {
+        Ok(control) => control,
+        Err(e @ Error::BadControlSecret { .. }) => {
+            return Ok(Observed {
+                pods,
+                leaves,
+                entities: 0,
+                replication: None,
+                secret_problem: Some(e.to_string()),
+            });
+        }
+        Err(e) => return Err(e),
+    };
+    let Some(control) = control else {
         return Ok(Observed {
             pods,
             leaves,
             entities: 0,
             replication: None,
+            secret_problem: None,
         });
     };
     let connected = control.connected_shards().await?;
@@ -193,6 +209,7 @@ async fn observe(ctx: &Context, ns: &str, pool: &ShardPool) -> Result<Observed> 
             connected,
             sectors_of,
         }),
+        secret_problem: None,
     })
 }
 
@@ -473,6 +490,8 @@ async fn sync_pool_status(
             "InvalidTemplate",
             format!("the API server refuses the pods this template makes: {why}"),
         )
+    } else if let Some(problem) = &observed.secret_problem {
+        ("False", "BadControlSecret", problem.clone())
     } else if observed.replication.is_none() {
         (
             "False",

@@ -58,6 +58,8 @@ pub enum Readiness {
     PoolNotFound,
     /// The namespace has no replication to talk to (no `sidereal-control` Secret).
     NoReplication,
+    /// The namespace's `sidereal-control` Secret cannot be used (a key missing, not UTF-8).
+    BadControlSecret,
     /// No shard is linked to replication, so nothing can be placed.
     NoShards,
     /// Placed on a shard that is not linked right now; it will be re-homed.
@@ -80,6 +82,7 @@ impl Readiness {
             Readiness::Split => "Split",
             Readiness::PoolNotFound => "PoolNotFound",
             Readiness::NoReplication => "NoReplication",
+            Readiness::BadControlSecret => "BadControlSecret",
             Readiness::NoShards => "NoShards",
             Readiness::ShardDown => "ShardDown",
             Readiness::NotPlaced => "NotPlaced",
@@ -235,6 +238,16 @@ pub fn splits_under_way(tree: &SectorTree, r: &ReplicationView) -> BTreeSet<Sect
         .collect()
 }
 
+/// A Sector's state when the namespace's control Secret is unusable: says why, instead of
+/// "no replication".
+pub fn bad_secret(mut state: SectorState, problem: &str) -> SectorState {
+    if state.readiness == Readiness::NoReplication {
+        state.readiness = Readiness::BadControlSecret;
+        state.message = problem.to_owned();
+    }
+    state
+}
+
 /// A merged parent's state while it waits for a shard: `Merging` rather than `Pending`.
 pub fn merging(mut state: SectorState) -> SectorState {
     if state.phase == SectorPhase::Pending {
@@ -347,6 +360,11 @@ mod tests {
         let reason = |pool, r: Option<&ReplicationView>| sector_state(s, &tree, pool, r).readiness;
         assert_eq!(reason(false, Some(&r)), Readiness::PoolNotFound);
         assert_eq!(reason(true, None), Readiness::NoReplication);
+        let broken = bad_secret(sector_state(s, &tree, true, None), "no key \"token\"");
+        assert_eq!(
+            (broken.readiness, broken.message.as_str()),
+            (Readiness::BadControlSecret, "no key \"token\"")
+        );
         assert_eq!(reason(true, Some(&r)), Readiness::NoShards);
         r.connected.insert(ShardId::new("shard-0"));
         assert_eq!(reason(true, Some(&r)), Readiness::NotPlaced);

@@ -409,3 +409,61 @@ async fn of_two_operator_replicas_only_the_leader_reconciles_and_a_follower_take
     })
     .await
 }
+
+/// A control Secret without its token: every Sector and the pool say exactly that (no crash
+/// loop, nothing placed); fixing the Secret brings the world up.
+#[tokio::test]
+async fn a_broken_control_secret_is_reported_on_every_sector_until_fixed() -> anyhow::Result<()> {
+    in_namespace("badsecret", |client, ns| async move {
+        let fleet = LocalFleet::start(ENTITIES, 2, 0)?;
+        apply_text(
+            &ns,
+            &format!(
+                "apiVersion: v1\nkind: Secret\nmetadata:\n  name: sidereal-control\nstringData:\n  url: {}\n",
+                fleet.http
+            ),
+        )?;
+        let samples = repo_root().join("manifests/samples");
+        kubectl(&["apply", "-n", &ns, "-f", samples.to_str().unwrap()])?;
+        let _operator = LocalProcess(
+            sidereal()
+                .args(["operator", "--metrics", "127.0.0.1:0", "--namespace", &ns])
+                .args(["--lease-namespace", &ns, "--lease-duration", "3"])
+                .stdout(Stdio::null())
+                .spawn()?,
+        );
+        let sectors: Api<Sector> = Api::namespaced(client.clone(), &ns);
+        let pools: Api<sidereal_crds::ShardPool> = Api::namespaced(client.clone(), &ns);
+        wait_until("every Sector names the broken Secret", Duration::from_secs(60), || async {
+            let list = sectors.list(&Default::default()).await?.items;
+            Ok(list.len() == 4
+                && list.iter().all(|s| {
+                    s.status.as_ref().is_some_and(|st| {
+                        st.phase == Some(SectorPhase::Pending)
+                            && st.conditions.iter().any(|c| {
+                                c.reason == "BadControlSecret" && c.message.contains("token")
+                            })
+                    })
+                }))
+        })
+        .await?;
+        wait_until("the pool says so too", Duration::from_secs(30), || async {
+            let st = pools.get("default").await?.status.unwrap_or_default();
+            Ok(st.conditions.iter().any(|c| c.reason == "BadControlSecret"))
+        })
+        .await?;
+        assert!(fleet.control().placement().await?.sectors.is_empty(), "nothing placed");
+
+        apply_text(&ns, &fleet.control_secret())?;
+        wait_until("fixed: every root Active", Duration::from_secs(60), || async {
+            let list = sectors.list(&Default::default()).await?.items;
+            Ok(list.len() == 4
+                && list
+                    .iter()
+                    .all(|s| s.status.as_ref().and_then(|st| st.phase) == Some(SectorPhase::Active)))
+        })
+        .await?;
+        Ok(())
+    })
+    .await
+}

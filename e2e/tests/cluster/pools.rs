@@ -359,3 +359,93 @@ async fn a_replication_restart_loses_nothing_and_the_same_pods_carry_on() -> any
     })
     .await
 }
+
+/// Two pools in one world: each root's leaves go to its own pool's shard pods, and each pool
+/// is sized for its own leaves.
+#[tokio::test]
+async fn each_pool_simulates_its_own_subtrees() -> anyhow::Result<()> {
+    in_namespace("twopools", |client, ns| async move {
+        let fleet = LocalFleet::start_in("s2-x0-y0,s2-x1-y0", ENTITIES, 0, 0)?;
+        let control = fleet.control();
+        apply_text(&ns, &fleet.control_secret())?;
+        apply_text(&ns, &fleet.shard_secret())?;
+        // Three roots in alpha, one in beta: packing all four onto any two shards would put
+        // some of alpha's on beta's pod.
+        for (pool, x, y) in [
+            ("alpha", 0, 0),
+            ("alpha", 0, 1),
+            ("alpha", -1, 0),
+            ("beta", 1, 0),
+        ] {
+            let name = sidereal_core::SectorId::new(2, x, y)?.name();
+            apply_text(
+                &ns,
+                &format!(
+                    "apiVersion: sidereal.dev/v1alpha1
+kind: ShardPool
+metadata:
+  name: {pool}
+spec:
+  shards: {{min: 1, max: 3, warmSpares: 0}}
+  template:
+    spec:
+      tolerations: [{{key: kwok.x-k8s.io/node, operator: Exists, effect: NoSchedule}}]
+      containers:
+        - name: shard
+          image: sidereal:dev
+          args: [shard, --fire-every-ticks, \"0\"]
+---
+apiVersion: sidereal.dev/v1alpha1
+kind: Sector
+metadata:
+  name: {name}
+spec: {{pool: {pool}, scale: 2, gridX: {x}, gridY: {y}}}
+"
+                ),
+            )?;
+        }
+        let _kubelet = Kubelet::start(client.clone(), &ns, SHARD_PODS);
+        let _operator = LocalProcess(
+            sidereal()
+                .args(["operator", "--metrics", "127.0.0.1:0", "--namespace", &ns])
+                .args(["--lease-namespace", &ns, "--lease-duration", "3"])
+                .stdout(Stdio::null())
+                .spawn()?,
+        );
+        let pods: Api<Pod> = Api::namespaced(client.clone(), &ns);
+        wait_until(
+            "each root on a pod of its own pool",
+            Duration::from_secs(90),
+            || async {
+                let pool_of: BTreeMap<String, String> = pods
+                    .list(&ListParams::default().labels(SHARD_PODS))
+                    .await?
+                    .items
+                    .into_iter()
+                    .filter(|p| p.metadata.deletion_timestamp.is_none())
+                    .filter_map(|p| {
+                        Some((p.name_any(), p.labels().get("sidereal.dev/pool")?.clone()))
+                    })
+                    .collect();
+                let placement = control.placement().await?;
+                let linked = control.connected_shards().await?;
+                let on = |root: &str, pool: &str| {
+                    let id: sidereal_core::SectorId = root.parse().unwrap();
+                    placement.sectors.get(&id).is_some_and(|shard| {
+                        linked.contains(shard) && pool_of.get(&shard.0).is_some_and(|p| p == pool)
+                    })
+                };
+                let per_pool = |pool: &str| pool_of.values().filter(|p| *p == pool).count();
+                Ok(pool_of.len() == 2
+                    && per_pool("alpha") == 1
+                    && per_pool("beta") == 1
+                    && on("s2-x0-y0", "alpha")
+                    && on("s2-x1-y0", "beta"))
+            },
+        )
+        .await?;
+        assert_eq!(control.status().await?.entities, ENTITIES);
+        Ok(())
+    })
+    .await
+}
