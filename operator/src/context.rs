@@ -1,7 +1,7 @@
 //! State the reconcilers share: the Kubernetes client, the event recorder, metrics, and when
 //! each world was last synced.
 
-use std::collections::{BTreeSet, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
@@ -216,6 +216,8 @@ pub struct Context {
     pub again: Mutex<HashSet<String>>,
     /// What the policy remembers of each world's load between syncs.
     pub histories: Mutex<HashMap<String, LoadHistory>>,
+    /// Per world, the leaves of each pool as of the last sync (the pool controller's input).
+    pub world_leaves: Mutex<HashMap<String, BTreeMap<String, BTreeSet<SectorId>>>>,
     /// Per world, parents whose merge started and that are not simulated yet.
     pub merging: Mutex<HashMap<String, BTreeSet<SectorId>>>,
     /// Since when each shard pod (`namespace/name`) has owned no sector.
@@ -239,6 +241,7 @@ impl Context {
             again: Mutex::new(HashSet::new()),
             histories: Mutex::new(HashMap::new()),
             merging: Mutex::new(HashMap::new()),
+            world_leaves: Mutex::new(HashMap::new()),
             idle_since: Mutex::new(HashMap::new()),
             invalid_seen: Mutex::new(HashSet::new()),
         }

@@ -31,8 +31,8 @@ use crate::policy::{Capacity, LeafLoad, PoolPolicy, Thresholds};
 use crate::pool::policy_of;
 use crate::shardpool::{DRAINING_LABEL, MANAGED_BY, POOL_LABEL};
 use crate::world::{
-    ReplicationView, SectorState, SectorTree, bad_secret, load_moved, merging as merging_state,
-    sector_state, simulated, splits_under_way,
+    Readiness, ReplicationView, SectorState, SectorTree, bad_secret, load_moved,
+    merging as merging_state, sector_state, simulated, splits_under_way,
 };
 use crate::{Error, Result};
 
@@ -41,7 +41,11 @@ use crate::{Error, Result};
 pub const RESYNC: Duration = Duration::from_secs(2);
 
 /// Sector status patches in flight at once during a sync.
-const STATUS_WRITES_IN_FLIGHT: usize = 16;
+const STATUS_WRITES_IN_FLIGHT: usize = 32;
+
+/// A new Sector's first status waits this long for it to be simulated: a world applied at once
+/// then costs one status write per Sector (Active), not two (Pending, then Active).
+const FIRST_STATUS_GRACE: Duration = Duration::from_secs(15);
 
 /// Conflicting placement writes retried in a row before the reconcile fails (and is retried).
 const PLACEMENT_ATTEMPTS: u32 = 10;
@@ -209,6 +213,21 @@ async fn sync_world(ctx: &Context, ns: &str) -> Result<()> {
             view = Some(seen);
         }
     }
+    // The pool controller sizes each pool from these: the Sectors are listed once per sync.
+    let sector_pool = pool_of(&sectors);
+    let mut leaves_by_pool: BTreeMap<String, BTreeSet<SectorId>> = BTreeMap::new();
+    for leaf in &tree.leaves {
+        if let Some(pool) = sector_pool.get(leaf) {
+            leaves_by_pool
+                .entry(pool.clone())
+                .or_default()
+                .insert(*leaf);
+        }
+    }
+    ctx.world_leaves
+        .lock()
+        .expect("world leaves lock")
+        .insert(ns.to_owned(), leaves_by_pool);
     if sectors.is_empty() {
         // Its last Sector is gone (and its roots archived above): stop ticking it.
         ctx.synced.lock().expect("synced lock").remove(ns);
@@ -254,6 +273,11 @@ async fn sync_world(ctx: &Context, ns: &str) -> Result<()> {
             ))
         })
         .collect();
+    let now = k8s_openapi::jiff::Timestamp::now();
+    let jobs: Vec<(&Sector, SectorState)> = jobs
+        .into_iter()
+        .filter(|(s, state)| !waits_for_first_placement(s, state, now))
+        .collect();
     for chunk in jobs.chunks(STATUS_WRITES_IN_FLIGHT) {
         let writes = chunk.iter().map(|(s, state)| {
             let split = splits.get(s.spec.pool.as_str()).unwrap_or(&default_split);
@@ -264,6 +288,31 @@ async fn sync_world(ctx: &Context, ns: &str) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// Whether `sector` is new (no status yet, created within [`FIRST_STATUS_GRACE`]) and only
+/// waiting to be placed: its first status is then written once it is simulated (or the grace
+/// is over), not before.
+fn waits_for_first_placement(
+    sector: &Sector,
+    state: &SectorState,
+    now: k8s_openapi::jiff::Timestamp,
+) -> bool {
+    let young = sector
+        .metadata
+        .creation_timestamp
+        .as_ref()
+        .is_some_and(|t| {
+            now.duration_since(t.0)
+                .try_into()
+                .is_ok_and(|age: Duration| age < FIRST_STATUS_GRACE)
+        });
+    sector.status.is_none()
+        && young
+        && matches!(
+            state.readiness,
+            Readiness::NoShards | Readiness::NotPlaced | Readiness::ShardDown
+        )
 }
 
 /// The world's readable Sectors and pools, and the tree of those whose pool exists.

@@ -23,15 +23,14 @@ use kube::runtime::watcher;
 use kube::{Resource, ResourceExt};
 use serde_json::json;
 use sidereal_core::{SectorId, ShardId};
-use sidereal_crds::{Sector, ShardPool, ShardPoolStatus};
+use sidereal_crds::{ShardPool, ShardPoolStatus};
 use tracing::{debug, info, warn};
 
 use crate::context::{CONTROL_SECRET, Context, FIELD_MANAGER};
 use crate::controller::control_client;
-use crate::objects::{list_valid, report_invalid};
+use crate::objects::report_invalid;
 use crate::policy::pods::{PodPlan, PodState, desired_shards, plan_pods};
 use crate::pool::policy_of;
-use crate::world::SectorTree;
 use crate::{Error, Result};
 
 /// Every shard pod carries its pool's name under this label.
@@ -159,13 +158,16 @@ async fn observe(ctx: &Context, ns: &str, pool: &ShardPool) -> Result<Observed> 
         .into_iter()
         .filter(|p| p.metadata.deletion_timestamp.is_none() && is_managed(p))
         .collect();
-    let sectors: Vec<Sector> = list_valid(ctx, ns).await?;
-    let mine: BTreeSet<SectorId> = sectors
-        .iter()
-        .filter(|s| s.spec.pool == name)
-        .filter_map(|s| s.sector_id().ok())
-        .collect();
-    let leaves = SectorTree::of(&mine).leaves;
+    // The Sector controller lists the world's Sectors once per sync and leaves each pool's
+    // leaves here (listing 10,000 Sectors per pool every round would load the API server).
+    let leaves: BTreeSet<SectorId> = ctx
+        .world_leaves
+        .lock()
+        .expect("world leaves lock")
+        .get(ns)
+        .and_then(|pools| pools.get(&name))
+        .cloned()
+        .unwrap_or_default();
     let control = match control_client(ctx, ns).await {
         Ok(control) => control,
         Err(e @ Error::BadControlSecret { .. }) => {
