@@ -218,6 +218,8 @@ pub struct Context {
     pub histories: Mutex<HashMap<String, LoadHistory>>,
     /// Per world, the leaves of each pool as of the last sync (the pool controller's input).
     pub world_leaves: Mutex<HashMap<String, BTreeMap<String, BTreeSet<SectorId>>>>,
+    /// When this operator first saw each Sector (by uid) that has no status yet.
+    pub first_seen: Mutex<HashMap<String, Instant>>,
     /// Per world, parents whose merge started and that are not simulated yet.
     pub merging: Mutex<HashMap<String, BTreeSet<SectorId>>>,
     /// Since when each shard pod (`namespace/name`) has owned no sector.
@@ -241,6 +243,7 @@ impl Context {
             again: Mutex::new(HashSet::new()),
             histories: Mutex::new(HashMap::new()),
             merging: Mutex::new(HashMap::new()),
+            first_seen: Mutex::new(HashMap::new()),
             world_leaves: Mutex::new(HashMap::new()),
             idle_since: Mutex::new(HashMap::new()),
             invalid_seen: Mutex::new(HashSet::new()),

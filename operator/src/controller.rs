@@ -273,11 +273,28 @@ async fn sync_world(ctx: &Context, ns: &str) -> Result<()> {
             ))
         })
         .collect();
-    let now = k8s_openapi::jiff::Timestamp::now();
-    let jobs: Vec<(&Sector, SectorState)> = jobs
-        .into_iter()
-        .filter(|(s, state)| !waits_for_first_placement(s, state, now))
-        .collect();
+    let now = Instant::now();
+    let jobs: Vec<(&Sector, SectorState)> = {
+        let mut first_seen = ctx.first_seen.lock().expect("first seen lock");
+        // Only this world's Sectors that still have no status are remembered.
+        let key = |s: &Sector| format!("{ns}/{}", s.metadata.uid.as_deref().unwrap_or_default());
+        let waiting: BTreeSet<String> = jobs
+            .iter()
+            .filter(|(s, _)| s.status.is_none())
+            .map(|(s, _)| key(s))
+            .collect();
+        let prefix = format!("{ns}/");
+        first_seen.retain(|k, _| !k.starts_with(&prefix) || waiting.contains(k));
+        jobs.into_iter()
+            .filter(|(s, state)| {
+                if s.status.is_some() {
+                    return true;
+                }
+                let seen = *first_seen.entry(key(s)).or_insert(now);
+                !waits_for_first_placement(s, state, now.saturating_duration_since(seen))
+            })
+            .collect()
+    };
     for chunk in jobs.chunks(STATUS_WRITES_IN_FLIGHT) {
         let writes = chunk.iter().map(|(s, state)| {
             let split = splits.get(s.spec.pool.as_str()).unwrap_or(&default_split);
@@ -290,29 +307,17 @@ async fn sync_world(ctx: &Context, ns: &str) -> Result<()> {
     Ok(())
 }
 
-/// Whether `sector` is new (no status yet, created within [`FIRST_STATUS_GRACE`]) and only
-/// waiting to be placed: its first status is then written once it is simulated (or the grace
-/// is over), not before.
-fn waits_for_first_placement(
-    sector: &Sector,
-    state: &SectorState,
-    now: k8s_openapi::jiff::Timestamp,
-) -> bool {
-    let young = sector
-        .metadata
-        .creation_timestamp
-        .as_ref()
-        .is_some_and(|t| {
-            now.duration_since(t.0)
-                .try_into()
-                .is_ok_and(|age: Duration| age < FIRST_STATUS_GRACE)
-        });
-    sector.status.is_none()
-        && young
-        && matches!(
-            state.readiness,
-            Readiness::NoShards | Readiness::NotPlaced | Readiness::ShardDown
-        )
+/// Whether `sector` is new (no status yet, first seen by this operator `age` ago, within
+/// [`FIRST_STATUS_GRACE`]) and only waiting to be placed or measured: its first status is then
+/// written once it is simulated with its load (or the grace is over), not before.
+fn waits_for_first_placement(sector: &Sector, state: &SectorState, age: Duration) -> bool {
+    let placing = matches!(
+        state.readiness,
+        Readiness::NoShards | Readiness::NotPlaced | Readiness::ShardDown
+    );
+    // Simulated, but its shard has not reported its load yet (it will within a second).
+    let unmeasured = state.readiness == Readiness::Simulated && state.load.is_none();
+    sector.status.is_none() && age < FIRST_STATUS_GRACE && (placing || unmeasured)
 }
 
 /// The world's readable Sectors and pools, and the tree of those whose pool exists.
@@ -744,4 +749,47 @@ async fn sync_status(
         .await;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use sidereal_core::control::SectorLoadView;
+
+    use super::*;
+
+    #[test]
+    fn a_new_sectors_first_status_waits_for_its_shard_and_load_but_not_forever() {
+        let id: SectorId = "s2-x0-y0".parse().unwrap();
+        let new = Sector::for_id("default", id);
+        let secs = Duration::from_secs;
+        let tree = SectorTree::of(&[id].into());
+        let mut r = ReplicationView::default();
+        let no_shards = sector_state(id, &tree, true, Some(&r));
+        assert!(waits_for_first_placement(&new, &no_shards, secs(5)));
+        let shard = ShardId::new("shard-0");
+        r.connected.insert(shard.clone());
+        r.placement.sectors.insert(id, shard.clone());
+        let unmeasured = sector_state(id, &tree, true, Some(&r));
+        assert!(waits_for_first_placement(&new, &unmeasured, secs(5)));
+        r.load.insert(
+            id,
+            SectorLoadView {
+                sector: id,
+                shard,
+                entities: 3,
+                players: 0,
+                tick_p99_ms: 1.0,
+            },
+        );
+        let active = sector_state(id, &tree, true, Some(&r));
+        assert!(!waits_for_first_placement(&new, &active, secs(5)));
+        // Not forever: past the grace, Pending is written.
+        assert!(!waits_for_first_placement(&new, &no_shards, secs(20)));
+        // A Sector with a status, or one that needs the user's attention, never waits.
+        let mut seen = new.clone();
+        seen.status = Some(SectorStatus::default());
+        assert!(!waits_for_first_placement(&seen, &no_shards, secs(5)));
+        let orphan = sector_state(id, &tree, false, Some(&r));
+        assert!(!waits_for_first_placement(&new, &orphan, secs(5)));
+    }
 }
