@@ -294,6 +294,25 @@ async fn shard_pods_follow_the_load_through_a_split_a_lost_pod_and_a_merge() -> 
                 "no {reason} Event: {events}"
             );
         }
+
+        // The root deleted: its entities are archived and the pool shrinks to what an empty
+        // world needs (the warm spare); applied again, everything comes back.
+        kubectl(&["delete", "sector", "s2-x0-y0", "-n", &ns])?;
+        wait_until("archived, and down to the spare", Duration::from_secs(60), || async {
+            let s = control.status().await?;
+            Ok(s.roots == 0
+                && s.archived_entities == ENTITIES
+                && s.entities == 0
+                && shard_pods(&client, &ns).await?.len() == 1)
+        })
+        .await?;
+        apply_text(&ns, ROOT)?;
+        wait_until("restored on two pods again", Duration::from_secs(60), || async {
+            let pods = shard_pods(&client, &ns).await?;
+            Ok(pods.len() == 2 && whole(&sectors, &control, &pods, 1).await?)
+        })
+        .await?;
+
         let unreadable = kubectl(&[
             "get",
             "events",
