@@ -404,6 +404,33 @@ async fn of_two_operator_replicas_only_the_leader_reconciles_and_a_follower_take
         assert!(takeover < Duration::from_secs(8), "took over after {takeover:?}");
         eprintln!("leader killed -> follower leading in {takeover:?}");
         assert_eq!(fleet.control().status().await?.roots, 5);
+        // No duplicate shard pods from the change of leader: 5 leaves need one busy pod and
+        // the spare (the samples' pods never run here: no kwok toleration).
+        let pods: Api<k8s_openapi::api::core::v1::Pod> = Api::namespaced(client.clone(), &ns);
+        let pool_pods = pods
+            .list(&kube::api::ListParams::default().labels("sidereal.dev/pool=default"))
+            .await?
+            .items;
+        assert_eq!(pool_pods.len(), 2, "{:?}", pool_pods.iter().map(|p| p.name_any()).collect::<Vec<_>>());
+
+        // A child whose three siblings are missing slips past admission: it says why and is
+        // not simulated; its parent carries on.
+        apply_text(
+            &ns,
+            "apiVersion: sidereal.dev/v1alpha1\nkind: Sector\nmetadata:\n  name: s1-x0-y0\nspec:\n  pool: default\n  scale: 1\n  gridX: 0\n  gridY: 0\n",
+        )?;
+        wait_until("the lonely child says why", Duration::from_secs(30), || async {
+            let s = sectors.get("s1-x0-y0").await?;
+            Ok(s.status.as_ref().is_some_and(|st| {
+                st.phase == Some(SectorPhase::Pending)
+                    && st.conditions.iter().any(|c| c.reason == "ParentNotSplit")
+            }))
+        })
+        .await?;
+        let parent = sectors.get("s2-x0-y0").await?;
+        assert_eq!(parent.status.and_then(|s| s.phase), Some(SectorPhase::Active));
+        let placement = fleet.control().placement().await?;
+        assert!(!placement.sectors.contains_key(&"s1-x0-y0".parse()?));
         drop(follower);
         Ok(())
     })
