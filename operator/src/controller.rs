@@ -295,14 +295,15 @@ async fn sync_world(ctx: &Context, ns: &str) -> Result<()> {
             })
             .collect()
     };
-    for chunk in jobs.chunks(STATUS_WRITES_IN_FLIGHT) {
-        let writes = chunk.iter().map(|(s, state)| {
-            let split = splits.get(s.spec.pool.as_str()).unwrap_or(&default_split);
-            sync_status(ctx, &sectors_api, s, state, split)
-        });
-        for result in futures::future::join_all(writes).await {
-            result?;
-        }
+    // A steady number in flight (not chunks that each wait for their slowest write).
+    let mut pending = Vec::with_capacity(jobs.len());
+    for (s, state) in &jobs {
+        let split = splits.get(s.spec.pool.as_str()).unwrap_or(&default_split);
+        pending.push(sync_status(ctx, &sectors_api, s, state, split));
+    }
+    let mut writes = futures::stream::iter(pending).buffer_unordered(STATUS_WRITES_IN_FLIGHT);
+    while let Some(result) = writes.next().await {
+        result?;
     }
     Ok(())
 }
