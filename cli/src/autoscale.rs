@@ -132,7 +132,7 @@ impl Autoscaler {
                 }
             })
             .collect();
-        let plan = plan_pods(&states, desired, &self.policy, now);
+        let plan = plan_pods(&states, Some(desired), &self.policy, now);
         let placeable = running
             .iter()
             .filter(|s| connected.contains(*s) && !plan.drain.contains(s))

@@ -107,6 +107,10 @@ struct Observed {
     replication: Option<Linked>,
     /// Why the namespace's control Secret cannot be used, if it cannot.
     secret_problem: Option<String>,
+    /// Whether `leaves` comes from a world sync of this replica. Until then nothing is drained
+    /// or retired: a freshly started (or elected) operator must not read "no leaves" as "no
+    /// load" and move every sector onto two pods.
+    leaves_known: bool,
 }
 
 struct Linked {
@@ -138,10 +142,17 @@ async fn reconcile(guarded: Arc<DeserializeGuard<ShardPool>>, ctx: Arc<Context>)
     let desired = desired_shards(observed.leaves.len(), observed.entities, &policy);
     let now = Instant::now();
     let states = pod_states(&ctx, &ns, &observed, now);
-    let plan = plan_pods(&states, desired, &policy, now);
+    let plan = plan_pods(
+        &states,
+        observed.leaves_known.then_some(desired),
+        &policy,
+        now,
+    );
     replace_ended(&ctx, &pods, pool, &plan).await?;
     let refused = create_missing(&ctx, &pods, pool, plan.create).await?;
-    mark_draining(&ctx, &pods, pool, &observed.pods, &plan).await?;
+    if observed.leaves_known {
+        mark_draining(&ctx, &pods, pool, &observed.pods, &plan).await?;
+    }
     retire_idle(&ctx, &pods, pool, &plan).await?;
     sync_pool_status(&ctx, pool, &observed, &plan, desired, refused).await?;
     debug!(pool = %name, desired, pods = observed.pods.len(), "pool reconciled");
@@ -160,14 +171,15 @@ async fn observe(ctx: &Context, ns: &str, pool: &ShardPool) -> Result<Observed> 
         .collect();
     // The Sector controller lists the world's Sectors once per sync and leaves each pool's
     // leaves here (listing 10,000 Sectors per pool every round would load the API server).
-    let leaves: BTreeSet<SectorId> = ctx
+    // None until this replica has synced the world once (just started, or just elected).
+    let known: Option<BTreeSet<SectorId>> = ctx
         .world_leaves
         .lock()
         .expect("world leaves lock")
         .get(ns)
-        .and_then(|pools| pools.get(&name))
-        .cloned()
-        .unwrap_or_default();
+        .map(|pools| pools.get(&name).cloned().unwrap_or_default());
+    let leaves_known = known.is_some();
+    let leaves = known.unwrap_or_default();
     let control = match control_client(ctx, ns).await {
         Ok(control) => control,
         Err(e @ Error::BadControlSecret { .. }) => {
@@ -177,6 +189,7 @@ async fn observe(ctx: &Context, ns: &str, pool: &ShardPool) -> Result<Observed> 
                 entities: 0,
                 replication: None,
                 secret_problem: Some(e.to_string()),
+                leaves_known,
             });
         }
         Err(e) => return Err(e),
@@ -188,6 +201,7 @@ async fn observe(ctx: &Context, ns: &str, pool: &ShardPool) -> Result<Observed> 
             entities: 0,
             replication: None,
             secret_problem: None,
+            leaves_known,
         });
     };
     let connected = control.connected_shards().await?;
@@ -212,6 +226,7 @@ async fn observe(ctx: &Context, ns: &str, pool: &ShardPool) -> Result<Observed> 
             sectors_of,
         }),
         secret_problem: None,
+        leaves_known,
     })
 }
 

@@ -48,7 +48,22 @@ pub struct PodPlan {
 /// drains, pods that never linked first, then those owning the fewest sectors; a drained pod
 /// retires only once it owns no sector and has been idle for the retire time. A pod that still
 /// owns sectors is never deleted, whatever the count says. Deterministic for the same input.
-pub fn plan_pods(pods: &[PodState], desired: usize, policy: &PoolPolicy, now: Instant) -> PodPlan {
+///
+/// `desired` is `None` while the pool's leaves are unknown (an operator just started or just
+/// elected, before its first world sync): then pods are only replaced or created up to the
+/// pool's minimum, never drained or retired, since "no leaves known" is not "no load".
+pub fn plan_pods(
+    pods: &[PodState],
+    desired: Option<usize>,
+    policy: &PoolPolicy,
+    now: Instant,
+) -> PodPlan {
+    let Some(desired) = desired else {
+        let mut plan = plan_pods(pods, Some(0), policy, now);
+        plan.drain.clear();
+        plan.retire.clear();
+        return plan;
+    };
     let desired = desired.clamp(policy.min_shards, policy.max_shards.max(policy.min_shards));
     let replace: Vec<ShardId> = pods
         .iter()

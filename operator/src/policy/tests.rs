@@ -341,13 +341,13 @@ fn the_pod_plan_replaces_ended_pods_creates_missing_ones_and_drains_the_cheapest
     let mut dead = pod("dead", 3, None, false);
     dead.ended = true;
     let few = [pod("a", 2, None, true), dead];
-    let plan = plan_pods(&few, 3, &p, now);
+    let plan = plan_pods(&few, Some(3), &p, now);
     assert_eq!((plan.create, plan.replace.clone()), (2, shards(&["dead"])));
     assert!(plan.drain.is_empty() && plan.retire.is_empty());
     // Never beyond the pool's max.
-    assert_eq!(plan_pods(&[], 50, &p, now).create, 8);
+    assert_eq!(plan_pods(&[], Some(50), &p, now).create, 8);
     // Never below its min, even when nothing is needed.
-    assert_eq!(plan_pods(&[], 0, &p, now).create, 1);
+    assert_eq!(plan_pods(&[], Some(0), &p, now).create, 1);
 
     // Too many: the surplus drains, never-linked pods first, then the least loaded.
     let many = [
@@ -357,12 +357,12 @@ fn the_pod_plan_replaces_ended_pods_creates_missing_ones_and_drains_the_cheapest
         pod("idle-short", 0, Some(900), true),
         pod("pending", 0, Some(950), false),
     ];
-    let plan = plan_pods(&many, 2, &p, now);
+    let plan = plan_pods(&many, Some(2), &p, now);
     assert_eq!(plan.create, 0);
     assert_eq!(plan.drain, shards(&["pending", "idle-long", "idle-short"]));
     // Only those idle past the retire time go now.
     assert_eq!(plan.retire, shards(&["idle-long"]));
-    let plan = plan_pods(&many, 1, &p, now);
+    let plan = plan_pods(&many, Some(1), &p, now);
     assert_eq!(
         plan.drain,
         shards(&["pending", "idle-long", "idle-short", "light"])
@@ -374,9 +374,20 @@ fn the_pod_plan_replaces_ended_pods_creates_missing_ones_and_drains_the_cheapest
     );
     // Later, everything drained and idle retires, and the busy pod stays.
     let later = t0 + Duration::from_secs(5000);
-    let plan = plan_pods(&many, 1, &p, later);
+    let plan = plan_pods(&many, Some(1), &p, later);
     assert_eq!(plan.retire, shards(&["pending", "idle-long", "idle-short"]));
-    assert!(plan_pods(&many, 5, &p, later).drain.is_empty());
+    assert!(plan_pods(&many, Some(5), &p, later).drain.is_empty());
+    // Leaves not known yet (a new leader before its first sync): nothing drains or retires.
+    let blind = plan_pods(&many, None, &p, later);
+    assert!(
+        blind.drain.is_empty() && blind.retire.is_empty(),
+        "{blind:?}"
+    );
+    assert_eq!(
+        plan_pods(&[], None, &p, later).create,
+        1,
+        "the minimum is kept"
+    );
 }
 
 #[test]
@@ -395,7 +406,7 @@ fn a_pod_that_owns_sectors_is_never_retired() {
             ended: false,
         })
         .collect();
-    let plan = plan_pods(&owning, 0, &p, t0 + Duration::from_secs(1_000_000));
+    let plan = plan_pods(&owning, Some(0), &p, t0 + Duration::from_secs(1_000_000));
     assert_eq!(plan.drain.len(), 4);
     assert!(plan.retire.is_empty());
 }
