@@ -425,11 +425,28 @@ impl Authority {
     fn updates(&mut self, link: LinkId, shard: &ShardId, bytes: &[u8]) -> Result<(), LinkError> {
         let l = self.links.get_mut(&link).expect("live link");
         let (_tick, decoded) = l.decoder.decode(bytes)?;
+        let mut forget: Vec<(ShardId, EntityId)> = Vec::new();
         for u in decoded {
             // Its root just left the world; the shard has not applied that placement yet.
             // The archive keeps the state it was archived with.
             if self.mirror.is_archived(u.id) {
                 continue;
+            }
+            // An update from the new owner at the current epoch proves the adoption as well
+            // as `Adopted` does: an entity whose `Adopted` went missing (or was refused as
+            // stale in a crossing) does not stay in transit, simulated by nobody, forever.
+            let adopted = self
+                .mirror
+                .get(u.id)
+                .is_some_and(|r| r.in_transit && &r.owner == shard && r.epoch == u.epoch);
+            if adopted {
+                let r = self.mirror.check_owner_unchecked(u.id);
+                r.in_transit = false;
+                if let Some(prev) = r.previous_owner.take()
+                    && &prev != shard
+                {
+                    forget.push((prev, u.id));
+                }
             }
             match self.mirror.check_owner(u.id, shard, Some(u.epoch)) {
                 Ok(r) => {
@@ -443,6 +460,13 @@ impl Authority {
                     self.refuse(shard, "update", r);
                 }
             }
+        }
+        let mut by_shard: BTreeMap<ShardId, Vec<EntityId>> = BTreeMap::new();
+        for (prev, id) in forget {
+            by_shard.entry(prev).or_default().push(id);
+        }
+        for (prev, ids) in by_shard {
+            self.send_to(&prev, ReplicationMessage::Forget { ids });
         }
         Ok(())
     }
@@ -1063,6 +1087,48 @@ mod tests {
         let out = a.take_outbox();
         assert!(out.iter().any(|(l, m)| *l == l0
             && matches!(m, ReplicationMessage::Forget { ids } if ids == &vec![EntityId(1)])));
+    }
+
+    #[test]
+    fn an_update_at_the_current_epoch_completes_an_adoption_whose_ack_went_missing() {
+        let (mut a, l0, l1) = two_shards();
+        let epoch = a.mirror.get(EntityId(1)).unwrap().epoch;
+        a.on_message(
+            l0,
+            ShardMessage::HandoverOut {
+                snapshot: snap(EntityId(1), 1001.0, 100.0),
+                epoch,
+            },
+        )
+        .unwrap();
+        a.take_outbox();
+        assert!(a.mirror.get(EntityId(1)).unwrap().in_transit);
+        // shard-1 adopted it (its `Adopted` is never seen) and simulates it at the new epoch.
+        let moved = EntityState {
+            pos: [1010.0, 100.0],
+            ..Default::default()
+        };
+        let mut enc = UpdateEncoder::default();
+        let bytes = enc
+            .encode(1, &mut [(EntityId(1), epoch + 1, moved)])
+            .unwrap();
+        a.on_message(l1, ShardMessage::Updates(bytes)).unwrap();
+        let r = a.mirror.get(EntityId(1)).unwrap();
+        assert!(!r.in_transit, "the update completed the adoption");
+        assert_eq!(r.snapshot.state.pos, [1010.0, 100.0]);
+        let out = a.take_outbox();
+        assert!(out.iter().any(|(l, m)| *l == l0
+            && matches!(m, ReplicationMessage::Forget { ids } if ids == &vec![EntityId(1)])));
+        // The late `Adopted` is harmless: same epoch, already settled, nothing sent again.
+        a.on_message(
+            l1,
+            ShardMessage::Adopted {
+                ids: vec![(EntityId(1), epoch + 1)],
+            },
+        )
+        .unwrap();
+        assert!(!a.mirror.get(EntityId(1)).unwrap().in_transit);
+        assert!(a.take_outbox().is_empty());
     }
 
     #[test]
