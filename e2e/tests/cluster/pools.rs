@@ -468,3 +468,98 @@ spec: {{pool: {pool}, scale: 2, gridX: {x}, gridY: {y}}}
     })
     .await
 }
+
+/// The operator under the ServiceAccount of `manifests/operator/rbac.yaml` (applied as text,
+/// its namespace set to the test's) runs a world: nothing it does needs more than the file
+/// grants, and the file grants no other Secret.
+#[tokio::test]
+async fn the_operator_runs_on_the_rights_of_its_rbac_manifest_alone() -> anyhow::Result<()> {
+    in_namespace("rbac", |client, ns| async move {
+        let rbac = std::fs::read_to_string(
+            sidereal_e2e::repo_root().join("manifests/operator/rbac.yaml"),
+        )?;
+        apply_text(&ns, &rbac.replace("sidereal-system", &ns))?;
+        let account = format!("system:serviceaccount:{ns}:sidereal-operator");
+        let can = |verb: &str, what: &str| {
+            kubectl(&["auth", "can-i", verb, what, "-n", &ns, "--as", &account])
+                .map(|out| out.trim() == "yes")
+                .unwrap_or(false)
+        };
+        assert!(can("get", "secret/sidereal-control"));
+        assert!(!can("get", "secret/anything-else"), "no other Secret");
+        assert!(!can("list", "secrets"));
+        // A kubeconfig holding only the account's token.
+        let token = kubectl(&[
+            "create",
+            "token",
+            "sidereal-operator",
+            "-n",
+            &ns,
+            "--duration",
+            "1h",
+        ])?;
+        let view: serde_json::Value = serde_json::from_str(&kubectl(&[
+            "config",
+            "view",
+            "--raw",
+            "--minify",
+            "--flatten",
+            "-o",
+            "json",
+        ])?)?;
+        let cluster = view["clusters"][0]["cluster"].clone();
+        let kubeconfig = serde_json::json!({
+            "apiVersion": "v1",
+            "kind": "Config",
+            "clusters": [{ "name": "c", "cluster": cluster }],
+            "users": [{ "name": "operator", "user": { "token": token.trim() } }],
+            "contexts": [{ "name": "c", "context": { "cluster": "c", "user": "operator" } }],
+            "current-context": "c",
+        });
+        let path = std::env::temp_dir().join(format!("sidereal-{ns}.kubeconfig"));
+        std::fs::write(&path, serde_json::to_vec(&kubeconfig)?)?;
+
+        let fleet = LocalFleet::start(ENTITIES, 0, 0)?;
+        let control = fleet.control();
+        apply_text(&ns, &fleet.control_secret())?;
+        apply_text(&ns, &fleet.shard_secret())?;
+        apply_text(&ns, &pool_yaml(100_000, 50))?;
+        apply_text(&ns, ROOT)?;
+        let _kubelet = Kubelet::start(client.clone(), &ns, SHARD_PODS);
+        let _operator = LocalProcess(
+            sidereal()
+                .env("KUBECONFIG", &path)
+                .args(["operator", "--metrics", "127.0.0.1:0", "--namespace", &ns])
+                .args(["--lease-namespace", &ns, "--lease-duration", "3"])
+                .stdout(Stdio::null())
+                .spawn()?,
+        );
+        let sectors: Api<Sector> = Api::namespaced(client.clone(), &ns);
+        let pools: Api<ShardPool> = Api::namespaced(client.clone(), &ns);
+        wait_until(
+            "pods, placement and status under the operator's own account",
+            Duration::from_secs(90),
+            || async {
+                let pods = shard_pods(&client, &ns).await?;
+                let st = pools.get("default").await?.status.unwrap_or_default();
+                Ok(pods.len() == 2
+                    && (st.shards, st.ready, st.leaves) == (2, 2, 1)
+                    && whole(&sectors, &control, &pods, 1).await?)
+            },
+        )
+        .await?;
+        let lease = kubectl(&[
+            "get",
+            "lease",
+            "sidereal-operator",
+            "-n",
+            &ns,
+            "-o",
+            "jsonpath={.spec.holderIdentity}",
+        ])?;
+        assert!(!lease.trim().is_empty(), "the lease is held");
+        let _ = std::fs::remove_file(&path);
+        Ok(())
+    })
+    .await
+}
