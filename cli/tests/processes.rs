@@ -1,6 +1,8 @@
 //! Real processes over loopback: `sidereal replication` and `sidereal shard`, killed with
 //! SIGKILL, fed garbage by raw sockets; crash recovery and database outages with a real store.
 
+#[path = "processes/dashboards.rs"]
+mod dashboards;
 #[path = "processes/metrics.rs"]
 mod metrics;
 #[path = "processes/persistence.rs"]
