@@ -563,3 +563,82 @@ async fn the_operator_runs_on_the_rights_of_its_rbac_manifest_alone() -> anyhow:
     })
     .await
 }
+
+/// The operator's Grafana dashboard, for real: Debian's Prometheus scrapes an operator running
+/// a world with shard pods, and every panel of `packaging/grafana/sidereal-operator.json`
+/// evaluates and returns data.
+#[tokio::test]
+async fn every_operator_dashboard_panel_returns_data_from_a_real_prometheus() -> anyhow::Result<()>
+{
+    in_namespace("dashboard", |client, ns| async move {
+        let board: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(
+            sidereal_e2e::repo_root().join("packaging/grafana/sidereal-operator.json"),
+        )?)?;
+        let fleet = LocalFleet::start(ENTITIES, 0, 0)?;
+        let control = fleet.control();
+        apply_text(&ns, &fleet.control_secret())?;
+        apply_text(&ns, &fleet.shard_secret())?;
+        apply_text(&ns, &pool_yaml(100_000, 50))?;
+        apply_text(&ns, ROOT)?;
+        let _kubelet = Kubelet::start(client.clone(), &ns, SHARD_PODS);
+        let mut child = sidereal()
+            .args(["operator", "--metrics", "127.0.0.1:0", "--namespace", &ns])
+            .args(["--lease-namespace", &ns, "--lease-duration", "3"])
+            .stdout(Stdio::piped())
+            .spawn()?;
+        let mut out = std::io::BufRead::lines(std::io::BufReader::new(child.stdout.take().unwrap()));
+        let _operator = LocalProcess(child);
+        let said = out.next().expect("the operator's first line")?;
+        let target = said.split_once("metrics=http://").expect(&said).1.to_owned();
+        let sectors: Api<Sector> = Api::namespaced(client.clone(), &ns);
+        wait_until("the world up", Duration::from_secs(90), || async {
+            let pods = shard_pods(&client, &ns).await?;
+            Ok(pods.len() == 2 && whole(&sectors, &control, &pods, 1).await?)
+        })
+        .await?;
+
+        let dir = std::env::temp_dir().join(format!("sidereal-prom-{ns}"));
+        std::fs::create_dir_all(&dir)?;
+        let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+        std::fs::write(
+            dir.join("prometheus.yml"),
+            format!(
+                "global: {{scrape_interval: 1s, evaluation_interval: 1s}}\nscrape_configs:\n  - job_name: operator\n    static_configs: [{{targets: ['{target}']}}]\n"
+            ),
+        )?;
+        let _prometheus = LocalProcess(
+            std::process::Command::new("prometheus")
+                .arg(format!("--config.file={}", dir.join("prometheus.yml").display()))
+                .arg(format!("--storage.tsdb.path={}", dir.join("tsdb").display()))
+                .arg(format!("--web.listen-address=127.0.0.1:{port}"))
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()?,
+        );
+        let query = |expr: String| async move {
+            let out = tokio::process::Command::new("curl")
+                .args(["-s", "--data-urlencode", &format!("query={expr}")])
+                .arg(format!("http://127.0.0.1:{port}/api/v1/query"))
+                .output()
+                .await?;
+            let reply: serde_json::Value = serde_json::from_slice(&out.stdout)
+                .map_err(|e| anyhow::anyhow!("{e}: {}", String::from_utf8_lossy(&out.stdout)))?;
+            assert_eq!(reply["status"], "success", "{expr} does not evaluate: {reply}");
+            Ok::<_, anyhow::Error>(reply["data"]["result"].as_array().cloned().unwrap_or_default())
+        };
+        for panel in board["panels"].as_array().expect("panels") {
+            let title = panel["title"].as_str().unwrap_or("?");
+            for t in panel["targets"].as_array().expect("targets") {
+                let expr = t["expr"].as_str().expect("an expression").to_owned();
+                wait_until(&format!("panel {title:?}: {expr}"), Duration::from_secs(60), || {
+                    let q = query(expr.clone());
+                    async move { Ok(!q.await?.is_empty()) }
+                })
+                .await?;
+            }
+        }
+        let _ = std::fs::remove_dir_all(&dir);
+        Ok(())
+    })
+    .await
+}
