@@ -9,15 +9,16 @@
 //!
 //! `cargo bench -p sidereal-e2e --bench converge -- 1024` (default 1024 roots)
 
-use std::io::{BufRead, BufReader};
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use k8s_openapi::api::core::v1::Pod;
 use kube::api::{Api, DeleteParams};
 use sidereal_crds::{Sector, SectorPhase};
 use sidereal_e2e::kubelet::Kubelet;
-use sidereal_e2e::{LocalFleet, LocalProcess, client, install_crds, kubectl_stdin, sidereal};
+use sidereal_e2e::{
+    LocalFleet, client, install_crds, kubectl_stdin, operator_command, start_operator,
+};
 
 /// The pool's capacity: leaves per shard pod.
 const SECTORS_PER_SHARD: usize = 1000;
@@ -73,16 +74,8 @@ async fn main() -> anyhow::Result<()> {
     let _kubelet = Kubelet::start(client.clone(), &ns, "app.kubernetes.io/name=sidereal-shard");
     let pods: Api<Pod> = Api::namespaced(client.clone(), &ns);
     let t = Instant::now();
-    let mut op = sidereal()
-        .args(["operator", "--metrics", "127.0.0.1:0", "--namespace", &ns])
-        .args(["--lease-namespace", &ns, "--lease-duration", "3"])
-        .stdout(Stdio::piped())
-        .spawn()?;
-    let mut op_out = BufReader::new(op.stdout.take().unwrap()).lines();
-    let op_metrics = op_out.next().expect("metrics line")?;
-    let op_metrics = op_metrics.split_once("metrics=").unwrap().1.to_owned();
-    let op_pid = op.id();
-    let _op = LocalProcess(op);
+    let (op, op_metrics) = start_operator(operator_command(&ns))?;
+    let op_pid = op.0.id();
     let sectors: Api<Sector> = Api::namespaced(client.clone(), &ns);
     let converged = loop {
         let list = sectors.list(&Default::default()).await?.items;

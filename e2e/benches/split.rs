@@ -20,7 +20,9 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use sidereal_core::geometry::Point;
 use sidereal_core::{SectorId, ShardId};
 use sidereal_e2e::kubelet::Kubelet;
-use sidereal_e2e::{LocalFleet, LocalProcess, client, install_crds, kubectl_stdin, sidereal};
+use sidereal_e2e::{
+    LocalFleet, LocalProcess, client, install_crds, kubectl_stdin, operator_command,
+};
 
 const ENTITIES: usize = 6_400;
 const EXPECTED_SPLITS: usize = 21;
@@ -114,9 +116,7 @@ async fn main() -> anyhow::Result<()> {
     let (ok, said) = kubectl_stdin(&["apply", "-n", &ns], &yaml);
     anyhow::ensure!(ok, "{said}");
     let _kubelet = Kubelet::start(client.clone(), &ns, "app.kubernetes.io/name=sidereal-shard");
-    let mut op = sidereal()
-        .args(["operator", "--metrics", "127.0.0.1:0", "--namespace", &ns])
-        .args(["--lease-namespace", &ns, "--lease-duration", "3"])
+    let mut op = operator_command(&ns)
         .env("RUST_LOG", "sidereal_operator=info,warn")
         .stdout(Stdio::null())
         .stderr(Stdio::piped())

@@ -271,6 +271,37 @@ fn spawn_replication(
     ))
 }
 
+/// `sidereal operator` watching `ns`, with its leader Lease in `ns` too (parallel tests never
+/// share a leader) and a 3 s lease, so a replacement takes over quickly.
+pub fn operator_command(ns: &str) -> std::process::Command {
+    let mut c = sidereal();
+    c.args(["operator", "--metrics", "127.0.0.1:0", "--namespace", ns])
+        .args(["--lease-namespace", ns, "--lease-duration", "3"]);
+    c
+}
+
+/// Starts `command` (an [`operator_command`]) and returns it with its metrics base URL, read
+/// from the first line it prints (`operator metrics=http://...`).
+pub fn start_operator(
+    mut command: std::process::Command,
+) -> anyhow::Result<(LocalProcess, String)> {
+    use std::io::BufRead;
+    let mut child = command
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .context("starting the operator")?;
+    let mut lines = std::io::BufReader::new(child.stdout.take().expect("piped")).lines();
+    let operator = LocalProcess(child);
+    let said = lines.next().context("the operator's first line")??;
+    std::thread::spawn(move || for _ in lines {});
+    let url = said
+        .split_once("metrics=")
+        .with_context(|| format!("no metrics address in {said:?}"))?
+        .1
+        .to_owned();
+    Ok((operator, url))
+}
+
 /// A replication and its shards as local processes on loopback, with their own data
 /// directory (removed on drop): what the operator talks to in the e2e tests and benchmarks.
 pub struct LocalFleet {

@@ -11,11 +11,10 @@ use std::time::{Duration, Instant};
 
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::{Pod, Secret};
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams};
 use kube::core::DeserializeGuard;
 use kube::runtime::controller::{Action, Controller};
-use kube::runtime::events::{Event, EventType};
+use kube::runtime::events::EventType;
 use kube::runtime::watcher;
 use kube::{Resource, ResourceExt};
 use serde_json::json;
@@ -29,6 +28,7 @@ use crate::policy::placement::{assign, moved};
 use crate::policy::transitions::{Transition, decide};
 use crate::policy::{Capacity, LeafLoad, PoolPolicy, Thresholds};
 use crate::pool::policy_of;
+use crate::report::{publish, ready_condition};
 use crate::shardpool::{DRAINING_LABEL, MANAGED_BY, POOL_LABEL};
 use crate::world::{
     Readiness, ReplicationView, SectorState, SectorTree, bad_secret, load_moved,
@@ -618,7 +618,7 @@ async fn scale(
                 info!(%sector, window_ended_ms_ago, "split started");
                 publish(
                     ctx,
-                    parent,
+                    &parent.object_ref(&()),
                     EventType::Normal,
                     "Splitting",
                     format!(
@@ -645,25 +645,12 @@ async fn scale(
                     .insert(parent);
                 info!(%parent, "merge");
                 if let Some(p) = by_id.get(&parent) {
-                    publish(ctx, p, EventType::Normal, "Merging", format!("its four children were under the merge thresholds for {}s: merging them back", policy.merge.sustain.as_secs())).await;
+                    publish(ctx, &p.object_ref(&()), EventType::Normal, "Merging", format!("its four children were under the merge thresholds for {}s: merging them back", policy.merge.sustain.as_secs())).await;
                 }
             }
         }
     }
     Ok(changed)
-}
-
-async fn publish(ctx: &Context, sector: &Sector, type_: EventType, reason: &str, note: String) {
-    let event = Event {
-        type_,
-        reason: reason.into(),
-        note: Some(note),
-        action: reason.into(),
-        secondary: None,
-    };
-    if let Err(e) = ctx.recorder.publish(&event, &sector.object_ref(&())).await {
-        warn!(error = %e, "publishing an event");
-    }
 }
 
 /// Writes `state` into the Sector's status if it says something new, keeping the condition's
@@ -677,23 +664,13 @@ async fn sync_status(
 ) -> Result<()> {
     let old = sector.status.clone().unwrap_or_default();
     let generation = sector.metadata.generation;
-    let ready = if state.readiness.ready() {
-        "True"
-    } else {
-        "False"
-    };
-    let old_ready = old.conditions.iter().find(|c| c.type_ == "Ready");
-    let condition = Condition {
-        type_: "Ready".into(),
-        status: ready.into(),
-        reason: state.readiness.reason().into(),
-        message: state.message.clone(),
-        observed_generation: generation,
-        last_transition_time: match old_ready {
-            Some(c) if c.status == ready => c.last_transition_time.clone(),
-            _ => Time(k8s_openapi::jiff::Timestamp::now()),
-        },
-    };
+    let condition = ready_condition(
+        &old.conditions,
+        state.readiness.ready(),
+        state.readiness.reason(),
+        state.message.clone(),
+        generation,
+    );
     // Keep the load last written unless it moved meaningfully (see `load_moved`).
     let load = match (&old.load, &state.load) {
         (Some(o), Some(n)) if !load_moved(o, n, split) => Some(o.clone()),
@@ -742,7 +719,7 @@ async fn sync_status(
         };
         publish(
             ctx,
-            sector,
+            &sector.object_ref(&()),
             type_,
             state.readiness.reason(),
             state.message.clone(),

@@ -11,6 +11,7 @@ pub mod leader;
 pub mod objects;
 pub mod policy;
 pub mod pool;
+pub mod report;
 pub mod shardpool;
 pub mod world;
 

@@ -11,11 +11,12 @@ use k8s_openapi::serde::de::DeserializeOwned;
 use kube::Resource;
 use kube::api::{Api, ListParams};
 use kube::core::{DeserializeGuard, NamespaceResourceScope};
-use kube::runtime::events::{Event, EventType};
+use kube::runtime::events::EventType;
 use tracing::warn;
 
 use crate::Result;
 use crate::context::Context;
+use crate::report::publish;
 
 /// The objects of kind `K` in `ns` that deserialize; the others are reported and skipped.
 pub async fn list_valid<K>(ctx: &Context, ns: &str) -> Result<Vec<K>>
@@ -66,17 +67,9 @@ pub async fn report_invalid<K: Resource<DynamicType = ()>>(
         resource_version: meta.resource_version.clone(),
         ..ObjectReference::default()
     };
-    let event = Event {
-        type_: EventType::Warning,
-        reason: "InvalidObject".into(),
-        note: Some(format!(
-            "the operator cannot read this object and skips it: {}",
-            invalid.error
-        )),
-        action: "Reconcile".into(),
-        secondary: None,
-    };
-    if let Err(e) = ctx.recorder.publish(&event, &reference).await {
-        warn!(error = %e, "publishing an event");
-    }
+    let note = format!(
+        "the operator cannot read this object and skips it: {}",
+        invalid.error
+    );
+    publish(ctx, &reference, EventType::Warning, "InvalidObject", note).await;
 }

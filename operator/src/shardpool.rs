@@ -14,11 +14,10 @@ use futures::StreamExt;
 use k8s_openapi::api::core::v1::{
     Container, EnvVar, EnvVarSource, ObjectFieldSelector, Pod, SecretKeySelector,
 };
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
 use kube::core::DeserializeGuard;
 use kube::runtime::controller::{Action, Controller};
-use kube::runtime::events::{Event, EventType};
+use kube::runtime::events::EventType;
 use kube::runtime::watcher;
 use kube::{Resource, ResourceExt};
 use serde_json::json;
@@ -31,6 +30,7 @@ use crate::controller::control_client;
 use crate::objects::report_invalid;
 use crate::policy::pods::{PodPlan, PodState, desired_shards, plan_pods};
 use crate::pool::policy_of;
+use crate::report::{publish, ready_condition};
 use crate::{Error, Result};
 
 /// Every shard pod carries its pool's name under this label.
@@ -289,7 +289,7 @@ async fn replace_ended(
         info!(pool = %pool.name_any(), pod = %shard, "shard pod ended; replacing it");
         publish(
             ctx,
-            pool,
+            &pool.object_ref(&()),
             EventType::Warning,
             "Replacing",
             format!("shard pod {shard} ended; a new one takes its place"),
@@ -322,7 +322,7 @@ async fn create_missing(
         info!(pool = %pool.name_any(), pod = %name, "shard pod created");
         publish(
             ctx,
-            pool,
+            &pool.object_ref(&()),
             EventType::Normal,
             "Created",
             format!("created shard pod {name}"),
@@ -361,7 +361,7 @@ async fn mark_draining(
             info!(pool = %pool.name_any(), pod = %name, "draining surplus shard pod");
             publish(
                 ctx,
-                pool,
+                &pool.object_ref(&()),
                 EventType::Normal,
                 "Draining",
                 format!("shard pod {name} is surplus: its sectors move off before it retires"),
@@ -384,7 +384,7 @@ async fn retire_idle(
         info!(pool = %pool.name_any(), pod = %shard, "idle shard pod retired");
         publish(
             ctx,
-            pool,
+            &pool.object_ref(&()),
             EventType::Normal,
             "Retired",
             format!("shard pod {shard} owned no sector for the pool's idle time"),
@@ -538,18 +538,18 @@ async fn sync_pool_status(
         )
     };
     let old = pool.status.clone().unwrap_or_default();
-    let old_ready = old.conditions.iter().find(|c| c.type_ == "Ready");
-    let condition = Condition {
-        type_: "Ready".into(),
-        status: status.into(),
-        reason: reason.into(),
+    let old_reason = old
+        .conditions
+        .iter()
+        .find(|c| c.type_ == "Ready")
+        .map(|c| c.reason.clone());
+    let condition = ready_condition(
+        &old.conditions,
+        status == "True",
+        reason,
         message,
-        observed_generation: pool.metadata.generation,
-        last_transition_time: match old_ready {
-            Some(c) if c.status == status => c.last_transition_time.clone(),
-            _ => Time(k8s_openapi::jiff::Timestamp::now()),
-        },
-    };
+        pool.metadata.generation,
+    );
     let count = |n: usize| i32::try_from(n).unwrap_or(i32::MAX);
     let new = ShardPoolStatus {
         shards: count(live),
@@ -581,29 +581,16 @@ async fn sync_pool_status(
         Err(e) => return Err(e.into()),
     }
     ctx.metrics.status_writes.with_label_values(&["pool"]).inc();
-    if old_ready.map(|c| c.reason.as_str()) != Some(reason) {
+    if old_reason.as_deref() != Some(reason) {
         let type_ = if status == "True" {
             EventType::Normal
         } else {
             EventType::Warning
         };
         let note = new.conditions[0].message.clone();
-        publish(ctx, pool, type_, reason, note).await;
+        publish(ctx, &pool.object_ref(&()), type_, reason, note).await;
     }
     Ok(())
-}
-
-async fn publish(ctx: &Context, pool: &ShardPool, type_: EventType, reason: &str, note: String) {
-    let event = Event {
-        type_,
-        reason: reason.into(),
-        note: Some(note),
-        action: reason.into(),
-        secondary: None,
-    };
-    if let Err(e) = ctx.recorder.publish(&event, &pool.object_ref(&())).await {
-        warn!(error = %e, "publishing an event");
-    }
 }
 
 #[cfg(test)]

@@ -11,7 +11,8 @@ use kube::api::Api;
 use sidereal_core::SectorId;
 use sidereal_crds::{Sector, SectorPhase};
 use sidereal_e2e::{
-    LocalFleet, LocalProcess, apply_text, in_namespace, kubectl, repo_root, sidereal, wait_until,
+    LocalFleet, LocalProcess, apply_text, in_namespace, kubectl, operator_command, repo_root,
+    sidereal, start_operator, wait_until,
 };
 
 const ENTITIES: usize = 400;
@@ -28,15 +29,8 @@ async fn the_operator_makes_root_sectors_the_world_and_reports_them_live() -> an
         apply_text(&ns, &fleet.control_secret())?;
         let samples = repo_root().join("manifests/samples");
         kubectl(&["apply", "-n", &ns, "-f", samples.to_str().unwrap()])?;
-        let mut child = sidereal()
-            .args(["operator", "--metrics", "127.0.0.1:0", "--namespace", &ns])
-                    .args(["--lease-namespace", &ns, "--lease-duration", "3"])
-            .stdout(Stdio::piped())
-            .spawn()?;
-        let mut out = std::io::BufRead::lines(std::io::BufReader::new(child.stdout.take().unwrap()));
-        let _operator = LocalProcess(child);
-        let said = out.next().expect("the operator's first line")?;
-        let metrics_url = format!("{}/metrics", said.split_once("metrics=").expect(&said).1);
+        let (_operator, base) = start_operator(operator_command(&ns))?;
+        let metrics_url = format!("{base}/metrics");
         let sectors: Api<Sector> = Api::namespaced(client.clone(), &ns);
         let samples_roots: BTreeSet<String> = ["s2-xm1-ym1", "s2-x0-ym1", "s2-xm1-y0", "s2-x0-y0"]
             .map(String::from)
@@ -174,9 +168,7 @@ async fn a_hot_root_splits_into_four_simulated_children_and_merges_back_when_col
         )?;
         let operator = || -> anyhow::Result<LocalProcess> {
             Ok(LocalProcess(
-                sidereal()
-                    .args(["operator", "--metrics", "127.0.0.1:0", "--namespace", &ns])
-                    .args(["--lease-namespace", &ns, "--lease-duration", "3"])
+                operator_command(&ns)
                     .stdout(Stdio::null())
                     .spawn()?,
             ))
@@ -344,15 +336,10 @@ async fn of_two_operator_replicas_only_the_leader_reconciles_and_a_follower_take
         let samples = repo_root().join("manifests/samples");
         kubectl(&["apply", "-n", &ns, "-f", samples.to_str().unwrap()])?;
         let replica = |identity: &str| -> anyhow::Result<(LocalProcess, String)> {
-            let mut child = sidereal()
-                .args(["operator", "--metrics", "127.0.0.1:0", "--namespace", &ns])
-                .args(["--lease-namespace", &ns, "--lease-duration", "3", "--identity", identity])
-                .stdout(Stdio::piped())
-                .spawn()?;
-            let mut out = std::io::BufRead::lines(std::io::BufReader::new(child.stdout.take().unwrap()));
-            let said = out.next().expect("the operator's first line")?;
-            let url = format!("{}/metrics", said.split_once("metrics=").expect(&said).1);
-            Ok((LocalProcess(child), url))
+            let mut command = operator_command(&ns);
+            command.args(["--identity", identity]);
+            let (operator, base) = start_operator(command)?;
+            Ok((operator, format!("{base}/metrics")))
         };
         let (a, url_a) = replica("replica-a")?;
         let (b, url_b) = replica("replica-b")?;
@@ -453,9 +440,7 @@ async fn a_broken_control_secret_is_reported_on_every_sector_until_fixed() -> an
         let samples = repo_root().join("manifests/samples");
         kubectl(&["apply", "-n", &ns, "-f", samples.to_str().unwrap()])?;
         let _operator = LocalProcess(
-            sidereal()
-                .args(["operator", "--metrics", "127.0.0.1:0", "--namespace", &ns])
-                .args(["--lease-namespace", &ns, "--lease-duration", "3"])
+            operator_command(&ns)
                 .stdout(Stdio::null())
                 .spawn()?,
         );

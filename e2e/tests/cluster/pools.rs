@@ -15,7 +15,8 @@ use sidereal_core::ControlClient;
 use sidereal_crds::{Sector, SectorPhase, ShardPool};
 use sidereal_e2e::kubelet::Kubelet;
 use sidereal_e2e::{
-    LocalFleet, LocalProcess, apply_text, in_namespace, kubectl, sidereal, wait_until,
+    LocalFleet, LocalProcess, apply_text, in_namespace, kubectl, operator_command, start_operator,
+    wait_until,
 };
 
 const ENTITIES: usize = 400;
@@ -76,6 +77,22 @@ spec:
   gridY: 0
 ";
 
+/// `kubectl get events` in `ns` matching `selector`: one line per Event, its reason then its
+/// message.
+fn event_lines(ns: &str, selector: &str) -> anyhow::Result<String> {
+    kubectl(&[
+        "get",
+        "events",
+        "-n",
+        ns,
+        "--field-selector",
+        selector,
+        "-o",
+        "custom-columns=R:.reason,M:.message",
+        "--no-headers",
+    ])
+}
+
 /// The pool's live shard pods (not being deleted).
 async fn shard_pods(client: &Client, ns: &str) -> anyhow::Result<BTreeSet<String>> {
     Ok(Api::<Pod>::namespaced(client.clone(), ns)
@@ -129,13 +146,7 @@ fn pool_world(client: &Client, ns: &str) -> anyhow::Result<(LocalFleet, Kubelet,
     apply_text(ns, &pool_yaml(100_000, 50))?;
     apply_text(ns, ROOT)?;
     let kubelet = Kubelet::start(client.clone(), ns, SHARD_PODS);
-    let operator = LocalProcess(
-        sidereal()
-            .args(["operator", "--metrics", "127.0.0.1:0", "--namespace", ns])
-            .args(["--lease-namespace", ns, "--lease-duration", "3"])
-            .stdout(Stdio::null())
-            .spawn()?,
-    );
+    let operator = LocalProcess(operator_command(ns).stdout(Stdio::null()).spawn()?);
     Ok((fleet, kubelet, operator))
 }
 
@@ -277,20 +288,10 @@ async fn shard_pods_follow_the_load_through_a_split_a_lost_pod_and_a_merge() -> 
             pool_is(2, 2, 1),
         )
         .await?;
-        let events = kubectl(&[
-            "get",
-            "events",
-            "-n",
-            &ns,
-            "--field-selector",
-            "involvedObject.kind=ShardPool",
-            "-o",
-            "custom-columns=R:.reason",
-            "--no-headers",
-        ])?;
+        let events = event_lines(&ns, "involvedObject.kind=ShardPool")?;
         for reason in ["Created", "Draining", "Retired"] {
             assert!(
-                events.lines().any(|l| l.trim() == reason),
+                events.lines().any(|l| l.split_whitespace().next() == Some(reason)),
                 "no {reason} Event: {events}"
             );
         }
@@ -313,17 +314,7 @@ async fn shard_pods_follow_the_load_through_a_split_a_lost_pod_and_a_merge() -> 
         })
         .await?;
 
-        let unreadable = kubectl(&[
-            "get",
-            "events",
-            "-n",
-            &ns,
-            "--field-selector",
-            "involvedObject.name=unreadable",
-            "-o",
-            "custom-columns=R:.reason,M:.message",
-            "--no-headers",
-        ])?;
+        let unreadable = event_lines(&ns, "involvedObject.name=unreadable")?;
         assert!(
             unreadable.contains("InvalidObject") && unreadable.contains("not-a-list"),
             "{unreadable}"
@@ -424,13 +415,7 @@ spec: {{pool: {pool}, scale: 2, gridX: {x}, gridY: {y}}}
             )?;
         }
         let _kubelet = Kubelet::start(client.clone(), &ns, SHARD_PODS);
-        let _operator = LocalProcess(
-            sidereal()
-                .args(["operator", "--metrics", "127.0.0.1:0", "--namespace", &ns])
-                .args(["--lease-namespace", &ns, "--lease-duration", "3"])
-                .stdout(Stdio::null())
-                .spawn()?,
-        );
+        let _operator = LocalProcess(operator_command(&ns).stdout(Stdio::null()).spawn()?);
         let pods: Api<Pod> = Api::namespaced(client.clone(), &ns);
         wait_until(
             "each root on a pod of its own pool",
@@ -527,10 +512,8 @@ async fn the_operator_runs_on_the_rights_of_its_rbac_manifest_alone() -> anyhow:
         apply_text(&ns, ROOT)?;
         let _kubelet = Kubelet::start(client.clone(), &ns, SHARD_PODS);
         let _operator = LocalProcess(
-            sidereal()
+            operator_command(&ns)
                 .env("KUBECONFIG", &path)
-                .args(["operator", "--metrics", "127.0.0.1:0", "--namespace", &ns])
-                .args(["--lease-namespace", &ns, "--lease-duration", "3"])
                 .stdout(Stdio::null())
                 .spawn()?,
         );
@@ -581,15 +564,8 @@ async fn every_operator_dashboard_panel_returns_data_from_a_real_prometheus() ->
         apply_text(&ns, &pool_yaml(100_000, 50))?;
         apply_text(&ns, ROOT)?;
         let _kubelet = Kubelet::start(client.clone(), &ns, SHARD_PODS);
-        let mut child = sidereal()
-            .args(["operator", "--metrics", "127.0.0.1:0", "--namespace", &ns])
-            .args(["--lease-namespace", &ns, "--lease-duration", "3"])
-            .stdout(Stdio::piped())
-            .spawn()?;
-        let mut out = std::io::BufRead::lines(std::io::BufReader::new(child.stdout.take().unwrap()));
-        let _operator = LocalProcess(child);
-        let said = out.next().expect("the operator's first line")?;
-        let target = said.split_once("metrics=http://").expect(&said).1.to_owned();
+        let (_operator, base) = start_operator(operator_command(&ns))?;
+        let target = base.trim_start_matches("http://").to_owned();
         let sectors: Api<Sector> = Api::namespaced(client.clone(), &ns);
         wait_until("the world up", Duration::from_secs(90), || async {
             let pods = shard_pods(&client, &ns).await?;
