@@ -17,7 +17,6 @@ use kube::runtime::controller::{Action, Controller};
 use kube::runtime::events::EventType;
 use kube::runtime::watcher;
 use kube::{Resource, ResourceExt};
-use serde_json::json;
 use sidereal_core::{ControlClient, Placement, SectorId, ShardId};
 use sidereal_crds::{Sector, SectorStatus, ShardPool};
 use tracing::{debug, info, warn};
@@ -28,7 +27,7 @@ use crate::policy::placement::{assign, moved};
 use crate::policy::transitions::{Transition, decide};
 use crate::policy::{Capacity, LeafLoad, PoolPolicy, Thresholds};
 use crate::pool::policy_of;
-use crate::report::{publish, ready_condition};
+use crate::report::{apply_status, publish, ready_condition};
 use crate::shardpool::{DRAINING_LABEL, MANAGED_BY, POOL_LABEL};
 use crate::world::{
     Readiness, ReplicationView, SectorState, SectorTree, bad_secret, load_moved,
@@ -687,23 +686,8 @@ async fn sync_status(
     if new == old {
         return Ok(());
     }
-    let patch = json!({
-        "apiVersion": "sidereal.dev/v1alpha1",
-        "kind": "Sector",
-        "status": new,
-    });
-    match api
-        .patch_status(
-            &sector.name_any(),
-            &PatchParams::apply(FIELD_MANAGER).force(),
-            &Patch::Apply(&patch),
-        )
-        .await
-    {
-        Ok(_) => {}
-        // Deleted since it was listed (a merge, a user): nothing to report on.
-        Err(kube::Error::Api(e)) if e.code == 404 => return Ok(()),
-        Err(e) => return Err(e.into()),
+    if !apply_status(api, "Sector", &sector.name_any(), &new).await? {
+        return Ok(());
     }
     let kind = if old.phase == new.phase {
         "load"

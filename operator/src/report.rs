@@ -3,6 +3,7 @@
 
 use k8s_openapi::api::core::v1::ObjectReference;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+use k8s_openapi::serde;
 use kube::runtime::events::{Event, EventType};
 use tracing::warn;
 
@@ -26,6 +27,34 @@ pub async fn publish(
     };
     if let Err(e) = ctx.recorder.publish(&event, object).await {
         warn!(error = %e, "publishing an event");
+    }
+}
+
+/// Server-side applies `status` to the status subresource of `name` (a `kind` of
+/// sidereal.dev/v1alpha1) with the operator's field manager. False when the object is gone
+/// (deleted since it was listed: a merge, a user): there is nothing to report on.
+pub async fn apply_status<K>(
+    api: &kube::Api<K>,
+    kind: &str,
+    name: &str,
+    status: &impl serde::Serialize,
+) -> crate::Result<bool>
+where
+    K: kube::Resource + Clone + k8s_openapi::serde::de::DeserializeOwned + std::fmt::Debug,
+{
+    let patch = serde_json::json!({
+        "apiVersion": "sidereal.dev/v1alpha1",
+        "kind": kind,
+        "status": status,
+    });
+    let params = kube::api::PatchParams::apply(crate::context::FIELD_MANAGER).force();
+    match api
+        .patch_status(name, &params, &kube::api::Patch::Apply(&patch))
+        .await
+    {
+        Ok(_) => Ok(true),
+        Err(kube::Error::Api(e)) if e.code == 404 => Ok(false),
+        Err(e) => Err(e.into()),
     }
 }
 

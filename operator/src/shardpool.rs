@@ -30,7 +30,7 @@ use crate::controller::control_client;
 use crate::objects::report_invalid;
 use crate::policy::pods::{PodPlan, PodState, desired_shards, plan_pods};
 use crate::pool::policy_of;
-use crate::report::{publish, ready_condition};
+use crate::report::{apply_status, publish, ready_condition};
 use crate::{Error, Result};
 
 /// Every shard pod carries its pool's name under this label.
@@ -563,22 +563,8 @@ async fn sync_pool_status(
     }
     let api: Api<ShardPool> =
         Api::namespaced(ctx.client.clone(), &pool.namespace().unwrap_or_default());
-    let patch = json!({
-        "apiVersion": "sidereal.dev/v1alpha1",
-        "kind": "ShardPool",
-        "status": new,
-    });
-    match api
-        .patch_status(
-            &pool.name_any(),
-            &PatchParams::apply(FIELD_MANAGER).force(),
-            &Patch::Apply(&patch),
-        )
-        .await
-    {
-        Ok(_) => {}
-        Err(kube::Error::Api(e)) if e.code == 404 => return Ok(()),
-        Err(e) => return Err(e.into()),
+    if !apply_status(&api, "ShardPool", &pool.name_any(), &new).await? {
+        return Ok(());
     }
     ctx.metrics.status_writes.with_label_values(&["pool"]).inc();
     if old_reason.as_deref() != Some(reason) {
