@@ -5,7 +5,7 @@
 use std::future::Future;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU32, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use anyhow::{Context, bail};
 use k8s_openapi::api::core::v1::Namespace;
@@ -93,26 +93,13 @@ pub async fn install_crds(client: &Client) -> anyhow::Result<()> {
     .await
 }
 
-/// Polls `check` until it returns true or `deadline` passes. Never a bare sleep: the loop ends
-/// as soon as the condition holds.
-pub async fn wait_until<F, Fut>(what: &str, deadline: Duration, mut check: F) -> anyhow::Result<()>
+/// The test kit's wait, with the check's errors as `anyhow` (what every e2e check returns).
+pub async fn wait_until<F, Fut>(what: &str, deadline: Duration, check: F) -> anyhow::Result<()>
 where
     F: FnMut() -> Fut,
     Fut: Future<Output = anyhow::Result<bool>>,
 {
-    let start = Instant::now();
-    let mut last_err = None;
-    loop {
-        match check().await {
-            Ok(true) => return Ok(()),
-            Ok(false) => {}
-            Err(e) => last_err = Some(e),
-        }
-        if start.elapsed() > deadline {
-            bail!("timed out after {deadline:?} waiting for {what} (last error: {last_err:?})");
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    Ok(sidereal_testkit::wait_until_async(what, deadline, check).await?)
 }
 
 /// Runs `body` in a fresh namespace with the CRDs installed and deletes the namespace

@@ -1,12 +1,8 @@
 //! Benchmarks of the simulation and the shard link. They print numbers; they do not fail.
 //!   cargo bench -p sidereal-replication --bench fleet
 
-#[path = "../tests/common/fleet.rs"]
-mod fleet;
-
 use std::time::{Duration, Instant};
 
-use fleet::Fleet;
 use sidereal_core::codec::UpdateEncoder;
 use sidereal_core::protocol::{PROTOCOL_VERSION, ShardMessage};
 use sidereal_core::{
@@ -14,6 +10,7 @@ use sidereal_core::{
 };
 use sidereal_replication::{Authority, AuthorityConfig};
 use sidereal_shard::load::thread_cpu_time;
+use sidereal_testkit::fleet::Fleet;
 
 fn percentile(v: &mut [f64], p: f64) -> f64 {
     v.sort_by(f64::total_cmp);

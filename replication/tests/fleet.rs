@@ -1,12 +1,10 @@
 //! In-process fleet tests: conservation of entities through crossings, splits, merges, kills.
 
-mod common;
-
 use std::collections::HashMap;
 
-use common::fleet::{Fleet, TICK_HZ};
 use sidereal_core::placement;
 use sidereal_core::{EntityId, SectorId};
+use sidereal_testkit::fleet::{Fleet, TICK_HZ};
 
 fn world() -> Vec<SectorId> {
     vec![SectorId::new(2, 0, 0).unwrap()]

@@ -7,7 +7,7 @@ use sidereal_core::{
     EntityId, EntityKind, EntitySnapshot, EntityState, Placement, SectorId, ShardId,
 };
 use sidereal_replication::mirror::EntityRecord;
-use sidereal_replication::store::{EntityRow, Store, StoreError, WriteMode};
+use sidereal_replication::store::{Account, EntityRow, Store, StoreError, WriteMode};
 
 fn world() -> Vec<SectorId> {
     vec![SectorId::new(2, 0, 0).unwrap()]
@@ -217,22 +217,58 @@ async fn placement_and_accounts_are_durable() {
             "{url}"
         );
 
+        let account = |name: &str, hash: &str, ship, player| Account {
+            name: name.into(),
+            password_hash: hash.into(),
+            ship_id: ship,
+            player_id: player,
+        };
         assert!(
             store
-                .create_account("ada", "hash1", Some(42))
+                .create_account(&account("ada", "hash1", Some(42), Some(7)))
                 .await
                 .unwrap()
         );
         assert!(
-            !store.create_account("ada", "other", None).await.unwrap(),
+            !store
+                .create_account(&account("ada", "other", None, Some(8)))
+                .await
+                .unwrap(),
             "{url}: names are unique"
+        );
+        assert!(
+            !store
+                .create_account(&account("bob", "other", None, Some(7)))
+                .await
+                .unwrap(),
+            "{url}: player ids are unique"
+        );
+        // An account from before player ids: it gets one, once, and never a taken one.
+        assert!(
+            store
+                .create_account(&account("old", "h", None, None))
+                .await
+                .unwrap()
+        );
+        assert!(
+            !store.set_player_id("old", 7).await.unwrap(),
+            "{url}: 7 is ada's"
+        );
+        assert!(store.set_player_id("old", 9).await.unwrap());
+        assert!(
+            !store.set_player_id("old", 10).await.unwrap(),
+            "{url}: set once"
+        );
+        assert_eq!(
+            reopened.account("old").await.unwrap().unwrap().player_id,
+            Some(9)
         );
         assert!(store.set_ship("ada", Some(43)).await.unwrap());
         assert!(!store.set_ship("nobody", Some(1)).await.unwrap());
         let a = reopened.account("ada").await.unwrap().unwrap();
         assert_eq!(
-            (a.password_hash.as_str(), a.ship_id),
-            ("hash1", Some(43)),
+            (a.password_hash.as_str(), a.ship_id, a.player_id),
+            ("hash1", Some(43), Some(7)),
             "{url}"
         );
     }

@@ -1,8 +1,6 @@
 //! An in-process fleet: one replication authority and several shard apps joined by channels,
 //! stepped one tick at a time so invariants can be checked between ticks.
 
-#![allow(dead_code)]
-
 use std::collections::{HashMap, HashSet};
 
 use bevy::app::App;
