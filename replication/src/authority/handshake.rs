@@ -1,0 +1,118 @@
+//! A shard's Hello: version and secret checks, its assignment, and the entities it gets back.
+
+use sidereal_core::protocol::{Adoption, PROTOCOL_VERSION, ReplicationMessage};
+use sidereal_core::{EntityId, SectorId, ShardId};
+use tracing::info;
+
+use super::{Authority, LinkError, LinkId};
+
+impl Authority {
+    pub(super) fn hello(
+        &mut self,
+        link: LinkId,
+        protocol: u32,
+        shard: ShardId,
+        secret: &str,
+    ) -> Result<(), LinkError> {
+        let result = if protocol != PROTOCOL_VERSION {
+            Err(LinkError::WrongVersion { got: protocol })
+        } else if !constant_time_eq(secret.as_bytes(), self.config.secret.as_bytes()) {
+            Err(LinkError::WrongSecret {
+                shard: shard.clone(),
+            })
+        } else if shard.0.is_empty()
+            || shard.0.len() > 63
+            || !shard
+                .0
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.')
+        {
+            Err(LinkError::BadName(shard.0.clone()))
+        } else if self.live.contains_key(&shard) {
+            Err(LinkError::AlreadyConnected(shard.clone()))
+        } else {
+            Ok(())
+        };
+        if let Err(e) = result {
+            self.outbox.push((
+                link,
+                ReplicationMessage::Rejected {
+                    reason: e.to_string(),
+                },
+            ));
+            return Err(e);
+        }
+        let incarnation = self.next_incarnation;
+        self.next_incarnation += 1;
+        let l = self.links.get_mut(&link).expect("checked by caller");
+        l.shard = Some(shard.clone());
+        l.incarnation = incarnation;
+        self.live.insert(shard.clone(), link);
+        self.seen.insert(shard.clone());
+        info!(%shard, incarnation, "shard linked");
+        self.outbox.push((
+            link,
+            ReplicationMessage::Welcome {
+                incarnation,
+                tick_hz: self.config.tick_hz,
+            },
+        ));
+        self.send_assignment(&shard);
+        // A shard that comes back (restarted pod) gets back whatever the mirror says it owns,
+        // and whatever lies in its leaves with no live owner (a restored world, a dead shard).
+        let mine: Vec<EntityId> = self
+            .mirror
+            .iter()
+            .filter(|(_, r)| {
+                r.owner == shard
+                    || (!self.live.contains_key(&r.owner)
+                        && self
+                            .leaf_of(&r.snapshot)
+                            .is_some_and(|l| self.placement.sectors[&l] == shard))
+            })
+            .map(|(id, _)| *id)
+            .collect();
+        self.readopt(&shard, mine);
+        Ok(())
+    }
+
+    pub(super) fn send_assignment(&mut self, shard: &ShardId) {
+        let sectors: Vec<SectorId> = self
+            .placement
+            .sectors
+            .iter()
+            .filter(|(_, s)| *s == shard)
+            .map(|(l, _)| *l)
+            .collect();
+        let msg = ReplicationMessage::Assign {
+            generation: self.placement.generation,
+            sectors,
+            world: self.world.clone(),
+        };
+        self.send_to(shard, msg);
+    }
+
+    /// Hands `ids` (from the mirror's state) to `to` at a new epoch.
+    pub(super) fn readopt(&mut self, to: &ShardId, ids: Vec<EntityId>) {
+        let mut adopt = Vec::new();
+        for id in ids {
+            let Some(r) = self.mirror.get(id) else {
+                continue;
+            };
+            let snapshot = r.snapshot;
+            if let Some(epoch) = self.mirror.hand_over(id, snapshot, to.clone()) {
+                adopt.push(Adoption { snapshot, epoch });
+            }
+        }
+        if !adopt.is_empty() {
+            self.send_to(to, ReplicationMessage::Adopt { entities: adopt });
+        }
+    }
+}
+
+pub(crate) fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    if a.len() != b.len() {
+        return false;
+    }
+    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}

@@ -1,0 +1,101 @@
+//! Players' ships: minted by the authority itself and handed straight to the shard that owns
+//! the leaf they appear in.
+
+use sidereal_core::protocol::{Adoption, ReplicationMessage};
+use sidereal_core::{EntityId, EntityKind, EntitySnapshot, EntityState, SectorId, ShardId};
+
+use super::Authority;
+
+/// Where player `player_id`'s first ship appears: near the centre of one of the world's roots,
+/// chosen and scattered by the id so that players do not all start on top of each other.
+/// Pure, so a player's spawn point is the same wherever it is computed.
+pub fn spawn_point(world: &[SectorId], player_id: u64) -> Option<EntityState> {
+    let root = world.get((player_id % world.len().max(1) as u64) as usize)?;
+    let b = root.bounds();
+    let (cx, cy) = ((b.min.x + b.max.x) / 2.0, (b.min.y + b.max.y) / 2.0);
+    // A spread of up to 200 units (or a tenth of the root for small ones) around the centre.
+    let spread = (root.edge() / 10.0).min(200.0);
+    let mix = player_id.wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    let unit = |bits: u64| (bits & 0xffff) as f64 / 65535.0 * 2.0 - 1.0;
+    Some(EntityState {
+        pos: [
+            (cx + unit(mix) * spread) as f32,
+            (cy + unit(mix >> 16) * spread) as f32,
+        ],
+        angle: (unit(mix >> 32) * std::f64::consts::PI) as f32,
+        ..Default::default()
+    })
+}
+
+impl Authority {
+    /// Adds a new player ship at `state` and returns its id. It goes to the live owner of its
+    /// leaf at once; with none, to whichever shard next takes that leaf. Dirty until the next
+    /// checkpoint: callers that promise durability checkpoint before answering.
+    pub fn spawn_ship(&mut self, state: EntityState) -> EntityId {
+        let (incarnation, counter) = match self.own_ids {
+            Some((i, c)) => (i, c + 1),
+            None => {
+                let i = self.next_incarnation;
+                self.next_incarnation += 1;
+                (i, 1)
+            }
+        };
+        self.own_ids = Some((incarnation, counter));
+        let id = EntityId::minted(incarnation, counter);
+        let snapshot = EntitySnapshot {
+            id,
+            kind: EntityKind::Ship,
+            state,
+            ttl_ticks: None,
+            player: true,
+        };
+        self.mirror.insert_new(snapshot, ShardId::new("unplaced"));
+        if let Some(owner) = self
+            .leaf_of(&snapshot)
+            .map(|l| self.placement.sectors[&l].clone())
+            && self.live.contains_key(&owner)
+            && let Some(epoch) = self.mirror.hand_over(id, snapshot, owner.clone())
+        {
+            self.send_to(
+                &owner,
+                ReplicationMessage::Adopt {
+                    entities: vec![Adoption { snapshot, epoch }],
+                },
+            );
+        }
+        id
+    }
+
+    /// Whether `id` is an entity of the world, simulated or archived.
+    pub fn knows_entity(&self, id: EntityId) -> bool {
+        self.mirror.contains(id) || self.mirror.is_archived(id)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn spawn_points_lie_inside_the_world_and_differ_between_players() {
+        let world = vec![
+            SectorId::new(2, 0, 0).unwrap(),
+            SectorId::new(2, -1, 0).unwrap(),
+        ];
+        let mut seen = std::collections::HashSet::new();
+        for id in 1..200u64 {
+            let s = spawn_point(&world, id).unwrap();
+            let p = s.point();
+            assert!(world.iter().any(|r| r.bounds().contains(p)), "{id}: {p:?}");
+            assert!(s.is_finite());
+            seen.insert((s.pos[0].to_bits(), s.pos[1].to_bits()));
+        }
+        assert!(
+            seen.len() > 190,
+            "only {} distinct spawn points",
+            seen.len()
+        );
+        assert_eq!(spawn_point(&world, 7), spawn_point(&world, 7));
+        assert_eq!(spawn_point(&[], 7), None);
+    }
+}

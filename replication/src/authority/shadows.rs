@@ -1,0 +1,136 @@
+//! Shadows: each shard's read-only copies of other owners' entities near its sectors' borders.
+//! The query is a pure function over the placement and the mirror, so interest management can
+//! ask the same question for a player's neighbourhood.
+
+use std::collections::BTreeMap;
+
+use sidereal_core::protocol::{ReplicationMessage, Shadow};
+use sidereal_core::{Bounds, Placement, ShardId};
+
+use super::Authority;
+use crate::mirror::Mirror;
+
+/// For each of `shards`, the entities other shards own within `margin` of any of its leaves
+/// (each entity once per shard, however many of its leaves it is near). Shards with no
+/// shadows get an empty list, so they learn that their old shadows are gone.
+pub fn shadows_by_shard<'a>(
+    placement: &Placement,
+    mirror: &Mirror,
+    shards: impl IntoIterator<Item = &'a ShardId>,
+    margin: f64,
+) -> BTreeMap<ShardId, Vec<Shadow>> {
+    let mut per_shard: BTreeMap<ShardId, Vec<Shadow>> = shards
+        .into_iter()
+        .map(|s| (s.clone(), Vec::new()))
+        .collect();
+    let bounds: Vec<(Bounds, &ShardId)> = placement
+        .sectors
+        .iter()
+        .map(|(leaf, shard)| (leaf.bounds(), shard))
+        .collect();
+    for (_, r) in mirror.iter() {
+        let p = r.snapshot.state.point();
+        for (b, shard) in &bounds {
+            if *shard != &r.owner
+                && b.distance_to(p) <= margin
+                && let Some(v) = per_shard.get_mut(*shard)
+                && v.last().is_none_or(|s| s.snapshot.id != r.snapshot.id)
+            {
+                v.push(Shadow {
+                    snapshot: r.snapshot,
+                });
+            }
+        }
+    }
+    per_shard
+}
+
+impl Authority {
+    /// Queues each live shard's shadows for this tick.
+    pub fn send_shadows(&mut self, tick: u64) {
+        let per_shard = shadows_by_shard(
+            &self.placement,
+            &self.mirror,
+            self.live.keys(),
+            self.config.shadow_margin,
+        );
+        for (shard, shadows) in per_shard {
+            self.send_to(&shard, ReplicationMessage::Shadows { tick, shadows });
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use sidereal_core::{EntityId, EntityKind, EntitySnapshot, EntityState, SectorId};
+
+    use super::*;
+
+    fn at(n: u64, x: f32, y: f32) -> EntitySnapshot {
+        EntitySnapshot {
+            id: EntityId::minted(1, n),
+            kind: EntityKind::Asteroid,
+            state: EntityState {
+                pos: [x, y],
+                ..Default::default()
+            },
+            ttl_ticks: None,
+            player: false,
+        }
+    }
+
+    #[test]
+    fn a_shard_sees_only_other_owners_entities_within_the_margin_of_its_leaves() {
+        let root = SectorId::new(1, 0, 0).unwrap();
+        let [west, east] = {
+            let b = root.bounds();
+            let mid = (b.min.x + b.max.x) / 2.0;
+            let cells: Vec<SectorId> = root.children().unwrap().to_vec();
+            let w: Vec<SectorId> = cells
+                .iter()
+                .copied()
+                .filter(|c| c.bounds().max.x <= mid)
+                .collect();
+            let e: Vec<SectorId> = cells
+                .iter()
+                .copied()
+                .filter(|c| c.bounds().min.x >= mid)
+                .collect();
+            [w, e]
+        };
+        let (a, b) = (ShardId::new("a"), ShardId::new("b"));
+        let mut placement = Placement::default();
+        for leaf in &west {
+            placement.sectors.insert(*leaf, a.clone());
+        }
+        for leaf in &east {
+            placement.sectors.insert(*leaf, b.clone());
+        }
+        let mid = ((root.bounds().min.x + root.bounds().max.x) / 2.0) as f32;
+        // A quarter of the way up: far from the leaves' shared horizontal edge.
+        let y = (root.bounds().min.y + root.edge() / 4.0) as f32;
+        let mut mirror = Mirror::default();
+        // b's entity 10 units east of the border, and one 500 units east; a's entity 20 west.
+        mirror.insert_new(at(1, mid + 10.0, y), b.clone());
+        mirror.insert_new(at(2, mid + 500.0, y), b.clone());
+        mirror.insert_new(at(3, mid - 20.0, y), a.clone());
+        let shadows = shadows_by_shard(&placement, &mirror, [&a, &b], 50.0);
+        let ids = |s: &ShardId| -> Vec<u64> {
+            shadows[s]
+                .iter()
+                .map(|s| s.snapshot.id.0 & 0xffff)
+                .collect()
+        };
+        assert_eq!(
+            ids(&a),
+            vec![1],
+            "a shadows b's entity near the border, once"
+        );
+        assert_eq!(ids(&b), vec![3]);
+        let none = shadows_by_shard(&placement, &mirror, [&a, &b], 5.0);
+        assert!(
+            none.values().all(Vec::is_empty),
+            "nothing within 5 units of a foreign leaf"
+        );
+    }
+}

@@ -1,0 +1,476 @@
+use super::*;
+use sidereal_core::codec::UpdateEncoder;
+use sidereal_core::{EntityKind, EntityState};
+
+fn authority() -> Authority {
+    Authority::new(AuthorityConfig {
+        world: vec![SectorId::new(1, 0, 0).unwrap()],
+        secret: "s3cret".into(),
+        tick_hz: 30,
+        shadow_margin: 50.0,
+    })
+}
+
+fn hello(a: &mut Authority, name: &str) -> Result<LinkId, LinkError> {
+    let link = a.connect();
+    a.on_message(
+        link,
+        ShardMessage::Hello {
+            protocol: PROTOCOL_VERSION,
+            shard: ShardId::new(name),
+            secret: "s3cret".into(),
+        },
+    )
+    .map(|_| link)
+}
+
+fn snap(id: EntityId, x: f32, y: f32) -> EntitySnapshot {
+    EntitySnapshot {
+        id,
+        kind: EntityKind::Asteroid,
+        state: EntityState {
+            pos: [x, y],
+            ..Default::default()
+        },
+        ttl_ticks: None,
+        player: false,
+    }
+}
+
+/// Two shards, the root's children split between them, one entity on each.
+fn two_shards() -> (Authority, LinkId, LinkId) {
+    let mut a = authority();
+    let l0 = hello(&mut a, "shard-0").unwrap();
+    let l1 = hello(&mut a, "shard-1").unwrap();
+    a.restore_entity(snap(EntityId(1), 100.0, 100.0), ShardId::new("unplaced"));
+    a.restore_entity(snap(EntityId(2), 1500.0, 100.0), ShardId::new("unplaced"));
+    let kids = SectorId::new(1, 0, 0).unwrap().children().unwrap();
+    let p = Placement {
+        generation: 1,
+        sectors: kids
+            .iter()
+            .enumerate()
+            .map(|(i, k)| (*k, ShardId::new(format!("shard-{}", i % 2))))
+            .collect(),
+        world: None,
+    };
+    a.put_placement(p).unwrap();
+    for id in [1, 2] {
+        let r = a.mirror.get(EntityId(id)).unwrap().clone();
+        let link = if r.owner.0 == "shard-0" { l0 } else { l1 };
+        a.on_message(
+            link,
+            ShardMessage::Adopted {
+                ids: vec![(EntityId(id), r.epoch)],
+            },
+        )
+        .unwrap();
+    }
+    a.take_outbox();
+    (a, l0, l1)
+}
+
+#[test]
+fn handshakes_with_wrong_secret_version_or_name_are_rejected_with_a_reason() {
+    let mut a = authority();
+    let link = a.connect();
+    let e = a.on_message(
+        link,
+        ShardMessage::Hello {
+            protocol: PROTOCOL_VERSION,
+            shard: ShardId::new("x"),
+            secret: "nope".into(),
+        },
+    );
+    assert_eq!(
+        e,
+        Err(LinkError::WrongSecret {
+            shard: ShardId::new("x")
+        })
+    );
+    let out = a.take_outbox();
+    assert!(
+        matches!(&out[..], [(l, ReplicationMessage::Rejected { reason })] if *l == link && reason.contains("wrong shard secret"))
+    );
+    let link = a.connect();
+    let e = a.on_message(
+        link,
+        ShardMessage::Hello {
+            protocol: 99,
+            shard: ShardId::new("x"),
+            secret: "s3cret".into(),
+        },
+    );
+    assert_eq!(e, Err(LinkError::WrongVersion { got: 99 }));
+    let link = a.connect();
+    let e = a.on_message(
+        link,
+        ShardMessage::Hello {
+            protocol: PROTOCOL_VERSION,
+            shard: ShardId::new("bad name!"),
+            secret: "s3cret".into(),
+        },
+    );
+    assert!(matches!(e, Err(LinkError::BadName(_))));
+    let link = a.connect();
+    assert_eq!(
+        a.on_message(link, ShardMessage::Updates(vec![])),
+        Err(LinkError::NoHello)
+    );
+    assert_eq!(a.counters.links_rejected_total(), 4);
+    assert_eq!(a.counters.links_rejected["wrong_secret"], 1);
+    assert_eq!(a.counters.links_rejected["no_hello"], 1);
+    assert!(a.live_shards().is_empty());
+}
+
+#[test]
+fn a_second_connection_under_a_live_name_is_refused() {
+    let mut a = authority();
+    hello(&mut a, "shard-0").unwrap();
+    assert_eq!(
+        hello(&mut a, "shard-0"),
+        Err(LinkError::AlreadyConnected(ShardId::new("shard-0")))
+    );
+    assert_eq!(a.live_shards().len(), 1);
+}
+
+#[test]
+fn updates_from_a_non_owner_or_a_stale_epoch_are_refused_and_change_nothing() {
+    let (mut a, l0, l1) = two_shards();
+    let owner0 = a.mirror.get(EntityId(1)).unwrap().clone();
+    assert_eq!(owner0.owner.0, "shard-0");
+    let moved = EntityState {
+        pos: [200.0, 200.0],
+        ..Default::default()
+    };
+    // shard-1 claims entity 1.
+    let mut enc = UpdateEncoder::default();
+    let bytes = enc
+        .encode(1, &mut [(EntityId(1), owner0.epoch, moved)])
+        .unwrap();
+    a.on_message(l1, ShardMessage::Updates(bytes)).unwrap();
+    // shard-0 with a stale epoch.
+    let mut enc = UpdateEncoder::default();
+    let bytes = enc
+        .encode(1, &mut [(EntityId(1), owner0.epoch - 1, moved)])
+        .unwrap();
+    a.on_message(l0, ShardMessage::Updates(bytes)).unwrap();
+    assert_eq!(a.counters.updates_refused, 2);
+    assert_eq!(
+        a.mirror.get(EntityId(1)).unwrap(),
+        &owner0,
+        "refused updates change nothing"
+    );
+    // The right owner at the right epoch is accepted.
+    let mut enc = UpdateEncoder::default();
+    let bytes = enc
+        .encode(1, &mut [(EntityId(1), owner0.epoch, moved)])
+        .unwrap();
+    a.on_message(l0, ShardMessage::Updates(bytes)).unwrap();
+    assert_eq!(
+        a.mirror.get(EntityId(1)).unwrap().snapshot.state.pos,
+        [200.0, 200.0]
+    );
+    // Stale despawn and handover are refused too.
+    a.on_message(
+        l0,
+        ShardMessage::Despawned {
+            id: EntityId(1),
+            epoch: 0,
+        },
+    )
+    .unwrap();
+    a.on_message(
+        l1,
+        ShardMessage::HandoverOut {
+            snapshot: snap(EntityId(1), 0.0, 0.0),
+            epoch: owner0.epoch,
+        },
+    )
+    .unwrap();
+    assert!(a.mirror.contains(EntityId(1)));
+    assert_eq!(a.mirror.get(EntityId(1)).unwrap().owner.0, "shard-0");
+}
+
+#[test]
+fn malformed_update_batches_close_the_link() {
+    let (mut a, l0, _) = two_shards();
+    assert!(matches!(
+        a.on_message(l0, ShardMessage::Updates(vec![0xff; 3])),
+        Err(LinkError::Codec(_))
+    ));
+}
+
+#[test]
+fn spawns_in_sectors_the_shard_does_not_own_are_refused() {
+    let (mut a, l0, _) = two_shards();
+    let inc = a.links[&l0].incarnation;
+    // (1500, 100) lies in the child placed on shard-1.
+    a.on_message(
+        l0,
+        ShardMessage::Spawned {
+            snapshot: snap(EntityId::minted(inc, 1), 1500.0, 100.0),
+        },
+    )
+    .unwrap();
+    // Ids minted under another incarnation are refused as well.
+    a.on_message(
+        l0,
+        ShardMessage::Spawned {
+            snapshot: snap(EntityId::minted(inc + 7, 1), 100.0, 100.0),
+        },
+    )
+    .unwrap();
+    let nan = EntitySnapshot {
+        state: EntityState {
+            pos: [f32::NAN, 1.0],
+            ..Default::default()
+        },
+        ..snap(EntityId::minted(inc, 2), 0.0, 0.0)
+    };
+    a.on_message(l0, ShardMessage::Spawned { snapshot: nan })
+        .unwrap();
+    assert_eq!(a.mirror.len(), 2);
+    assert_eq!(a.counters.refusals, 3);
+    a.on_message(
+        l0,
+        ShardMessage::Spawned {
+            snapshot: snap(EntityId::minted(inc, 3), 100.0, 100.0),
+        },
+    )
+    .unwrap();
+    assert_eq!(a.mirror.len(), 3);
+}
+
+#[test]
+fn crossing_hands_over_to_the_sector_owner_and_forgets_after_adoption() {
+    let (mut a, l0, l1) = two_shards();
+    let epoch = a.mirror.get(EntityId(1)).unwrap().epoch;
+    a.on_message(
+        l0,
+        ShardMessage::HandoverOut {
+            snapshot: snap(EntityId(1), 1001.0, 100.0),
+            epoch,
+        },
+    )
+    .unwrap();
+    let r = a.mirror.get(EntityId(1)).unwrap();
+    assert_eq!(
+        (r.owner.0.as_str(), r.epoch, r.in_transit),
+        ("shard-1", epoch + 1, true)
+    );
+    let out = a.take_outbox();
+    assert!(out.iter().any(|(l, m)| *l == l1
+        && matches!(m, ReplicationMessage::Adopt { entities } if entities[0].epoch == epoch + 1)));
+    a.on_message(
+        l1,
+        ShardMessage::Adopted {
+            ids: vec![(EntityId(1), epoch + 1)],
+        },
+    )
+    .unwrap();
+    assert!(!a.mirror.get(EntityId(1)).unwrap().in_transit);
+    let out = a.take_outbox();
+    assert!(out.iter().any(|(l, m)| *l == l0
+        && matches!(m, ReplicationMessage::Forget { ids } if ids == &vec![EntityId(1)])));
+}
+
+#[test]
+fn an_update_at_the_current_epoch_completes_an_adoption_whose_ack_went_missing() {
+    let (mut a, l0, l1) = two_shards();
+    let epoch = a.mirror.get(EntityId(1)).unwrap().epoch;
+    a.on_message(
+        l0,
+        ShardMessage::HandoverOut {
+            snapshot: snap(EntityId(1), 1001.0, 100.0),
+            epoch,
+        },
+    )
+    .unwrap();
+    a.take_outbox();
+    assert!(a.mirror.get(EntityId(1)).unwrap().in_transit);
+    // shard-1 adopted it (its `Adopted` is never seen) and simulates it at the new epoch.
+    let moved = EntityState {
+        pos: [1010.0, 100.0],
+        ..Default::default()
+    };
+    let mut enc = UpdateEncoder::default();
+    let bytes = enc
+        .encode(1, &mut [(EntityId(1), epoch + 1, moved)])
+        .unwrap();
+    a.on_message(l1, ShardMessage::Updates(bytes)).unwrap();
+    let r = a.mirror.get(EntityId(1)).unwrap();
+    assert!(!r.in_transit, "the update completed the adoption");
+    assert_eq!(r.snapshot.state.pos, [1010.0, 100.0]);
+    let out = a.take_outbox();
+    assert!(out.iter().any(|(l, m)| *l == l0
+        && matches!(m, ReplicationMessage::Forget { ids } if ids == &vec![EntityId(1)])));
+    // The late `Adopted` is harmless: same epoch, already settled, nothing sent again.
+    a.on_message(
+        l1,
+        ShardMessage::Adopted {
+            ids: vec![(EntityId(1), epoch + 1)],
+        },
+    )
+    .unwrap();
+    assert!(!a.mirror.get(EntityId(1)).unwrap().in_transit);
+    assert!(a.take_outbox().is_empty());
+}
+
+#[test]
+fn an_entity_pushed_out_of_the_world_comes_back_inside_instead_of_bouncing() {
+    let (mut a, l0, _) = two_shards();
+    let epoch = a.mirror.get(EntityId(1)).unwrap().epoch;
+    let mut out = snap(EntityId(1), -3.0, 100.0);
+    out.state.vel = [-5.0, 1.0];
+    a.on_message(
+        l0,
+        ShardMessage::HandoverOut {
+            snapshot: out,
+            epoch,
+        },
+    )
+    .unwrap();
+    let r = a.mirror.get(EntityId(1)).unwrap();
+    let s = r.snapshot.state;
+    assert!(s.pos[0] > 0.0 && s.pos[0] < 1.0, "{:?}", s.pos);
+    assert_eq!(s.vel, [5.0, 1.0], "moving inwards");
+    assert_eq!(r.owner.0, "shard-0", "the owner of the leaf it is back in");
+}
+
+#[test]
+fn placement_generations_are_idempotent_and_monotonic() {
+    let (mut a, _, _) = two_shards();
+    let p = a.placement().clone();
+    assert_eq!(
+        a.put_placement(p.clone()),
+        Ok(false),
+        "same generation and contents is a no-op"
+    );
+    let mut other = p.clone();
+    let first = *other.sectors.keys().next().unwrap();
+    other.sectors.insert(first, ShardId::new("shard-1"));
+    assert_eq!(
+        a.put_placement(other.clone()),
+        Err(PutPlacementError::Conflict(1))
+    );
+    let mut old = p.clone();
+    old.generation = 0;
+    assert!(matches!(
+        a.put_placement(old),
+        Err(PutPlacementError::Stale { .. })
+    ));
+    other.generation = 2;
+    other.sectors.insert(first, ShardId::new("ghost"));
+    assert!(matches!(
+        a.put_placement(other),
+        Err(PutPlacementError::Invalid(
+            PlacementError::UnknownShard { .. }
+        ))
+    ));
+    assert_eq!(a.placement(), &p);
+}
+
+#[test]
+fn roots_come_and_go_with_the_placement_and_their_entities_are_archived_then_restored() {
+    let (mut a, l0, _l1) = two_shards();
+    let west = SectorId::new(1, 0, 0).unwrap();
+    let east = SectorId::new(1, 1, 0).unwrap();
+    let shard = |n: &str| ShardId::new(n);
+    assert_eq!(a.placement().world.as_deref(), Some(&[west][..]));
+    // An entity waiting where the world does not reach yet.
+    a.restore_entity(snap(EntityId(3), 2500.0, 100.0), shard("unplaced"));
+
+    // Grow the world at runtime: a second root, placed on shard-1, whose entity is adopted.
+    let mut grown = a.placement().clone();
+    grown.generation = 2;
+    grown.world = Some(vec![west, east]);
+    grown.sectors.insert(east, shard("shard-1"));
+    assert_eq!(a.put_placement(grown), Ok(true));
+    assert_eq!(a.world(), [west, east]);
+    assert_eq!(a.mirror.get(EntityId(3)).unwrap().owner, shard("shard-1"));
+    let told_world = a.take_outbox().into_iter().any(
+        |(_, m)| matches!(m, ReplicationMessage::Assign { world, .. } if world == [west, east]),
+    );
+    assert!(told_world, "live shards learn the new world");
+    let before: Vec<_> = [1, 2]
+        .map(|i| a.mirror.get(EntityId(i)).unwrap().clone())
+        .into();
+
+    // Remove the west root: its entities leave the simulation for the archive, unchanged.
+    let shrunk = Placement {
+        generation: 3,
+        sectors: [(east, shard("shard-1"))].into(),
+        world: Some(vec![east]),
+    };
+    assert_eq!(a.put_placement(shrunk), Ok(true));
+    assert_eq!(a.mirror.len(), 1);
+    assert_eq!(a.mirror.archived_len(), 2);
+    assert!(a.mirror.is_archived(EntityId(1)) && a.mirror.is_archived(EntityId(2)));
+    // The shard that owned one lets it go; that is not a refusal.
+    let refusals = a.counters.refusals;
+    a.on_message(
+        l0,
+        ShardMessage::Released {
+            generation: 3,
+            entities: vec![(before[0].snapshot, before[0].epoch)],
+        },
+    )
+    .unwrap();
+    // An update racing the removal (sent before the shard saw the placement) is dropped:
+    // the archive keeps the state it was archived with.
+    let mut enc = UpdateEncoder::default();
+    let moved = EntityState {
+        pos: [300.0, 300.0],
+        ..Default::default()
+    };
+    let bytes = enc
+        .encode(9, &mut [(EntityId(1), before[0].epoch, moved)])
+        .unwrap();
+    a.on_message(l0, ShardMessage::Updates(bytes)).unwrap();
+    assert_eq!(a.counters.refusals, refusals);
+    assert!(a.mirror.get(EntityId(1)).is_none(), "out of the simulation");
+
+    // Re-create the root: the same entities come back, as they were, to its new owner.
+    let back = Placement {
+        generation: 4,
+        sectors: [(west, shard("shard-0")), (east, shard("shard-1"))].into(),
+        world: Some(vec![west, east]),
+    };
+    assert_eq!(a.put_placement(back), Ok(true));
+    assert_eq!(a.mirror.archived_len(), 0);
+    for old in &before {
+        let now = a.mirror.get(old.snapshot.id).unwrap();
+        assert_eq!(now.snapshot, old.snapshot, "restored exactly");
+        assert_eq!(now.owner, shard("shard-0"));
+        assert!(now.epoch > old.epoch, "adopted at a new epoch");
+    }
+    assert_eq!((a.counters.archived, a.counters.restored), (2, 2));
+}
+
+#[test]
+fn a_world_of_overlapping_roots_is_refused_and_one_of_no_roots_archives_everything() {
+    let (mut a, _, _) = two_shards();
+    let p = a.placement().clone();
+    let west = SectorId::new(1, 0, 0).unwrap();
+    let inner = SectorId::new(0, 1, 1).unwrap();
+    let mut bad = p.clone();
+    bad.generation = 2;
+    bad.world = Some(vec![west, inner]);
+    assert_eq!(
+        a.put_placement(bad),
+        Err(PutPlacementError::Invalid(PlacementError::RootsOverlap(
+            west, inner
+        )))
+    );
+    assert_eq!(a.placement(), &p);
+    assert_eq!(a.world(), [west]);
+    // The last root deleted: nothing is simulated, nothing is lost.
+    let empty = Placement {
+        generation: 2,
+        sectors: Default::default(),
+        world: Some(vec![]),
+    };
+    assert_eq!(a.put_placement(empty), Ok(true));
+    assert_eq!((a.mirror.len(), a.mirror.archived_len()), (0, 2));
+}

@@ -1,0 +1,148 @@
+//! State shared by replication's tasks (shard links, the ticker, checkpoints, the HTTP API):
+//! the authority behind one lock, the store and its health, and the links' writers.
+
+use std::collections::HashMap;
+use std::sync::atomic::AtomicU64;
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use sidereal_core::protocol::ReplicationMessage;
+use tokio::sync::mpsc;
+
+use crate::authority::{Authority, LinkId};
+use crate::login::{LoginConfig, Logins};
+use crate::store::{EntityRow, Store, StoreError};
+
+/// How the store is doing, for /readyz, /v1/status and /metrics.
+#[derive(Debug, Clone, Default)]
+pub struct StoreHealth {
+    pub healthy: bool,
+    pub last_checkpoint: Option<Instant>,
+    /// The same moment on the wall clock, for the timestamp metric.
+    pub last_checkpoint_at: Option<std::time::SystemTime>,
+    pub last_error: Option<String>,
+    pub checkpoints: u64,
+    pub rows_written: u64,
+    pub failures: u64,
+}
+
+/// Bytes moved on shard links, counted by the link tasks.
+#[derive(Debug, Default)]
+pub struct LinkBytes {
+    /// From shards.
+    pub received: AtomicU64,
+    /// To shards.
+    pub sent: AtomicU64,
+}
+
+/// State shared by the link tasks, the ticker and the HTTP handlers.
+pub struct Shared {
+    pub authority: Mutex<Authority>,
+    pub link_bytes: LinkBytes,
+    writers: Mutex<HashMap<LinkId, mpsc::UnboundedSender<ReplicationMessage>>>,
+    pub started: Instant,
+    pub store: Option<Store>,
+    /// Bearer token of the control API.
+    pub control_token: String,
+    pub store_health: Mutex<StoreHealth>,
+    /// One checkpoint at a time: one that returns has written everything dirty when it was
+    /// called, even if another was already writing part of it.
+    checkpointing: tokio::sync::Mutex<()>,
+    /// The players' login API.
+    pub logins: Logins,
+}
+
+impl Shared {
+    pub fn new(
+        authority: Authority,
+        store: Option<Store>,
+        control_token: String,
+        login: LoginConfig,
+    ) -> Arc<Self> {
+        Arc::new(Self {
+            authority: Mutex::new(authority),
+            link_bytes: LinkBytes::default(),
+            writers: Mutex::new(HashMap::new()),
+            started: Instant::now(),
+            store,
+            control_token,
+            logins: Logins::new(login),
+            checkpointing: tokio::sync::Mutex::new(()),
+            store_health: Mutex::new(StoreHealth {
+                healthy: true,
+                ..Default::default()
+            }),
+        })
+    }
+
+    /// Writes everything dirty in one transaction. On failure the work goes back into the
+    /// dirty set (nothing is dropped) and the store is reported unhealthy.
+    pub async fn checkpoint(&self) -> Result<usize, StoreError> {
+        let Some(store) = &self.store else {
+            return Ok(0);
+        };
+        let _one_at_a_time = self.checkpointing.lock().await;
+        let (changed, removed) = self
+            .authority
+            .lock()
+            .expect("authority lock")
+            .mirror_mut()
+            .take_dirty();
+        let rows: Vec<EntityRow> = changed.iter().filter_map(EntityRow::from_record).collect();
+        let removed_ids: Vec<i64> = removed.iter().map(|id| id.0 as i64).collect();
+        let result = if rows.is_empty() && removed_ids.is_empty() {
+            Ok(())
+        } else {
+            store.write_checkpoint(&rows, &removed_ids).await
+        };
+        let mut h = self.store_health.lock().expect("health lock");
+        match result {
+            Ok(()) => {
+                h.healthy = true;
+                h.last_checkpoint = Some(Instant::now());
+                h.last_checkpoint_at = Some(std::time::SystemTime::now());
+                h.last_error = None;
+                h.checkpoints += 1;
+                h.rows_written += rows.len() as u64;
+                Ok(rows.len())
+            }
+            Err(e) => {
+                drop(h);
+                self.authority
+                    .lock()
+                    .expect("authority lock")
+                    .mirror_mut()
+                    .requeue(changed.iter().map(|r| r.snapshot.id), removed);
+                let mut h = self.store_health.lock().expect("health lock");
+                h.healthy = false;
+                h.failures += 1;
+                h.last_error = Some(e.to_string());
+                Err(e)
+            }
+        }
+    }
+
+    /// Where messages for `link` go from now on.
+    pub fn add_writer(&self, link: LinkId, tx: mpsc::UnboundedSender<ReplicationMessage>) {
+        self.writers.lock().expect("writers lock").insert(link, tx);
+    }
+
+    /// Drops `link`'s writer: it flushes what is queued and closes.
+    pub fn remove_writer(&self, link: LinkId) {
+        self.writers.lock().expect("writers lock").remove(&link);
+    }
+
+    /// Routes everything the authority queued to the links' writer tasks.
+    pub fn flush(&self, a: &mut Authority) {
+        let out = a.take_outbox();
+        if out.is_empty() {
+            return;
+        }
+        let writers = self.writers.lock().expect("writers lock");
+        for (link, msg) in out {
+            if let Some(w) = writers.get(&link) {
+                let _ = w.send(msg);
+            }
+        }
+    }
+}
