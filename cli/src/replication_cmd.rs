@@ -5,7 +5,8 @@ use std::net::SocketAddr;
 use anyhow::Context;
 use clap::Args;
 use sidereal_core::SectorId;
-use sidereal_replication::{AuthorityConfig, ReplicationConfig};
+use sidereal_replication::login::token::NetcodeKey;
+use sidereal_replication::{AuthorityConfig, LoginConfig, ReplicationConfig};
 
 /// The default world: four scale-2 roots around the origin (8000 x 8000 units).
 pub const DEFAULT_WORLD: &str = "s2-xm1-ym1,s2-x0-ym1,s2-xm1-y0,s2-x0-y0";
@@ -44,6 +45,21 @@ pub struct ReplicationArgs {
     /// Seconds between write-behind checkpoints of moving state.
     #[arg(long, default_value_t = 1.0)]
     pub checkpoint_interval: f64,
+    /// Netcode private key that signs players' connect tokens: 64 hex characters (generate
+    /// one: openssl rand -hex 32). Without it, logins answer 503.
+    #[arg(long, env = "SIDEREAL_NETCODE_KEY", hide_env_values = true)]
+    pub netcode_key: Option<NetcodeKey>,
+    /// Game addresses written into connect tokens (what players connect to), comma-separated.
+    #[arg(
+        long,
+        env = "SIDEREAL_PUBLIC_GAME_ADDR",
+        default_value = "127.0.0.1:7702",
+        value_delimiter = ','
+    )]
+    pub public_game_addr: Vec<SocketAddr>,
+    /// Seconds a connect token may be used to open a connection.
+    #[arg(long, default_value_t = 60)]
+    pub token_valid_for: u64,
 }
 
 pub fn config(args: &ReplicationArgs) -> anyhow::Result<ReplicationConfig> {
@@ -62,6 +78,14 @@ pub fn config(args: &ReplicationArgs) -> anyhow::Result<ReplicationConfig> {
     anyhow::ensure!(
         (1..=240).contains(&args.tick_hz),
         "--tick-hz must be within 1..=240"
+    );
+    anyhow::ensure!(
+        !args.public_game_addr.is_empty(),
+        "--public-game-addr needs at least one address"
+    );
+    anyhow::ensure!(
+        (1..=3600).contains(&args.token_valid_for),
+        "--token-valid-for must be within 1..=3600 seconds"
     );
     for (i, a) in args.world.iter().enumerate() {
         for b in &args.world[i + 1..] {
@@ -86,6 +110,12 @@ pub fn config(args: &ReplicationArgs) -> anyhow::Result<ReplicationConfig> {
         data_dir: args.data.clone(),
         checkpoint_interval: std::time::Duration::from_secs_f64(args.checkpoint_interval),
         control_token: args.control_token.clone(),
+        login: LoginConfig {
+            netcode_key: args.netcode_key.clone(),
+            servers: args.public_game_addr.clone(),
+            token_valid_for: std::time::Duration::from_secs(args.token_valid_for),
+            ..LoginConfig::default()
+        },
     })
 }
 

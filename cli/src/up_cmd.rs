@@ -241,6 +241,7 @@ pub fn run(args: UpArgs) -> anyhow::Result<()> {
         Some(t) => t,
         None => load_or_create_key(&args.data, "control-token")?,
     };
+    let netcode_key = load_or_create_key(&args.data, "netcode-key")?;
     let exe = std::env::current_exe().context("locating the sidereal binary")?;
     let rt = tokio::runtime::Runtime::new()?;
     rt.block_on(async move {
@@ -264,6 +265,7 @@ pub fn run(args: UpArgs) -> anyhow::Result<()> {
             .arg(&args.data)
             .env("SIDEREAL_SHARD_SECRET", &secret)
             .env("SIDEREAL_CONTROL_TOKEN", &control_token)
+            .env("SIDEREAL_NETCODE_KEY", &netcode_key)
             .stdin(Stdio::null())
             // Its ready line is for supervisors that bind port 0; `up` knows its ports.
             .stdout(Stdio::null())
@@ -322,6 +324,9 @@ async fn supervise(fleet: &mut Fleet) -> anyhow::Result<()> {
     println!(
         "  token        Authorization: Bearer $(cat {})",
         fleet.args.data.join("control-token").display()
+    );
+    println!(
+        "  players      POST {base}/v1/accounts or {base}/v1/login with {{\"name\":..,\"password\":..}}"
     );
     println!(
         "  metrics      {base}/metrics, shards on 127.0.0.1:{}..",

@@ -3,6 +3,8 @@
 
 #[path = "processes/dashboards.rs"]
 mod dashboards;
+#[path = "processes/login.rs"]
+mod login;
 #[path = "processes/metrics.rs"]
 mod metrics;
 #[path = "processes/persistence.rs"]
@@ -12,6 +14,7 @@ mod up_autoscale;
 #[path = "processes/up_race.rs"]
 mod up_race;
 
+pub(crate) use sidereal_testkit::wait_until;
 use std::collections::{BTreeSet, HashMap};
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
@@ -30,6 +33,9 @@ use sidereal_core::{
 const SECRET: &str = "process-test-secret";
 /// Control token of every replication (and `sidereal up`) the tests start.
 pub(crate) const TOKEN: &str = "process-test-control-token";
+/// The netcode key of every replication these tests start (a test value, not a secret).
+pub(crate) const NETCODE_KEY: &str =
+    "5e1dea15e1dea15e1dea15e1dea15e1dea15e1dea15e1dea15e1dea15e1dea15";
 
 /// A child process killed when dropped.
 pub(crate) struct Proc(pub(crate) Child);
@@ -45,6 +51,7 @@ pub(crate) fn sidereal() -> Command {
     let mut c = Command::new(env!("CARGO_BIN_EXE_sidereal"));
     c.env("SIDEREAL_SHARD_SECRET", SECRET)
         .env("SIDEREAL_CONTROL_TOKEN", TOKEN)
+        .env("SIDEREAL_NETCODE_KEY", NETCODE_KEY)
         .env("RUST_LOG", "warn")
         .stdin(Stdio::null());
     c
@@ -251,17 +258,6 @@ pub(crate) fn put(url: &str, body: &serde_json::Value) -> (u16, String) {
     )
 }
 
-pub(crate) fn wait_until(what: &str, timeout: Duration, mut f: impl FnMut() -> bool) {
-    let deadline = Instant::now() + timeout;
-    while !f() {
-        assert!(
-            Instant::now() < deadline,
-            "timed out after {timeout:?} waiting for {what}"
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
-}
-
 /// The control token `sidereal up` generated into its data directory.
 pub(crate) fn token_of(data: &TempDir) -> String {
     std::fs::read_to_string(data.0.join("control-token"))
@@ -284,11 +280,17 @@ pub(crate) fn entities(r: &Replication, query: &str) -> HashMap<u64, EntityView>
 
 fn start_fleet(shards: usize, entities_n: usize) -> (Replication, Vec<Proc>) {
     let r = start_replication(entities_n);
+    let procs = start_shards_and_place(&r, shards);
+    (r, procs)
+}
+
+/// Starts `shard-0..shards`, waits until they link and places the world evenly on them.
+pub(crate) fn start_shards_and_place(r: &Replication, shards: usize) -> Vec<Proc> {
     let procs: Vec<Proc> = (0..shards)
-        .map(|i| start_shard(&r, &format!("shard-{i}")))
+        .map(|i| start_shard(r, &format!("shard-{i}")))
         .collect();
     wait_until("shards linked", Duration::from_secs(30), || {
-        connected(&r).len() == shards
+        connected(r).len() == shards
     });
     let ids: Vec<ShardId> = (0..shards)
         .map(|i| ShardId::new(format!("shard-{i}")))
@@ -296,7 +298,7 @@ fn start_fleet(shards: usize, entities_n: usize) -> (Replication, Vec<Proc>) {
     let world = vec!["s2-xm1-y0".parse().unwrap(), "s2-x0-y0".parse().unwrap()];
     let p = placement::even(&world, &ids, 1);
     r.control.put_placement(&p).expect("the first placement");
-    (r, procs)
+    procs
 }
 
 #[test]

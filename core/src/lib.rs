@@ -8,6 +8,7 @@ pub mod control_client;
 pub mod geometry;
 pub mod ids;
 pub mod load;
+pub mod login;
 pub mod placement;
 pub mod protocol;
 

@@ -19,7 +19,7 @@ use sidereal_core::control::{
 use sidereal_core::{Placement, SectorId, ShardId};
 
 use crate::authority::PutPlacementError;
-use crate::server::Shared;
+use crate::state::Shared;
 
 pub fn router(shared: Arc<Shared>) -> Router {
     let control = Router::new()
@@ -34,6 +34,7 @@ pub fn router(shared: Arc<Shared>) -> Router {
         ));
     Router::new()
         .merge(control)
+        .merge(crate::login::router())
         .route("/healthz", get(|| async { "ok" }))
         .route("/readyz", get(ready))
         .route("/metrics", get(metrics))
@@ -261,6 +262,6 @@ async fn ready(State(s): State<Arc<Shared>>) -> Response {
 async fn metrics(State(s): State<Arc<Shared>>) -> Response {
     let health = s.store_health.lock().expect("health lock").clone();
     let a = s.authority.lock().expect("authority lock");
-    let text = crate::metrics::render(&a, &health, &s.link_bytes);
+    let text = crate::metrics::render(&a, &health, &s.link_bytes, &s.logins.counts());
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text).into_response()
 }

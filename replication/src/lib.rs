@@ -3,12 +3,16 @@
 
 pub mod api;
 pub mod authority;
+pub mod login;
 pub mod metrics;
 pub mod mirror;
 pub mod server;
+pub mod state;
 pub mod store;
 
 pub use authority::{Authority, AuthorityConfig, LinkError, LinkId, PutPlacementError};
+pub use login::LoginConfig;
 pub use mirror::{EntityRecord, Mirror, Refusal};
 pub use server::{ReplicationConfig, Running, StartError, start};
+pub use state::Shared;
 pub use store::{Store, StoreError};

@@ -3,6 +3,7 @@
 //! copy of state, so there are no deltas to get wrong. Names follow Prometheus conventions:
 //! base units, `_total` on counters only.
 
+use std::collections::BTreeMap;
 use std::sync::atomic::Ordering;
 use std::time::SystemTime;
 
@@ -10,10 +11,15 @@ use prometheus::core::Collector;
 use prometheus::{Encoder, Gauge, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts};
 
 use crate::authority::Authority;
-use crate::server::{LinkBytes, StoreHealth};
+use crate::state::{LinkBytes, StoreHealth};
 
 /// The text exposition of every replication metric, as of now.
-pub fn render(a: &Authority, store: &StoreHealth, links: &LinkBytes) -> String {
+pub fn render(
+    a: &Authority,
+    store: &StoreHealth,
+    links: &LinkBytes,
+    logins: &BTreeMap<&'static str, u64>,
+) -> String {
     let mut families = Vec::new();
     let mut add = |c: &dyn Collector| families.extend(c.collect());
 
@@ -198,6 +204,13 @@ pub fn render(a: &Authority, store: &StoreHealth, links: &LinkBytes) -> String {
             ("received", links.received.load(Ordering::Relaxed)),
             ("sent", links.sent.load(Ordering::Relaxed)),
         ],
+    ));
+    let logins: Vec<(&str, u64)> = logins.iter().map(|(k, v)| (*k, *v)).collect();
+    add(&labelled_counter(
+        "logins_total",
+        "Registrations and logins, by result (created and ok got a token)",
+        "result",
+        &logins,
     ));
 
     // A family without samples (no load reported yet) is not valid exposition text: leave it out.

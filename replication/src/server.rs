@@ -1,10 +1,9 @@
 //! The I/O shell around the authority: the shard-link TCP server, the shadow ticker and the
 //! HTTP control API, all on one tokio runtime.
 
-use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use rand::rngs::SmallRng;
@@ -17,7 +16,9 @@ use tokio::sync::mpsc;
 use tracing::{info, warn};
 
 use crate::authority::{Authority, AuthorityConfig, LinkId};
-use crate::store::{EntityRow, Store, StoreError};
+use crate::login::LoginConfig;
+use crate::state::Shared;
+use crate::store::{Store, StoreError};
 
 /// A shard must say Hello within this long after connecting.
 pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
@@ -36,117 +37,8 @@ pub struct ReplicationConfig {
     pub checkpoint_interval: Duration,
     /// Bearer token every control endpoint requires (`/v1/...`).
     pub control_token: String,
-}
-
-/// How the store is doing, for /readyz, /v1/status and /metrics.
-#[derive(Debug, Clone, Default)]
-pub struct StoreHealth {
-    pub healthy: bool,
-    pub last_checkpoint: Option<Instant>,
-    /// The same moment on the wall clock, for the timestamp metric.
-    pub last_checkpoint_at: Option<std::time::SystemTime>,
-    pub last_error: Option<String>,
-    pub checkpoints: u64,
-    pub rows_written: u64,
-    pub failures: u64,
-}
-
-/// Bytes moved on shard links, counted by the link tasks.
-#[derive(Debug, Default)]
-pub struct LinkBytes {
-    /// From shards.
-    pub received: AtomicU64,
-    /// To shards.
-    pub sent: AtomicU64,
-}
-
-/// State shared by the link tasks, the ticker and the HTTP handlers.
-pub struct Shared {
-    pub authority: Mutex<Authority>,
-    pub link_bytes: LinkBytes,
-    writers: Mutex<HashMap<LinkId, mpsc::UnboundedSender<ReplicationMessage>>>,
-    pub started: Instant,
-    pub store: Option<Store>,
-    /// Bearer token of the control API.
-    pub control_token: String,
-    pub store_health: Mutex<StoreHealth>,
-}
-
-impl Shared {
-    pub fn new(authority: Authority, store: Option<Store>, control_token: String) -> Arc<Self> {
-        Arc::new(Self {
-            authority: Mutex::new(authority),
-            link_bytes: LinkBytes::default(),
-            writers: Mutex::new(HashMap::new()),
-            started: Instant::now(),
-            store,
-            control_token,
-            store_health: Mutex::new(StoreHealth {
-                healthy: true,
-                ..Default::default()
-            }),
-        })
-    }
-
-    /// Writes everything dirty in one transaction. On failure the work goes back into the
-    /// dirty set (nothing is dropped) and the store is reported unhealthy.
-    pub async fn checkpoint(&self) -> Result<usize, StoreError> {
-        let Some(store) = &self.store else {
-            return Ok(0);
-        };
-        let (changed, removed) = self
-            .authority
-            .lock()
-            .expect("authority lock")
-            .mirror_mut()
-            .take_dirty();
-        let rows: Vec<EntityRow> = changed.iter().filter_map(EntityRow::from_record).collect();
-        let removed_ids: Vec<i64> = removed.iter().map(|id| id.0 as i64).collect();
-        let result = if rows.is_empty() && removed_ids.is_empty() {
-            Ok(())
-        } else {
-            store.write_checkpoint(&rows, &removed_ids).await
-        };
-        let mut h = self.store_health.lock().expect("health lock");
-        match result {
-            Ok(()) => {
-                h.healthy = true;
-                h.last_checkpoint = Some(Instant::now());
-                h.last_checkpoint_at = Some(std::time::SystemTime::now());
-                h.last_error = None;
-                h.checkpoints += 1;
-                h.rows_written += rows.len() as u64;
-                Ok(rows.len())
-            }
-            Err(e) => {
-                drop(h);
-                self.authority
-                    .lock()
-                    .expect("authority lock")
-                    .mirror_mut()
-                    .requeue(changed.iter().map(|r| r.snapshot.id), removed);
-                let mut h = self.store_health.lock().expect("health lock");
-                h.healthy = false;
-                h.failures += 1;
-                h.last_error = Some(e.to_string());
-                Err(e)
-            }
-        }
-    }
-
-    /// Routes everything the authority queued to the links' writer tasks.
-    pub fn flush(&self, a: &mut Authority) {
-        let out = a.take_outbox();
-        if out.is_empty() {
-            return;
-        }
-        let writers = self.writers.lock().expect("writers lock");
-        for (link, msg) in out {
-            if let Some(w) = writers.get(&link) {
-                let _ = w.send(msg);
-            }
-        }
-    }
+    /// The players' login API.
+    pub login: LoginConfig,
 }
 
 /// The bound addresses of a running replication server.
@@ -239,7 +131,12 @@ pub async fn start(
         seed_world(&mut authority, config.seed_entities, config.seed);
     }
     authority.reserve_incarnations_above(authority.max_incarnation());
-    let shared = Shared::new(authority, Some(store), config.control_token.clone());
+    let shared = Shared::new(
+        authority,
+        Some(store),
+        config.control_token.clone(),
+        config.login.clone(),
+    );
     if seeded {
         // Spawns are durable before anyone sees them.
         shared.checkpoint().await?;
@@ -302,6 +199,8 @@ pub async fn start(
     });
     let app = crate::api::router(shared.clone());
     let http = tokio::spawn(async move {
+        // Client addresses feed the login rate limits.
+        let app = app.into_make_service_with_connect_info::<SocketAddr>();
         if let Err(e) = axum::serve(http_listener, app).await {
             warn!(error = %e, "http server stopped");
         }
@@ -317,11 +216,7 @@ async fn serve_link(shared: Arc<Shared>, stream: TcpStream, peer: SocketAddr) {
     let link = shared.authority.lock().expect("authority lock").connect();
     let (mut rd, mut wr) = stream.into_split();
     let (tx, mut rx) = mpsc::unbounded_channel::<ReplicationMessage>();
-    shared
-        .writers
-        .lock()
-        .expect("writers lock")
-        .insert(link, tx);
+    shared.add_writer(link, tx);
     let metrics_out = shared.clone();
     let writer = tokio::spawn(async move {
         let mut buf = Vec::with_capacity(64 * 1024);
@@ -361,7 +256,7 @@ async fn serve_link(shared: Arc<Shared>, stream: TcpStream, peer: SocketAddr) {
         _ => warn!(%peer, ?shard, reason = %close, "closing shard link"),
     }
     // Dropping the sender lets the writer flush what is queued (a Rejected reason) and close.
-    shared.writers.lock().expect("writers lock").remove(&link);
+    shared.remove_writer(link);
     let _ = writer.await;
 }
 

@@ -148,8 +148,11 @@ pub struct LoadedWorld {
 #[derive(Debug, Clone, PartialEq)]
 pub struct Account {
     pub name: String,
+    /// Argon2id PHC string.
     pub password_hash: String,
     pub ship_id: Option<i64>,
+    /// Netcode client id; `None` for accounts made before player ids existed.
+    pub player_id: Option<i64>,
 }
 
 #[derive(Debug, Clone)]
@@ -482,26 +485,45 @@ impl Store {
         Ok(v.and_then(|s| serde_json::from_str(&s).ok()))
     }
 
-    /// Creates an account; `false` if the name is taken. Committed before returning.
-    pub async fn create_account(
-        &self,
-        name: &str,
-        password_hash: &str,
-        ship_id: Option<i64>,
-    ) -> Result<bool, StoreError> {
-        let sql = "INSERT INTO accounts (name, password_hash, ship_id) VALUES ($1, $2, $3) ON CONFLICT (name) DO NOTHING";
+    /// Creates an account; `false` if the name (or the player id) is taken. Committed before
+    /// returning.
+    pub async fn create_account(&self, account: &Account) -> Result<bool, StoreError> {
+        let sql = "INSERT INTO accounts (name, password_hash, ship_id, player_id) VALUES ($1, $2, $3, $4) ON CONFLICT DO NOTHING";
         let n = match self {
             Store::Postgres(p) => sqlx::query(sql)
-                .bind(name)
-                .bind(password_hash)
-                .bind(ship_id)
+                .bind(&account.name)
+                .bind(&account.password_hash)
+                .bind(account.ship_id)
+                .bind(account.player_id)
                 .execute(p)
                 .await?
                 .rows_affected(),
             Store::Sqlite(p) => sqlx::query(sql)
+                .bind(&account.name)
+                .bind(&account.password_hash)
+                .bind(account.ship_id)
+                .bind(account.player_id)
+                .execute(p)
+                .await?
+                .rows_affected(),
+        };
+        Ok(n == 1)
+    }
+
+    /// Gives an account made before player ids existed its id; `false` if it has one already
+    /// or the id is taken. Committed before returning.
+    pub async fn set_player_id(&self, name: &str, player_id: i64) -> Result<bool, StoreError> {
+        let sql = "UPDATE accounts SET player_id = $1 WHERE name = $2 AND player_id IS NULL AND NOT EXISTS (SELECT 1 FROM accounts WHERE player_id = $1)";
+        let n = match self {
+            Store::Postgres(p) => sqlx::query(sql)
+                .bind(player_id)
                 .bind(name)
-                .bind(password_hash)
-                .bind(ship_id)
+                .execute(p)
+                .await?
+                .rows_affected(),
+            Store::Sqlite(p) => sqlx::query(sql)
+                .bind(player_id)
+                .bind(name)
                 .execute(p)
                 .await?
                 .rows_affected(),
@@ -510,16 +532,19 @@ impl Store {
     }
 
     pub async fn account(&self, name: &str) -> Result<Option<Account>, StoreError> {
-        let sql = "SELECT name, password_hash, ship_id FROM accounts WHERE name = $1";
-        let row: Option<(String, String, Option<i64>)> = match self {
+        let sql = "SELECT name, password_hash, ship_id, player_id FROM accounts WHERE name = $1";
+        let row: Option<(String, String, Option<i64>, Option<i64>)> = match self {
             Store::Postgres(p) => sqlx::query_as(sql).bind(name).fetch_optional(p).await?,
             Store::Sqlite(p) => sqlx::query_as(sql).bind(name).fetch_optional(p).await?,
         };
-        Ok(row.map(|(name, password_hash, ship_id)| Account {
-            name,
-            password_hash,
-            ship_id,
-        }))
+        Ok(
+            row.map(|(name, password_hash, ship_id, player_id)| Account {
+                name,
+                password_hash,
+                ship_id,
+                player_id,
+            }),
+        )
     }
 
     /// Changes which ship an account owns. Committed before returning.

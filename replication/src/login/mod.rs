@@ -1,0 +1,442 @@
+//! The players' login API: `POST /v1/accounts` registers and `POST /v1/login` logs in; both
+//! answer with a netcode connect token for the game ports and the player's ship. No control
+//! token: the password is the proof. Floods, guessing and bad bodies get a 4xx and no token.
+
+pub mod limits;
+pub mod passwords;
+pub mod token;
+
+use std::collections::BTreeMap;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use axum::extract::rejection::JsonRejection;
+use axum::extract::{ConnectInfo, DefaultBodyLimit, State};
+use axum::http::{StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::post;
+use axum::{Json, Router};
+use base64::Engine;
+use sidereal_core::EntityId;
+use sidereal_core::control::ErrorView;
+use sidereal_core::login::{
+    Credentials, CredentialsError, LoginReply, MAX_LOGIN_BODY_BYTES, validate_credentials,
+};
+use tokio::sync::Semaphore;
+use tracing::{info, warn};
+
+use self::limits::{FailureLock, RateLimiter};
+use self::token::NetcodeKey;
+use crate::authority::spawn_point;
+use crate::state::Shared;
+use crate::store::{Account, StoreError};
+
+/// Settings of the login API.
+#[derive(Debug, Clone)]
+pub struct LoginConfig {
+    /// Without a key, logins answer 503: there is nothing to sign tokens with.
+    pub netcode_key: Option<NetcodeKey>,
+    /// Game addresses written into tokens, in the order clients try them.
+    pub servers: Vec<SocketAddr>,
+    /// How long a token may be used to open a connection.
+    pub token_valid_for: Duration,
+    /// Attempts per second per client address, and the burst allowed.
+    pub per_client_rate: f64,
+    pub per_client_burst: u32,
+    /// Wrong passwords per account before it is locked, and the longest lock.
+    pub free_failures: u32,
+    pub max_lock: Duration,
+    /// Password hashes computed at once (each takes ~20 MiB and a core for tens of ms).
+    pub hashing_slots: usize,
+}
+
+impl Default for LoginConfig {
+    fn default() -> Self {
+        Self {
+            netcode_key: None,
+            servers: vec![SocketAddr::from(([127, 0, 0, 1], 7702))],
+            token_valid_for: Duration::from_secs(60),
+            per_client_rate: 5.0,
+            per_client_burst: 20,
+            free_failures: 5,
+            max_lock: Duration::from_secs(15 * 60),
+            hashing_slots: 2,
+        }
+    }
+}
+
+/// Every `result` label of `sidereal_logins_total`.
+pub const LOGIN_RESULTS: [&str; 11] = [
+    "created",
+    "ok",
+    "malformed",
+    "too_large",
+    "invalid",
+    "name_taken",
+    "wrong_credentials",
+    "rate_limited",
+    "locked",
+    "busy",
+    "unavailable",
+];
+
+/// Why a registration or login got no token.
+#[derive(Debug, thiserror::Error)]
+pub enum LoginError {
+    #[error("malformed request: {1}")]
+    Malformed(StatusCode, String),
+    #[error("request body larger than {MAX_LOGIN_BODY_BYTES} bytes")]
+    TooLarge,
+    #[error(transparent)]
+    Invalid(#[from] CredentialsError),
+    #[error("that name is taken")]
+    NameTaken,
+    #[error("wrong name or password")]
+    WrongCredentials,
+    #[error("too many attempts from this address; retry in {} ms", .0.as_millis().max(1))]
+    RateLimited(Duration),
+    #[error("too many wrong passwords for this account; retry in {} ms", .0.as_millis().max(1))]
+    Locked(Duration),
+    #[error("too many logins in progress; retry shortly")]
+    Busy,
+    #[error("login unavailable: {0}")]
+    Unavailable(String),
+}
+
+impl From<StoreError> for LoginError {
+    fn from(e: StoreError) -> Self {
+        LoginError::Unavailable(format!("the world store failed: {e}"))
+    }
+}
+
+impl From<JsonRejection> for LoginError {
+    fn from(r: JsonRejection) -> Self {
+        if r.status() == StatusCode::PAYLOAD_TOO_LARGE {
+            LoginError::TooLarge
+        } else {
+            LoginError::Malformed(r.status(), r.body_text())
+        }
+    }
+}
+
+impl LoginError {
+    pub fn label(&self) -> &'static str {
+        match self {
+            LoginError::Malformed(..) => "malformed",
+            LoginError::TooLarge => "too_large",
+            LoginError::Invalid(_) => "invalid",
+            LoginError::NameTaken => "name_taken",
+            LoginError::WrongCredentials => "wrong_credentials",
+            LoginError::RateLimited(_) => "rate_limited",
+            LoginError::Locked(_) => "locked",
+            LoginError::Busy => "busy",
+            LoginError::Unavailable(_) => "unavailable",
+        }
+    }
+
+    fn status(&self) -> StatusCode {
+        match self {
+            LoginError::Malformed(status, _) => *status,
+            LoginError::TooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+            LoginError::Invalid(_) => StatusCode::UNPROCESSABLE_ENTITY,
+            LoginError::NameTaken => StatusCode::CONFLICT,
+            LoginError::WrongCredentials => StatusCode::UNAUTHORIZED,
+            LoginError::RateLimited(_) | LoginError::Locked(_) | LoginError::Busy => {
+                StatusCode::TOO_MANY_REQUESTS
+            }
+            LoginError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+        }
+    }
+}
+
+impl IntoResponse for LoginError {
+    fn into_response(self) -> Response {
+        let retry = match &self {
+            LoginError::RateLimited(d) | LoginError::Locked(d) => Some(d.as_secs_f64().ceil()),
+            LoginError::Busy => Some(1.0),
+            _ => None,
+        };
+        let mut r = (
+            self.status(),
+            Json(ErrorView {
+                error: self.to_string(),
+            }),
+        )
+            .into_response();
+        if let Some(secs) = retry {
+            r.headers_mut().insert(
+                header::RETRY_AFTER,
+                (secs.max(1.0) as u64).to_string().parse().expect("digits"),
+            );
+        }
+        r
+    }
+}
+
+/// The login API's state: its limits, its hashing slots and its counts.
+pub struct Logins {
+    config: LoginConfig,
+    per_client: Mutex<RateLimiter<IpAddr>>,
+    locks: Mutex<FailureLock>,
+    hashing: Semaphore,
+    /// One ship creation at a time, so two logins of one account never make two ships.
+    ships: tokio::sync::Mutex<()>,
+    counts: Mutex<BTreeMap<&'static str, u64>>,
+}
+
+impl Logins {
+    pub fn new(config: LoginConfig) -> Self {
+        if config.netcode_key.is_none() {
+            warn!("no netcode key configured: logins answer 503 (set SIDEREAL_NETCODE_KEY)");
+        }
+        Self {
+            per_client: Mutex::new(RateLimiter::new(
+                config.per_client_rate,
+                config.per_client_burst,
+                100_000,
+            )),
+            locks: Mutex::new(FailureLock::new(config.free_failures, config.max_lock)),
+            hashing: Semaphore::new(config.hashing_slots.max(1)),
+            ships: tokio::sync::Mutex::new(()),
+            counts: Mutex::new(LOGIN_RESULTS.iter().map(|r| (*r, 0)).collect()),
+            config,
+        }
+    }
+
+    /// Attempts by result, for `/metrics`.
+    pub fn counts(&self) -> BTreeMap<&'static str, u64> {
+        self.counts.lock().expect("counts lock").clone()
+    }
+
+    fn count(&self, result: &'static str) {
+        *self
+            .counts
+            .lock()
+            .expect("counts lock")
+            .entry(result)
+            .or_default() += 1;
+    }
+
+    fn admit(&self, client: IpAddr) -> Result<(), LoginError> {
+        self.per_client
+            .lock()
+            .expect("limiter lock")
+            .take(&client, Instant::now())
+            .map_err(LoginError::RateLimited)
+    }
+
+    /// Runs `f` (a hash or a verification) on the blocking pool in one of the hashing slots.
+    async fn hashing<T: Send + 'static>(
+        &self,
+        f: impl FnOnce() -> T + Send + 'static,
+    ) -> Result<T, LoginError> {
+        let _slot = tokio::time::timeout(Duration::from_secs(2), self.hashing.acquire())
+            .await
+            .map_err(|_| LoginError::Busy)?
+            .map_err(|_| LoginError::Busy)?;
+        tokio::task::spawn_blocking(f)
+            .await
+            .map_err(|e| LoginError::Unavailable(format!("hashing failed: {e}")))
+    }
+}
+
+pub fn router() -> Router<Arc<Shared>> {
+    Router::new()
+        .route("/v1/accounts", post(register))
+        .route("/v1/login", post(login))
+        .layer(DefaultBodyLimit::max(MAX_LOGIN_BODY_BYTES))
+}
+
+async fn register(
+    State(s): State<Arc<Shared>>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    body: Result<Json<Credentials>, JsonRejection>,
+) -> Response {
+    answer(
+        &s,
+        StatusCode::CREATED,
+        "created",
+        try_register(&s, peer.ip(), body).await,
+    )
+}
+
+async fn login(
+    State(s): State<Arc<Shared>>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    body: Result<Json<Credentials>, JsonRejection>,
+) -> Response {
+    answer(
+        &s,
+        StatusCode::OK,
+        "ok",
+        try_login(&s, peer.ip(), body).await,
+    )
+}
+
+fn answer(
+    s: &Shared,
+    status: StatusCode,
+    label: &'static str,
+    r: Result<LoginReply, LoginError>,
+) -> Response {
+    match r {
+        Ok(reply) => {
+            s.logins.count(label);
+            (status, Json(reply)).into_response()
+        }
+        Err(e) => {
+            s.logins.count(e.label());
+            e.into_response()
+        }
+    }
+}
+
+async fn try_register(
+    s: &Shared,
+    client: IpAddr,
+    body: Result<Json<Credentials>, JsonRejection>,
+) -> Result<LoginReply, LoginError> {
+    let key = s.logins.config.netcode_key.clone().ok_or_else(no_key)?;
+    let store = s.store.as_ref().ok_or_else(no_store)?;
+    s.logins.admit(client)?;
+    let Json(c) = body?;
+    validate_credentials(&c)?;
+    if store.account(&c.name).await?.is_some() {
+        return Err(LoginError::NameTaken);
+    }
+    let password = c.password.clone();
+    let password_hash = s
+        .logins
+        .hashing(move || passwords::hash(&password))
+        .await?
+        .map_err(|e| LoginError::Unavailable(format!("hashing failed: {e}")))?;
+    let mut account = Account {
+        name: c.name.clone(),
+        password_hash,
+        ship_id: None,
+        player_id: Some(new_player_id()),
+    };
+    if !store.create_account(&account).await? {
+        // Taken between the check and the insert, or (once in 2^63) the player id collided.
+        return Err(match store.account(&c.name).await? {
+            Some(_) => LoginError::NameTaken,
+            None => LoginError::Unavailable("player id collision; try again".into()),
+        });
+    }
+    info!(name = %account.name, "account created");
+    account.ship_id = Some(ensure_ship(s, &account.name).await?.0 as i64);
+    reply(s, &key, &account)
+}
+
+async fn try_login(
+    s: &Shared,
+    client: IpAddr,
+    body: Result<Json<Credentials>, JsonRejection>,
+) -> Result<LoginReply, LoginError> {
+    let key = s.logins.config.netcode_key.clone().ok_or_else(no_key)?;
+    let store = s.store.as_ref().ok_or_else(no_store)?;
+    s.logins.admit(client)?;
+    let Json(c) = body?;
+    s.logins
+        .locks
+        .lock()
+        .expect("locks lock")
+        .check(&c.name, Instant::now())
+        .map_err(LoginError::Locked)?;
+    let account = store.account(&c.name).await?;
+    let stored = account.as_ref().map(|a| a.password_hash.clone());
+    let password = c.password.clone();
+    let ok = s
+        .logins
+        .hashing(move || passwords::verify(&password, stored.as_deref()))
+        .await?;
+    let Some(mut account) = account.filter(|_| ok) else {
+        let mut locks = s.logins.locks.lock().expect("locks lock");
+        let now = Instant::now();
+        let lock = locks.failed(&c.name, now);
+        locks.forget_idle(now, Duration::from_secs(3600));
+        if !lock.is_zero() {
+            warn!(name = %c.name, ?lock, "repeated wrong passwords; account locked");
+        }
+        return Err(LoginError::WrongCredentials);
+    };
+    s.logins
+        .locks
+        .lock()
+        .expect("locks lock")
+        .succeeded(&c.name);
+    if account.player_id.is_none() {
+        let id = new_player_id();
+        if !store.set_player_id(&account.name, id).await? {
+            return Err(LoginError::Unavailable(
+                "player id collision; try again".into(),
+            ));
+        }
+        account.player_id = Some(id);
+    }
+    account.ship_id = Some(ensure_ship(s, &account.name).await?.0 as i64);
+    reply(s, &key, &account)
+}
+
+/// The account's ship, created (at its spawn point, durably) if it has none or it no longer
+/// exists. Serialized, so concurrent logins of one account find the same ship.
+async fn ensure_ship(s: &Shared, name: &str) -> Result<EntityId, LoginError> {
+    let store = s.store.as_ref().ok_or_else(no_store)?;
+    let _one_at_a_time = s.logins.ships.lock().await;
+    let account = store
+        .account(name)
+        .await?
+        .ok_or_else(|| LoginError::Unavailable("the account vanished".into()))?;
+    let player_id = account.player_id.unwrap_or_default() as u64;
+    let ship = {
+        let mut a = s.authority.lock().expect("authority lock");
+        if let Some(id) = account.ship_id.map(|i| EntityId(i as u64))
+            && a.knows_entity(id)
+        {
+            return Ok(id);
+        }
+        let world = a.world().to_vec();
+        let state = spawn_point(&world, player_id)
+            .ok_or_else(|| LoginError::Unavailable("the world has no root sectors".into()))?;
+        let id = a.spawn_ship(state);
+        s.flush(&mut a);
+        id
+    };
+    // The ship is durable before the account points at it, and both before any token.
+    s.checkpoint().await?;
+    store.set_ship(name, Some(ship.0 as i64)).await?;
+    info!(%name, %ship, "ship created");
+    Ok(ship)
+}
+
+fn reply(s: &Shared, key: &NetcodeKey, account: &Account) -> Result<LoginReply, LoginError> {
+    let player_id = account.player_id.unwrap_or_default() as u64;
+    let servers = &s.logins.config.servers;
+    let (bytes, expires_at) =
+        token::issue(key, servers, player_id, s.logins.config.token_valid_for)
+            .map_err(|e| LoginError::Unavailable(e.to_string()))?;
+    Ok(LoginReply {
+        name: account.name.clone(),
+        player_id,
+        ship: account.ship_id.unwrap_or_default() as u64,
+        token: base64::engine::general_purpose::STANDARD.encode(bytes),
+        expires_at,
+        servers: servers.iter().map(ToString::to_string).collect(),
+    })
+}
+
+/// A random non-zero 63-bit id (it is stored in a signed BIGINT).
+fn new_player_id() -> i64 {
+    let b = token::random_bytes();
+    let id = i64::from_le_bytes(b[..8].try_into().expect("8 bytes")) & i64::MAX;
+    id.max(1)
+}
+
+fn no_key() -> LoginError {
+    LoginError::Unavailable("no netcode key is configured (SIDEREAL_NETCODE_KEY)".into())
+}
+
+fn no_store() -> LoginError {
+    LoginError::Unavailable("replication runs without a store".into())
+}
