@@ -5,6 +5,7 @@ use std::net::SocketAddr;
 use anyhow::Context;
 use clap::Args;
 use sidereal_core::SectorId;
+use sidereal_replication::gateway::GatewayConfig;
 use sidereal_replication::login::token::NetcodeKey;
 use sidereal_replication::{AuthorityConfig, LoginConfig, ReplicationConfig};
 
@@ -49,14 +50,16 @@ pub struct ReplicationArgs {
     /// one: openssl rand -hex 32). Without it, logins answer 503.
     #[arg(long, env = "SIDEREAL_NETCODE_KEY", hide_env_values = true)]
     pub netcode_key: Option<NetcodeKey>,
-    /// Game addresses written into connect tokens (what players connect to), comma-separated.
-    #[arg(
-        long,
-        env = "SIDEREAL_PUBLIC_GAME_ADDR",
-        default_value = "127.0.0.1:7702",
-        value_delimiter = ','
-    )]
+    /// Game port for players: lightyear (netcode) over UDP. Port 0 picks a free one.
+    #[arg(long, env = "SIDEREAL_GAME_UDP", default_value = "127.0.0.1:7702")]
+    pub game_udp: SocketAddr,
+    /// Game addresses written into connect tokens (what players connect to), comma-separated;
+    /// by default the bound --game-udp address.
+    #[arg(long, env = "SIDEREAL_PUBLIC_GAME_ADDR", value_delimiter = ',')]
     pub public_game_addr: Vec<SocketAddr>,
+    /// World units around a player's ship within which it is sent entities.
+    #[arg(long, default_value_t = 1500.0)]
+    pub interest_radius: f32,
     /// Seconds a connect token may be used to open a connection.
     #[arg(long, default_value_t = 60)]
     pub token_valid_for: u64,
@@ -80,8 +83,8 @@ pub fn config(args: &ReplicationArgs) -> anyhow::Result<ReplicationConfig> {
         "--tick-hz must be within 1..=240"
     );
     anyhow::ensure!(
-        !args.public_game_addr.is_empty(),
-        "--public-game-addr needs at least one address"
+        args.interest_radius.is_finite() && (1.0..=100_000.0).contains(&args.interest_radius),
+        "--interest-radius must be within 1..=100000 world units"
     );
     anyhow::ensure!(
         (1..=3600).contains(&args.token_valid_for),
@@ -116,6 +119,12 @@ pub fn config(args: &ReplicationArgs) -> anyhow::Result<ReplicationConfig> {
             token_valid_for: std::time::Duration::from_secs(args.token_valid_for),
             ..LoginConfig::default()
         },
+        gateway: Some(GatewayConfig {
+            udp: args.game_udp,
+            tick_hz: args.tick_hz,
+            interest_radius: args.interest_radius,
+            client_timeout_secs: 10,
+        }),
     })
 }
 
@@ -127,7 +136,14 @@ pub fn run(args: ReplicationArgs) -> anyhow::Result<()> {
             .await
             .context("binding listeners")?;
         // One machine-readable line for supervisors and tests that bind port 0.
-        println!("SIDEREAL_READY http={} link={}", running.http, running.link);
+        let game = running
+            .game
+            .map(|g| format!(" game={g}"))
+            .unwrap_or_default();
+        println!(
+            "SIDEREAL_READY http={} link={}{game}",
+            running.http, running.link
+        );
         tokio::select! {
             _ = all => {}
             _ = shutdown_signal() => tracing::info!("shutting down"),

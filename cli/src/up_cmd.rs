@@ -66,6 +66,9 @@ pub struct UpArgs {
     /// Replication's shard-link listener.
     #[arg(long, default_value = "127.0.0.1:7701")]
     pub link: SocketAddr,
+    /// Game port for players (lightyear over UDP).
+    #[arg(long, env = "SIDEREAL_GAME_UDP", default_value = "127.0.0.1:7702")]
+    pub game_udp: SocketAddr,
     /// Shard i serves /metrics on this port + i.
     #[arg(long, default_value_t = 9100)]
     pub metrics_base_port: u16,
@@ -253,6 +256,8 @@ pub fn run(args: UpArgs) -> anyhow::Result<()> {
                 &args.http.to_string(),
                 "--link",
                 &args.link.to_string(),
+                "--game-udp",
+                &args.game_udp.to_string(),
             ])
             .args(["--world", &world.join(",")])
             .args([
@@ -324,6 +329,10 @@ async fn supervise(fleet: &mut Fleet) -> anyhow::Result<()> {
     println!(
         "  token        Authorization: Bearer $(cat {})",
         fleet.args.data.join("control-token").display()
+    );
+    println!(
+        "  game port    udp://{} (lightyear, netcode)",
+        fleet.args.game_udp
     );
     println!(
         "  players      POST {base}/v1/accounts or {base}/v1/login with {{\"name\":..,\"password\":..}}"

@@ -9,6 +9,8 @@ mod login;
 mod metrics;
 #[path = "processes/persistence.rs"]
 mod persistence;
+#[path = "processes/players.rs"]
+mod players;
 #[path = "processes/up_autoscale.rs"]
 mod up_autoscale;
 #[path = "processes/up_race.rs"]
@@ -52,7 +54,12 @@ pub(crate) fn sidereal() -> Command {
     c.env("SIDEREAL_SHARD_SECRET", SECRET)
         .env("SIDEREAL_CONTROL_TOKEN", TOKEN)
         .env("SIDEREAL_NETCODE_KEY", NETCODE_KEY)
-        .env("RUST_LOG", "warn")
+        .env("SIDEREAL_GAME_UDP", "127.0.0.1:0")
+        // SIDEREAL_TEST_LOG=info,lightyear=debug shows more of the processes' logs.
+        .env(
+            "RUST_LOG",
+            std::env::var("SIDEREAL_TEST_LOG").unwrap_or_else(|_| "warn".into()),
+        )
         .stdin(Stdio::null());
     c
 }
@@ -61,6 +68,8 @@ pub(crate) struct Replication {
     pub(crate) proc_: Proc,
     pub(crate) http: String,
     pub(crate) link: SocketAddr,
+    /// The game port (UDP).
+    pub(crate) game: Option<SocketAddr>,
     /// The product's control client, with the test token.
     pub(crate) control: Control,
     _data: Option<TempDir>,
@@ -197,6 +206,10 @@ pub(crate) fn start_replication_with(
     };
     let http = format!("http://{}", addr("http="));
     let link = addr("link=").parse().unwrap();
+    let game = ready
+        .split_whitespace()
+        .find_map(|w| w.strip_prefix("game="))
+        .map(|g| g.parse().unwrap());
     // Keep draining stdout so the child never blocks on a full pipe.
     std::thread::spawn(move || for _ in lines {});
     Replication {
@@ -204,6 +217,7 @@ pub(crate) fn start_replication_with(
         control: Control::new(&http),
         http,
         link,
+        game,
         _data: None,
     }
 }

@@ -74,6 +74,7 @@ async fn main() {
             per_client_burst: 1_000_000,
             ..LoginConfig::default()
         },
+        gateway: None,
     };
     let (running, _all) = sidereal_replication::start(config).await.expect("start");
     let base = format!("http://{}", running.http);

@@ -3,6 +3,8 @@
 
 pub mod api;
 pub mod authority;
+pub mod gateway;
+pub mod interest;
 pub mod login;
 pub mod metrics;
 pub mod mirror;

@@ -16,6 +16,7 @@ use tokio::sync::mpsc;
 use tracing::{info, warn};
 
 use crate::authority::{Authority, AuthorityConfig, LinkId};
+use crate::gateway::{self, GatewayConfig, GatewayEvent, Views};
 use crate::login::LoginConfig;
 use crate::state::Shared;
 use crate::store::{Store, StoreError};
@@ -39,12 +40,16 @@ pub struct ReplicationConfig {
     pub control_token: String,
     /// The players' login API.
     pub login: LoginConfig,
+    /// The game port; `None` serves no players (tests of the shard side).
+    pub gateway: Option<GatewayConfig>,
 }
 
 /// The bound addresses of a running replication server.
 pub struct Running {
     pub http: SocketAddr,
     pub link: SocketAddr,
+    /// The game port (UDP), when players are served.
+    pub game: Option<SocketAddr>,
     pub shared: Arc<Shared>,
 }
 
@@ -131,12 +136,17 @@ pub async fn start(
         seed_world(&mut authority, config.seed_entities, config.seed);
     }
     authority.reserve_incarnations_above(authority.max_incarnation());
-    let shared = Shared::new(
-        authority,
-        Some(store),
-        config.control_token.clone(),
-        config.login.clone(),
-    );
+    // The game port's real address (a port of 0 picks a free one) goes into connect tokens
+    // unless public addresses are configured.
+    let game = match (&config.gateway, &config.login.netcode_key) {
+        (Some(g), Some(_)) => Some(resolve_udp(g.udp)?),
+        _ => None,
+    };
+    let mut login = config.login.clone();
+    if login.servers.is_empty() {
+        login.servers.extend(game);
+    }
+    let shared = Shared::new(authority, Some(store), config.control_token.clone(), login);
     if seeded {
         // Spawns are durable before anyone sees them.
         shared.checkpoint().await?;
@@ -146,7 +156,34 @@ pub async fn start(
     let running = Running {
         http: http_listener.local_addr()?,
         link: link_listener.local_addr()?,
+        game,
         shared: shared.clone(),
+    };
+    let views = match (&config.gateway, &config.login.netcode_key, game) {
+        (Some(g), Some(key), Some(udp)) => {
+            let (views_tx, views_rx) = crossbeam_channel::bounded::<Views>(2);
+            let (events_tx, mut events_rx) = tokio::sync::mpsc::unbounded_channel();
+            gateway::spawn(
+                GatewayConfig { udp, ..g.clone() },
+                key.0,
+                views_rx,
+                events_tx,
+            )?;
+            let s = shared.clone();
+            tokio::spawn(async move {
+                while let Some(event) = events_rx.recv().await {
+                    let mut a = s.authority.lock().expect("authority lock");
+                    match event {
+                        GatewayEvent::Joined { player_id, ship } => {
+                            a.player_joined(player_id, ship)
+                        }
+                        GatewayEvent::Left { player_id } => a.player_left(player_id),
+                    }
+                }
+            });
+            Some((views_tx, f64::from(g.interest_radius)))
+        }
+        _ => None,
     };
     info!(http = %running.http, link = %running.link, "replication listening");
 
@@ -174,6 +211,15 @@ pub async fn start(
             let mut a = s.authority.lock().expect("authority lock");
             a.send_shadows(tick);
             s.flush(&mut a);
+            if let Some((to_gateway, radius)) = &views {
+                let per_player = crate::interest::views(a.mirror(), a.players(), *radius);
+                drop(a);
+                // A full queue means the gateway is behind: it skips to the newest anyway.
+                let _ = to_gateway.try_send(Views {
+                    tick,
+                    per_player: per_player.into_iter().collect(),
+                });
+            }
         }
     });
     let s = shared.clone();
@@ -341,4 +387,13 @@ async fn read_link(
             }
         }
     }
+}
+
+/// `addr` with a free port chosen when its port is 0. The socket is released for the game
+/// port to bind; nothing else binds UDP ports in between in practice.
+fn resolve_udp(addr: SocketAddr) -> std::io::Result<SocketAddr> {
+    if addr.port() != 0 {
+        return Ok(addr);
+    }
+    std::net::UdpSocket::bind(addr)?.local_addr()
 }

@@ -97,7 +97,7 @@ fn now() -> u64 {
         .as_secs()
 }
 
-fn check_token(reply: &LoginReply) {
+fn check_token(reply: &LoginReply, game: std::net::SocketAddr) {
     let bytes = base64::engine::general_purpose::STANDARD
         .decode(&reply.token)
         .expect("the token is base64");
@@ -109,7 +109,11 @@ fn check_token(reply: &LoginReply) {
         "a token lasts 60 s: expires {} at {t}",
         reply.expires_at
     );
-    assert_eq!(reply.servers, vec!["127.0.0.1:7702".to_owned()]);
+    assert_eq!(
+        reply.servers,
+        vec![game.to_string()],
+        "the game port's address"
+    );
 }
 
 fn logins(base: &str, result: &str) -> f64 {
@@ -131,7 +135,7 @@ fn a_player_registers_logs_in_and_finds_its_ship_again_after_a_kill_9_of_replica
     let first = created.reply();
     assert_eq!(first.name, "ada");
     assert_ne!(first.player_id, 0);
-    check_token(&first);
+    check_token(&first, r.game.expect("a game port"));
     // The ship exists, is a player's ship, and the shard that owns its sector simulates it.
     wait_until(
         "the ship simulated by shard-0",
@@ -162,7 +166,7 @@ fn a_player_registers_logs_in_and_finds_its_ship_again_after_a_kill_9_of_replica
     let login = ada.login("ada", "correct horse battery");
     assert_eq!(login.status, 200, "{}", login.body);
     let second = login.reply();
-    check_token(&second);
+    check_token(&second, r.game.expect("a game port"));
     assert_eq!(
         (second.player_id, second.ship),
         (first.player_id, first.ship),

@@ -156,6 +156,8 @@ pub struct Authority {
     next_incarnation: u32,
     /// Incarnation and last counter of ids the authority mints itself (players' ships).
     own_ids: Option<(u32, u64)>,
+    /// Connected players and their ships.
+    players: BTreeMap<u64, EntityId>,
     outbox: Vec<(LinkId, ReplicationMessage)>,
     load: BTreeMap<ShardId, ShardLoadReport>,
     pub counters: Counters,
@@ -177,6 +179,7 @@ impl Authority {
             next_link: 1,
             next_incarnation: 1,
             own_ids: None,
+            players: BTreeMap::new(),
             outbox: Vec::new(),
             load: BTreeMap::new(),
             counters: Counters::default(),

@@ -66,6 +66,20 @@ impl Authority {
         id
     }
 
+    /// A player connected to a game port, flying `ship`.
+    pub fn player_joined(&mut self, player_id: u64, ship: EntityId) {
+        self.players.insert(player_id, ship);
+    }
+
+    pub fn player_left(&mut self, player_id: u64) {
+        self.players.remove(&player_id);
+    }
+
+    /// Connected players and their ships.
+    pub fn players(&self) -> &std::collections::BTreeMap<u64, EntityId> {
+        &self.players
+    }
+
     /// Whether `id` is an entity of the world, simulated or archived.
     pub fn knows_entity(&self, id: EntityId) -> bool {
         self.mirror.contains(id) || self.mirror.is_archived(id)

@@ -37,7 +37,8 @@ use crate::store::{Account, StoreError};
 pub struct LoginConfig {
     /// Without a key, logins answer 503: there is nothing to sign tokens with.
     pub netcode_key: Option<NetcodeKey>,
-    /// Game addresses written into tokens, in the order clients try them.
+    /// Game addresses written into tokens, in the order clients try them; empty means the
+    /// game port's own address.
     pub servers: Vec<SocketAddr>,
     /// How long a token may be used to open a connection.
     pub token_valid_for: Duration,
@@ -55,7 +56,7 @@ impl Default for LoginConfig {
     fn default() -> Self {
         Self {
             netcode_key: None,
-            servers: vec![SocketAddr::from(([127, 0, 0, 1], 7702))],
+            servers: Vec::new(),
             token_valid_for: Duration::from_secs(60),
             per_client_rate: 5.0,
             per_client_burst: 20,
@@ -413,13 +414,19 @@ async fn ensure_ship(s: &Shared, name: &str) -> Result<EntityId, LoginError> {
 fn reply(s: &Shared, key: &NetcodeKey, account: &Account) -> Result<LoginReply, LoginError> {
     let player_id = account.player_id.unwrap_or_default() as u64;
     let servers = &s.logins.config.servers;
-    let (bytes, expires_at) =
-        token::issue(key, servers, player_id, s.logins.config.token_valid_for)
-            .map_err(|e| LoginError::Unavailable(e.to_string()))?;
+    let ship = account.ship_id.unwrap_or_default() as u64;
+    let (bytes, expires_at) = token::issue(
+        key,
+        servers,
+        player_id,
+        ship,
+        s.logins.config.token_valid_for,
+    )
+    .map_err(|e| LoginError::Unavailable(e.to_string()))?;
     Ok(LoginReply {
         name: account.name.clone(),
         player_id,
-        ship: account.ship_id.unwrap_or_default() as u64,
+        ship,
         token: base64::engine::general_purpose::STANDARD.encode(bytes),
         expires_at,
         servers: servers.iter().map(ToString::to_string).collect(),

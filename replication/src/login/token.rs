@@ -7,7 +7,7 @@ use std::net::SocketAddr;
 use std::str::FromStr;
 use std::time::Duration;
 
-use lightyear_netcode::{ConnectToken, Key};
+use lightyear::netcode::{ConnectToken, Key, USER_DATA_BYTES};
 use sidereal_core::login::GAME_PROTOCOL_ID;
 
 /// The 32-byte netcode private key. Its `Debug` never shows the bytes.
@@ -50,17 +50,20 @@ impl FromStr for NetcodeKey {
 #[error("cannot make a connect token: {0}")]
 pub struct TokenError(String);
 
-/// A connect token for `player_id`, valid for new connections to `servers` for `valid_for`,
-/// serialized to its 2048 bytes, and when it expires (Unix seconds).
+/// A connect token for `player_id` flying `ship`, valid for new connections to `servers` for
+/// `valid_for`, serialized to its 2048 bytes, and when it expires (Unix seconds). The ship id
+/// rides in the sealed user data, so the game port learns it from the token alone.
 pub fn issue(
     key: &NetcodeKey,
     servers: &[SocketAddr],
     player_id: u64,
+    ship: u64,
     valid_for: Duration,
 ) -> Result<(Vec<u8>, u64), TokenError> {
     let expire = i32::try_from(valid_for.as_secs().max(1)).unwrap_or(i32::MAX);
     let token = ConnectToken::build(servers, GAME_PROTOCOL_ID, player_id, key.0)
         .expire_seconds(expire)
+        .user_data(user_data(ship))
         .generate()
         .map_err(|e| TokenError(e.to_string()))?;
     let expires_at = token.expire_timestamp();
@@ -70,9 +73,21 @@ pub fn issue(
     Ok((bytes.to_vec(), expires_at))
 }
 
+/// The token's user data: the ship id, then zeros.
+pub fn user_data(ship: u64) -> [u8; USER_DATA_BYTES] {
+    let mut data = [0u8; USER_DATA_BYTES];
+    data[..8].copy_from_slice(&ship.to_le_bytes());
+    data
+}
+
+/// The ship id a token's user data carries.
+pub fn ship_of(user_data: &[u8; USER_DATA_BYTES]) -> u64 {
+    u64::from_le_bytes(user_data[..8].try_into().expect("8 bytes"))
+}
+
 /// 32 bytes from the operating system's random source (netcode's own key generator).
 pub fn random_bytes() -> [u8; 32] {
-    lightyear_netcode::generate_key()
+    lightyear::netcode::generate_key()
 }
 
 #[cfg(test)]
@@ -93,7 +108,7 @@ mod tests {
     fn a_token_is_2048_bytes_that_netcode_reads_back_with_its_expiry() {
         let key = NetcodeKey(random_bytes());
         let servers = ["127.0.0.1:7702".parse().unwrap()];
-        let (bytes, expires_at) = issue(&key, &servers, 42, Duration::from_secs(60)).unwrap();
+        let (bytes, expires_at) = issue(&key, &servers, 42, 9, Duration::from_secs(60)).unwrap();
         assert_eq!(bytes.len(), sidereal_core::login::CONNECT_TOKEN_BYTES);
         let back = ConnectToken::try_from_bytes(&bytes).unwrap();
         assert_eq!(back.expire_timestamp(), expires_at);
@@ -131,7 +146,8 @@ mod tests {
     fn a_token_carries_its_player_id_sealed_with_the_servers_key() {
         let key = NetcodeKey(random_bytes());
         let servers = ["127.0.0.1:7702".parse().unwrap()];
-        let (bytes, _) = issue(&key, &servers, 0x0123_4567_89ab, Duration::from_secs(60)).unwrap();
+        let (bytes, _) =
+            issue(&key, &servers, 0x0123_4567_89ab, 9, Duration::from_secs(60)).unwrap();
         assert_eq!(&bytes[..13], b"NETCODE 1.02\0");
         assert_eq!(bytes[13..21], GAME_PROTOCOL_ID.to_be_bytes());
         assert_eq!(private_client_id(&bytes, &key.0), Some(0x0123_4567_89ab));

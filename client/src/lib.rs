@@ -1,0 +1,149 @@
+//! The headless game client: logs in over replication's HTTP API and plays over the game port
+//! (lightyear, netcode over UDP). Bots and tests drive it by calling [`GameClient::update`];
+//! it keeps what the server said in [`Received`].
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use base64::Engine;
+use bevy::app::ScheduleRunnerPlugin;
+use bevy::prelude::*;
+use lightyear::netcode::ConnectToken;
+use lightyear::prelude::client::*;
+use lightyear::prelude::*;
+use sidereal_core::login::{Credentials, LoginReply};
+use sidereal_game::{GameProtocolPlugin, Welcome, WorldUpdate};
+
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    #[error("login request failed: {0}")]
+    Http(#[from] reqwest::Error),
+    #[error("login refused ({status}): {message}")]
+    Refused { status: u16, message: String },
+    #[error("the connect token is not valid base64: {0}")]
+    TokenEncoding(#[from] base64::DecodeError),
+    #[error("the connect token is malformed: {0}")]
+    Token(String),
+}
+
+/// Registers (`register: true`) or logs in at `http` (e.g. `http://127.0.0.1:7700`).
+pub async fn login(
+    client: &reqwest::Client,
+    http: &str,
+    credentials: &Credentials,
+    register: bool,
+) -> Result<LoginReply, ClientError> {
+    let path = if register { "accounts" } else { "login" };
+    let r = client
+        .post(format!("{http}/v1/{path}"))
+        .json(credentials)
+        .send()
+        .await?;
+    let status = r.status().as_u16();
+    if !r.status().is_success() {
+        let body: serde_json::Value = r.json().await.unwrap_or_default();
+        return Err(ClientError::Refused {
+            status,
+            message: body["error"]
+                .as_str()
+                .unwrap_or("no reason given")
+                .to_owned(),
+        });
+    }
+    Ok(r.json().await?)
+}
+
+/// What the server has sent so far.
+#[derive(Resource, Debug, Default)]
+pub struct Received {
+    pub welcome: Option<Welcome>,
+    /// The newest world update.
+    pub latest: Option<WorldUpdate>,
+    pub updates: u64,
+}
+
+/// One player's connection to the game port.
+pub struct GameClient {
+    app: App,
+    entity: Entity,
+    pub login: LoginReply,
+}
+
+impl GameClient {
+    /// Starts connecting with the token of `login` to its first server.
+    pub fn connect(login: LoginReply) -> Result<Self, ClientError> {
+        let bytes = base64::engine::general_purpose::STANDARD.decode(&login.token)?;
+        let token =
+            ConnectToken::try_from_bytes(&bytes).map_err(|e| ClientError::Token(e.to_string()))?;
+        let mut app = App::new();
+        app.add_plugins(MinimalPlugins.build().disable::<ScheduleRunnerPlugin>());
+        app.add_plugins(ClientPlugins {
+            tick_duration: Duration::from_secs_f64(1.0 / 30.0),
+        });
+        app.add_plugins(GameProtocolPlugin);
+        app.init_resource::<Received>();
+        app.add_systems(Update, receive);
+        // The app is stepped by hand, not run: plugins that finish their setup late (lightyear's
+        // transport adds its systems in `finish`) need these two calls.
+        app.finish();
+        app.cleanup();
+        let netcode = NetcodeClient::new(Authentication::Token(token), NetcodeConfig::default())
+            .map_err(|e| ClientError::Token(e.to_string()))?;
+        let server = login
+            .servers
+            .first()
+            .and_then(|s| s.parse::<SocketAddr>().ok())
+            .ok_or_else(|| ClientError::Token("no game server address".into()))?;
+        // As lightyear's own tests do: the transport first, then netcode on top of it.
+        let entity = app
+            .world_mut()
+            .spawn((
+                Client,
+                // Receiving messages needs the manager; nothing else brings it on a client.
+                MessageManager::default(),
+                LocalAddr(SocketAddr::from(([0, 0, 0, 0], 0))),
+                PeerAddr(server),
+                UdpIo::default(),
+            ))
+            .id();
+        app.world_mut().entity_mut(entity).insert(netcode);
+        app.world_mut().trigger(Connect { entity });
+        Ok(Self { app, entity, login })
+    }
+
+    /// Runs one frame: sends and receives what is due.
+    pub fn update(&mut self) {
+        self.app.update();
+    }
+
+    pub fn is_connected(&self) -> bool {
+        self.app.world().get::<Connected>(self.entity).is_some()
+    }
+
+    pub fn received(&self) -> &Received {
+        self.app.world().resource::<Received>()
+    }
+}
+
+type Receivers<'a> = (
+    Option<&'a mut MessageReceiver<Welcome>>,
+    Option<&'a mut MessageReceiver<WorldUpdate>>,
+);
+
+fn receive(mut clients: Query<Receivers, With<Client>>, mut received: ResMut<Received>) {
+    for (welcome, updates) in &mut clients {
+        if let Some(mut w) = welcome {
+            for m in w.receive() {
+                received.welcome = Some(m);
+            }
+        }
+        if let Some(mut u) = updates {
+            for m in u.receive() {
+                received.updates += 1;
+                if received.latest.as_ref().is_none_or(|l| l.tick < m.tick) {
+                    received.latest = Some(m);
+                }
+            }
+        }
+    }
+}

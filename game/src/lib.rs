@@ -1,0 +1,64 @@
+//! The game protocol: what clients and replication's gateway say to each other over lightyear
+//! (netcode over UDP), declared once. Both sides add [`GameProtocolPlugin`] after lightyear's
+//! client or server plugins; lightyear refuses a peer whose protocol differs.
+
+use bevy::app::{App, Plugin};
+use lightyear::prelude::*;
+use serde::{Deserialize, Serialize};
+
+/// Messages that must arrive, in order: the welcome, later chat.
+pub struct ReliableChannel;
+
+/// World state: a newer update replaces an older one; lost ones are never resent.
+pub struct StateChannel;
+
+/// First message to a connected player: who it is and what it flies.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+pub struct Welcome {
+    pub player_id: u64,
+    /// Entity id of the player's ship.
+    pub ship: u64,
+    pub tick_hz: u32,
+    /// World units around the ship within which the player is sent entities.
+    pub interest_radius: f32,
+}
+
+/// What a player sees this tick: every entity within its interest radius, its own ship
+/// included.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+pub struct WorldUpdate {
+    pub tick: u64,
+    pub entities: Vec<SeenEntity>,
+}
+
+/// One entity as a player sees it.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq)]
+pub struct SeenEntity {
+    pub id: u64,
+    /// 0 ship, 1 asteroid, 2 projectile (`sidereal_core::EntityKind`).
+    pub kind: u8,
+    pub pos: [f32; 2],
+    pub vel: [f32; 2],
+    pub angle: f32,
+}
+
+pub struct GameProtocolPlugin;
+
+impl Plugin for GameProtocolPlugin {
+    fn build(&self, app: &mut App) {
+        app.add_channel::<ReliableChannel>(ChannelSettings {
+            mode: ChannelMode::OrderedReliable(ReliableSettings::default()),
+            ..Default::default()
+        })
+        .add_direction(NetworkDirection::Bidirectional);
+        app.add_channel::<StateChannel>(ChannelSettings {
+            mode: ChannelMode::SequencedUnreliable,
+            ..Default::default()
+        })
+        .add_direction(NetworkDirection::ServerToClient);
+        app.register_message::<Welcome>()
+            .add_direction(NetworkDirection::ServerToClient);
+        app.register_message::<WorldUpdate>()
+            .add_direction(NetworkDirection::ServerToClient);
+    }
+}

@@ -1,0 +1,203 @@
+//! The game port: a lightyear server (netcode over UDP) on its own thread, as a Bevy app.
+//! It never touches the authority: it tells replication's runtime who joined and left through
+//! one channel, and gets each tick's views (what every player sees) through another.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use bevy::app::ScheduleRunnerPlugin;
+use bevy::prelude::*;
+use crossbeam_channel::{Receiver, TryRecvError};
+use lightyear::netcode::{Key, NetcodeServer, TokenUserData};
+use lightyear::prelude::server::*;
+use lightyear::prelude::*;
+use sidereal_core::login::GAME_PROTOCOL_ID;
+use sidereal_core::{EntityId, EntitySnapshot};
+use sidereal_game::{GameProtocolPlugin, SeenEntity, StateChannel, Welcome, WorldUpdate};
+use tokio::sync::mpsc::UnboundedSender;
+use tracing::{info, warn};
+
+use crate::login::token::ship_of;
+
+/// Settings of the game port.
+#[derive(Debug, Clone)]
+pub struct GatewayConfig {
+    /// UDP address to bind.
+    pub udp: SocketAddr,
+    pub tick_hz: u32,
+    pub interest_radius: f32,
+    /// Seconds without a packet before a player is dropped.
+    pub client_timeout_secs: i32,
+}
+
+/// From the gateway to replication's runtime.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum GatewayEvent {
+    Joined { player_id: u64, ship: EntityId },
+    Left { player_id: u64 },
+}
+
+/// One tick's views: per player, what it sees.
+#[derive(Debug, Clone, Default)]
+pub struct Views {
+    pub tick: u64,
+    pub per_player: Vec<(u64, Vec<EntitySnapshot>)>,
+}
+
+#[derive(Resource)]
+struct Channels {
+    views: Receiver<Views>,
+    events: UnboundedSender<GatewayEvent>,
+}
+
+#[derive(Resource, Clone)]
+struct Settings {
+    tick_hz: u32,
+    interest_radius: f32,
+}
+
+/// Runs the game port on a thread of its own until the process ends.
+pub fn spawn(
+    config: GatewayConfig,
+    key: Key,
+    views: Receiver<Views>,
+    events: UnboundedSender<GatewayEvent>,
+) -> std::io::Result<std::thread::JoinHandle<()>> {
+    std::thread::Builder::new()
+        .name("gateway".into())
+        .spawn(move || {
+            build_app(config, key, views, events).run();
+        })
+}
+
+fn build_app(
+    config: GatewayConfig,
+    key: Key,
+    views: Receiver<Views>,
+    events: UnboundedSender<GatewayEvent>,
+) -> App {
+    let tick = Duration::from_secs_f64(1.0 / f64::from(config.tick_hz.max(1)));
+    let mut app = App::new();
+    app.add_plugins(MinimalPlugins.set(ScheduleRunnerPlugin::run_loop(tick / 2)));
+    app.add_plugins(ServerPlugins {
+        tick_duration: tick,
+    });
+    app.add_plugins(GameProtocolPlugin);
+    app.insert_resource(Channels { views, events });
+    app.insert_resource(Settings {
+        tick_hz: config.tick_hz,
+        interest_radius: config.interest_radius,
+    });
+    app.add_observer(player_connected);
+    app.add_observer(player_disconnected);
+    app.add_systems(Update, send_views);
+    let udp = config.udp;
+    let netcode = NetcodeConfig::default()
+        .with_protocol_id(GAME_PROTOCOL_ID)
+        .with_key(key)
+        .with_client_timeout_secs(config.client_timeout_secs);
+    app.add_systems(Startup, move |mut commands: Commands| {
+        let server = commands
+            .spawn((
+                Name::new("game-udp"),
+                NetcodeServer::new(netcode.clone()),
+                LocalAddr(udp),
+                ServerUdpIo::default(),
+            ))
+            .id();
+        commands.trigger(Start { entity: server });
+        info!(%udp, "game port listening (netcode over UDP)");
+    });
+    app
+}
+
+/// The netcode id of a client link.
+fn player_of(remote: &RemoteId) -> Option<u64> {
+    match remote.0 {
+        PeerId::Netcode(id) => Some(id),
+        _ => None,
+    }
+}
+
+fn player_connected(
+    trigger: On<Add, Connected>,
+    mut clients: Query<(&RemoteId, &TokenUserData, &mut MessageSender<Welcome>), With<ClientOf>>,
+    channels: Res<Channels>,
+    settings: Res<Settings>,
+) {
+    let Ok((remote, user_data, mut welcome)) = clients.get_mut(trigger.entity) else {
+        return;
+    };
+    let Some(player_id) = player_of(remote) else {
+        return;
+    };
+    let ship = ship_of(&user_data.0);
+    info!(player_id, ship, "player connected");
+    welcome.send::<sidereal_game::ReliableChannel>(Welcome {
+        player_id,
+        ship,
+        tick_hz: settings.tick_hz,
+        interest_radius: settings.interest_radius,
+    });
+    let _ = channels.events.send(GatewayEvent::Joined {
+        player_id,
+        ship: EntityId(ship),
+    });
+}
+
+fn player_disconnected(
+    trigger: On<Add, Disconnected>,
+    clients: Query<&RemoteId, With<ClientOf>>,
+    channels: Res<Channels>,
+) {
+    if let Ok(remote) = clients.get(trigger.entity)
+        && let Some(player_id) = player_of(remote)
+    {
+        info!(player_id, "player disconnected");
+        let _ = channels.events.send(GatewayEvent::Left { player_id });
+    }
+}
+
+type ConnectedClient<'a> = (&'a RemoteId, &'a mut MessageSender<WorldUpdate>);
+
+/// Sends each connected player the newest views; older ones still queued are skipped.
+fn send_views(
+    channels: Res<Channels>,
+    mut clients: Query<ConnectedClient, (With<ClientOf>, With<Connected>)>,
+) {
+    let mut newest = None;
+    loop {
+        match channels.views.try_recv() {
+            Ok(v) => newest = Some(v),
+            Err(TryRecvError::Empty) => break,
+            Err(TryRecvError::Disconnected) => {
+                warn!("replication stopped sending views");
+                break;
+            }
+        }
+    }
+    let Some(views) = newest else {
+        return;
+    };
+    let by_player: std::collections::HashMap<u64, &Vec<EntitySnapshot>> =
+        views.per_player.iter().map(|(p, v)| (*p, v)).collect();
+    for (remote, mut sender) in &mut clients {
+        let Some(seen) = player_of(remote).and_then(|p| by_player.get(&p)) else {
+            continue;
+        };
+        sender.send::<StateChannel>(WorldUpdate {
+            tick: views.tick,
+            entities: seen.iter().map(seen_entity).collect(),
+        });
+    }
+}
+
+fn seen_entity(s: &EntitySnapshot) -> SeenEntity {
+    SeenEntity {
+        id: s.id.0,
+        kind: s.kind as u8,
+        pos: s.state.pos,
+        vel: s.state.vel,
+        angle: s.state.angle,
+    }
+}
