@@ -109,7 +109,11 @@ pub struct StatusView {
     pub entities: usize,
     /// Entities of removed roots, kept out of the simulation until their root returns.
     pub archived_entities: usize,
+    /// Ships flown by players, as the shards count them.
     pub players: u32,
+    /// Players connected to the game port now.
+    #[serde(default)]
+    pub players_connected: usize,
     pub placement_generation: u64,
     /// Seconds since the last successful checkpoint; none yet, or no store.
     pub last_checkpoint_age_seconds: Option<f64>,

@@ -236,6 +236,7 @@ async fn status(State(s): State<Arc<Shared>>) -> Json<StatusView> {
         entities: a.mirror().len(),
         archived_entities: a.mirror().archived_len(),
         players,
+        players_connected: a.players().len(),
         placement_generation: a.placement().generation,
         last_checkpoint_age_seconds: health.last_checkpoint.map(|t| t.elapsed().as_secs_f64()),
         store: s.store.as_ref().map(|st| st.backend().to_owned()),

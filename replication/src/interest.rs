@@ -3,26 +3,27 @@
 //! touches, so the cost per player is what it sees, not the size of the world. Pure: plain data
 //! in, plain data out.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 
+use bevy::platform::collections::HashMap;
 use sidereal_core::{EntityId, EntitySnapshot, Point};
 
 use crate::mirror::Mirror;
 
-/// Entities bucketed by square cells of `cell` world units.
+/// Entities (borrowed from the mirror) bucketed by square cells of `cell` world units.
 #[derive(Debug)]
-pub struct SpatialIndex {
+pub struct SpatialIndex<'a> {
     cell: f64,
-    cells: HashMap<(i64, i64), Vec<EntitySnapshot>>,
+    cells: HashMap<(i64, i64), Vec<&'a EntitySnapshot>>,
 }
 
-impl SpatialIndex {
-    pub fn build<'a>(snapshots: impl IntoIterator<Item = &'a EntitySnapshot>, cell: f64) -> Self {
+impl<'a> SpatialIndex<'a> {
+    pub fn build(snapshots: impl IntoIterator<Item = &'a EntitySnapshot>, cell: f64) -> Self {
         let cell = cell.max(1.0);
-        let mut cells: HashMap<(i64, i64), Vec<EntitySnapshot>> = HashMap::new();
+        let mut cells: HashMap<(i64, i64), Vec<&'a EntitySnapshot>> = HashMap::default();
         for s in snapshots {
             let p = s.state.point();
-            cells.entry(Self::key(cell, p)).or_default().push(*s);
+            cells.entry(Self::key(cell, p)).or_default().push(s);
         }
         Self { cell, cells }
     }
@@ -32,7 +33,7 @@ impl SpatialIndex {
     }
 
     /// Every entity within `radius` of `center` (inclusive), in no particular order.
-    pub fn within(&self, center: Point, radius: f64) -> impl Iterator<Item = &EntitySnapshot> {
+    pub fn within(&self, center: Point, radius: f64) -> impl Iterator<Item = &'a EntitySnapshot> {
         let lo = Self::key(self.cell, Point::new(center.x - radius, center.y - radius));
         let hi = Self::key(self.cell, Point::new(center.x + radius, center.y + radius));
         let r2 = radius * radius;
@@ -40,6 +41,7 @@ impl SpatialIndex {
             .flat_map(move |x| (lo.1..=hi.1).map(move |y| (x, y)))
             .filter_map(|k| self.cells.get(&k))
             .flatten()
+            .copied()
             .filter(move |s| {
                 let p = s.state.point();
                 let (dx, dy) = (p.x - center.x, p.y - center.y);

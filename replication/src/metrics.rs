@@ -58,6 +58,11 @@ pub fn render(
         g
     };
     add(&gauge(
+        "players_connected",
+        "Players connected to the game port",
+        a.players().len() as i64,
+    ));
+    add(&gauge(
         "shards_connected",
         "Shards with a live link",
         a.live_shards().len() as i64,

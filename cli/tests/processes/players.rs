@@ -41,6 +41,11 @@ fn a_player_connects_over_udp_and_is_sent_its_ship_and_only_what_is_near_it() {
         ada.is_connected() && ada.received().welcome.is_some()
     });
     let welcome = ada.received().welcome.clone().unwrap();
+    wait_until(
+        "replication counts the player",
+        Duration::from_secs(5),
+        || r.control.status().players_connected == 1,
+    );
     assert_eq!(
         (welcome.player_id, welcome.ship),
         (reply.player_id, reply.ship)
@@ -116,4 +121,18 @@ fn a_player_connects_over_udp_and_is_sent_its_ship_and_only_what_is_near_it() {
         std::thread::sleep(Duration::from_millis(10)); // a client's frame pace
     }
     assert!(ada.is_connected(), "ada is still connected");
+    assert_eq!(
+        r.control.status().players_connected,
+        1,
+        "mallory never counted"
+    );
+
+    // Leaving frees the player at once, not after the 10 s timeout.
+    ada.disconnect();
+    let left = Instant::now();
+    wait_until("replication sees ada leave", Duration::from_secs(5), || {
+        ada.update();
+        r.control.status().players_connected == 0
+    });
+    assert!(left.elapsed() < Duration::from_secs(5));
 }
