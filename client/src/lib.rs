@@ -12,7 +12,8 @@ use lightyear::netcode::ConnectToken;
 use lightyear::prelude::client::*;
 use lightyear::prelude::*;
 use sidereal_core::login::{Credentials, LoginReply};
-use sidereal_game::{GameProtocolPlugin, Welcome, WorldUpdate};
+use sidereal_game::{GameProtocolPlugin, InputChannel, PilotInput};
+pub use sidereal_game::{SeenEntity, Welcome, WorldUpdate};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
@@ -114,6 +115,17 @@ impl GameClient {
     /// Runs one frame: sends and receives what is due.
     pub fn update(&mut self) {
         self.app.update();
+    }
+
+    /// Queues this frame's command for the ship (sent at the next `update`).
+    pub fn pilot(&mut self, thrust: f32, turn: f32, fire: bool) {
+        if let Some(mut sender) = self
+            .app
+            .world_mut()
+            .get_mut::<MessageSender<PilotInput>>(self.entity)
+        {
+            sender.send::<InputChannel>(PilotInput { thrust, turn, fire });
+        }
     }
 
     /// Says goodbye to the server (netcode's disconnect packets), so it frees the player at once

@@ -12,7 +12,7 @@ use crate::ids::{EntityId, EntitySnapshot, Epoch, ShardId};
 use crate::load::ShardLoadReport;
 
 /// Bumped on any incompatible change of the messages below.
-pub const PROTOCOL_VERSION: u32 = 2;
+pub const PROTOCOL_VERSION: u32 = 3;
 /// Largest frame either side accepts (a full handover of a crowded sector fits easily).
 pub const MAX_FRAME_BYTES: usize = 16 << 20;
 
@@ -27,6 +27,16 @@ pub struct Adoption {
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 pub struct Shadow {
     pub snapshot: EntitySnapshot,
+}
+
+/// A pilot's command for one ship, validated by replication: thrust along the ship's heading
+/// and turn rate, each in [-1, 1], and whether to fire. Held until the next one replaces it.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct ShipControl {
+    pub ship: EntityId,
+    pub thrust: f32,
+    pub turn: f32,
+    pub fire: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -93,6 +103,11 @@ pub enum ReplicationMessage {
     Shadows {
         tick: u64,
         shadows: Vec<Shadow>,
+    },
+    /// Pilots' commands for ships this shard simulates (or is about to: an `Adopt` of the ship
+    /// comes first on the link).
+    Controls {
+        controls: Vec<ShipControl>,
     },
 }
 

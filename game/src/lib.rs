@@ -12,6 +12,20 @@ pub struct ReliableChannel;
 /// World state: a newer update replaces an older one; lost ones are never resent.
 pub struct StateChannel;
 
+/// A pilot's commands, client to server: unreliable (a lost command is replaced by the next
+/// tick's), and every one that arrives is delivered, so replication's per-player rate limit, not
+/// the channel, decides what a flooding client gets through.
+pub struct InputChannel;
+
+/// What the player wants its ship to do, sent once per tick: thrust along the heading and turn
+/// rate, each in [-1, 1] (replication clamps, and drops non-finite values), and the trigger.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq)]
+pub struct PilotInput {
+    pub thrust: f32,
+    pub turn: f32,
+    pub fire: bool,
+}
+
 /// First message to a connected player: who it is and what it flies.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
 pub struct Welcome {
@@ -56,6 +70,13 @@ impl Plugin for GameProtocolPlugin {
             ..Default::default()
         })
         .add_direction(NetworkDirection::ServerToClient);
+        app.add_channel::<InputChannel>(ChannelSettings {
+            mode: ChannelMode::UnorderedUnreliable,
+            ..Default::default()
+        })
+        .add_direction(NetworkDirection::ClientToServer);
+        app.register_message::<PilotInput>()
+            .add_direction(NetworkDirection::ClientToServer);
         app.register_message::<Welcome>()
             .add_direction(NetworkDirection::ServerToClient);
         app.register_message::<WorldUpdate>()

@@ -263,6 +263,7 @@ async fn ready(State(s): State<Arc<Shared>>) -> Response {
 async fn metrics(State(s): State<Arc<Shared>>) -> Response {
     let health = s.store_health.lock().expect("health lock").clone();
     let a = s.authority.lock().expect("authority lock");
-    let text = crate::metrics::render(&a, &health, &s.link_bytes, &s.logins.counts());
+    let inputs = s.inputs.lock().expect("inputs lock").counts();
+    let text = crate::metrics::render(&a, &health, &s.link_bytes, &s.logins.counts(), &inputs);
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text).into_response()
 }

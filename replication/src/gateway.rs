@@ -13,7 +13,9 @@ use lightyear::prelude::server::*;
 use lightyear::prelude::*;
 use sidereal_core::login::GAME_PROTOCOL_ID;
 use sidereal_core::{EntityId, EntitySnapshot};
-use sidereal_game::{GameProtocolPlugin, SeenEntity, StateChannel, Welcome, WorldUpdate};
+use sidereal_game::{
+    GameProtocolPlugin, PilotInput, SeenEntity, StateChannel, Welcome, WorldUpdate,
+};
 use tokio::sync::mpsc::UnboundedSender;
 use tracing::{info, warn};
 
@@ -31,10 +33,22 @@ pub struct GatewayConfig {
 }
 
 /// From the gateway to replication's runtime.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub enum GatewayEvent {
-    Joined { player_id: u64, ship: EntityId },
-    Left { player_id: u64 },
+    Joined {
+        player_id: u64,
+        ship: EntityId,
+    },
+    Left {
+        player_id: u64,
+    },
+    /// A command as the player sent it (checked by replication, not here).
+    Input {
+        player_id: u64,
+        thrust: f32,
+        turn: f32,
+        fire: bool,
+    },
 }
 
 /// One tick's views: per player, what it sees.
@@ -90,7 +104,7 @@ fn build_app(
     });
     app.add_observer(player_connected);
     app.add_observer(player_disconnected);
-    app.add_systems(Update, send_views);
+    app.add_systems(Update, (forward_inputs, send_views));
     let udp = config.udp;
     let netcode = NetcodeConfig::default()
         .with_protocol_id(GAME_PROTOCOL_ID)
@@ -155,6 +169,26 @@ fn player_disconnected(
     {
         info!(player_id, "player disconnected");
         let _ = channels.events.send(GatewayEvent::Left { player_id });
+    }
+}
+
+/// Passes each player's commands on to replication's runtime as they came.
+fn forward_inputs(
+    channels: Res<Channels>,
+    mut clients: Query<(&RemoteId, &mut MessageReceiver<PilotInput>), With<ClientOf>>,
+) {
+    for (remote, mut inputs) in &mut clients {
+        let Some(player_id) = player_of(remote) else {
+            continue;
+        };
+        for i in inputs.receive() {
+            let _ = channels.events.send(GatewayEvent::Input {
+                player_id,
+                thrust: i.thrust,
+                turn: i.turn,
+                fire: i.fire,
+            });
+        }
     }
 }
 

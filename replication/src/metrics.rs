@@ -19,6 +19,7 @@ pub fn render(
     store: &StoreHealth,
     links: &LinkBytes,
     logins: &BTreeMap<&'static str, u64>,
+    inputs: &BTreeMap<&'static str, u64>,
 ) -> String {
     let mut families = Vec::new();
     let mut add = |c: &dyn Collector| families.extend(c.collect());
@@ -216,6 +217,13 @@ pub fn render(
         "Registrations and logins, by result (created and ok got a token)",
         "result",
         &logins,
+    ));
+    let inputs: Vec<(&str, u64)> = inputs.iter().map(|(k, v)| (*k, *v)).collect();
+    add(&labelled_counter(
+        "inputs_total",
+        "Players' ship commands from the game port, by result (accepted and clamped reach a shard)",
+        "result",
+        &inputs,
     ));
 
     // A family without samples (no load reported yet) is not valid exposition text: leave it out.

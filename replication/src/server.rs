@@ -172,13 +172,7 @@ pub async fn start(
             let s = shared.clone();
             tokio::spawn(async move {
                 while let Some(event) = events_rx.recv().await {
-                    let mut a = s.authority.lock().expect("authority lock");
-                    match event {
-                        GatewayEvent::Joined { player_id, ship } => {
-                            a.player_joined(player_id, ship)
-                        }
-                        GatewayEvent::Left { player_id } => a.player_left(player_id),
-                    }
+                    on_gateway_event(&s, event);
                 }
             });
             Some((views_tx, f64::from(g.interest_radius)))
@@ -387,6 +381,40 @@ async fn read_link(
             }
         }
     }
+}
+
+/// Applies what the game port reports: players joining and leaving, and their commands, which
+/// pass the input gate before the authority routes them to the ship's shard.
+fn on_gateway_event(s: &Shared, event: GatewayEvent) {
+    let mut a = match event {
+        GatewayEvent::Joined { player_id, ship } => {
+            let mut a = s.authority.lock().expect("authority lock");
+            a.player_joined(player_id, ship);
+            a
+        }
+        GatewayEvent::Left { player_id } => {
+            let mut a = s.authority.lock().expect("authority lock");
+            a.player_left(player_id);
+            a
+        }
+        GatewayEvent::Input {
+            player_id,
+            thrust,
+            turn,
+            fire,
+        } => {
+            let mut gate = s.inputs.lock().expect("inputs lock");
+            let Ok((thrust, turn, _)) = gate.admit(player_id, thrust, turn, Instant::now()) else {
+                return;
+            };
+            let mut a = s.authority.lock().expect("authority lock");
+            if !a.pilot(player_id, thrust, turn, fire) {
+                gate.no_ship();
+            }
+            a
+        }
+    };
+    s.flush(&mut a);
 }
 
 /// `addr` with a free port chosen when its port is 0. The socket is released for the game

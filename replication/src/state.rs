@@ -10,6 +10,7 @@ use sidereal_core::protocol::ReplicationMessage;
 use tokio::sync::mpsc;
 
 use crate::authority::{Authority, LinkId};
+use crate::controls::InputGate;
 use crate::login::{LoginConfig, Logins};
 use crate::store::{EntityRow, Store, StoreError};
 
@@ -50,6 +51,8 @@ pub struct Shared {
     checkpointing: tokio::sync::Mutex<()>,
     /// The players' login API.
     pub logins: Logins,
+    /// Players' commands: rate limits and counts.
+    pub inputs: Mutex<InputGate>,
 }
 
 impl Shared {
@@ -59,6 +62,7 @@ impl Shared {
         control_token: String,
         login: LoginConfig,
     ) -> Arc<Self> {
+        let tick_hz = authority.config().tick_hz;
         Arc::new(Self {
             authority: Mutex::new(authority),
             link_bytes: LinkBytes::default(),
@@ -67,6 +71,7 @@ impl Shared {
             store,
             control_token,
             logins: Logins::new(login),
+            inputs: Mutex::new(InputGate::new(tick_hz)),
             checkpointing: tokio::sync::Mutex::new(()),
             store_health: Mutex::new(StoreHealth {
                 healthy: true,

@@ -13,6 +13,11 @@ pub struct Owned {
     pub player: bool,
 }
 
+/// A player's latest command for this ship (from replication), applied every tick until the
+/// next one replaces it.
+#[derive(Component, Debug, Clone, Copy)]
+pub struct Pilot(pub sidereal_core::protocol::ShipControl);
+
 /// Ticks left to live.
 #[derive(Component, Debug, Clone, Copy)]
 pub struct Ttl(pub u32);

@@ -8,7 +8,9 @@ use sidereal_core::protocol::{ReplicationMessage, ShardMessage};
 use sidereal_core::{EntityId, EntitySnapshot, Epoch, Point, SectorId};
 use tracing::{info, warn};
 
-use crate::components::{Owned, ShadowOf, TickSet, Ttl, body, radius_of, snapshot, state_of};
+use crate::components::{
+    Owned, Pilot, ShadowOf, TickSet, Ttl, body, radius_of, snapshot, state_of,
+};
 use crate::link::{Encoder, ShardLink};
 
 /// The shard's view of what it owns.
@@ -134,6 +136,15 @@ fn apply_replication_messages(
                     ids.push((s.id, a.epoch));
                 }
                 link.send(ShardMessage::Adopted { ids });
+            }
+            ReplicationMessage::Controls { controls } => {
+                for c in controls {
+                    // A ship this shard does not simulate (handed over since): its new owner
+                    // got the command with the ship.
+                    if let Some(&e) = own.entities.get(&c.ship) {
+                        commands.entity(e).insert(Pilot(c));
+                    }
+                }
             }
             ReplicationMessage::Forget { ids } => {
                 for id in ids {

@@ -9,11 +9,16 @@ use sidereal_core::protocol::ShardMessage;
 use sidereal_core::{EntityKind, EntitySnapshot, EntityState, Point};
 
 use crate::ShardConfig;
-use crate::components::{Owned, TickSet, Ttl, body};
+use crate::components::{Owned, Pilot, TickSet, Ttl, body};
 use crate::link::{Encoder, ShardLink, TickCount};
 use crate::ownership::Ownership;
 
 pub const SHIP_MAX_SPEED: f32 = 120.0;
+/// Speed a full-thrust pilot adds per tick, and the turn rate at full rudder (radians/s).
+pub const SHIP_THRUST_PER_TICK: f32 = 4.0;
+pub const SHIP_TURN_RATE: f32 = 2.0;
+/// A piloted ship fires at most once per this many ticks while the trigger is held.
+pub const PILOT_FIRE_EVERY_TICKS: u64 = 6;
 pub const PROJECTILE_SPEED: f32 = 300.0;
 pub const PROJECTILE_TTL_TICKS: u32 = 60;
 
@@ -40,18 +45,37 @@ impl Plugin for SimulationPlugin {
     }
 }
 
-/// Bots' autopilot: small random thrust, capped speed.
+/// Piloted ships follow their pilot's command; other ships (not players') fly a small random
+/// autopilot; a player's ship without a pilot drifts. Speed is capped either way.
 fn steer_ships(
     mut rng: ResMut<ShardRng>,
-    mut ships: Query<(&Owned, &mut LinearVelocity, &mut AngularVelocity)>,
+    mut ships: Query<(
+        &Owned,
+        Option<&Pilot>,
+        &Rotation,
+        &mut LinearVelocity,
+        &mut AngularVelocity,
+    )>,
 ) {
-    for (o, mut v, mut w) in &mut ships {
+    for (o, pilot, r, mut v, mut w) in &mut ships {
         if o.kind != EntityKind::Ship {
             continue;
         }
-        let thrust = Vec2::new(rng.0.random_range(-4.0..4.0), rng.0.random_range(-4.0..4.0));
-        v.0 = (v.0 + thrust).clamp_length_max(SHIP_MAX_SPEED);
-        w.0 = (w.0 + rng.0.random_range(-0.05..0.05)).clamp(-2.0, 2.0);
+        match pilot {
+            Some(Pilot(c)) => {
+                let heading = Vec2::from_angle(r.as_radians());
+                v.0 = (v.0 + heading * c.thrust * SHIP_THRUST_PER_TICK)
+                    .clamp_length_max(SHIP_MAX_SPEED);
+                w.0 = c.turn * SHIP_TURN_RATE;
+            }
+            None if o.player => {}
+            None => {
+                let thrust =
+                    Vec2::new(rng.0.random_range(-4.0..4.0), rng.0.random_range(-4.0..4.0));
+                v.0 = (v.0 + thrust).clamp_length_max(SHIP_MAX_SPEED);
+                w.0 = (w.0 + rng.0.random_range(-0.05..0.05)).clamp(-2.0, 2.0);
+            }
+        }
     }
 }
 
@@ -61,14 +85,21 @@ fn fire_projectiles(
     tick: Res<TickCount>,
     link: Res<ShardLink>,
     mut own: ResMut<Ownership>,
-    ships: Query<(&Owned, &Position, &Rotation, &LinearVelocity)>,
+    ships: Query<(
+        &Owned,
+        Option<&Pilot>,
+        &Position,
+        &Rotation,
+        &LinearVelocity,
+    )>,
 ) {
-    if config.fire_every_ticks == 0 {
-        return;
-    }
     let every = u64::from(config.fire_every_ticks);
-    for (o, p, r, v) in &ships {
-        if o.kind != EntityKind::Ship || !(tick.0 + o.id.0).is_multiple_of(every) {
+    for (o, pilot, p, r, v) in &ships {
+        let fires = match pilot {
+            Some(Pilot(c)) => c.fire && (tick.0 + o.id.0).is_multiple_of(PILOT_FIRE_EVERY_TICKS),
+            None => !o.player && every > 0 && (tick.0 + o.id.0).is_multiple_of(every),
+        };
+        if o.kind != EntityKind::Ship || !fires {
             continue;
         }
         let dir = Vec2::from_angle(r.as_radians());

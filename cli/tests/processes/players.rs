@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 use sidereal_client::{GameClient, login};
 use sidereal_core::login::Credentials;
 
-use super::{TempDir, start_replication_with, start_shards_and_place, wait_until};
+use super::{TempDir, metric_at, start_replication_with, start_shards_and_place, wait_until};
 
 const RADIUS: f32 = 600.0;
 
@@ -135,4 +135,103 @@ fn a_player_connects_over_udp_and_is_sent_its_ship_and_only_what_is_near_it() {
         r.control.status().players_connected == 0
     });
     assert!(left.elapsed() < Duration::from_secs(5));
+}
+
+/// The speed and heading of `ship` in the newest update.
+fn own_ship(c: &GameClient, ship: u64) -> Option<sidereal_client::SeenEntity> {
+    c.received()
+        .latest
+        .as_ref()?
+        .entities
+        .first()
+        .filter(|e| e.id == ship)
+        .copied()
+}
+
+#[test]
+fn a_pilot_steers_its_ship_and_bad_or_flooding_commands_are_refused() {
+    let data = TempDir::new("pilot");
+    let r = start_replication_with(0, &data.0, None, &[]);
+    let _shards = start_shards_and_place(&r, 1);
+    let reply = register(&r.http, "ada");
+    let mut ada = GameClient::connect(reply.clone()).expect("a token");
+    wait_until("the ship in view", Duration::from_secs(15), || {
+        ada.update();
+        own_ship(&ada, reply.ship).is_some()
+    });
+    let still = own_ship(&ada, reply.ship).unwrap();
+    let speed = |e: &sidereal_client::SeenEntity| (e.vel[0].powi(2) + e.vel[1].powi(2)).sqrt();
+    assert!(
+        speed(&still) < 1.0,
+        "a new ship waits for its pilot: {still:?}"
+    );
+
+    // Full thrust, once per tick, as a client does: the ship speeds up along its heading.
+    let tick = Duration::from_secs_f64(1.0 / 30.0);
+    wait_until("the ship at speed", Duration::from_secs(10), || {
+        let next = Instant::now() + tick;
+        ada.pilot(1.0, 0.0, false);
+        ada.update();
+        std::thread::sleep(next.saturating_duration_since(Instant::now())); // a client's tick
+        own_ship(&ada, reply.ship).is_some_and(|e| speed(&e) > 60.0)
+    });
+    let moving = own_ship(&ada, reply.ship).unwrap();
+    let heading = [moving.angle.cos(), moving.angle.sin()];
+    let along = (moving.vel[0] * heading[0] + moving.vel[1] * heading[1]) / speed(&moving);
+    assert!(along > 0.95, "thrust pushes along the heading: {moving:?}");
+
+    // Turning: full rudder changes the heading.
+    let before = moving.angle;
+    wait_until("the ship turned", Duration::from_secs(10), || {
+        let next = Instant::now() + tick;
+        ada.pilot(0.0, 1.0, false);
+        ada.update();
+        std::thread::sleep(next.saturating_duration_since(Instant::now()));
+        own_ship(&ada, reply.ship).is_some_and(|e| (e.angle - before).abs() > 0.5)
+    });
+
+    // Non-finite commands are refused and counted; out-of-range ones clamped.
+    let inputs = |result: &str| {
+        metric_at(
+            &r.http,
+            &format!("sidereal_inputs_total{{result=\"{result}\"}}"),
+        )
+    };
+    // One command per tick, as a client sends them.
+    for (thrust, turn) in [(f32::NAN, 0.0), (0.0, f32::INFINITY), (50.0, 0.0)] {
+        let next = Instant::now() + tick;
+        ada.pilot(thrust, turn, false);
+        ada.update();
+        std::thread::sleep(next.saturating_duration_since(Instant::now()));
+    }
+    wait_until("refusals counted", Duration::from_secs(5), || {
+        ada.update();
+        inputs("non_finite") >= 2.0 && inputs("clamped") >= 1.0
+    });
+
+    // A flood of 1,000 commands in about a second: most are refused; the ship still flies.
+    let sent_before = inputs("accepted") + inputs("rate_limited");
+    for _ in 0..1000 {
+        ada.pilot(0.0, 0.0, false);
+        ada.update();
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    wait_until("the flood counted", Duration::from_secs(5), || {
+        ada.update();
+        inputs("accepted") + inputs("rate_limited") - sent_before >= 500.0
+    });
+    let limited = inputs("rate_limited");
+    let arrived = inputs("accepted") + limited - sent_before;
+    assert!(
+        limited >= arrived / 2.0,
+        "{limited} of {arrived} flooding commands refused"
+    );
+    assert!(ada.is_connected());
+    println!(
+        "inputs: accepted {}, clamped {}, non-finite {}, rate-limited {}",
+        inputs("accepted"),
+        inputs("clamped"),
+        inputs("non_finite"),
+        inputs("rate_limited")
+    );
 }

@@ -56,6 +56,7 @@ impl Authority {
                 entities: vec![Adoption { snapshot, epoch }],
             },
         );
+        self.send_controls_with(&to, &[snapshot.id]);
     }
 
     pub(super) fn adopted(&mut self, shard: &ShardId, ids: &[(EntityId, Epoch)]) {

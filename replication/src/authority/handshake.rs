@@ -105,7 +105,9 @@ impl Authority {
             }
         }
         if !adopt.is_empty() {
+            let ids: Vec<EntityId> = adopt.iter().map(|a| a.snapshot.id).collect();
             self.send_to(to, ReplicationMessage::Adopt { entities: adopt });
+            self.send_controls_with(to, &ids);
         }
     }
 }

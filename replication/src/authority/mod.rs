@@ -7,7 +7,7 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use sidereal_core::codec::UpdateDecoder;
 use sidereal_core::placement::{PlacementError, leaf_covering};
-use sidereal_core::protocol::{PROTOCOL_VERSION, ReplicationMessage, ShardMessage};
+use sidereal_core::protocol::{PROTOCOL_VERSION, ReplicationMessage, ShardMessage, ShipControl};
 use sidereal_core::{
     EntityId, EntitySnapshot, Epoch, Placement, SectorId, ShardId, ShardLoadReport,
 };
@@ -158,6 +158,8 @@ pub struct Authority {
     own_ids: Option<(u32, u64)>,
     /// Connected players and their ships.
     players: BTreeMap<u64, EntityId>,
+    /// Each piloted ship's latest command: it goes with the ship to every new owner.
+    controls: BTreeMap<EntityId, ShipControl>,
     outbox: Vec<(LinkId, ReplicationMessage)>,
     load: BTreeMap<ShardId, ShardLoadReport>,
     pub counters: Counters,
@@ -180,6 +182,7 @@ impl Authority {
             next_incarnation: 1,
             own_ids: None,
             players: BTreeMap::new(),
+            controls: BTreeMap::new(),
             outbox: Vec::new(),
             load: BTreeMap::new(),
             counters: Counters::default(),

@@ -1,7 +1,7 @@
 //! Players' ships: minted by the authority itself and handed straight to the shard that owns
 //! the leaf they appear in.
 
-use sidereal_core::protocol::{Adoption, ReplicationMessage};
+use sidereal_core::protocol::{Adoption, ReplicationMessage, ShipControl};
 use sidereal_core::{EntityId, EntityKind, EntitySnapshot, EntityState, SectorId, ShardId};
 
 use super::Authority;
@@ -71,8 +71,60 @@ impl Authority {
         self.players.insert(player_id, ship);
     }
 
+    /// The player is gone: its ship stops obeying its last command and drifts.
     pub fn player_left(&mut self, player_id: u64) {
-        self.players.remove(&player_id);
+        if let Some(ship) = self.players.remove(&player_id) {
+            self.controls.remove(&ship);
+            self.route(ShipControl {
+                ship,
+                thrust: 0.0,
+                turn: 0.0,
+                fire: false,
+            });
+        }
+    }
+
+    /// A connected player's command (validated by the caller) for its ship: kept, and sent to
+    /// the shard simulating the ship. `false` if the player has no ship in the world.
+    pub fn pilot(&mut self, player_id: u64, thrust: f32, turn: f32, fire: bool) -> bool {
+        let Some(&ship) = self.players.get(&player_id) else {
+            return false;
+        };
+        if !self.mirror.contains(ship) {
+            return false;
+        }
+        let control = ShipControl {
+            ship,
+            thrust,
+            turn,
+            fire,
+        };
+        self.controls.insert(ship, control);
+        self.route(control);
+        true
+    }
+
+    fn route(&mut self, control: ShipControl) {
+        if let Some(owner) = self.mirror.get(control.ship).map(|r| r.owner.clone()) {
+            self.send_to(
+                &owner,
+                ReplicationMessage::Controls {
+                    controls: vec![control],
+                },
+            );
+        }
+    }
+
+    /// After an `Adopt` of `ids` to `to`: the commands of the piloted ones among them, so the
+    /// new owner flies them from its first tick.
+    pub(super) fn send_controls_with(&mut self, to: &ShardId, ids: &[EntityId]) {
+        let controls: Vec<ShipControl> = ids
+            .iter()
+            .filter_map(|id| self.controls.get(id).copied())
+            .collect();
+        if !controls.is_empty() {
+            self.send_to(to, ReplicationMessage::Controls { controls });
+        }
     }
 
     /// Connected players and their ships.

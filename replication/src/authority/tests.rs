@@ -474,3 +474,58 @@ fn a_world_of_overlapping_roots_is_refused_and_one_of_no_roots_archives_everythi
     assert_eq!(a.put_placement(empty), Ok(true));
     assert_eq!((a.mirror.len(), a.mirror.archived_len()), (0, 2));
 }
+
+#[test]
+fn a_pilots_command_reaches_the_ships_owner_and_follows_the_ship_through_a_handover() {
+    let (mut a, l0, l1) = two_shards();
+    let ship = EntityId(1);
+    let owner = a.mirror.get(ship).unwrap().owner.clone();
+    let (from, to) = if owner.0 == "shard-0" {
+        (l0, l1)
+    } else {
+        (l1, l0)
+    };
+    assert!(!a.pilot(7, 1.0, 0.0, false), "no such player yet");
+    a.player_joined(7, ship);
+    assert!(a.pilot(7, 1.0, -0.5, true));
+    let control = ShipControl {
+        ship,
+        thrust: 1.0,
+        turn: -0.5,
+        fire: true,
+    };
+    let out = a.take_outbox();
+    assert!(
+        matches!(&out[..], [(l, ReplicationMessage::Controls { controls })] if *l == from && controls == &vec![control]),
+        "{out:?}"
+    );
+    // The ship flies into the other shard's leaf: the new owner gets it, then its command.
+    let epoch = a.mirror.get(ship).unwrap().epoch;
+    let mut moved = a.mirror.get(ship).unwrap().snapshot;
+    moved.state.pos = [1500.0, 120.0];
+    a.on_message(
+        from,
+        ShardMessage::HandoverOut {
+            snapshot: moved,
+            epoch,
+        },
+    )
+    .unwrap();
+    let out = a.take_outbox();
+    assert!(
+        matches!(&out[..], [
+            (l1_, ReplicationMessage::Adopt { entities }),
+            (l2_, ReplicationMessage::Controls { controls }),
+        ] if *l1_ == to && *l2_ == to && entities[0].snapshot.id == ship && controls == &vec![control]),
+        "{out:?}"
+    );
+    // The player leaves: its ship is told to stop obeying.
+    a.player_left(7);
+    let out = a.take_outbox();
+    assert!(
+        matches!(&out[..], [(l, ReplicationMessage::Controls { controls })]
+            if *l == to && controls[0].thrust == 0.0 && !controls[0].fire),
+        "{out:?}"
+    );
+    assert!(!a.pilot(7, 1.0, 0.0, false));
+}
