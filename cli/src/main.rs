@@ -1,6 +1,7 @@
 //! `sidereal`: one binary for every role of the fleet.
 
 mod autoscale;
+mod bot_cmd;
 mod operator_cmd;
 mod replication_cmd;
 mod shard_cmd;
@@ -30,6 +31,8 @@ enum Command {
     Replication(replication_cmd::ReplicationArgs),
     /// Run one shard.
     Shard(shard_cmd::ShardArgs),
+    /// Run a swarm of headless players (log in, connect, fly, report).
+    Bot(bot_cmd::BotArgs),
     /// Run the Kubernetes operator (Sector controller).
     Operator(operator_cmd::OperatorArgs),
     /// Print the Sector and ShardPool CRDs as YAML (or write one file per CRD into --out).
@@ -72,6 +75,11 @@ fn main() -> anyhow::Result<()> {
             init_tracing();
             up_cmd::die_with_supervisor();
             replication_cmd::run(args)?;
+        }
+        Command::Bot(args) => {
+            init_tracing();
+            up_cmd::die_with_supervisor();
+            bot_cmd::run(args)?;
         }
         Command::Operator(args) => {
             init_tracing();

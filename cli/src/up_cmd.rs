@@ -51,7 +51,7 @@ pub struct UpArgs {
     /// An extra shard that owns nothing stops after being idle this many seconds.
     #[arg(long, default_value_t = 300)]
     pub idle_retire: u64,
-    /// Headless bot clients (the client issue adds them; must be 0 for now).
+    /// Headless bot players flying in the world (`sidereal bot`), started once it is placed.
     #[arg(long, default_value_t = 0)]
     pub bots: usize,
     /// Data directory: the shard secret and the SQLite store (unless DATABASE_URL is set).
@@ -145,6 +145,8 @@ struct Fleet {
     secret: String,
     control_token: String,
     replication: Child,
+    /// The bot swarm, with `--bots`.
+    bots: Option<Child>,
     /// Shard `shard-i` by its index i (its metrics port is the base port + i).
     shards: BTreeMap<usize, Child>,
 }
@@ -192,7 +194,32 @@ impl Fleet {
         }
     }
 
+    /// Starts `sidereal bot` with `--bots` players against this fleet's login endpoint.
+    fn start_bots(&mut self) -> anyhow::Result<()> {
+        let child = child_command(&self.exe)
+            .arg("bot")
+            .args(["--count", &self.args.bots.to_string()])
+            .args(["--http", &format!("http://{}", self.args.http)])
+            .args([
+                "--duration",
+                "0",
+                "--tick-hz",
+                &self.args.tick_hz.to_string(),
+            ])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .kill_on_drop(true)
+            .spawn()
+            .context("starting the bots")?;
+        self.bots = Some(child);
+        Ok(())
+    }
+
     async fn stop(&mut self) {
+        if let Some(b) = &mut self.bots {
+            let _ = b.start_kill();
+            let _ = b.wait().await;
+        }
         for c in self.shards.values_mut() {
             let _ = c.start_kill();
         }
@@ -234,10 +261,6 @@ pub fn run(args: UpArgs) -> anyhow::Result<()> {
     anyhow::ensure!(
         args.sectors_per_shard >= 1,
         "--sectors-per-shard must be at least 1"
-    );
-    anyhow::ensure!(
-        args.bots == 0,
-        "--bots needs the client issue, which has not landed yet; use --bots 0"
     );
     let secret = load_or_create_key(&args.data, "shard-secret")?;
     let control_token = match args.control_token.clone().filter(|t| !t.is_empty()) {
@@ -283,6 +306,7 @@ pub fn run(args: UpArgs) -> anyhow::Result<()> {
             secret,
             control_token,
             replication,
+            bots: None,
             shards: BTreeMap::new(),
         };
         let result = supervise(&mut fleet).await;
@@ -318,6 +342,9 @@ async fn supervise(fleet: &mut Fleet) -> anyhow::Result<()> {
         })
         .await
         .context("placing the world on the shards")?;
+    if fleet.args.bots > 0 {
+        fleet.start_bots()?;
+    }
     let status = control.status().await?;
     println!(
         "sidereal is up: {} shards, {} leaf sectors, {} entities",

@@ -665,7 +665,7 @@ pub(crate) fn start_up_with(
 #[test]
 fn sidereal_up_runs_supervises_and_stops_the_fleet() {
     let data = TempDir::new("up");
-    let (mut up, banner, base, link) = start_up(&data, 2, 300);
+    let (mut up, banner, base, link) = start_up_with(&data, 2, 300, &["--bots", "2"]);
     assert!(
         banner[0].starts_with("sidereal is up: 2 shards"),
         "{banner:?}"
@@ -682,7 +682,17 @@ fn sidereal_up_runs_supervises_and_stops_the_fleet() {
         Err(ControlError::Unauthorized(_))
     ));
     assert_eq!(status().shards_connected, 2);
-    assert_eq!(status().entities, 300);
+    // `--bots 2`: two players log in, each with its ship, and connect to the game port.
+    wait_until("two bots connected", Duration::from_secs(30), || {
+        status().players_connected == 2
+    });
+    let bodies = |c: &Control| {
+        c.entities("")
+            .values()
+            .filter(|e| e.kind != EntityKind::Projectile)
+            .count()
+    };
+    assert_eq!(bodies(&control), 302, "300 seeded and the bots' two ships");
     assert!(
         data.0.join("sidereal.db").exists(),
         "the embedded store lives in the data directory"
@@ -712,7 +722,7 @@ fn sidereal_up_runs_supervises_and_stops_the_fleet() {
                     .filter(|e| e.kind != EntityKind::Projectile)
                     .filter(|e| !e.in_transit && linked.contains(&e.owner.0))
                     .count()
-                    == 300
+                    == 302
         },
     );
 

@@ -2,6 +2,8 @@
 //! (lightyear, netcode over UDP). Bots and tests drive it by calling [`GameClient::update`];
 //! it keeps what the server said in [`Received`].
 
+pub mod swarm;
+
 use std::net::SocketAddr;
 use std::time::Duration;
 

@@ -1,0 +1,85 @@
+//! `sidereal bot`: a swarm of headless players in one process.
+
+use std::time::Duration;
+
+use clap::Args;
+use sidereal_client::swarm::{SwarmConfig, SwarmReport, run_swarm};
+
+#[derive(Args, Debug, Clone)]
+pub struct BotArgs {
+    /// How many bots.
+    #[arg(long, default_value_t = 10)]
+    pub count: usize,
+    /// Replication's HTTP address (login).
+    #[arg(
+        long,
+        env = "SIDEREAL_HTTP_URL",
+        default_value = "http://127.0.0.1:7700"
+    )]
+    pub http: String,
+    /// Bots are named `<prefix>-<i>`; a bot that exists logs in, one that does not registers.
+    #[arg(long, default_value = "bot")]
+    pub prefix: String,
+    /// The bots' password.
+    #[arg(
+        long,
+        env = "SIDEREAL_BOT_PASSWORD",
+        default_value = "bots fly in circles",
+        hide_env_values = true
+    )]
+    pub password: String,
+    /// Seconds to fly; 0 flies until stopped.
+    #[arg(long, default_value_t = 30)]
+    pub duration: u64,
+    #[arg(long, default_value_t = 30)]
+    pub tick_hz: u32,
+}
+
+pub fn run(args: BotArgs) -> anyhow::Result<()> {
+    anyhow::ensure!(
+        (1..=10_000).contains(&args.count),
+        "--count must be within 1..=10000"
+    );
+    let config = SwarmConfig {
+        http: args.http.trim_end_matches('/').to_owned(),
+        count: args.count,
+        prefix: args.prefix,
+        password: args.password,
+        duration: (args.duration > 0).then(|| Duration::from_secs(args.duration)),
+        tick_hz: args.tick_hz,
+    };
+    let report = run_swarm(&config)?;
+    print!("{}", table(&report));
+    Ok(())
+}
+
+/// The per-bot table, then one machine-readable summary line.
+pub fn table(r: &SwarmReport) -> String {
+    let mut out = format!(
+        "{:<16} {:>10} {:>10} {:>9} {:>10} {:>11}\n",
+        "bot", "connect_ms", "updates/s", "visible", "distance", "disconnects"
+    );
+    for b in &r.bots {
+        out += &format!(
+            "{:<16} {:>10} {:>10.1} {:>9.1} {:>10.0} {:>11}\n",
+            b.name,
+            b.connect_time
+                .map(|d| d.as_millis().to_string())
+                .unwrap_or_else(|| "never".into()),
+            b.updates as f64 / r.seconds.max(0.001),
+            b.mean_visible,
+            b.distance,
+            b.disconnects
+        );
+    }
+    let moved = r.bots.iter().filter(|b| b.distance > 0.0).count();
+    out += &format!(
+        "SWARM bots={} connected={} moved={} disconnects={} seconds={:.1}\n",
+        r.bots.len(),
+        r.connected(),
+        moved,
+        r.disconnects(),
+        r.seconds
+    );
+    out
+}

@@ -1,0 +1,206 @@
+//! Many bots in one thread: each registers or logs in, connects, and flies a pattern that
+//! wanders across sectors (and so across shards), firing now and then. The swarm steps every
+//! bot once per tick and reports what each saw.
+
+use std::time::{Duration, Instant};
+
+use sidereal_core::login::Credentials;
+
+use crate::{ClientError, GameClient, login};
+
+#[derive(Debug, Clone)]
+pub struct SwarmConfig {
+    /// Replication's HTTP address, e.g. `http://127.0.0.1:7700`.
+    pub http: String,
+    pub count: usize,
+    /// Bots are named `<prefix>-<i>`.
+    pub prefix: String,
+    pub password: String,
+    /// How long to fly; `None` flies until the process ends.
+    pub duration: Option<Duration>,
+    pub tick_hz: u32,
+}
+
+/// What one bot did.
+#[derive(Debug, Clone, Default)]
+pub struct BotReport {
+    pub name: String,
+    pub player_id: u64,
+    /// From starting to connect to the welcome.
+    pub connect_time: Option<Duration>,
+    pub updates: u64,
+    /// Mean number of entities in its updates.
+    pub mean_visible: f64,
+    /// World units its ship covered, as its updates showed it.
+    pub distance: f32,
+    /// Times it was connected and then was not.
+    pub disconnects: u32,
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct SwarmReport {
+    pub bots: Vec<BotReport>,
+    pub seconds: f64,
+}
+
+impl SwarmReport {
+    pub fn connected(&self) -> usize {
+        self.bots
+            .iter()
+            .filter(|b| b.connect_time.is_some())
+            .count()
+    }
+
+    pub fn disconnects(&self) -> u32 {
+        self.bots.iter().map(|b| b.disconnects).sum()
+    }
+}
+
+/// Bot `i`'s command at `t` seconds: full thrust for the first three seconds, then cruising;
+/// a slow weave whose phase differs per bot; the trigger held for a tick every two seconds.
+/// Pure, so a bot's path is reproducible.
+pub fn pattern(i: usize, t: f64) -> (f32, f32, bool) {
+    let phase = i as f64 * 2.399; // the golden angle spreads the bots' headings
+    let thrust = if t < 3.0 { 1.0 } else { 0.4 };
+    let turn = ((t * 0.5 + phase).sin() * 0.6) as f32;
+    let fire = (t * 30.0) as u64 % 60 == (i as u64 % 60);
+    (thrust, turn, fire)
+}
+
+struct Bot {
+    client: GameClient,
+    report: BotReport,
+    started: Instant,
+    was_connected: bool,
+    seen_updates: u64,
+    visible_sum: u64,
+    last_pos: Option<[f32; 2]>,
+}
+
+/// Logs every bot in (registering the ones that do not exist yet), then flies them.
+pub fn run_swarm(config: &SwarmConfig) -> Result<SwarmReport, ClientError> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| ClientError::Token(format!("a runtime for logins: {e}")))?;
+    let http = reqwest::Client::new();
+    let mut bots = Vec::with_capacity(config.count);
+    for i in 0..config.count {
+        let credentials = Credentials {
+            name: format!("{}-{i}", config.prefix),
+            password: config.password.clone(),
+        };
+        let reply = rt.block_on(log_in_or_register(&http, &config.http, &credentials))?;
+        let report = BotReport {
+            name: credentials.name.clone(),
+            player_id: reply.player_id,
+            ..Default::default()
+        };
+        bots.push(Bot {
+            client: GameClient::connect(reply)?,
+            report,
+            started: Instant::now(),
+            was_connected: false,
+            seen_updates: 0,
+            visible_sum: 0,
+            last_pos: None,
+        });
+    }
+    let tick = Duration::from_secs_f64(1.0 / f64::from(config.tick_hz.max(1)));
+    let t0 = Instant::now();
+    while config.duration.is_none_or(|d| t0.elapsed() < d) {
+        let next = Instant::now() + tick;
+        let t = t0.elapsed().as_secs_f64();
+        for (i, bot) in bots.iter_mut().enumerate() {
+            step(bot, i, t);
+        }
+        std::thread::sleep(next.saturating_duration_since(Instant::now()));
+    }
+    Ok(SwarmReport {
+        seconds: t0.elapsed().as_secs_f64(),
+        bots: bots
+            .into_iter()
+            .map(|mut b| {
+                b.client.disconnect();
+                b.report.mean_visible = b.visible_sum as f64 / b.report.updates.max(1) as f64;
+                b.report
+            })
+            .collect(),
+    })
+}
+
+/// Logs in, registering on a 401; waits out 429s (all bots share one address and its login
+/// rate limit) for up to two minutes.
+async fn log_in_or_register(
+    http: &reqwest::Client,
+    base: &str,
+    credentials: &Credentials,
+) -> Result<sidereal_core::login::LoginReply, ClientError> {
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let mut register = false;
+    loop {
+        match login(http, base, credentials, register).await {
+            Err(ClientError::Refused { status: 401, .. }) if !register => register = true,
+            Err(ClientError::Refused { status: 409, .. }) if register => register = false,
+            Err(ClientError::Refused { status: 429, .. }) if Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(250)).await;
+            }
+            other => return other,
+        }
+    }
+}
+
+fn step(bot: &mut Bot, i: usize, t: f64) {
+    let (thrust, turn, fire) = pattern(i, t);
+    if bot.client.is_connected() {
+        bot.client.pilot(thrust, turn, fire);
+    }
+    bot.client.update();
+    let connected = bot.client.is_connected();
+    if bot.was_connected && !connected {
+        bot.report.disconnects += 1;
+    }
+    bot.was_connected = connected;
+    let received = bot.client.received();
+    if bot.report.connect_time.is_none() && received.welcome.is_some() {
+        bot.report.connect_time = Some(bot.started.elapsed());
+    }
+    if received.updates > bot.seen_updates
+        && let Some(update) = &received.latest
+    {
+        let new = received.updates - bot.seen_updates;
+        bot.seen_updates = received.updates;
+        bot.report.updates += new;
+        bot.visible_sum += new * update.entities.len() as u64;
+        let ship = bot.client.login.ship;
+        if let Some(me) = update.entities.iter().find(|e| e.id == ship) {
+            if let Some(p) = bot.last_pos {
+                bot.report.distance +=
+                    ((me.pos[0] - p[0]).powi(2) + (me.pos[1] - p[1]).powi(2)).sqrt();
+            }
+            bot.last_pos = Some(me.pos);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_pattern_is_in_range_reproducible_and_differs_between_bots() {
+        for i in 0..50 {
+            for k in 0..600 {
+                let t = f64::from(k) / 30.0;
+                let (thrust, turn, _) = pattern(i, t);
+                assert!((0.0..=1.0).contains(&thrust) && (-1.0..=1.0).contains(&turn));
+                assert_eq!(pattern(i, t), pattern(i, t));
+            }
+        }
+        assert_ne!(pattern(0, 5.0).1, pattern(1, 5.0).1);
+        let fires = (0..60)
+            .filter(|k| pattern(3, f64::from(*k) / 30.0).2)
+            .count();
+        assert_eq!(fires, 1, "the trigger once every two seconds");
+    }
+}
