@@ -19,3 +19,6 @@ pub use mirror::{EntityRecord, Mirror, Refusal};
 pub use server::{ReplicationConfig, Running, StartError, start};
 pub use state::Shared;
 pub use store::{Store, StoreError};
+
+#[cfg(test)]
+pub(crate) mod test_support;

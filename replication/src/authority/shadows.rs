@@ -62,21 +62,13 @@ impl Authority {
 
 #[cfg(test)]
 mod tests {
-    use sidereal_core::{EntityId, EntityKind, EntitySnapshot, EntityState, SectorId};
+    use sidereal_core::{EntityId, EntitySnapshot, SectorId};
 
     use super::*;
+    use crate::test_support::asteroid_at;
 
     fn at(n: u64, x: f32, y: f32) -> EntitySnapshot {
-        EntitySnapshot {
-            id: EntityId::minted(1, n),
-            kind: EntityKind::Asteroid,
-            state: EntityState {
-                pos: [x, y],
-                ..Default::default()
-            },
-            ttl_ticks: None,
-            player: false,
-        }
+        asteroid_at(EntityId::minted(1, n), x, y)
     }
 
     #[test]

@@ -1,6 +1,6 @@
 use super::*;
+use sidereal_core::EntityState;
 use sidereal_core::codec::UpdateEncoder;
-use sidereal_core::{EntityKind, EntityState};
 
 fn authority() -> Authority {
     Authority::new(AuthorityConfig {
@@ -24,18 +24,7 @@ fn hello(a: &mut Authority, name: &str) -> Result<LinkId, LinkError> {
     .map(|_| link)
 }
 
-fn snap(id: EntityId, x: f32, y: f32) -> EntitySnapshot {
-    EntitySnapshot {
-        id,
-        kind: EntityKind::Asteroid,
-        state: EntityState {
-            pos: [x, y],
-            ..Default::default()
-        },
-        ttl_ticks: None,
-        player: false,
-    }
-}
+use crate::test_support::asteroid_at as snap;
 
 /// Two shards, the root's children split between them, one entity on each.
 fn two_shards() -> (Authority, LinkId, LinkId) {

@@ -293,15 +293,26 @@ fn answer(
     }
 }
 
+/// What both endpoints check first, cheapest first: that logins are possible at all, the
+/// client address's rate limit, then the body.
+fn admit_request(
+    s: &Shared,
+    client: IpAddr,
+    body: Result<Json<Credentials>, JsonRejection>,
+) -> Result<(NetcodeKey, &crate::store::Store, Credentials), LoginError> {
+    let key = s.logins.config.netcode_key.clone().ok_or_else(no_key)?;
+    let store = s.store.as_ref().ok_or_else(no_store)?;
+    s.logins.admit(client)?;
+    let Json(c) = body?;
+    Ok((key, store, c))
+}
+
 async fn try_register(
     s: &Shared,
     client: IpAddr,
     body: Result<Json<Credentials>, JsonRejection>,
 ) -> Result<LoginReply, LoginError> {
-    let key = s.logins.config.netcode_key.clone().ok_or_else(no_key)?;
-    let store = s.store.as_ref().ok_or_else(no_store)?;
-    s.logins.admit(client)?;
-    let Json(c) = body?;
+    let (key, store, c) = admit_request(s, client, body)?;
     validate_credentials(&c)?;
     if store.account(&c.name).await?.is_some() {
         return Err(LoginError::NameTaken);
@@ -335,10 +346,7 @@ async fn try_login(
     client: IpAddr,
     body: Result<Json<Credentials>, JsonRejection>,
 ) -> Result<LoginReply, LoginError> {
-    let key = s.logins.config.netcode_key.clone().ok_or_else(no_key)?;
-    let store = s.store.as_ref().ok_or_else(no_store)?;
-    s.logins.admit(client)?;
-    let Json(c) = body?;
+    let (key, store, c) = admit_request(s, client, body)?;
     s.logins
         .locks
         .lock()
