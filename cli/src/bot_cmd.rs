@@ -56,30 +56,32 @@ pub fn run(args: BotArgs) -> anyhow::Result<()> {
 /// The per-bot table, then one machine-readable summary line.
 pub fn table(r: &SwarmReport) -> String {
     let mut out = format!(
-        "{:<16} {:>10} {:>10} {:>9} {:>10} {:>11}\n",
-        "bot", "connect_ms", "updates/s", "visible", "distance", "disconnects"
+        "{:<16} {:>10} {:>10} {:>9} {:>10} {:>10} {:>11}\n",
+        "bot", "connect_ms", "updates/s", "visible", "state_kB/s", "distance", "disconnects"
     );
     for b in &r.bots {
         out += &format!(
-            "{:<16} {:>10} {:>10.1} {:>9.1} {:>10.0} {:>11}\n",
+            "{:<16} {:>10} {:>10.1} {:>9.1} {:>10.2} {:>10.0} {:>11}\n",
             b.name,
             b.connect_time
                 .map(|d| d.as_millis().to_string())
                 .unwrap_or_else(|| "never".into()),
             b.updates as f64 / r.seconds.max(0.001),
             b.mean_visible,
+            b.state_bytes as f64 / 1000.0 / r.seconds.max(0.001),
             b.distance,
             b.disconnects
         );
     }
     let moved = r.bots.iter().filter(|b| b.distance > 0.0).count();
     out += &format!(
-        "SWARM bots={} connected={} moved={} disconnects={} seconds={:.1}\n",
+        "SWARM bots={} connected={} moved={} disconnects={} seconds={:.1} bits_per_entity_update={:.1}\n",
         r.bots.len(),
         r.connected(),
         moved,
         r.disconnects(),
-        r.seconds
+        r.seconds,
+        r.bits_per_entity_update()
     );
     out
 }

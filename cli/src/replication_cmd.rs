@@ -121,6 +121,8 @@ pub fn config(args: &ReplicationArgs) -> anyhow::Result<ReplicationConfig> {
         },
         gateway: Some(GatewayConfig {
             udp: args.game_udp,
+            // The public addresses, from the login settings above.
+            public: Vec::new(),
             tick_hz: args.tick_hz,
             interest_radius: args.interest_radius,
             client_timeout_secs: 10,

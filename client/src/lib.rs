@@ -14,7 +14,8 @@ use lightyear::netcode::ConnectToken;
 use lightyear::prelude::client::*;
 use lightyear::prelude::*;
 use sidereal_core::login::{Credentials, LoginReply};
-use sidereal_game::{GameProtocolPlugin, InputChannel, PilotInput};
+use sidereal_game::codec::StateDecoder;
+use sidereal_game::{GameProtocolPlugin, InputChannel, PilotInput, StateAck, StateUpdate};
 pub use sidereal_game::{SeenEntity, Welcome, WorldUpdate};
 
 #[derive(Debug, thiserror::Error)]
@@ -60,10 +61,20 @@ pub async fn login(
 #[derive(Resource, Debug, Default)]
 pub struct Received {
     pub welcome: Option<Welcome>,
-    /// The newest world update.
+    /// The newest world update, decoded.
     pub latest: Option<WorldUpdate>,
+    /// World updates decoded.
     pub updates: u64,
+    /// Bytes of the encoded world updates received (before lightyear's framing).
+    pub state_bytes: u64,
+    /// Updates that did not decode (their baseline was lost); the next acknowledged one
+    /// recovers.
+    pub undecodable: u64,
 }
+
+/// The client's side of the state stream, from the welcome on.
+#[derive(Resource, Default)]
+struct Decoder(Option<StateDecoder>);
 
 /// One player's connection to the game port.
 pub struct GameClient {
@@ -85,6 +96,7 @@ impl GameClient {
         });
         app.add_plugins(GameProtocolPlugin);
         app.init_resource::<Received>();
+        app.init_resource::<Decoder>();
         app.add_systems(Update, receive);
         // The app is stepped by hand, not run: plugins that finish their setup late (lightyear's
         // transport adds its systems in `finish`) need these two calls.
@@ -150,21 +162,45 @@ impl GameClient {
 
 type Receivers<'a> = (
     Option<&'a mut MessageReceiver<Welcome>>,
-    Option<&'a mut MessageReceiver<WorldUpdate>>,
+    Option<&'a mut MessageReceiver<StateUpdate>>,
+    Option<&'a mut MessageSender<StateAck>>,
 );
 
-fn receive(mut clients: Query<Receivers, With<Client>>, mut received: ResMut<Received>) {
-    for (welcome, updates) in &mut clients {
+/// Takes the welcome, decodes world updates and acknowledges each one decoded.
+fn receive(
+    mut clients: Query<Receivers, With<Client>>,
+    mut received: ResMut<Received>,
+    mut decoder: ResMut<Decoder>,
+) {
+    for (welcome, updates, acks) in &mut clients {
         if let Some(mut w) = welcome {
             for m in w.receive() {
+                decoder.0 = Some(StateDecoder::new(m.tick_hz));
                 received.welcome = Some(m);
             }
         }
-        if let Some(mut u) = updates {
-            for m in u.receive() {
-                received.updates += 1;
-                if received.latest.as_ref().is_none_or(|l| l.tick < m.tick) {
-                    received.latest = Some(m);
+        let (Some(mut updates), Some(mut acks)) = (updates, acks) else {
+            continue;
+        };
+        let tick_hz = received.welcome.as_ref().map_or(30, |w| w.tick_hz);
+        for m in updates.receive() {
+            received.state_bytes += m.bytes.len() as u64;
+            // State before the welcome cannot be decoded: it is dropped, not acknowledged.
+            let Some(decoder) = decoder.0.as_mut() else {
+                continue;
+            };
+            match decoder.decode(&m.bytes) {
+                Ok(Some(snapshot)) => {
+                    acks.send::<InputChannel>(StateAck {
+                        tick: snapshot.tick,
+                    });
+                    received.updates += 1;
+                    received.latest = Some(snapshot.to_update(tick_hz));
+                }
+                Ok(None) => {}
+                Err(e) => {
+                    received.undecodable += 1;
+                    debug!(error = %e, "world update not decoded");
                 }
             }
         }

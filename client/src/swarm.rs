@@ -35,6 +35,8 @@ pub struct BotReport {
     pub distance: f32,
     /// Times it was connected and then was not.
     pub disconnects: u32,
+    /// Bytes of encoded world state received.
+    pub state_bytes: u64,
 }
 
 #[derive(Debug, Clone, Default)]
@@ -53,6 +55,17 @@ impl SwarmReport {
 
     pub fn disconnects(&self) -> u32 {
         self.bots.iter().map(|b| b.disconnects).sum()
+    }
+
+    /// Mean bits of world state per entity per update, over every bot.
+    pub fn bits_per_entity_update(&self) -> f64 {
+        let bytes: u64 = self.bots.iter().map(|b| b.state_bytes).sum();
+        let entity_updates: f64 = self
+            .bots
+            .iter()
+            .map(|b| b.mean_visible * b.updates as f64)
+            .sum();
+        bytes as f64 * 8.0 / entity_updates.max(1.0)
     }
 }
 
@@ -122,6 +135,7 @@ pub fn run_swarm(config: &SwarmConfig) -> Result<SwarmReport, ClientError> {
             .into_iter()
             .map(|mut b| {
                 b.client.disconnect();
+                b.report.state_bytes = b.client.received().state_bytes;
                 b.report.mean_visible = b.visible_sum as f64 / b.report.updates.max(1) as f64;
                 b.report
             })
@@ -173,7 +187,7 @@ fn step(bot: &mut Bot, i: usize, t: f64) {
         bot.report.updates += new;
         bot.visible_sum += new * update.entities.len() as u64;
         let ship = bot.client.login.ship;
-        if let Some(me) = update.entities.iter().find(|e| e.id == ship) {
+        if let Some(me) = update.get(ship) {
             if let Some(p) = bot.last_pos {
                 bot.report.distance +=
                     ((me.pos[0] - p[0]).powi(2) + (me.pos[1] - p[1]).powi(2)).sqrt();

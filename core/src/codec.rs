@@ -11,6 +11,7 @@ use std::collections::HashMap;
 use std::f32::consts::TAU;
 
 use crate::ids::{EntityId, EntityState, Epoch};
+use crate::varint::{self, put as put_varint, unzigzag, zigzag};
 
 pub const POS_SCALE: f32 = 64.0;
 pub const VEL_SCALE: f32 = 16.0;
@@ -105,22 +106,6 @@ pub struct DecodedUpdate {
     pub state: Quantized,
 }
 
-fn put_varint(out: &mut Vec<u8>, mut v: u64) {
-    while v >= 0x80 {
-        out.push((v as u8) | 0x80);
-        v >>= 7;
-    }
-    out.push(v as u8);
-}
-
-fn zigzag(v: i64) -> u64 {
-    ((v << 1) ^ (v >> 63)) as u64
-}
-
-fn unzigzag(v: u64) -> i64 {
-    ((v >> 1) as i64) ^ -((v & 1) as i64)
-}
-
 struct Reader<'a> {
     buf: &'a [u8],
     at: usize,
@@ -138,18 +123,10 @@ impl Reader<'_> {
 
     fn varint(&mut self) -> Result<u64, CodecError> {
         let start = self.at;
-        let mut v: u64 = 0;
-        for shift in (0..70).step_by(7) {
-            let b = self.byte()?;
-            if shift == 63 && b > 1 {
-                return Err(CodecError::BadVarint(start));
-            }
-            v |= u64::from(b & 0x7f) << shift;
-            if b & 0x80 == 0 {
-                return Ok(v);
-            }
-        }
-        Err(CodecError::BadVarint(start))
+        varint::read(self.buf, &mut self.at).map_err(|e| match e {
+            varint::VarintError::Truncated => CodecError::Truncated(self.at),
+            varint::VarintError::Overflow => CodecError::BadVarint(start),
+        })
     }
 
     fn signed(&mut self) -> Result<i64, CodecError> {

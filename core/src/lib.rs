@@ -11,6 +11,7 @@ pub mod load;
 pub mod login;
 pub mod placement;
 pub mod protocol;
+pub mod varint;
 
 #[cfg(feature = "client")]
 pub use control_client::{ControlClient, ControlError};

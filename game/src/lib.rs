@@ -1,6 +1,9 @@
 //! The game protocol: what clients and replication's gateway say to each other over lightyear
 //! (netcode over UDP), declared once. Both sides add [`GameProtocolPlugin`] after lightyear's
-//! client or server plugins; lightyear refuses a peer whose protocol differs.
+//! client or server plugins; lightyear refuses a peer whose protocol differs. World state goes
+//! through [`codec`], quantized and delta-encoded, as the bytes of a [`StateUpdate`].
+
+pub mod codec;
 
 use bevy::app::{App, Plugin};
 use lightyear::prelude::*;
@@ -12,7 +15,7 @@ pub struct ReliableChannel;
 /// World state: a newer update replaces an older one; lost ones are never resent.
 pub struct StateChannel;
 
-/// A pilot's commands, client to server: unreliable (a lost command is replaced by the next
+/// A pilot's commands and state acknowledgements, client to server: unreliable (a lost command is replaced by the next
 /// tick's), and every one that arrives is delivered, so replication's per-player rate limit, not
 /// the channel, decides what a flooding client gets through.
 pub struct InputChannel;
@@ -37,16 +40,37 @@ pub struct Welcome {
     pub interest_radius: f32,
 }
 
-/// What a player sees this tick: every entity within its interest radius, its own ship
-/// included.
+/// One tick's world state for a player, encoded by [`codec::StateEncoder`].
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+pub struct StateUpdate {
+    pub bytes: Vec<u8>,
+}
+
+/// The client decoded the state update of `tick`; the server encodes later ones against it.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq)]
+pub struct StateAck {
+    pub tick: u64,
+}
+
+/// What a player sees at a tick, decoded: every entity within its interest radius, its own ship
+/// included, ascending by id.
+#[derive(Clone, Debug, PartialEq, Default)]
 pub struct WorldUpdate {
     pub tick: u64,
     pub entities: Vec<SeenEntity>,
 }
 
+impl WorldUpdate {
+    pub fn get(&self, id: u64) -> Option<&SeenEntity> {
+        self.entities
+            .binary_search_by_key(&id, |e| e.id)
+            .ok()
+            .map(|i| &self.entities[i])
+    }
+}
+
 /// One entity as a player sees it.
-#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq)]
+#[derive(Clone, Copy, Debug, PartialEq, Default)]
 pub struct SeenEntity {
     pub id: u64,
     /// 0 ship, 1 asteroid, 2 projectile (`sidereal_core::EntityKind`).
@@ -54,6 +78,8 @@ pub struct SeenEntity {
     pub pos: [f32; 2],
     pub vel: [f32; 2],
     pub angle: f32,
+    /// Radians per second.
+    pub spin: f32,
 }
 
 pub struct GameProtocolPlugin;
@@ -79,7 +105,9 @@ impl Plugin for GameProtocolPlugin {
             .add_direction(NetworkDirection::ClientToServer);
         app.register_message::<Welcome>()
             .add_direction(NetworkDirection::ServerToClient);
-        app.register_message::<WorldUpdate>()
+        app.register_message::<StateUpdate>()
             .add_direction(NetworkDirection::ServerToClient);
+        app.register_message::<StateAck>()
+            .add_direction(NetworkDirection::ClientToServer);
     }
 }

@@ -264,6 +264,13 @@ async fn metrics(State(s): State<Arc<Shared>>) -> Response {
     let health = s.store_health.lock().expect("health lock").clone();
     let a = s.authority.lock().expect("authority lock");
     let inputs = s.inputs.lock().expect("inputs lock").counts();
-    let text = crate::metrics::render(&a, &health, &s.link_bytes, &s.logins.counts(), &inputs);
+    let text = crate::metrics::render(
+        &a,
+        &health,
+        &s.link_bytes,
+        &s.game_traffic,
+        &s.logins.counts(),
+        &inputs,
+    );
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text).into_response()
 }

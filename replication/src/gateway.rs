@@ -3,6 +3,8 @@
 //! one channel, and gets each tick's views (what every player sees) through another.
 
 use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use bevy::app::ScheduleRunnerPlugin;
@@ -13,19 +15,24 @@ use lightyear::prelude::server::*;
 use lightyear::prelude::*;
 use sidereal_core::login::GAME_PROTOCOL_ID;
 use sidereal_core::{EntityId, EntitySnapshot};
+use sidereal_game::codec::StateEncoder;
 use sidereal_game::{
-    GameProtocolPlugin, PilotInput, SeenEntity, StateChannel, Welcome, WorldUpdate,
+    GameProtocolPlugin, PilotInput, SeenEntity, StateAck, StateChannel, StateUpdate, Welcome,
 };
 use tokio::sync::mpsc::UnboundedSender;
 use tracing::{info, warn};
 
 use crate::login::token::ship_of;
+use crate::state::GameTraffic;
 
 /// Settings of the game port.
 #[derive(Debug, Clone)]
 pub struct GatewayConfig {
     /// UDP address to bind.
     pub udp: SocketAddr,
+    /// Addresses clients are told to use when they differ from `udp` (a load balancer, a NAT):
+    /// tokens naming them are accepted too.
+    pub public: Vec<SocketAddr>,
     pub tick_hz: u32,
     pub interest_radius: f32,
     /// Seconds without a packet before a player is dropped.
@@ -62,7 +69,12 @@ pub struct Views {
 struct Channels {
     views: Receiver<Views>,
     events: UnboundedSender<GatewayEvent>,
+    traffic: Arc<GameTraffic>,
 }
+
+/// A player's state stream: what it has acknowledged, what the next update is encoded against.
+#[derive(Component)]
+struct Stream(StateEncoder);
 
 #[derive(Resource, Clone)]
 struct Settings {
@@ -76,20 +88,21 @@ pub fn spawn(
     key: Key,
     views: Receiver<Views>,
     events: UnboundedSender<GatewayEvent>,
+    traffic: Arc<GameTraffic>,
 ) -> std::io::Result<std::thread::JoinHandle<()>> {
+    let channels = Channels {
+        views,
+        events,
+        traffic,
+    };
     std::thread::Builder::new()
         .name("gateway".into())
         .spawn(move || {
-            build_app(config, key, views, events).run();
+            build_app(config, key, channels).run();
         })
 }
 
-fn build_app(
-    config: GatewayConfig,
-    key: Key,
-    views: Receiver<Views>,
-    events: UnboundedSender<GatewayEvent>,
-) -> App {
+fn build_app(config: GatewayConfig, key: Key, channels: Channels) -> App {
     let tick = Duration::from_secs_f64(1.0 / f64::from(config.tick_hz.max(1)));
     let mut app = App::new();
     app.add_plugins(MinimalPlugins.set(ScheduleRunnerPlugin::run_loop(tick / 2)));
@@ -97,19 +110,20 @@ fn build_app(
         tick_duration: tick,
     });
     app.add_plugins(GameProtocolPlugin);
-    app.insert_resource(Channels { views, events });
+    app.insert_resource(channels);
     app.insert_resource(Settings {
         tick_hz: config.tick_hz,
         interest_radius: config.interest_radius,
     });
     app.add_observer(player_connected);
     app.add_observer(player_disconnected);
-    app.add_systems(Update, (forward_inputs, send_views));
+    app.add_systems(Update, (forward_inputs, receive_acks, send_views));
     let udp = config.udp;
     let netcode = NetcodeConfig::default()
         .with_protocol_id(GAME_PROTOCOL_ID)
         .with_key(key)
-        .with_client_timeout_secs(config.client_timeout_secs);
+        .with_client_timeout_secs(config.client_timeout_secs)
+        .with_additional_expected_addresses(config.public.clone());
     app.add_systems(Startup, move |mut commands: Commands| {
         let server = commands
             .spawn((
@@ -138,6 +152,7 @@ fn player_connected(
     mut clients: Query<(&RemoteId, &TokenUserData, &mut MessageSender<Welcome>), With<ClientOf>>,
     channels: Res<Channels>,
     settings: Res<Settings>,
+    mut commands: Commands,
 ) {
     let Ok((remote, user_data, mut welcome)) = clients.get_mut(trigger.entity) else {
         return;
@@ -147,6 +162,9 @@ fn player_connected(
     };
     let ship = ship_of(&user_data.0);
     info!(player_id, ship, "player connected");
+    commands
+        .entity(trigger.entity)
+        .insert(Stream(StateEncoder::new(settings.tick_hz)));
     welcome.send::<sidereal_game::ReliableChannel>(Welcome {
         player_id,
         ship,
@@ -192,9 +210,23 @@ fn forward_inputs(
     }
 }
 
-type ConnectedClient<'a> = (&'a RemoteId, &'a mut MessageSender<WorldUpdate>);
+/// Acknowledged updates become the baselines of the next ones.
+fn receive_acks(mut clients: Query<(&mut Stream, &mut MessageReceiver<StateAck>), With<ClientOf>>) {
+    for (mut stream, mut acks) in &mut clients {
+        for ack in acks.receive() {
+            stream.0.acknowledge(ack.tick);
+        }
+    }
+}
 
-/// Sends each connected player the newest views; older ones still queued are skipped.
+type ConnectedClient<'a> = (
+    &'a RemoteId,
+    &'a mut Stream,
+    &'a mut MessageSender<StateUpdate>,
+);
+
+/// Sends each connected player the newest views, encoded against what it acknowledged; older
+/// views still queued are skipped.
 fn send_views(
     channels: Res<Channels>,
     mut clients: Query<ConnectedClient, (With<ClientOf>, With<Connected>)>,
@@ -215,15 +247,26 @@ fn send_views(
     };
     let by_player: std::collections::HashMap<u64, &Vec<EntitySnapshot>> =
         views.per_player.iter().map(|(p, v)| (*p, v)).collect();
-    for (remote, mut sender) in &mut clients {
+    let (mut bytes, mut updates, mut entities) = (0, 0, 0);
+    let mut seen_buf = Vec::new();
+    for (remote, mut stream, mut sender) in &mut clients {
         let Some(seen) = player_of(remote).and_then(|p| by_player.get(&p)) else {
             continue;
         };
-        sender.send::<StateChannel>(WorldUpdate {
-            tick: views.tick,
-            entities: seen.iter().map(seen_entity).collect(),
-        });
+        seen_buf.clear();
+        seen_buf.extend(seen.iter().map(seen_entity));
+        let encoded = stream.0.encode(views.tick, &seen_buf);
+        bytes += encoded.len() as u64;
+        updates += 1;
+        entities += seen.len() as u64;
+        sender.send::<StateChannel>(StateUpdate { bytes: encoded });
     }
+    let traffic = &channels.traffic;
+    traffic.state_bytes.fetch_add(bytes, Ordering::Relaxed);
+    traffic.state_updates.fetch_add(updates, Ordering::Relaxed);
+    traffic
+        .entity_updates
+        .fetch_add(entities, Ordering::Relaxed);
 }
 
 fn seen_entity(s: &EntitySnapshot) -> SeenEntity {
@@ -233,5 +276,6 @@ fn seen_entity(s: &EntitySnapshot) -> SeenEntity {
         pos: s.state.pos,
         vel: s.state.vel,
         angle: s.state.angle,
+        spin: s.state.ang_vel,
     }
 }

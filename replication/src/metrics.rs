@@ -11,13 +11,14 @@ use prometheus::core::Collector;
 use prometheus::{Encoder, Gauge, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts};
 
 use crate::authority::Authority;
-use crate::state::{LinkBytes, StoreHealth};
+use crate::state::{GameTraffic, LinkBytes, StoreHealth};
 
 /// The text exposition of every replication metric, as of now.
 pub fn render(
     a: &Authority,
     store: &StoreHealth,
     links: &LinkBytes,
+    game: &GameTraffic,
     logins: &BTreeMap<&'static str, u64>,
     inputs: &BTreeMap<&'static str, u64>,
 ) -> String {
@@ -210,6 +211,21 @@ pub fn render(
             ("received", links.received.load(Ordering::Relaxed)),
             ("sent", links.sent.load(Ordering::Relaxed)),
         ],
+    ));
+    add(&counter(
+        "game_state_bytes_total",
+        "Bytes of encoded world state sent to players (before lightyear's framing)",
+        game.state_bytes.load(Ordering::Relaxed),
+    ));
+    add(&counter(
+        "game_state_updates_total",
+        "World state updates sent to players, one per player per tick",
+        game.state_updates.load(Ordering::Relaxed),
+    ));
+    add(&counter(
+        "game_entity_updates_total",
+        "Entities described by the world state updates sent (each costs bytes only if it moved off its prediction)",
+        game.entity_updates.load(Ordering::Relaxed),
     ));
     let logins: Vec<(&str, u64)> = logins.iter().map(|(k, v)| (*k, *v)).collect();
     add(&labelled_counter(

@@ -164,10 +164,15 @@ pub async fn start(
             let (views_tx, views_rx) = crossbeam_channel::bounded::<Views>(2);
             let (events_tx, mut events_rx) = tokio::sync::mpsc::unbounded_channel();
             gateway::spawn(
-                GatewayConfig { udp, ..g.clone() },
+                GatewayConfig {
+                    udp,
+                    public: shared.logins.servers().to_vec(),
+                    ..g.clone()
+                },
                 key.0,
                 views_rx,
                 events_tx,
+                shared.game_traffic.clone(),
             )?;
             let s = shared.clone();
             tokio::spawn(async move {

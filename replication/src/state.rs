@@ -36,10 +36,21 @@ pub struct LinkBytes {
     pub sent: AtomicU64,
 }
 
+/// What the game port has sent players, counted by the gateway thread.
+#[derive(Debug, Default)]
+pub struct GameTraffic {
+    /// Bytes of encoded state updates (before lightyear's own framing).
+    pub state_bytes: AtomicU64,
+    pub state_updates: AtomicU64,
+    /// Entities the state updates described, sent or left to the client's prediction.
+    pub entity_updates: AtomicU64,
+}
+
 /// State shared by the link tasks, the ticker and the HTTP handlers.
 pub struct Shared {
     pub authority: Mutex<Authority>,
     pub link_bytes: LinkBytes,
+    pub game_traffic: Arc<GameTraffic>,
     writers: Mutex<HashMap<LinkId, mpsc::UnboundedSender<ReplicationMessage>>>,
     pub started: Instant,
     pub store: Option<Store>,
@@ -66,6 +77,7 @@ impl Shared {
         Arc::new(Self {
             authority: Mutex::new(authority),
             link_bytes: LinkBytes::default(),
+            game_traffic: Arc::default(),
             writers: Mutex::new(HashMap::new()),
             started: Instant::now(),
             store,

@@ -1,5 +1,6 @@
 //! What Sidereal's tests and benchmarks share: waiting on a condition with a deadline (never a
-//! bare sleep) and, with the `fleet` feature, an in-process fleet stepped one tick at a time.
+//! bare sleep), a counting UDP relay, and, with the `fleet` feature, an in-process fleet stepped
+//! one tick at a time.
 
 use std::fmt::Debug;
 use std::future::Future;
@@ -7,6 +8,7 @@ use std::time::{Duration, Instant};
 
 #[cfg(feature = "fleet")]
 pub mod fleet;
+pub mod udp_proxy;
 
 /// How often a condition is polled.
 pub const POLL: Duration = Duration::from_millis(100);

@@ -7,6 +7,8 @@ use std::time::{Duration, Instant};
 use sidereal_client::{GameClient, login};
 use sidereal_core::login::Credentials;
 
+use sidereal_testkit::udp_proxy::UdpProxy;
+
 use super::{TempDir, metric_at, start_replication_with, start_shards_and_place, wait_until};
 
 const RADIUS: f32 = 600.0;
@@ -52,17 +54,17 @@ fn a_player_connects_over_udp_and_is_sent_its_ship_and_only_what_is_near_it() {
     );
     assert_eq!(welcome.interest_radius, RADIUS);
 
-    // World updates arrive with the ship first, once the shard has adopted it.
+    // World updates arrive with the ship, once the shard has adopted it.
     wait_until("updates with the ship", Duration::from_secs(15), || {
         ada.update();
         let r = ada.received();
         r.updates >= 20
             && r.latest
                 .as_ref()
-                .is_some_and(|u| u.entities.first().is_some_and(|e| e.id == reply.ship))
+                .is_some_and(|u| u.get(reply.ship).is_some())
     });
     let update = ada.received().latest.clone().unwrap();
-    let ship = update.entities[0];
+    let ship = *update.get(reply.ship).unwrap();
     assert_eq!(ship.kind, 0, "a ship");
     let world = r.control.entities("");
     assert!(
@@ -90,6 +92,22 @@ fn a_player_connects_over_udp_and_is_sent_its_ship_and_only_what_is_near_it() {
         update.entities.len(),
         world.len()
     );
+    // The state on the wire is quantized and delta-encoded: a few bits per entity per update,
+    // where plain f32 state would be 160 bits of values alone.
+    let bytes = metric_at(&r.http, "sidereal_game_state_bytes_total ");
+    let entity_updates = metric_at(&r.http, "sidereal_game_entity_updates_total ");
+    let bits = bytes * 8.0 / entity_updates;
+    println!("{bits:.1} bits per entity update over {entity_updates} entity updates");
+    assert!(
+        entity_updates > 100.0 && bits < 48.0,
+        "{bits} bits per entity update"
+    );
+    let client_bytes = ada.received().state_bytes as f64;
+    assert!(
+        client_bytes > 0.0 && client_bytes <= bytes,
+        "{client_bytes} of {bytes}"
+    );
+
     // Everything the mirror has well inside the radius is sent (entities move a little between
     // the update and the mirror read: 40 units/s at most, for well under a second).
     let well_inside = world
@@ -137,15 +155,42 @@ fn a_player_connects_over_udp_and_is_sent_its_ship_and_only_what_is_near_it() {
     assert!(left.elapsed() < Duration::from_secs(5));
 }
 
+/// Behind a load balancer or NAT, clients reach the game port at another address than it
+/// binds: tokens name the public address (`--public-game-addr`), and the gateway accepts them.
+#[test]
+fn a_player_reaches_the_game_port_through_its_public_address() {
+    let data = TempDir::new("public-addr");
+    let game = {
+        let probe = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        probe.local_addr().unwrap()
+    };
+    let balancer = UdpProxy::start(game).expect("a relay");
+    let (bind, public) = (game.to_string(), balancer.addr.to_string());
+    let r = start_replication_with(
+        50,
+        &data.0,
+        None,
+        &["--game-udp", &bind, "--public-game-addr", &public],
+    );
+    let _shards = start_shards_and_place(&r, 1);
+    let reply = register(&r.http, "ada");
+    assert_eq!(
+        reply.servers,
+        vec![public.clone()],
+        "the token names the public address"
+    );
+    let mut ada = GameClient::connect(reply.clone()).expect("a token");
+    wait_until("updates through the relay", Duration::from_secs(15), || {
+        ada.update();
+        ada.received().updates >= 5
+    });
+    assert_eq!(ada.received().welcome.as_ref().unwrap().ship, reply.ship);
+    assert!(balancer.to_client_bytes() >= ada.received().state_bytes);
+}
+
 /// The speed and heading of `ship` in the newest update.
 fn own_ship(c: &GameClient, ship: u64) -> Option<sidereal_client::SeenEntity> {
-    c.received()
-        .latest
-        .as_ref()?
-        .entities
-        .first()
-        .filter(|e| e.id == ship)
-        .copied()
+    c.received().latest.as_ref()?.get(ship).copied()
 }
 
 #[test]

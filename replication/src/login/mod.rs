@@ -187,6 +187,11 @@ pub struct Logins {
 }
 
 impl Logins {
+    /// The game port addresses connect tokens name.
+    pub fn servers(&self) -> &[SocketAddr] {
+        &self.config.servers
+    }
+
     pub fn new(config: LoginConfig) -> Self {
         if config.netcode_key.is_none() {
             warn!("no netcode key configured: logins answer 503 (set SIDEREAL_NETCODE_KEY)");
