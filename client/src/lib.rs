@@ -91,6 +91,8 @@ impl GameClient {
             ConnectToken::try_from_bytes(&bytes).map_err(|e| ClientError::Token(e.to_string()))?;
         let mut app = App::new();
         app.add_plugins(MinimalPlugins.build().disable::<ScheduleRunnerPlugin>());
+        // lightyear's replication (Replicon) keeps its server and client state in Bevy states.
+        app.add_plugins(bevy::state::app::StatesPlugin);
         app.add_plugins(ClientPlugins {
             tick_duration: Duration::from_secs_f64(1.0 / 30.0),
         });

@@ -106,6 +106,8 @@ fn build_app(config: GatewayConfig, key: Key, channels: Channels) -> App {
     let tick = Duration::from_secs_f64(1.0 / f64::from(config.tick_hz.max(1)));
     let mut app = App::new();
     app.add_plugins(MinimalPlugins.set(ScheduleRunnerPlugin::run_loop(tick / 2)));
+    // lightyear's replication (Replicon) keeps its server and client state in Bevy states.
+    app.add_plugins(bevy::state::app::StatesPlugin);
     app.add_plugins(ServerPlugins {
         tick_duration: tick,
     });
