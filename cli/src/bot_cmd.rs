@@ -3,6 +3,7 @@
 use std::time::Duration;
 
 use clap::Args;
+use sidereal_client::latency::quantile;
 use sidereal_client::swarm::{SwarmConfig, SwarmReport, run_swarm};
 
 #[derive(Args, Debug, Clone)]
@@ -53,15 +54,28 @@ pub fn run(args: BotArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+fn latencies(b: &sidereal_client::swarm::BotReport) -> Vec<Duration> {
+    b.latency.iter().map(|s| s.latency).collect()
+}
+
 /// The per-bot table, then one machine-readable summary line.
 pub fn table(r: &SwarmReport) -> String {
     let mut out = format!(
-        "{:<16} {:>10} {:>10} {:>9} {:>10} {:>10} {:>11}\n",
-        "bot", "connect_ms", "updates/s", "visible", "state_kB/s", "distance", "disconnects"
+        "{:<16} {:>10} {:>10} {:>9} {:>10} {:>8} {:>8} {:>10} {:>11}\n",
+        "bot",
+        "connect_ms",
+        "updates/s",
+        "visible",
+        "state_kB/s",
+        "p50_ms",
+        "p99_ms",
+        "distance",
+        "disconnects"
     );
+    let ms = |d: Option<Duration>| d.map_or_else(|| "-".into(), |d| d.as_millis().to_string());
     for b in &r.bots {
         out += &format!(
-            "{:<16} {:>10} {:>10.1} {:>9.1} {:>10.2} {:>10.0} {:>11}\n",
+            "{:<16} {:>10} {:>10.1} {:>9.1} {:>10.2} {:>8} {:>8} {:>10.0} {:>11}\n",
             b.name,
             b.connect_time
                 .map(|d| d.as_millis().to_string())
@@ -69,19 +83,26 @@ pub fn table(r: &SwarmReport) -> String {
             b.updates as f64 / r.seconds.max(0.001),
             b.mean_visible,
             b.state_bytes as f64 / 1000.0 / r.seconds.max(0.001),
+            ms(quantile(&latencies(b), 0.5)),
+            ms(quantile(&latencies(b), 0.99)),
             b.distance,
             b.disconnects
         );
     }
     let moved = r.bots.iter().filter(|b| b.distance > 0.0).count();
     out += &format!(
-        "SWARM bots={} connected={} moved={} disconnects={} seconds={:.1} bits_per_entity_update={:.1}\n",
+        "SWARM bots={} connected={} moved={} disconnects={} seconds={:.1} bits_per_entity_update={:.1} latency_p50_ms={} latency_p99_ms={} latency_samples={} chat_said={} chat_heard={}\n",
         r.bots.len(),
         r.connected(),
         moved,
         r.disconnects(),
         r.seconds,
-        r.bits_per_entity_update()
+        r.bits_per_entity_update(),
+        ms(r.latency(0.5)),
+        ms(r.latency(0.99)),
+        r.bots.iter().map(|b| b.latency.len()).sum::<usize>(),
+        r.bots.iter().map(|b| b.chat_said).sum::<u32>(),
+        r.bots.iter().map(|b| b.chat_heard).sum::<usize>()
     );
     out
 }

@@ -1,6 +1,8 @@
 //! Real processes over loopback: `sidereal replication` and `sidereal shard`, killed with
 //! SIGKILL, fed garbage by raw sockets; crash recovery and database outages with a real store.
 
+#[path = "processes/chat.rs"]
+mod chat;
 #[path = "processes/dashboards.rs"]
 mod dashboards;
 #[path = "processes/login.rs"]
@@ -9,8 +11,12 @@ mod login;
 mod metrics;
 #[path = "processes/persistence.rs"]
 mod persistence;
+#[path = "processes/player_faults.rs"]
+mod player_faults;
 #[path = "processes/players.rs"]
 mod players;
+#[path = "processes/swarm.rs"]
+mod swarm;
 #[path = "processes/up_autoscale.rs"]
 mod up_autoscale;
 #[path = "processes/up_race.rs"]

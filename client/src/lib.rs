@@ -2,10 +2,11 @@
 //! (lightyear, netcode over UDP). Bots and tests drive it by calling [`GameClient::update`];
 //! it keeps what the server said in [`Received`].
 
+pub mod latency;
 pub mod swarm;
 
 use std::net::SocketAddr;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use base64::Engine;
 use bevy::app::ScheduleRunnerPlugin;
@@ -15,8 +16,10 @@ use lightyear::prelude::client::*;
 use lightyear::prelude::*;
 use sidereal_core::login::{Credentials, LoginReply};
 use sidereal_game::codec::StateDecoder;
-use sidereal_game::{GameProtocolPlugin, InputChannel, PilotInput, StateAck, StateUpdate};
-pub use sidereal_game::{SeenEntity, Welcome, WorldUpdate};
+pub use sidereal_game::{ChatHeard, ChatRefused, SeenEntity, Welcome, WorldUpdate};
+use sidereal_game::{
+    ChatSend, GameProtocolPlugin, InputChannel, PilotInput, ReliableChannel, StateAck, StateUpdate,
+};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
@@ -70,6 +73,12 @@ pub struct Received {
     /// Updates that did not decode (their baseline was lost); the next acknowledged one
     /// recovers.
     pub undecodable: u64,
+    /// Input-to-state latency of the pilot's turn commands.
+    pub turn_latency: latency::TurnProbe,
+    /// Chat heard (own lines included), oldest first.
+    pub chat: Vec<ChatHeard>,
+    /// Why lines this player said were refused.
+    pub chat_refused: Vec<String>,
 }
 
 /// The client's side of the state stream, from the welcome on.
@@ -135,12 +144,32 @@ impl GameClient {
 
     /// Queues this frame's command for the ship (sent at the next `update`).
     pub fn pilot(&mut self, thrust: f32, turn: f32, fire: bool) {
+        let mut received = self.app.world_mut().resource_mut::<Received>();
+        let ship = received.welcome.as_ref().map(|w| w.ship);
+        let at = received
+            .latest
+            .as_ref()
+            .zip(ship)
+            .and_then(|(u, s)| u.get(s))
+            .map_or([0.0; 2], |e| e.pos);
+        received.turn_latency.commanded(turn, Instant::now(), at);
         if let Some(mut sender) = self
             .app
             .world_mut()
             .get_mut::<MessageSender<PilotInput>>(self.entity)
         {
             sender.send::<InputChannel>(PilotInput { thrust, turn, fire });
+        }
+    }
+
+    /// Says a line of chat (sent at the next `update`): heard by players near the ship.
+    pub fn say(&mut self, text: &str) {
+        if let Some(mut sender) = self
+            .app
+            .world_mut()
+            .get_mut::<MessageSender<ChatSend>>(self.entity)
+        {
+            sender.send::<ReliableChannel>(ChatSend { text: text.into() });
         }
     }
 
@@ -166,6 +195,8 @@ type Receivers<'a> = (
     Option<&'a mut MessageReceiver<Welcome>>,
     Option<&'a mut MessageReceiver<StateUpdate>>,
     Option<&'a mut MessageSender<StateAck>>,
+    Option<&'a mut MessageReceiver<ChatHeard>>,
+    Option<&'a mut MessageReceiver<ChatRefused>>,
 );
 
 /// Takes the welcome, decodes world updates and acknowledges each one decoded.
@@ -174,7 +205,13 @@ fn receive(
     mut received: ResMut<Received>,
     mut decoder: ResMut<Decoder>,
 ) {
-    for (welcome, updates, acks) in &mut clients {
+    for (welcome, updates, acks, heard, refused) in &mut clients {
+        if let Some(mut h) = heard {
+            received.chat.extend(h.receive());
+        }
+        if let Some(mut r) = refused {
+            received.chat_refused.extend(r.receive().map(|r| r.reason));
+        }
         if let Some(mut w) = welcome {
             for m in w.receive() {
                 decoder.0 = Some(StateDecoder::new(m.tick_hz));
@@ -197,12 +234,19 @@ fn receive(
                         tick: snapshot.tick,
                     });
                     received.updates += 1;
-                    received.latest = Some(snapshot.to_update(tick_hz));
+                    let update = snapshot.to_update(tick_hz);
+                    let ship = received.welcome.as_ref().map(|w| w.ship);
+                    if let Some(me) = ship.and_then(|s| update.get(s)) {
+                        received
+                            .turn_latency
+                            .observed(me.spin, Instant::now(), me.pos);
+                    }
+                    received.latest = Some(update);
                 }
                 Ok(None) => {}
                 Err(e) => {
                     received.undecodable += 1;
-                    debug!(error = %e, "world update not decoded");
+                    tracing::debug!(error = %e, "world update not decoded");
                 }
             }
         }

@@ -37,6 +37,19 @@ pub struct BotReport {
     pub disconnects: u32,
     /// Bytes of encoded world state received.
     pub state_bytes: u64,
+    /// Input-to-state latency of each turn command that showed.
+    pub latency: Vec<crate::latency::LatencySample>,
+    /// Lines of chat said, and heard (its own and nearby bots').
+    pub chat_said: u32,
+    pub chat_heard: usize,
+    /// Updates, after the first that showed its ship, that did not show it.
+    pub missing_own_ship: u64,
+    /// Entities sent farther from its ship than the interest radius (a unit of slack).
+    pub beyond_radius: u64,
+    /// Its ship's position every half second or so.
+    pub path: Vec<[f32; 2]>,
+    /// Ids of the ships and asteroids it was sent (projectiles expire, so they are left out).
+    pub seen: std::collections::BTreeSet<u64>,
 }
 
 #[derive(Debug, Clone, Default)]
@@ -57,6 +70,16 @@ impl SwarmReport {
         self.bots.iter().map(|b| b.disconnects).sum()
     }
 
+    /// Input-to-state latency at quantile `q`, over every bot's samples.
+    pub fn latency(&self, q: f64) -> Option<Duration> {
+        let all: Vec<Duration> = self
+            .bots
+            .iter()
+            .flat_map(|b| b.latency.iter().map(|s| s.latency))
+            .collect();
+        crate::latency::quantile(&all, q)
+    }
+
     /// Mean bits of world state per entity per update, over every bot.
     pub fn bits_per_entity_update(&self) -> f64 {
         let bytes: u64 = self.bots.iter().map(|b| b.state_bytes).sum();
@@ -70,12 +93,13 @@ impl SwarmReport {
 }
 
 /// Bot `i`'s command at `t` seconds: full thrust for the first three seconds, then cruising;
-/// a slow weave whose phase differs per bot; the trigger held for a tick every two seconds.
-/// Pure, so a bot's path is reproducible.
+/// a weave of straight legs and turns (left, straight, right, straight, 1.5 s each) whose phase
+/// differs per bot, so every turn change is a latency probe; the trigger held for a tick every
+/// two seconds. Pure, so a bot's path is reproducible.
 pub fn pattern(i: usize, t: f64) -> (f32, f32, bool) {
-    let phase = i as f64 * 2.399; // the golden angle spreads the bots' headings
+    let phase = (i as f64 * 0.618_034).fract() * 4.0; // the golden ratio spreads the bots
     let thrust = if t < 3.0 { 1.0 } else { 0.4 };
-    let turn = ((t * 0.5 + phase).sin() * 0.6) as f32;
+    let turn = [0.6, 0.0, -0.6, 0.0][(t / 1.5 + phase) as usize % 4];
     let fire = (t * 30.0) as u64 % 60 == (i as u64 % 60);
     (thrust, turn, fire)
 }
@@ -136,6 +160,8 @@ pub fn run_swarm(config: &SwarmConfig) -> Result<SwarmReport, ClientError> {
             .map(|mut b| {
                 b.client.disconnect();
                 b.report.state_bytes = b.client.received().state_bytes;
+                b.report.latency = b.client.received().turn_latency.samples().to_vec();
+                b.report.chat_heard = b.client.received().chat.len();
                 b.report.mean_visible = b.visible_sum as f64 / b.report.updates.max(1) as f64;
                 b.report
             })
@@ -164,10 +190,21 @@ async fn log_in_or_register(
     }
 }
 
+/// Whether bot `i` says something in the tick at `t`: once every ten seconds, bots spread over
+/// the ten.
+pub fn chats(i: usize, t: f64) -> bool {
+    (t * 30.0) as u64 % 300 == (i as u64 * 37) % 300
+}
+
 fn step(bot: &mut Bot, i: usize, t: f64) {
     let (thrust, turn, fire) = pattern(i, t);
     if bot.client.is_connected() {
         bot.client.pilot(thrust, turn, fire);
+        if chats(i, t) {
+            let line = format!("{} here, {:.0} s in", bot.report.name, t);
+            bot.client.say(&line);
+            bot.report.chat_said += 1;
+        }
     }
     bot.client.update();
     let connected = bot.client.is_connected();
@@ -187,12 +224,28 @@ fn step(bot: &mut Bot, i: usize, t: f64) {
         bot.report.updates += new;
         bot.visible_sum += new * update.entities.len() as u64;
         let ship = bot.client.login.ship;
+        let radius = received
+            .welcome
+            .as_ref()
+            .map_or(f32::INFINITY, |w| w.interest_radius);
         if let Some(me) = update.get(ship) {
             if let Some(p) = bot.last_pos {
                 bot.report.distance +=
                     ((me.pos[0] - p[0]).powi(2) + (me.pos[1] - p[1]).powi(2)).sqrt();
             }
             bot.last_pos = Some(me.pos);
+            if bot.report.updates >= 15 * bot.report.path.len() as u64 {
+                bot.report.path.push(me.pos);
+            }
+            let far = |e: &&crate::SeenEntity| {
+                ((e.pos[0] - me.pos[0]).powi(2) + (e.pos[1] - me.pos[1]).powi(2)).sqrt()
+                    > radius + 1.0
+            };
+            bot.report.beyond_radius += update.entities.iter().filter(far).count() as u64;
+            let lasting = update.entities.iter().filter(|e| e.kind != 2);
+            bot.report.seen.extend(lasting.map(|e| e.id));
+        } else if bot.last_pos.is_some() {
+            bot.report.missing_own_ship += 1;
         }
     }
 }
@@ -211,7 +264,16 @@ mod tests {
                 assert_eq!(pattern(i, t), pattern(i, t));
             }
         }
-        assert_ne!(pattern(0, 5.0).1, pattern(1, 5.0).1);
+        let turns = |i| (0..600).map(move |k| pattern(i, f64::from(k) / 30.0).1);
+        assert!(turns(0).zip(turns(1)).any(|(a, b)| a != b), "bots differ");
+        let changes = turns(0)
+            .zip(turns(0).skip(1))
+            .filter(|(a, b)| (a - b).abs() > 0.25)
+            .count();
+        assert!(
+            changes >= 12,
+            "{changes} turn changes (latency probes) in 20 s"
+        );
         let fires = (0..60)
             .filter(|k| pattern(3, f64::from(*k) / 30.0).2)
             .count();

@@ -29,6 +29,13 @@ pub struct Shadow {
     pub snapshot: EntitySnapshot,
 }
 
+/// How ships handle, for the shards that fly them and the clients that predict them.
+pub const SHIP_MAX_SPEED: f32 = 120.0;
+/// Speed a full-thrust pilot adds per tick.
+pub const SHIP_THRUST_PER_TICK: f32 = 4.0;
+/// Spin at full rudder (radians/s): a ship's spin is its pilot's turn times this.
+pub const SHIP_TURN_RATE: f32 = 2.0;
+
 /// A pilot's command for one ship, validated by replication: thrust along the ship's heading
 /// and turn rate, each in [-1, 1], and whether to fire. Held until the next one replaces it.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]

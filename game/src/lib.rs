@@ -9,7 +9,7 @@ use bevy::app::{App, Plugin};
 use lightyear::prelude::*;
 use serde::{Deserialize, Serialize};
 
-/// Messages that must arrive, in order: the welcome, later chat.
+/// Messages that must arrive, in order: the welcome and chat.
 pub struct ReliableChannel;
 
 /// World state: a newer update replaces an older one; lost ones are never resent.
@@ -82,6 +82,32 @@ pub struct SeenEntity {
     pub spin: f32,
 }
 
+/// Most characters in one line of chat.
+pub const MAX_CHAT_CHARS: usize = 200;
+
+/// A line of chat, client to server. Replication trims it and refuses an empty one, one over
+/// [`MAX_CHAT_CHARS`] characters or with control characters, and more than 5 at once then one a
+/// second per player ([`ChatRefused`] says why).
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+pub struct ChatSend {
+    pub text: String,
+}
+
+/// A line of chat said by a player whose ship was within the interest radius of the listener's
+/// (a speaker hears itself: that is the delivery receipt).
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+pub struct ChatHeard {
+    pub player_id: u64,
+    pub ship: u64,
+    pub text: String,
+}
+
+/// Why a line of chat was not relayed.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+pub struct ChatRefused {
+    pub reason: String,
+}
+
 pub struct GameProtocolPlugin;
 
 impl Plugin for GameProtocolPlugin {
@@ -104,6 +130,12 @@ impl Plugin for GameProtocolPlugin {
         app.register_message::<PilotInput>()
             .add_direction(NetworkDirection::ClientToServer);
         app.register_message::<Welcome>()
+            .add_direction(NetworkDirection::ServerToClient);
+        app.register_message::<ChatSend>()
+            .add_direction(NetworkDirection::ClientToServer);
+        app.register_message::<ChatHeard>()
+            .add_direction(NetworkDirection::ServerToClient);
+        app.register_message::<ChatRefused>()
             .add_direction(NetworkDirection::ServerToClient);
         app.register_message::<StateUpdate>()
             .add_direction(NetworkDirection::ServerToClient);

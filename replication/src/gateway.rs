@@ -2,6 +2,7 @@
 //! It never touches the authority: it tells replication's runtime who joined and left through
 //! one channel, and gets each tick's views (what every player sees) through another.
 
+use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -17,12 +18,14 @@ use sidereal_core::login::GAME_PROTOCOL_ID;
 use sidereal_core::{EntityId, EntitySnapshot};
 use sidereal_game::codec::StateEncoder;
 use sidereal_game::{
-    GameProtocolPlugin, PilotInput, SeenEntity, StateAck, StateChannel, StateUpdate, Welcome,
+    ChatHeard, ChatRefused, ChatSend, GameProtocolPlugin, PilotInput, ReliableChannel, SeenEntity,
+    StateAck, StateChannel, StateUpdate, Welcome,
 };
 use tokio::sync::mpsc::UnboundedSender;
 use tracing::{info, warn};
 
-use crate::login::token::ship_of;
+use crate::chat::{ChatGate, ChatRefusal, listeners};
+use crate::login::token::{player_of, ship_of};
 use crate::state::GameTraffic;
 
 /// Settings of the game port.
@@ -76,6 +79,23 @@ struct Channels {
 #[derive(Component)]
 struct Stream(StateEncoder);
 
+/// A player's current, connected session.
+type Current = (With<ClientOf>, With<Connected>, Without<Superseded>);
+
+/// Who a connected client is.
+#[derive(Component, Clone, Copy)]
+struct Player {
+    id: u64,
+    ship: u64,
+}
+
+/// Where each player's ship was in the newest views, for chat.
+#[derive(Resource, Default)]
+struct ShipPositions(Vec<(u64, [f32; 2])>);
+
+#[derive(Resource, Default)]
+struct Chat(ChatGate);
+
 #[derive(Resource, Clone)]
 struct Settings {
     tick_hz: u32,
@@ -119,7 +139,13 @@ fn build_app(config: GatewayConfig, key: Key, channels: Channels) -> App {
     });
     app.add_observer(player_connected);
     app.add_observer(player_disconnected);
-    app.add_systems(Update, (forward_inputs, receive_acks, send_views));
+    app.init_resource::<ShipPositions>();
+    app.init_resource::<Sessions>();
+    app.init_resource::<Chat>();
+    app.add_systems(
+        Update,
+        (forward_inputs, receive_acks, send_views, relay_chat),
+    );
     let udp = config.udp;
     let netcode = NetcodeConfig::default()
         .with_protocol_id(GAME_PROTOCOL_ID)
@@ -141,33 +167,45 @@ fn build_app(config: GatewayConfig, key: Key, channels: Channels) -> App {
     app
 }
 
-/// The netcode id of a client link.
-fn player_of(remote: &RemoteId) -> Option<u64> {
-    match remote.0 {
-        PeerId::Netcode(id) => Some(id),
-        _ => None,
-    }
-}
+/// Each player's current session (its newest connection). A player who drops and connects
+/// again before the old connection times out gets a new session at once; the old one is
+/// marked [`Superseded`]: it is sent nothing, its commands are ignored, and its timeout does not
+/// make the player leave.
+#[derive(Resource, Default)]
+struct Sessions(HashMap<u64, Entity>);
+
+#[derive(Component)]
+struct Superseded;
 
 fn player_connected(
     trigger: On<Add, Connected>,
-    mut clients: Query<(&RemoteId, &TokenUserData, &mut MessageSender<Welcome>), With<ClientOf>>,
+    mut clients: Query<(&TokenUserData, &mut MessageSender<Welcome>), With<ClientOf>>,
     channels: Res<Channels>,
     settings: Res<Settings>,
+    mut sessions: ResMut<Sessions>,
     mut commands: Commands,
 ) {
-    let Ok((remote, user_data, mut welcome)) = clients.get_mut(trigger.entity) else {
+    let Ok((user_data, mut welcome)) = clients.get_mut(trigger.entity) else {
         return;
     };
-    let Some(player_id) = player_of(remote) else {
-        return;
-    };
-    let ship = ship_of(&user_data.0);
-    info!(player_id, ship, "player connected");
-    commands
-        .entity(trigger.entity)
-        .insert(Stream(StateEncoder::new(settings.tick_hz)));
-    welcome.send::<sidereal_game::ReliableChannel>(Welcome {
+    let (player_id, ship) = (player_of(&user_data.0), ship_of(&user_data.0));
+    if let Some(old) = sessions.0.insert(player_id, trigger.entity) {
+        info!(
+            player_id,
+            "player connected again; the old connection is superseded"
+        );
+        commands.entity(old).try_insert(Superseded);
+    } else {
+        info!(player_id, ship, "player connected");
+    }
+    commands.entity(trigger.entity).insert((
+        Stream(StateEncoder::new(settings.tick_hz)),
+        Player {
+            id: player_id,
+            ship,
+        },
+    ));
+    welcome.send::<ReliableChannel>(Welcome {
         player_id,
         ship,
         tick_hz: settings.tick_hz,
@@ -181,26 +219,30 @@ fn player_connected(
 
 fn player_disconnected(
     trigger: On<Add, Disconnected>,
-    clients: Query<&RemoteId, With<ClientOf>>,
+    clients: Query<&Player, With<ClientOf>>,
     channels: Res<Channels>,
+    mut sessions: ResMut<Sessions>,
 ) {
-    if let Ok(remote) = clients.get(trigger.entity)
-        && let Some(player_id) = player_of(remote)
-    {
-        info!(player_id, "player disconnected");
-        let _ = channels.events.send(GatewayEvent::Left { player_id });
+    let Ok(player) = clients.get(trigger.entity) else {
+        return;
+    };
+    // Only the current session's end is the player's.
+    if sessions.0.get(&player.id) == Some(&trigger.entity) {
+        sessions.0.remove(&player.id);
+        info!(player_id = player.id, "player disconnected");
+        let _ = channels.events.send(GatewayEvent::Left {
+            player_id: player.id,
+        });
     }
 }
 
 /// Passes each player's commands on to replication's runtime as they came.
 fn forward_inputs(
     channels: Res<Channels>,
-    mut clients: Query<(&RemoteId, &mut MessageReceiver<PilotInput>), With<ClientOf>>,
+    mut clients: Query<(&Player, &mut MessageReceiver<PilotInput>), Current>,
 ) {
-    for (remote, mut inputs) in &mut clients {
-        let Some(player_id) = player_of(remote) else {
-            continue;
-        };
+    for (player, mut inputs) in &mut clients {
+        let player_id = player.id;
         for i in inputs.receive() {
             let _ = channels.events.send(GatewayEvent::Input {
                 player_id,
@@ -222,7 +264,7 @@ fn receive_acks(mut clients: Query<(&mut Stream, &mut MessageReceiver<StateAck>)
 }
 
 type ConnectedClient<'a> = (
-    &'a RemoteId,
+    &'a Player,
     &'a mut Stream,
     &'a mut MessageSender<StateUpdate>,
 );
@@ -231,7 +273,8 @@ type ConnectedClient<'a> = (
 /// views still queued are skipped.
 fn send_views(
     channels: Res<Channels>,
-    mut clients: Query<ConnectedClient, (With<ClientOf>, With<Connected>)>,
+    mut clients: Query<ConnectedClient, Current>,
+    mut ships: ResMut<ShipPositions>,
 ) {
     let mut newest = None;
     loop {
@@ -251,10 +294,15 @@ fn send_views(
         views.per_player.iter().map(|(p, v)| (*p, v)).collect();
     let (mut bytes, mut updates, mut entities) = (0, 0, 0);
     let mut seen_buf = Vec::new();
-    for (remote, mut stream, mut sender) in &mut clients {
-        let Some(seen) = player_of(remote).and_then(|p| by_player.get(&p)) else {
+    ships.0.clear();
+    for (player, mut stream, mut sender) in &mut clients {
+        let Some(seen) = by_player.get(&player.id) else {
             continue;
         };
+        // The interest views put the player's ship first.
+        if let Some(me) = seen.first().filter(|e| e.id.0 == player.ship) {
+            ships.0.push((player.id, me.state.pos));
+        }
         seen_buf.clear();
         seen_buf.extend(seen.iter().map(seen_entity));
         let encoded = stream.0.encode(views.tick, &seen_buf);
@@ -271,7 +319,74 @@ fn send_views(
         .fetch_add(entities, Ordering::Relaxed);
 }
 
-fn seen_entity(s: &EntitySnapshot) -> SeenEntity {
+type Speaker<'a> = (&'a Player, &'a mut MessageReceiver<ChatSend>);
+type Listener<'a> = (
+    &'a Player,
+    &'a mut MessageSender<ChatHeard>,
+    &'a mut MessageSender<ChatRefused>,
+);
+
+/// Relays each admitted line of chat to the players whose ships are within the interest radius
+/// of the speaker's; tells the speaker why a line was refused.
+fn relay_chat(
+    mut speakers: Query<Speaker, Current>,
+    mut listeners_q: Query<Listener, Current>,
+    ships: Res<ShipPositions>,
+    settings: Res<Settings>,
+    channels: Res<Channels>,
+    mut chat: ResMut<Chat>,
+) {
+    let now = std::time::Instant::now();
+    let mut said: Vec<(Player, Result<String, ChatRefusal>)> = Vec::new();
+    for (player, mut lines) in &mut speakers {
+        for line in lines.receive() {
+            let admitted = chat.0.admit(player.id, &line.text, now).map(str::to_owned);
+            said.push((*player, admitted));
+        }
+    }
+    if said.is_empty() {
+        return;
+    }
+    for (speaker, admitted) in said {
+        let at = ships
+            .0
+            .iter()
+            .find(|(p, _)| *p == speaker.id)
+            .map(|(_, at)| *at);
+        let result = admitted.and_then(|text| at.map(|at| (text, at)).ok_or(ChatRefusal::NoShip));
+        match result {
+            Ok((text, at)) => {
+                let hear = listeners(at, &ships.0, settings.interest_radius);
+                for (player, mut heard, _) in &mut listeners_q {
+                    if hear.contains(&player.id) {
+                        heard.send::<ReliableChannel>(ChatHeard {
+                            player_id: speaker.id,
+                            ship: speaker.ship,
+                            text: text.clone(),
+                        });
+                    }
+                }
+                chat.0.delivered();
+            }
+            Err(why) => {
+                if why == ChatRefusal::NoShip {
+                    chat.0.refused(why);
+                }
+                if let Some((_, _, mut refused)) =
+                    listeners_q.iter_mut().find(|(p, _, _)| p.id == speaker.id)
+                {
+                    refused.send::<ReliableChannel>(ChatRefused {
+                        reason: why.to_string(),
+                    });
+                }
+            }
+        }
+    }
+    *channels.traffic.chat.lock().expect("chat counts") = chat.0.counts().clone();
+}
+
+/// An entity as a player is sent it.
+pub fn seen_entity(s: &EntitySnapshot) -> SeenEntity {
     SeenEntity {
         id: s.id.0,
         kind: s.kind as u8,

@@ -3,6 +3,7 @@
 
 pub mod api;
 pub mod authority;
+pub mod chat;
 pub mod controls;
 pub mod gateway;
 pub mod interest;

@@ -227,6 +227,21 @@ pub fn render(
         "Entities described by the world state updates sent (each costs bytes only if it moved off its prediction)",
         game.entity_updates.load(Ordering::Relaxed),
     ));
+    let mut chat: BTreeMap<&str, u64> = crate::chat::CHAT_RESULTS.iter().map(|r| (*r, 0)).collect();
+    chat.extend(
+        game.chat
+            .lock()
+            .expect("chat counts")
+            .iter()
+            .map(|(k, v)| (*k, *v)),
+    );
+    let chat: Vec<(&str, u64)> = chat.into_iter().collect();
+    add(&labelled_counter(
+        "chat_total",
+        "Chat lines from players, by result (delivered reached every ship within the interest radius)",
+        "result",
+        &chat,
+    ));
     let logins: Vec<(&str, u64)> = logins.iter().map(|(k, v)| (*k, *v)).collect();
     add(&labelled_counter(
         "logins_total",

@@ -1,7 +1,7 @@
 //! State shared by replication's tasks (shard links, the ticker, checkpoints, the HTTP API):
 //! the authority behind one lock, the store and its health, and the links' writers.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
@@ -44,6 +44,8 @@ pub struct GameTraffic {
     pub state_updates: AtomicU64,
     /// Entities the state updates described, sent or left to the client's prediction.
     pub entity_updates: AtomicU64,
+    /// Chat lines by result (`crate::chat::CHAT_RESULTS`).
+    pub chat: Mutex<BTreeMap<&'static str, u64>>,
 }
 
 /// State shared by the link tasks, the ticker and the HTTP handlers.

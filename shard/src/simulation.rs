@@ -13,10 +13,7 @@ use crate::components::{Owned, Pilot, TickSet, Ttl, body};
 use crate::link::{Encoder, ShardLink, TickCount};
 use crate::ownership::Ownership;
 
-pub const SHIP_MAX_SPEED: f32 = 120.0;
-/// Speed a full-thrust pilot adds per tick, and the turn rate at full rudder (radians/s).
-pub const SHIP_THRUST_PER_TICK: f32 = 4.0;
-pub const SHIP_TURN_RATE: f32 = 2.0;
+pub use sidereal_core::protocol::{SHIP_MAX_SPEED, SHIP_THRUST_PER_TICK, SHIP_TURN_RATE};
 /// A piloted ship fires at most once per this many ticks while the trigger is held.
 pub const PILOT_FIRE_EVERY_TICKS: u64 = 6;
 pub const PROJECTILE_SPEED: f32 = 300.0;

@@ -13,7 +13,7 @@ use super::{TempDir, metric_at, start_replication_with, start_shards_and_place, 
 
 const RADIUS: f32 = 600.0;
 
-fn register(http: &str, name: &str) -> sidereal_core::login::LoginReply {
+pub(crate) fn register(http: &str, name: &str) -> sidereal_core::login::LoginReply {
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -279,58 +279,4 @@ fn a_pilot_steers_its_ship_and_bad_or_flooding_commands_are_refused() {
         inputs("non_finite"),
         inputs("rate_limited")
     );
-}
-
-#[test]
-fn a_bot_swarm_logs_in_flies_and_reports_every_bot() {
-    let data = TempDir::new("bots");
-    let r = start_replication_with(200, &data.0, None, &[]);
-    let _shards = start_shards_and_place(&r, 2);
-    let run = |count: &str| {
-        super::sidereal()
-            .args([
-                "bot",
-                "--count",
-                count,
-                "--http",
-                &r.http,
-                "--duration",
-                "6",
-            ])
-            .output()
-            .expect("sidereal bot")
-    };
-    let out = run("8");
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "{stdout}\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    println!("{stdout}");
-    let summary = stdout
-        .lines()
-        .find(|l| l.starts_with("SWARM "))
-        .expect("a summary line");
-    for want in ["bots=8", "connected=8", "moved=8", "disconnects=0"] {
-        assert!(summary.contains(want), "{want} in {summary}");
-    }
-    assert_eq!(stdout.lines().filter(|l| l.starts_with("bot-")).count(), 8);
-    // The bots registered the first time; a second swarm logs the same bots in.
-    let again = run("3");
-    let stdout = String::from_utf8_lossy(&again.stdout);
-    assert!(stdout.contains("connected=3"), "{stdout}");
-    assert_eq!(
-        logins(&r.http, "created"),
-        8.0,
-        "no new accounts the second time"
-    );
-    assert!(logins(&r.http, "ok") >= 3.0);
-}
-
-fn logins(base: &str, result: &str) -> f64 {
-    metric_at(
-        base,
-        &format!("sidereal_logins_total{{result=\"{result}\"}}"),
-    )
 }

@@ -51,8 +51,9 @@ impl FromStr for NetcodeKey {
 pub struct TokenError(String);
 
 /// A connect token for `player_id` flying `ship`, valid for new connections to `servers` for
-/// `valid_for`, serialized to its 2048 bytes, and when it expires (Unix seconds). The ship id
-/// rides in the sealed user data, so the game port learns it from the token alone.
+/// `valid_for`, serialized to its 2048 bytes, and when it expires (Unix seconds). Its netcode
+/// client id is a fresh session id; the player and ship ids ride in the sealed user data, so the
+/// game port learns them from the token alone.
 pub fn issue(
     key: &NetcodeKey,
     servers: &[SocketAddr],
@@ -61,9 +62,9 @@ pub fn issue(
     valid_for: Duration,
 ) -> Result<(Vec<u8>, u64), TokenError> {
     let expire = i32::try_from(valid_for.as_secs().max(1)).unwrap_or(i32::MAX);
-    let token = ConnectToken::build(servers, GAME_PROTOCOL_ID, player_id, key.0)
+    let token = ConnectToken::build(servers, GAME_PROTOCOL_ID, session_id(), key.0)
         .expire_seconds(expire)
-        .user_data(user_data(ship))
+        .user_data(user_data(ship, player_id))
         .generate()
         .map_err(|e| TokenError(e.to_string()))?;
     let expires_at = token.expire_timestamp();
@@ -73,16 +74,30 @@ pub fn issue(
     Ok((bytes.to_vec(), expires_at))
 }
 
-/// The token's user data: the ship id, then zeros.
-pub fn user_data(ship: u64) -> [u8; USER_DATA_BYTES] {
+/// The token's user data: the ship id and the player id, then zeros.
+pub fn user_data(ship: u64, player_id: u64) -> [u8; USER_DATA_BYTES] {
     let mut data = [0u8; USER_DATA_BYTES];
     data[..8].copy_from_slice(&ship.to_le_bytes());
+    data[8..16].copy_from_slice(&player_id.to_le_bytes());
     data
 }
 
 /// The ship id a token's user data carries.
 pub fn ship_of(user_data: &[u8; USER_DATA_BYTES]) -> u64 {
     u64::from_le_bytes(user_data[..8].try_into().expect("8 bytes"))
+}
+
+/// The player id a token's user data carries.
+pub fn player_of(user_data: &[u8; USER_DATA_BYTES]) -> u64 {
+    u64::from_le_bytes(user_data[8..16].try_into().expect("8 bytes"))
+}
+
+/// A fresh random session id: netcode's client id for one connection. Netcode refuses a client
+/// id that is still connected, so a player who drops and logs in again would wait out the old
+/// connection's timeout if the player id were the client id.
+pub fn session_id() -> u64 {
+    let bytes = random_bytes();
+    u64::from_le_bytes(bytes[..8].try_into().expect("8 bytes"))
 }
 
 /// 32 bytes from the operating system's random source (netcode's own key generator).
@@ -124,9 +139,8 @@ mod tests {
 
     /// Opens a token's private part the way a netcode 1.02 server does (XChaCha20-Poly1305
     /// with the version, protocol id and expiry as associated data), independently of
-    /// lightyear: it holds the player id, and only the right key opens it. (lightyear writes
-    /// the integers big-endian.)
-    fn private_client_id(bytes: &[u8], key: &Key) -> Option<u64> {
+    /// lightyear: only the right key opens it. Returns the plaintext.
+    fn open_private(bytes: &[u8], key: &Key) -> Option<Vec<u8>> {
         use chacha20poly1305::aead::AeadInPlace;
         use chacha20poly1305::{KeyInit, Tag, XChaCha20Poly1305, XNonce};
         let (version, rest) = bytes.split_at(13);
@@ -139,25 +153,42 @@ mod tests {
         XChaCha20Poly1305::new(key.into())
             .decrypt_in_place_detached(nonce, &aad, ciphertext, Tag::from_slice(tag))
             .ok()?;
-        Some(u64::from_be_bytes(ciphertext[..8].try_into().unwrap()))
+        Some(ciphertext.to_vec())
+    }
+
+    /// The client id at the start of the plaintext (lightyear writes integers big-endian).
+    fn client_id(plain: &[u8]) -> u64 {
+        u64::from_be_bytes(plain[..8].try_into().unwrap())
     }
 
     #[test]
-    fn a_token_carries_its_player_id_sealed_with_the_servers_key() {
+    fn a_token_carries_its_player_and_ship_sealed_with_the_servers_key() {
         let key = NetcodeKey(random_bytes());
         let servers = ["127.0.0.1:7702".parse().unwrap()];
-        let (bytes, _) =
-            issue(&key, &servers, 0x0123_4567_89ab, 9, Duration::from_secs(60)).unwrap();
+        let player = 0x0123_4567_89ab_u64;
+        let issue_one = || issue(&key, &servers, player, 9, Duration::from_secs(60)).unwrap();
+        let (bytes, _) = issue_one();
         assert_eq!(&bytes[..13], b"NETCODE 1.02\0");
         assert_eq!(bytes[13..21], GAME_PROTOCOL_ID.to_be_bytes());
-        assert_eq!(private_client_id(&bytes, &key.0), Some(0x0123_4567_89ab));
-        assert_eq!(
-            private_client_id(&bytes, &random_bytes()),
-            None,
-            "another key"
+        let plain = open_private(&bytes, &key.0).expect("the server's key opens it");
+        let mut data = [0u8; USER_DATA_BYTES];
+        data[..16].copy_from_slice(&user_data(9, player)[..16]);
+        assert!(
+            plain.windows(16).any(|w| w == &data[..16]),
+            "the ship and player ids are in the sealed part"
         );
+        assert_eq!((ship_of(&data), player_of(&data)), (9, player));
+        // Each token is a session of its own.
+        let again = open_private(&issue_one().0, &key.0).unwrap();
+        assert_ne!(client_id(&plain), client_id(&again));
+        assert_ne!(
+            client_id(&plain),
+            player,
+            "the client id is not the player id"
+        );
+        assert_eq!(open_private(&bytes, &random_bytes()), None, "another key");
         let mut forged = bytes.clone();
         forged[29] ^= 1; // the expiry, which the seal covers
-        assert_eq!(private_client_id(&forged, &key.0), None, "a changed expiry");
+        assert_eq!(open_private(&forged, &key.0), None, "a changed expiry");
     }
 }
