@@ -194,6 +194,11 @@ impl Fleet {
         }
     }
 
+    /// The tick whose shard messages started `id`'s handover still in flight, if any.
+    pub fn handover_started_at(&self, id: EntityId) -> Option<u64> {
+        self.handover_started.get(&id).copied()
+    }
+
     pub fn authoritative_sets(&self) -> Vec<(ShardId, HashSet<EntityId>)> {
         self.shards
             .iter()
