@@ -44,8 +44,18 @@ enum Command {
 }
 
 fn init_tracing() {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+    let mut filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| "info,wgpu=warn".into());
+    // lightyear 0.30 logs two started servers (the game port's UDP and WebSocket servers) as an
+    // "invalid networking topology" error. Only its replication and prediction consult that
+    // topology; the gateway speaks messages, which work on both. Quiet unless asked for.
+    if !std::env::var("RUST_LOG").is_ok_and(|v| v.contains("network_topology")) {
+        filter = filter.add_directive(
+            "lightyear_connection::network_topology=off"
+                .parse()
+                .expect("a valid directive"),
+        );
+    }
     use std::io::IsTerminal;
     tracing_subscriber::fmt()
         .with_env_filter(filter)

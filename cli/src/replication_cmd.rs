@@ -57,6 +57,17 @@ pub struct ReplicationArgs {
     /// by default the bound --game-udp address.
     #[arg(long, env = "SIDEREAL_PUBLIC_GAME_ADDR", value_delimiter = ',')]
     pub public_game_addr: Vec<SocketAddr>,
+    /// Game port for browsers: the same netcode over WebSocket (plain ws://; put a
+    /// TLS-terminating proxy in front for wss://). Port 0 picks a free one.
+    #[arg(long, env = "SIDEREAL_GAME_WS", default_value = "127.0.0.1:7703")]
+    pub game_ws: SocketAddr,
+    /// Serve no WebSocket game port.
+    #[arg(long)]
+    pub no_game_ws: bool,
+    /// WebSocket game addresses written into connect tokens, comma-separated; by default the
+    /// bound --game-ws address.
+    #[arg(long, env = "SIDEREAL_PUBLIC_GAME_WS_ADDR", value_delimiter = ',')]
+    pub public_game_ws_addr: Vec<SocketAddr>,
     /// World units around a player's ship within which it is sent entities.
     #[arg(long, default_value_t = 1500.0)]
     pub interest_radius: f32,
@@ -116,11 +127,13 @@ pub fn config(args: &ReplicationArgs) -> anyhow::Result<ReplicationConfig> {
         login: LoginConfig {
             netcode_key: args.netcode_key.clone(),
             servers: args.public_game_addr.clone(),
+            websocket_servers: args.public_game_ws_addr.clone(),
             token_valid_for: std::time::Duration::from_secs(args.token_valid_for),
             ..LoginConfig::default()
         },
         gateway: Some(GatewayConfig {
             udp: args.game_udp,
+            websocket: (!args.no_game_ws).then_some(args.game_ws),
             // The public addresses, from the login settings above.
             public: Vec::new(),
             tick_hz: args.tick_hz,
@@ -141,7 +154,11 @@ pub fn run(args: ReplicationArgs) -> anyhow::Result<()> {
         let game = running
             .game
             .map(|g| format!(" game={g}"))
-            .unwrap_or_default();
+            .unwrap_or_default()
+            + &running
+                .game_ws
+                .map(|w| format!(" ws={w}"))
+                .unwrap_or_default();
         println!(
             "SIDEREAL_READY http={} link={}{game}",
             running.http, running.link

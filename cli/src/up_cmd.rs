@@ -69,6 +69,9 @@ pub struct UpArgs {
     /// Game port for players (lightyear over UDP).
     #[arg(long, env = "SIDEREAL_GAME_UDP", default_value = "127.0.0.1:7702")]
     pub game_udp: SocketAddr,
+    /// Game port for browsers (the same netcode over WebSocket, plain ws://).
+    #[arg(long, env = "SIDEREAL_GAME_WS", default_value = "127.0.0.1:7703")]
+    pub game_ws: SocketAddr,
     /// Shard i serves /metrics on this port + i.
     #[arg(long, default_value_t = 9100)]
     pub metrics_base_port: u16,
@@ -281,6 +284,8 @@ pub fn run(args: UpArgs) -> anyhow::Result<()> {
                 &args.link.to_string(),
                 "--game-udp",
                 &args.game_udp.to_string(),
+                "--game-ws",
+                &args.game_ws.to_string(),
             ])
             .args(["--world", &world.join(",")])
             .args([
@@ -358,8 +363,8 @@ async fn supervise(fleet: &mut Fleet) -> anyhow::Result<()> {
         fleet.args.data.join("control-token").display()
     );
     println!(
-        "  game port    udp://{} (lightyear, netcode)",
-        fleet.args.game_udp
+        "  game port    udp://{} and ws://{} (lightyear, netcode)",
+        fleet.args.game_udp, fleet.args.game_ws
     );
     println!(
         "  players      POST {base}/v1/accounts or {base}/v1/login with {{\"name\":..,\"password\":..}}"

@@ -61,6 +61,7 @@ pub(crate) fn sidereal() -> Command {
         .env("SIDEREAL_CONTROL_TOKEN", TOKEN)
         .env("SIDEREAL_NETCODE_KEY", NETCODE_KEY)
         .env("SIDEREAL_GAME_UDP", "127.0.0.1:0")
+        .env("SIDEREAL_GAME_WS", "127.0.0.1:0")
         // SIDEREAL_TEST_LOG=info,lightyear=debug shows more of the processes' logs.
         .env(
             "RUST_LOG",

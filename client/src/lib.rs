@@ -92,9 +92,24 @@ pub struct GameClient {
     pub login: LoginReply,
 }
 
+/// How a client reaches the game port.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Transport {
+    /// Netcode over UDP, to the first of the login's `servers`.
+    Udp,
+    /// Netcode over WebSocket (plain ws://), to the first of the login's `websocket` addresses:
+    /// what a browser build uses.
+    WebSocket,
+}
+
 impl GameClient {
-    /// Starts connecting with the token of `login` to its first server.
+    /// Starts connecting with the token of `login` to its first UDP server.
     pub fn connect(login: LoginReply) -> Result<Self, ClientError> {
+        Self::connect_via(login, Transport::Udp)
+    }
+
+    /// Starts connecting with the token of `login` over `transport`.
+    pub fn connect_via(login: LoginReply, transport: Transport) -> Result<Self, ClientError> {
         let bytes = base64::engine::general_purpose::STANDARD.decode(&login.token)?;
         let token =
             ConnectToken::try_from_bytes(&bytes).map_err(|e| ClientError::Token(e.to_string()))?;
@@ -115,11 +130,14 @@ impl GameClient {
         app.cleanup();
         let netcode = NetcodeClient::new(Authentication::Token(token), NetcodeConfig::default())
             .map_err(|e| ClientError::Token(e.to_string()))?;
-        let server = login
-            .servers
+        let addresses = match transport {
+            Transport::Udp => &login.servers,
+            Transport::WebSocket => &login.websocket,
+        };
+        let server = addresses
             .first()
             .and_then(|s| s.parse::<SocketAddr>().ok())
-            .ok_or_else(|| ClientError::Token("no game server address".into()))?;
+            .ok_or_else(|| ClientError::Token(format!("no {transport:?} game address")))?;
         // As lightyear's own tests do: the transport first, then netcode on top of it.
         let entity = app
             .world_mut()
@@ -127,11 +145,25 @@ impl GameClient {
                 Client,
                 // Receiving messages needs the manager; nothing else brings it on a client.
                 MessageManager::default(),
-                LocalAddr(SocketAddr::from(([0, 0, 0, 0], 0))),
                 PeerAddr(server),
-                UdpIo::default(),
             ))
             .id();
+        match transport {
+            Transport::Udp => {
+                app.world_mut().entity_mut(entity).insert((
+                    LocalAddr(SocketAddr::from(([0, 0, 0, 0], 0))),
+                    UdpIo::default(),
+                ));
+            }
+            Transport::WebSocket => {
+                // Commands are small and due now: no Nagle delay.
+                let config = ClientConfig::builder()
+                    .with_no_encryption()
+                    .with_nagle(false);
+                let io = WebSocketClientIo::from_url(config, format!("ws://{server}"));
+                app.world_mut().entity_mut(entity).insert(io);
+            }
+        }
         app.world_mut().entity_mut(entity).insert(netcode);
         app.world_mut().trigger(Connect { entity });
         Ok(Self { app, entity, login })

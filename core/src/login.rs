@@ -36,8 +36,11 @@ pub struct LoginReply {
     pub token: String,
     /// When the token stops being accepted for a new connection, in Unix seconds.
     pub expires_at: u64,
-    /// Game addresses the token is valid for, in the order a client should try them.
+    /// UDP game addresses the token is valid for, in the order a client should try them.
     pub servers: Vec<String>,
+    /// WebSocket game addresses (`host:port`, plain `ws://`) the token is valid for too.
+    #[serde(default)]
+    pub websocket: Vec<String>,
 }
 
 /// Why a name or password is not acceptable for a new account.

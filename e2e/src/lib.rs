@@ -27,6 +27,8 @@ pub async fn client() -> anyhow::Result<Client> {
             "KUBECONFIG is not set: run the e2e suite through `make test`, which starts a local control plane"
         );
     }
+    // Two rustls providers are compiled in (see sidereal_operator::context::use_ring_for_tls).
+    let _ = rustls::crypto::ring::default_provider().install_default();
     Client::try_default()
         .await
         .context("connecting to the cluster in KUBECONFIG")

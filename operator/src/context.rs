@@ -169,9 +169,17 @@ impl Default for Metrics {
     }
 }
 
+/// Makes ring rustls's process-wide crypto provider. The WebSocket game port brings rustls's
+/// aws-lc-rs provider into the build beside kube's ring, and with two compiled in, rustls
+/// picks neither by itself: kube's TLS setup would panic. Idempotent.
+pub fn use_ring_for_tls() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+}
+
 /// A client for the cluster in the environment (KUBECONFIG, or the pod's service account) that
 /// counts every request it makes in `sidereal_operator_api_requests_total`.
 pub async fn counting_client(metrics: &Metrics) -> Result<Client, kube::Error> {
+    use_ring_for_tls();
     let config = kube::Config::infer()
         .await
         .map_err(kube::Error::InferConfig)?;
@@ -314,6 +322,7 @@ mod tests {
 
     #[tokio::test]
     async fn one_sync_per_world_at_a_time_and_not_more_often_than_the_debounce() {
+        use_ring_for_tls();
         let client = kube::Client::try_from(kube::Config::new(
             "http://127.0.0.1:1".parse().expect("a URL"),
         ))

@@ -1,4 +1,5 @@
-//! The game port: a lightyear server (netcode over UDP) on its own thread, as a Bevy app.
+//! The game port: a lightyear server (netcode over UDP, and over WebSocket for browsers) on its
+//! own thread, as a Bevy app.
 //! It never touches the authority: it tells replication's runtime who joined and left through
 //! one channel, and gets each tick's views (what every player sees) through another.
 
@@ -33,6 +34,8 @@ use crate::state::GameTraffic;
 pub struct GatewayConfig {
     /// UDP address to bind.
     pub udp: SocketAddr,
+    /// TCP address of the WebSocket port (plain `ws://`; terminate TLS in front of it).
+    pub websocket: Option<SocketAddr>,
     /// Addresses clients are told to use when they differ from `udp` (a load balancer, a NAT):
     /// tokens naming them are accepted too.
     pub public: Vec<SocketAddr>,
@@ -152,6 +155,7 @@ fn build_app(config: GatewayConfig, key: Key, channels: Channels) -> App {
         .with_key(key)
         .with_client_timeout_secs(config.client_timeout_secs)
         .with_additional_expected_addresses(config.public.clone());
+    let websocket = config.websocket;
     app.add_systems(Startup, move |mut commands: Commands| {
         let server = commands
             .spawn((
@@ -163,6 +167,24 @@ fn build_app(config: GatewayConfig, key: Key, channels: Channels) -> App {
             .id();
         commands.trigger(Start { entity: server });
         info!(%udp, "game port listening (netcode over UDP)");
+        // The same netcode, key and protocol over WebSocket: one token serves both.
+        if let Some(ws) = websocket {
+            let io = WebSocketServerIo {
+                config: ServerConfig::builder()
+                    .with_bind_address(ws)
+                    .with_no_encryption(),
+            };
+            let server = commands
+                .spawn((
+                    Name::new("game-ws"),
+                    NetcodeServer::new(netcode.clone()),
+                    LocalAddr(ws),
+                    io,
+                ))
+                .id();
+            commands.trigger(Start { entity: server });
+            info!(%ws, "game port listening (netcode over WebSocket)");
+        }
     });
     app
 }

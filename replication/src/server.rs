@@ -50,6 +50,8 @@ pub struct Running {
     pub link: SocketAddr,
     /// The game port (UDP), when players are served.
     pub game: Option<SocketAddr>,
+    /// The game port over WebSocket, when players are served and it is on.
+    pub game_ws: Option<SocketAddr>,
     pub shared: Arc<Shared>,
 }
 
@@ -142,9 +144,16 @@ pub async fn start(
         (Some(g), Some(_)) => Some(resolve_udp(g.udp)?),
         _ => None,
     };
+    let game_ws = match (&config.gateway, game) {
+        (Some(g), Some(_)) => g.websocket.map(resolve_tcp).transpose()?,
+        _ => None,
+    };
     let mut login = config.login.clone();
     if login.servers.is_empty() {
         login.servers.extend(game);
+    }
+    if login.websocket_servers.is_empty() {
+        login.websocket_servers.extend(game_ws);
     }
     let shared = Shared::new(authority, Some(store), config.control_token.clone(), login);
     if seeded {
@@ -157,6 +166,7 @@ pub async fn start(
         http: http_listener.local_addr()?,
         link: link_listener.local_addr()?,
         game,
+        game_ws,
         shared: shared.clone(),
     };
     let views = match (&config.gateway, &config.login.netcode_key, game) {
@@ -166,7 +176,14 @@ pub async fn start(
             gateway::spawn(
                 GatewayConfig {
                     udp,
-                    public: shared.logins.servers().to_vec(),
+                    websocket: game_ws,
+                    public: shared
+                        .logins
+                        .servers()
+                        .iter()
+                        .chain(shared.logins.websocket_servers())
+                        .copied()
+                        .collect(),
                     ..g.clone()
                 },
                 key.0,
@@ -429,4 +446,13 @@ fn resolve_udp(addr: SocketAddr) -> std::io::Result<SocketAddr> {
         return Ok(addr);
     }
     std::net::UdpSocket::bind(addr)?.local_addr()
+}
+
+/// A port of 0 becomes a free port now: tokens must name the real address before the
+/// WebSocket server (which binds later, on the gateway thread) is up.
+fn resolve_tcp(addr: SocketAddr) -> std::io::Result<SocketAddr> {
+    if addr.port() != 0 {
+        return Ok(addr);
+    }
+    std::net::TcpListener::bind(addr)?.local_addr()
 }

@@ -4,7 +4,7 @@
 
 use std::time::{Duration, Instant};
 
-use sidereal_client::{GameClient, login};
+use sidereal_client::{GameClient, Transport, login};
 use sidereal_core::login::Credentials;
 
 use sidereal_testkit::udp_proxy::UdpProxy;
@@ -153,6 +153,61 @@ fn a_player_connects_over_udp_and_is_sent_its_ship_and_only_what_is_near_it() {
         r.control.status().players_connected == 0
     });
     assert!(left.elapsed() < Duration::from_secs(5));
+}
+
+/// What a browser build does: log in over HTTP, then play the same netcode over WebSocket
+/// (plain ws:// on loopback) with the same token format, state codec and commands.
+#[test]
+fn a_client_plays_over_websocket_as_a_browser_would() {
+    let data = TempDir::new("websocket");
+    let r = start_replication_with(100, &data.0, None, &[]);
+    let _shards = start_shards_and_place(&r, 1);
+    let reply = register(&r.http, "ada");
+    assert_eq!(reply.websocket.len(), 1, "a WebSocket address: {reply:?}");
+    assert_ne!(reply.websocket, reply.servers);
+    let mut ada = GameClient::connect_via(reply.clone(), Transport::WebSocket).expect("a token");
+    wait_until("state over WebSocket", Duration::from_secs(15), || {
+        ada.update();
+        ada.received().updates >= 10 && own_ship(&ada, reply.ship).is_some()
+    });
+    assert_eq!(
+        ada.received().welcome.as_ref().unwrap().player_id,
+        reply.player_id
+    );
+    assert_eq!(r.control.status().players_connected, 1);
+    let start = own_ship(&ada, reply.ship).unwrap().pos;
+    let tick = Duration::from_secs_f64(1.0 / 30.0);
+    let mut frame = 0u32;
+    wait_until(
+        "the ship flies and turns on command",
+        Duration::from_secs(10),
+        || {
+            frame += 1;
+            let next = Instant::now() + tick;
+            let turn = if (frame / 15).is_multiple_of(2) {
+                0.8
+            } else {
+                -0.8
+            };
+            ada.pilot(1.0, turn, false);
+            ada.update();
+            std::thread::sleep(next.saturating_duration_since(Instant::now()));
+            let moved = own_ship(&ada, reply.ship).is_some_and(|s| {
+                ((s.pos[0] - start[0]).powi(2) + (s.pos[1] - start[1]).powi(2)).sqrt() > 50.0
+            });
+            moved && ada.received().turn_latency.latencies().len() >= 2
+        },
+    );
+    println!(
+        "over WebSocket: {} updates, {} bytes of state, turn latency {:?}",
+        ada.received().updates,
+        ada.received().state_bytes,
+        ada.received().turn_latency.latencies()
+    );
+    ada.disconnect();
+    wait_until("the player leaves", Duration::from_secs(5), || {
+        r.control.status().players_connected == 0
+    });
 }
 
 /// Behind a load balancer or NAT, clients reach the game port at another address than it

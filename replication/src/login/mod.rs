@@ -40,6 +40,9 @@ pub struct LoginConfig {
     /// Game addresses written into tokens, in the order clients try them; empty means the
     /// game port's own address.
     pub servers: Vec<SocketAddr>,
+    /// WebSocket game addresses written into tokens after the UDP ones; empty means the
+    /// WebSocket port's own address.
+    pub websocket_servers: Vec<SocketAddr>,
     /// How long a token may be used to open a connection.
     pub token_valid_for: Duration,
     /// Attempts per second per client address, and the burst allowed.
@@ -57,6 +60,7 @@ impl Default for LoginConfig {
         Self {
             netcode_key: None,
             servers: Vec::new(),
+            websocket_servers: Vec::new(),
             token_valid_for: Duration::from_secs(60),
             per_client_rate: 5.0,
             per_client_burst: 20,
@@ -190,6 +194,11 @@ impl Logins {
     /// The game port addresses connect tokens name.
     pub fn servers(&self) -> &[SocketAddr] {
         &self.config.servers
+    }
+
+    /// The WebSocket game addresses connect tokens name.
+    pub fn websocket_servers(&self) -> &[SocketAddr] {
+        &self.config.websocket_servers
     }
 
     pub fn new(config: LoginConfig) -> Self {
@@ -427,15 +436,13 @@ async fn ensure_ship(s: &Shared, name: &str) -> Result<EntityId, LoginError> {
 fn reply(s: &Shared, key: &NetcodeKey, account: &Account) -> Result<LoginReply, LoginError> {
     let player_id = account.player_id.unwrap_or_default() as u64;
     let servers = &s.logins.config.servers;
+    let websocket = &s.logins.config.websocket_servers;
+    // One token for both transports: netcode accepts it at any address it names.
+    let all: Vec<SocketAddr> = servers.iter().chain(websocket).copied().collect();
     let ship = account.ship_id.unwrap_or_default() as u64;
-    let (bytes, expires_at) = token::issue(
-        key,
-        servers,
-        player_id,
-        ship,
-        s.logins.config.token_valid_for,
-    )
-    .map_err(|e| LoginError::Unavailable(e.to_string()))?;
+    let (bytes, expires_at) =
+        token::issue(key, &all, player_id, ship, s.logins.config.token_valid_for)
+            .map_err(|e| LoginError::Unavailable(e.to_string()))?;
     Ok(LoginReply {
         name: account.name.clone(),
         player_id,
@@ -443,6 +450,7 @@ fn reply(s: &Shared, key: &NetcodeKey, account: &Account) -> Result<LoginReply, 
         token: base64::engine::general_purpose::STANDARD.encode(bytes),
         expires_at,
         servers: servers.iter().map(ToString::to_string).collect(),
+        websocket: websocket.iter().map(ToString::to_string).collect(),
     })
 }
 
