@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use clap::Args;
 use sidereal_client::latency::quantile;
-use sidereal_client::swarm::{SwarmConfig, SwarmReport, run_swarm};
+use sidereal_client::swarm::{SwarmConfig, SwarmMetrics, SwarmReport, run_swarm};
 
 #[derive(Args, Debug, Clone)]
 pub struct BotArgs {
@@ -34,6 +34,10 @@ pub struct BotArgs {
     pub duration: u64,
     #[arg(long, default_value_t = 30)]
     pub tick_hz: u32,
+    /// Serve the swarm's live metrics (bots connected, updates, state bytes, disconnects, chat,
+    /// input-to-state latency) on this address at /metrics.
+    #[arg(long)]
+    pub metrics: Option<std::net::SocketAddr>,
 }
 
 pub fn run(args: BotArgs) -> anyhow::Result<()> {
@@ -48,7 +52,16 @@ pub fn run(args: BotArgs) -> anyhow::Result<()> {
         password: args.password,
         duration: (args.duration > 0).then(|| Duration::from_secs(args.duration)),
         tick_hz: args.tick_hz,
+        metrics: None,
     };
+    let mut config = config;
+    if let Some(addr) = args.metrics {
+        let metrics = SwarmMetrics::default();
+        let m = metrics.clone();
+        let bound = crate::metrics_http::serve(addr, || true, move || m.render())?;
+        println!("bot metrics=http://{bound}/metrics");
+        config.metrics = Some(metrics);
+    }
     let report = run_swarm(&config)?;
     print!("{}", table(&report));
     Ok(())

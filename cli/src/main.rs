@@ -2,6 +2,7 @@
 
 mod autoscale;
 mod bot_cmd;
+mod metrics_http;
 mod operator_cmd;
 mod replication_cmd;
 mod shard_cmd;

@@ -3,9 +3,6 @@
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use anyhow::Context;
-use axum::Router;
-use axum::routing::get;
 use clap::Args;
 use sidereal_core::ShardId;
 use sidereal_shard::metrics::ShardMetrics;
@@ -81,64 +78,16 @@ pub fn run(args: ShardArgs) -> anyhow::Result<()> {
     };
     let mut app = build_app(config, link.link, Clock::RealTime);
     let metrics = app.world().resource::<ShardMetrics>().clone();
-    serve_metrics(args.metrics, board.clone(), metrics)?;
+    // /healthz answers 503 once the link is down.
+    let alive = board.clone();
+    crate::metrics_http::serve(
+        args.metrics,
+        move || alive.alive.load(std::sync::atomic::Ordering::SeqCst),
+        move || metrics.render(),
+    )?;
     app.add_plugins(StatusPlugin(board));
     match app.run() {
         bevy::app::AppExit::Success => Ok(()),
         bevy::app::AppExit::Error(code) => anyhow::bail!("shard {shard} stopped (code {code})"),
     }
-}
-
-/// `/healthz` (503 once the link is down) and `/metrics`, on a thread of their own so a slow
-/// scrape never delays a tick.
-fn serve_metrics(
-    addr: SocketAddr,
-    board: StatusBoard,
-    metrics: ShardMetrics,
-) -> anyhow::Result<()> {
-    let listener =
-        std::net::TcpListener::bind(addr).with_context(|| format!("binding metrics on {addr}"))?;
-    listener.set_nonblocking(true)?;
-    std::thread::Builder::new()
-        .name("metrics".into())
-        .spawn(move || {
-            let rt = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .expect("runtime");
-            rt.block_on(async move {
-                let listener = tokio::net::TcpListener::from_std(listener).expect("listener");
-                let app = Router::new()
-                    .route(
-                        "/healthz",
-                        get(move || {
-                            let alive = board.alive.load(std::sync::atomic::Ordering::SeqCst);
-                            async move {
-                                if alive {
-                                    (axum::http::StatusCode::OK, "ok")
-                                } else {
-                                    (axum::http::StatusCode::SERVICE_UNAVAILABLE, "link down")
-                                }
-                            }
-                        }),
-                    )
-                    .route(
-                        "/metrics",
-                        get(move || {
-                            let text = metrics.render();
-                            async move {
-                                (
-                                    [(
-                                        axum::http::header::CONTENT_TYPE,
-                                        "text/plain; version=0.0.4",
-                                    )],
-                                    text,
-                                )
-                            }
-                        }),
-                    );
-                let _ = axum::serve(listener, app).await;
-            });
-        })?;
-    Ok(())
 }

@@ -4,6 +4,8 @@
 
 use std::time::{Duration, Instant};
 
+use prometheus::{Histogram, HistogramOpts, IntCounter, IntGauge, Opts, Registry};
+
 use sidereal_core::login::Credentials;
 
 use crate::{ClientError, GameClient, login};
@@ -19,6 +21,78 @@ pub struct SwarmConfig {
     /// How long to fly; `None` flies until the process ends.
     pub duration: Option<Duration>,
     pub tick_hz: u32,
+    /// Live metrics, updated every tick, when some process serves them.
+    pub metrics: Option<SwarmMetrics>,
+}
+
+/// What the swarm exports while it flies (`sidereal bot --metrics`). Cloning shares them.
+#[derive(Clone)]
+pub struct SwarmMetrics {
+    pub registry: Registry,
+    connected: IntGauge,
+    updates: IntCounter,
+    state_bytes: IntCounter,
+    disconnects: IntCounter,
+    chat_heard: IntCounter,
+    latency: Histogram,
+}
+
+impl std::fmt::Debug for SwarmMetrics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("SwarmMetrics")
+    }
+}
+
+impl Default for SwarmMetrics {
+    fn default() -> Self {
+        let opts = |name: &str, help: &str| Opts::new(name, help).namespace("sidereal");
+        let counter =
+            |name: &str, help: &str| IntCounter::with_opts(opts(name, help)).expect("valid");
+        let m = Self {
+            registry: Registry::new(),
+            connected: IntGauge::with_opts(opts("bots_connected", "Bots connected now"))
+                .expect("valid"),
+            updates: counter("bot_updates_total", "World updates the bots decoded"),
+            state_bytes: counter(
+                "bot_state_bytes_total",
+                "Bytes of encoded world state the bots received",
+            ),
+            disconnects: counter(
+                "bot_disconnects_total",
+                "Times a connected bot lost its connection",
+            ),
+            chat_heard: counter("bot_chat_heard_total", "Lines of chat the bots heard"),
+            latency: Histogram::with_opts(
+                HistogramOpts::new(
+                    "bot_input_latency_seconds",
+                    "From a turn command to the world update showing it",
+                )
+                .namespace("sidereal")
+                .buckets(vec![0.025, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.5, 1.0, 2.0]),
+            )
+            .expect("valid"),
+        };
+        for c in [&m.updates, &m.state_bytes, &m.disconnects, &m.chat_heard] {
+            m.registry.register(Box::new(c.clone())).expect("unique");
+        }
+        m.registry
+            .register(Box::new(m.connected.clone()))
+            .expect("unique");
+        m.registry
+            .register(Box::new(m.latency.clone()))
+            .expect("unique");
+        m
+    }
+}
+
+impl SwarmMetrics {
+    /// The Prometheus text exposition.
+    pub fn render(&self) -> String {
+        use prometheus::Encoder;
+        let mut out = Vec::new();
+        let _ = prometheus::TextEncoder::new().encode(&self.registry.gather(), &mut out);
+        String::from_utf8_lossy(&out).into_owned()
+    }
 }
 
 /// What one bot did.
@@ -114,6 +188,39 @@ struct Bot {
     last_pos: Option<[f32; 2]>,
 }
 
+/// A bot's running totals, to export what one tick added.
+struct Seen {
+    updates: u64,
+    state_bytes: u64,
+    disconnects: u32,
+    chat: usize,
+    latencies: usize,
+}
+
+impl Seen {
+    fn of(bot: &Bot) -> Self {
+        let r = bot.client.received();
+        Self {
+            updates: r.updates,
+            state_bytes: r.state_bytes,
+            disconnects: bot.report.disconnects,
+            chat: r.chat.len(),
+            latencies: r.turn_latency.samples().len(),
+        }
+    }
+
+    fn since(&self, before: &Seen, bot: &Bot, m: &SwarmMetrics) {
+        m.updates.inc_by(self.updates - before.updates);
+        m.state_bytes.inc_by(self.state_bytes - before.state_bytes);
+        m.disconnects
+            .inc_by(u64::from(self.disconnects - before.disconnects));
+        m.chat_heard.inc_by((self.chat - before.chat) as u64);
+        for s in &bot.client.received().turn_latency.samples()[before.latencies..self.latencies] {
+            m.latency.observe(s.latency.as_secs_f64());
+        }
+    }
+}
+
 /// Logs every bot in (registering the ones that do not exist yet), then flies them.
 pub fn run_swarm(config: &SwarmConfig) -> Result<SwarmReport, ClientError> {
     let rt = tokio::runtime::Builder::new_current_thread()
@@ -149,7 +256,15 @@ pub fn run_swarm(config: &SwarmConfig) -> Result<SwarmReport, ClientError> {
         let next = Instant::now() + tick;
         let t = t0.elapsed().as_secs_f64();
         for (i, bot) in bots.iter_mut().enumerate() {
+            let before = Seen::of(bot);
             step(bot, i, t);
+            if let Some(m) = &config.metrics {
+                Seen::of(bot).since(&before, bot, m);
+            }
+        }
+        if let Some(m) = &config.metrics {
+            m.connected
+                .set(bots.iter().filter(|b| b.was_connected).count() as i64);
         }
         std::thread::sleep(next.saturating_duration_since(Instant::now()));
     }

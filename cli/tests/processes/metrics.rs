@@ -21,7 +21,7 @@ fn fetch(url: &str, header: Option<&str>) -> (u16, String) {
 }
 
 /// `promtool check metrics` on `text`: (passed, what it said).
-fn promtool(text: &str) -> (bool, String) {
+pub(crate) fn promtool(text: &str) -> (bool, String) {
     let mut child = Command::new("promtool")
         .args(["check", "metrics"])
         .stdin(Stdio::piped())

@@ -17,21 +17,45 @@ fn a_bot_swarm_logs_in_flies_and_reports_every_bot() {
     let data = TempDir::new("bots");
     let r = start_replication_with(200, &data.0, None, &[]);
     let _shards = start_shards_and_place(&r, 2);
-    let run = |count: &str| {
-        super::sidereal()
-            .args([
-                "bot",
-                "--count",
-                count,
-                "--http",
-                &r.http,
-                "--duration",
-                "6",
-            ])
-            .output()
-            .expect("sidereal bot")
+    let bot = |count: &str| {
+        let mut cmd = super::sidereal();
+        cmd.args([
+            "bot",
+            "--count",
+            count,
+            "--http",
+            &r.http,
+            "--duration",
+            "6",
+        ]);
+        cmd
     };
-    let out = run("8");
+    let run = |count: &str| bot(count).output().expect("sidereal bot");
+    // The first swarm also serves its live metrics: read them while it flies.
+    let port = super::free_port();
+    let live = bot("8")
+        .args(["--metrics", &format!("127.0.0.1:{port}")])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("sidereal bot");
+    let metrics = format!("http://127.0.0.1:{port}");
+    wait_until("live bot metrics", Duration::from_secs(30), || {
+        metric_at(&metrics, "sidereal_bots_connected ") == 8.0
+            && metric_at(&metrics, "sidereal_bot_updates_total ") > 100.0
+            && metric_at(&metrics, "sidereal_bot_state_bytes_total ") > 0.0
+            && metric_at(&metrics, "sidereal_bot_input_latency_seconds_count ") > 0.0
+    });
+    let text = std::process::Command::new("curl")
+        .args(["-sf", &format!("{metrics}/metrics")])
+        .output()
+        .expect("curl");
+    let (clean, said) = super::metrics::promtool(&String::from_utf8_lossy(&text.stdout));
+    assert!(
+        clean,
+        "promtool check metrics on the swarm's metrics: {said}"
+    );
+    let out = live.wait_with_output().expect("the swarm ends");
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(
         out.status.success(),
@@ -114,6 +138,7 @@ fn fifty_bots_fly_across_shard_boundaries_and_see_only_their_neighbourhood() {
         password: "correct horse battery".into(),
         duration: Some(Duration::from_secs(20)),
         tick_hz: 30,
+        metrics: None,
     })
     .expect("the swarm runs");
     let handovers = metric_at(&r.http, "sidereal_handovers_total ") - handovers_before;
