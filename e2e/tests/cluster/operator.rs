@@ -393,12 +393,20 @@ async fn of_two_operator_replicas_only_the_leader_reconciles_and_a_follower_take
         assert_eq!(fleet.control().status().await?.roots, 5);
         // No duplicate shard pods from the change of leader: 5 leaves need one busy pod and
         // the spare (the samples' pods never run here: no kwok toleration).
+        // The new leader may still be creating the spare: wait for two, and never more.
         let pods: Api<k8s_openapi::api::core::v1::Pod> = Api::namespaced(client.clone(), &ns);
-        let pool_pods = pods
-            .list(&kube::api::ListParams::default().labels("sidereal.dev/pool=default"))
-            .await?
-            .items;
-        assert_eq!(pool_pods.len(), 2, "{:?}", pool_pods.iter().map(|p| p.name_any()).collect::<Vec<_>>());
+        wait_until("one busy pod and the spare", Duration::from_secs(30), || async {
+            let names: Vec<String> = pods
+                .list(&kube::api::ListParams::default().labels("sidereal.dev/pool=default"))
+                .await?
+                .items
+                .iter()
+                .map(|p| p.name_any())
+                .collect();
+            anyhow::ensure!(names.len() <= 2, "duplicate shard pods: {names:?}");
+            Ok(names.len() == 2)
+        })
+        .await?;
 
         // A child whose three siblings are missing slips past admission: it says why and is
         // not simulated; its parent carries on.
