@@ -74,37 +74,45 @@ fn latencies(b: &sidereal_client::swarm::BotReport) -> Vec<Duration> {
 /// The per-bot table, then one machine-readable summary line.
 pub fn table(r: &SwarmReport) -> String {
     let mut out = format!(
-        "{:<16} {:>10} {:>10} {:>9} {:>10} {:>8} {:>8} {:>10} {:>11}\n",
+        "{:<16} {:>10} {:>10} {:>9} {:>12} {:>10} {:>8} {:>8} {:>10} {:>9} {:>11}\n",
         "bot",
         "connect_ms",
         "updates/s",
         "visible",
+        "interpolated",
         "state_kB/s",
         "p50_ms",
         "p99_ms",
         "distance",
+        "rollbacks",
         "disconnects"
     );
     let ms = |d: Option<Duration>| d.map_or_else(|| "-".into(), |d| d.as_millis().to_string());
     for b in &r.bots {
         out += &format!(
-            "{:<16} {:>10} {:>10.1} {:>9.1} {:>10.2} {:>8} {:>8} {:>10.0} {:>11}\n",
+            "{:<16} {:>10} {:>10.1} {:>9.1} {:>12} {:>10.2} {:>8} {:>8} {:>10.0} {:>9} {:>11}\n",
             b.name,
             b.connect_time
                 .map(|d| d.as_millis().to_string())
                 .unwrap_or_else(|| "never".into()),
             b.updates as f64 / r.seconds.max(0.001),
             b.mean_visible,
+            b.interpolated,
             b.state_bytes as f64 / 1000.0 / r.seconds.max(0.001),
             ms(quantile(&latencies(b), 0.5)),
             ms(quantile(&latencies(b), 0.99)),
             b.distance,
+            if b.predicted {
+                b.rollbacks.to_string()
+            } else {
+                "-".into()
+            },
             b.disconnects
         );
     }
     let moved = r.bots.iter().filter(|b| b.distance > 0.0).count();
     out += &format!(
-        "SWARM bots={} connected={} moved={} disconnects={} seconds={:.1} bits_per_entity_update={:.1} latency_p50_ms={} latency_p99_ms={} latency_samples={} chat_said={} chat_heard={}\n",
+        "SWARM bots={} connected={} moved={} disconnects={} seconds={:.1} bits_per_entity_update={:.1} latency_p50_ms={} latency_p99_ms={} latency_samples={} chat_said={} chat_heard={} predicted={} rollbacks={}\n",
         r.bots.len(),
         r.connected(),
         moved,
@@ -115,7 +123,9 @@ pub fn table(r: &SwarmReport) -> String {
         ms(r.latency(0.99)),
         r.bots.iter().map(|b| b.latency.len()).sum::<usize>(),
         r.bots.iter().map(|b| b.chat_said).sum::<u32>(),
-        r.bots.iter().map(|b| b.chat_heard).sum::<usize>()
+        r.bots.iter().map(|b| b.chat_heard).sum::<usize>(),
+        r.bots.iter().filter(|b| b.predicted).count(),
+        r.bots.iter().map(|b| b.rollbacks).sum::<u32>()
     );
     out
 }

@@ -5,7 +5,7 @@ use std::net::SocketAddr;
 use anyhow::Context;
 use clap::Args;
 use sidereal_core::SectorId;
-use sidereal_replication::gateway::GatewayConfig;
+use sidereal_replication::gateway::{DEFAULT_COMMAND_DELAY_TICKS, GatewayConfig};
 use sidereal_replication::login::token::NetcodeKey;
 use sidereal_replication::{AuthorityConfig, LoginConfig, ReplicationConfig};
 
@@ -71,6 +71,10 @@ pub struct ReplicationArgs {
     /// World units around a player's ship within which it is sent entities.
     #[arg(long, default_value_t = 1500.0)]
     pub interest_radius: f32,
+    /// Ticks from a player's command to the first state that shows it (the round trip to the
+    /// shard); clients predict their ship with it. Raise it when shards are far from replication.
+    #[arg(long, default_value_t = DEFAULT_COMMAND_DELAY_TICKS)]
+    pub command_delay_ticks: u32,
     /// Seconds a connect token may be used to open a connection.
     #[arg(long, default_value_t = 60)]
     pub token_valid_for: u64,
@@ -88,6 +92,10 @@ pub fn config(args: &ReplicationArgs) -> anyhow::Result<ReplicationConfig> {
     anyhow::ensure!(
         !args.world.is_empty(),
         "the world needs at least one root sector"
+    );
+    anyhow::ensure!(
+        args.command_delay_ticks <= 30,
+        "--command-delay-ticks must be within 0..=30"
     );
     anyhow::ensure!(
         (1..=240).contains(&args.tick_hz),
@@ -139,6 +147,7 @@ pub fn config(args: &ReplicationArgs) -> anyhow::Result<ReplicationConfig> {
             tick_hz: args.tick_hz,
             interest_radius: args.interest_radius,
             client_timeout_secs: 10,
+            command_delay_ticks: args.command_delay_ticks,
         }),
     })
 }

@@ -15,6 +15,8 @@ mod persistence;
 mod player_faults;
 #[path = "processes/players.rs"]
 mod players;
+#[path = "processes/prediction.rs"]
+mod prediction;
 #[path = "processes/swarm.rs"]
 mod swarm;
 #[path = "processes/up_autoscale.rs"]

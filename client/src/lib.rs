@@ -1,8 +1,14 @@
 //! The headless game client: logs in over replication's HTTP API and plays over the game port
-//! (lightyear, netcode over UDP). Bots and tests drive it by calling [`GameClient::update`];
-//! it keeps what the server said in [`Received`].
+//! (lightyear, netcode over UDP or WebSocket). Bots and tests drive it by calling
+//! [`GameClient::update`]; it keeps what the server said in [`Received`].
+//!
+//! The own ship is predicted with lightyear's prediction ([`GameClient::own_ship`]): commands
+//! move it at once, and a server state that disagrees rolls it back and replays. Everything else
+//! in view is interpolated by lightyear's interpolation between world updates
+//! ([`GameClient::remote`]).
 
 pub mod latency;
+mod prediction;
 pub mod swarm;
 
 use std::net::SocketAddr;
@@ -18,8 +24,12 @@ use sidereal_core::login::{Credentials, LoginReply};
 use sidereal_game::codec::StateDecoder;
 pub use sidereal_game::{ChatHeard, ChatRefused, SeenEntity, Welcome, WorldUpdate};
 use sidereal_game::{
-    ChatSend, GameProtocolPlugin, InputChannel, PilotInput, ReliableChannel, StateAck, StateUpdate,
+    ChatSend, GameProtocolPlugin, InputChannel, ReliableChannel, StateAck, StateUpdate,
 };
+pub use sidereal_game::{Pilot, RemotePose, ShipPose};
+
+use prediction::{Command, Remotes};
+pub use prediction::{PredictionStats, RemoteEntity};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
@@ -121,9 +131,10 @@ impl GameClient {
             tick_duration: Duration::from_secs_f64(1.0 / 30.0),
         });
         app.add_plugins(GameProtocolPlugin);
+        app.add_plugins(prediction::PredictionPlugin);
         app.init_resource::<Received>();
         app.init_resource::<Decoder>();
-        app.add_systems(Update, receive);
+        app.add_systems(Update, receive.before(prediction::FeedInterpolation));
         // The app is stepped by hand, not run: plugins that finish their setup late (lightyear's
         // transport adds its systems in `finish`) need these two calls.
         app.finish();
@@ -145,6 +156,8 @@ impl GameClient {
                 Client,
                 // Receiving messages needs the manager; nothing else brings it on a client.
                 MessageManager::default(),
+                // The own ship comes through lightyear's replication.
+                ReplicationReceiver,
                 PeerAddr(server),
             ))
             .id();
@@ -185,13 +198,30 @@ impl GameClient {
             .and_then(|(u, s)| u.get(s))
             .map_or([0.0; 2], |e| e.pos);
         received.turn_latency.commanded(turn, Instant::now(), at);
-        if let Some(mut sender) = self
-            .app
-            .world_mut()
-            .get_mut::<MessageSender<PilotInput>>(self.entity)
-        {
-            sender.send::<InputChannel>(PilotInput { thrust, turn, fire });
-        }
+        self.app.world_mut().resource_mut::<Command>().0 = Some(Pilot { thrust, turn, fire });
+    }
+
+    /// The own ship as predicted: where it is now, commands included, ahead of the newest state
+    /// the server sent. `None` until lightyear has replicated it.
+    pub fn own_ship(&mut self) -> Option<ShipPose> {
+        prediction::own_ship(self.app.world_mut())
+    }
+
+    /// Entity `id` (not the own ship) as interpolated now: between the two world updates around
+    /// the interpolation time, a little behind the newest. `None` before it is due or after it
+    /// left the view.
+    pub fn remote(&mut self, id: u64) -> Option<RemotePose> {
+        prediction::remote(self.app.world_mut(), id)
+    }
+
+    /// Every entity interpolated now, with its world id and kind.
+    pub fn remotes(&mut self) -> Vec<(RemoteEntity, RemotePose)> {
+        prediction::remotes(self.app.world_mut())
+    }
+
+    /// Rollbacks so far: how often the server disagreed with the prediction.
+    pub fn prediction_stats(&self) -> PredictionStats {
+        prediction::stats(self.app.world())
     }
 
     /// Says a line of chat (sent at the next `update`): heard by players near the ship.
@@ -236,6 +266,7 @@ fn receive(
     mut clients: Query<Receivers, With<Client>>,
     mut received: ResMut<Received>,
     mut decoder: ResMut<Decoder>,
+    mut remotes: ResMut<Remotes>,
 ) {
     for (welcome, updates, acks, heard, refused) in &mut clients {
         if let Some(mut h) = heard {
@@ -268,6 +299,7 @@ fn receive(
                     received.updates += 1;
                     let update = snapshot.to_update(tick_hz);
                     let ship = received.welcome.as_ref().map(|w| w.ship);
+                    remotes.push(m.server_tick, &update, ship);
                     if let Some(me) = ship.and_then(|s| update.get(s)) {
                         received
                             .turn_latency

@@ -118,6 +118,11 @@ pub struct BotReport {
     pub chat_heard: usize,
     /// Updates, after the first that showed its ship, that did not show it.
     pub missing_own_ship: u64,
+    /// Whether lightyear's prediction had its ship, and how often the server disagreed with it.
+    pub predicted: bool,
+    pub rollbacks: u32,
+    /// Most entities lightyear's interpolation showed at once.
+    pub interpolated: usize,
     /// Entities sent farther from its ship than the interest radius (a unit of slack).
     pub beyond_radius: u64,
     /// Its ship's position every half second or so.
@@ -278,6 +283,7 @@ pub fn run_swarm(config: &SwarmConfig) -> Result<SwarmReport, ClientError> {
                 b.report.latency = b.client.received().turn_latency.samples().to_vec();
                 b.report.chat_heard = b.client.received().chat.len();
                 b.report.mean_visible = b.visible_sum as f64 / b.report.updates.max(1) as f64;
+                b.report.rollbacks = b.client.prediction_stats().rollbacks;
                 b.report
             })
             .collect(),
@@ -362,6 +368,9 @@ fn step(bot: &mut Bot, i: usize, t: f64) {
         } else if bot.last_pos.is_some() {
             bot.report.missing_own_ship += 1;
         }
+        // Sampled with the updates, not every frame: the query walks the bot's entities.
+        bot.report.predicted |= bot.client.own_ship().is_some();
+        bot.report.interpolated = bot.report.interpolated.max(bot.client.remotes().len());
     }
 }
 

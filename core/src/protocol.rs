@@ -36,6 +36,26 @@ pub const SHIP_THRUST_PER_TICK: f32 = 4.0;
 /// Spin at full rudder (radians/s): a ship's spin is its pilot's turn times this.
 pub const SHIP_TURN_RATE: f32 = 2.0;
 
+/// A piloted ship's velocity and spin after one tick of its pilot's `thrust` and `turn` (each
+/// in [-1, 1]): thrust along the heading `angle`, speed capped at [`SHIP_MAX_SPEED`], spin set
+/// by the rudder. Shards apply it before physics moves the ship; clients predicting their own
+/// ship apply the very same function, so both agree.
+pub fn steer_ship(vel: [f32; 2], angle: f32, thrust: f32, turn: f32) -> ([f32; 2], f32) {
+    let (sin, cos) = angle.sin_cos();
+    let v = [
+        vel[0] + cos * thrust * SHIP_THRUST_PER_TICK,
+        vel[1] + sin * thrust * SHIP_THRUST_PER_TICK,
+    ];
+    let speed_sq = v[0] * v[0] + v[1] * v[1];
+    let v = if speed_sq > SHIP_MAX_SPEED * SHIP_MAX_SPEED {
+        let k = SHIP_MAX_SPEED / speed_sq.sqrt();
+        [v[0] * k, v[1] * k]
+    } else {
+        v
+    };
+    (v, turn * SHIP_TURN_RATE)
+}
+
 /// A pilot's command for one ship, validated by replication: thrust along the ship's heading
 /// and turn rate, each in [-1, 1], and whether to fire. Held until the next one replaces it.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]

@@ -218,7 +218,10 @@ fn send_encoded_motion(
             stream.0.acknowledge(ack.tick);
         }
         let bytes = stream.0.encode(motion.tick, &motion.bodies);
-        sender.send::<StateChannel>(StateUpdate { bytes });
+        sender.send::<StateChannel>(StateUpdate {
+            server_tick: motion.tick as u32,
+            bytes,
+        });
     }
 }
 

@@ -1,13 +1,17 @@
 //! The game protocol: what clients and replication's gateway say to each other over lightyear
-//! (netcode over UDP), declared once. Both sides add [`GameProtocolPlugin`] after lightyear's
+//! (netcode over UDP or WebSocket), declared once. Both sides add [`GameProtocolPlugin`] after lightyear's
 //! client or server plugins; lightyear refuses a peer whose protocol differs. World state goes
 //! through [`codec`], quantized and delta-encoded, as the bytes of a [`StateUpdate`].
 
 pub mod codec;
+pub mod ship;
 
 use bevy::app::{App, Plugin};
+use lightyear::prelude::input::InputConfig;
+use lightyear::prelude::input::native::InputPlugin;
 use lightyear::prelude::*;
 use serde::{Deserialize, Serialize};
+pub use ship::{Pilot, RemotePose, ShipPose};
 
 /// Messages that must arrive, in order: the welcome and chat.
 pub struct ReliableChannel;
@@ -15,19 +19,9 @@ pub struct ReliableChannel;
 /// World state: a newer update replaces an older one; lost ones are never resent.
 pub struct StateChannel;
 
-/// A pilot's commands and state acknowledgements, client to server: unreliable (a lost command is replaced by the next
-/// tick's), and every one that arrives is delivered, so replication's per-player rate limit, not
-/// the channel, decides what a flooding client gets through.
+/// State acknowledgements, client to server: unreliable (a lost one is replaced by the next
+/// tick's). The pilot's commands take lightyear's own input path ([`Pilot`]).
 pub struct InputChannel;
-
-/// What the player wants its ship to do, sent once per tick: thrust along the heading and turn
-/// rate, each in [-1, 1] (replication clamps, and drops non-finite values), and the trigger.
-#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq)]
-pub struct PilotInput {
-    pub thrust: f32,
-    pub turn: f32,
-    pub fire: bool,
-}
 
 /// First message to a connected player: who it is and what it flies.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
@@ -38,11 +32,18 @@ pub struct Welcome {
     pub tick_hz: u32,
     /// World units around the ship within which the player is sent entities.
     pub interest_radius: f32,
+    /// Ticks between the gateway's tick of a command and the gateway's tick of the first state
+    /// that shows it (the command travels to the shard that flies the ship, and its state back).
+    /// The client's prediction applies each command this many ticks late, as the fleet does.
+    pub command_delay_ticks: u32,
 }
 
 /// One tick's world state for a player, encoded by [`codec::StateEncoder`].
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
 pub struct StateUpdate {
+    /// The gateway's lightyear tick when it sent this: the client's interpolation timeline
+    /// follows that clock, not the world's tick inside `bytes`.
+    pub server_tick: u32,
     pub bytes: Vec<u8>,
 }
 
@@ -127,8 +128,6 @@ impl Plugin for GameProtocolPlugin {
             ..Default::default()
         })
         .add_direction(NetworkDirection::ClientToServer);
-        app.register_message::<PilotInput>()
-            .add_direction(NetworkDirection::ClientToServer);
         app.register_message::<Welcome>()
             .add_direction(NetworkDirection::ServerToClient);
         app.register_message::<ChatSend>()
@@ -141,5 +140,22 @@ impl Plugin for GameProtocolPlugin {
             .add_direction(NetworkDirection::ServerToClient);
         app.register_message::<StateAck>()
             .add_direction(NetworkDirection::ClientToServer);
+        // The pilot's commands: lightyear's native inputs, one per tick, not rebroadcast to
+        // other players (they see ships move, not their commands).
+        app.add_plugins(InputPlugin::<Pilot> {
+            config: InputConfig {
+                rebroadcast_inputs: false,
+                ..Default::default()
+            },
+        });
+        // The own ship: replicated to its pilot, predicted there (a no-op on the server).
+        app.component::<ShipPose>()
+            .replicate()
+            .predict()
+            .with_rollback_condition(ship::pose_differs);
+        // Everything else a player sees: interpolated between world updates.
+        app.interpolate_with::<RemotePose>(
+            lightyear::interpolation::prelude::InterpolationFns::interpolate(ship::lerp_remote),
+        );
     }
 }

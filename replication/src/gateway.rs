@@ -12,15 +12,17 @@ use std::time::Duration;
 use bevy::app::ScheduleRunnerPlugin;
 use bevy::prelude::*;
 use crossbeam_channel::{Receiver, TryRecvError};
+use lightyear::core::tick::TickDuration;
 use lightyear::netcode::{Key, NetcodeServer, TokenUserData};
+use lightyear::prelude::input::native::NativeBuffer;
 use lightyear::prelude::server::*;
 use lightyear::prelude::*;
 use sidereal_core::login::GAME_PROTOCOL_ID;
 use sidereal_core::{EntityId, EntitySnapshot};
 use sidereal_game::codec::StateEncoder;
 use sidereal_game::{
-    ChatHeard, ChatRefused, ChatSend, GameProtocolPlugin, PilotInput, ReliableChannel, SeenEntity,
-    StateAck, StateChannel, StateUpdate, Welcome,
+    ChatHeard, ChatRefused, ChatSend, GameProtocolPlugin, Pilot, ReliableChannel, SeenEntity,
+    ShipPose, StateAck, StateChannel, StateUpdate, Welcome,
 };
 use tokio::sync::mpsc::UnboundedSender;
 use tracing::{info, warn};
@@ -43,7 +45,15 @@ pub struct GatewayConfig {
     pub interest_radius: f32,
     /// Seconds without a packet before a player is dropped.
     pub client_timeout_secs: i32,
+    /// Ticks from the gateway's tick of a command to the gateway's tick of the first state that
+    /// shows it (the round trip to the shard that flies the ship). Told to clients, whose
+    /// prediction applies commands as late; see [`DEFAULT_COMMAND_DELAY_TICKS`].
+    pub command_delay_ticks: u32,
 }
+
+/// Measured on loopback: a command reaches the shard within the gateway's next tick and the
+/// shard's state of the tick after comes back in the views of the one after that.
+pub const DEFAULT_COMMAND_DELAY_TICKS: u32 = 2;
 
 /// From the gateway to replication's runtime.
 #[derive(Debug, Clone, PartialEq)]
@@ -92,6 +102,21 @@ struct Player {
     ship: u64,
 }
 
+/// A player's ship as lightyear replicates it to that player alone ([`ShipPose`], predicted by
+/// its client), controlled by the player's link: lightyear's native inputs for it arrive here.
+/// Spawned when the ship first shows in the views; despawned with the link.
+#[derive(Component)]
+struct PilotedShip {
+    player_id: u64,
+    link: Entity,
+    /// The last command passed on: the authority holds it until another replaces it.
+    forwarded: Option<Pilot>,
+}
+
+/// Each link's piloted ship entity.
+#[derive(Component)]
+struct Body(Entity);
+
 /// Where each player's ship was in the newest views, for chat.
 #[derive(Resource, Default)]
 struct ShipPositions(Vec<(u64, [f32; 2])>);
@@ -103,6 +128,7 @@ struct Chat(ChatGate);
 struct Settings {
     tick_hz: u32,
     interest_radius: f32,
+    command_delay_ticks: u32,
 }
 
 /// Runs the game port on a thread of its own until the process ends.
@@ -139,16 +165,17 @@ fn build_app(config: GatewayConfig, key: Key, channels: Channels) -> App {
     app.insert_resource(Settings {
         tick_hz: config.tick_hz,
         interest_radius: config.interest_radius,
+        command_delay_ticks: config.command_delay_ticks,
     });
     app.add_observer(player_connected);
     app.add_observer(player_disconnected);
     app.init_resource::<ShipPositions>();
     app.init_resource::<Sessions>();
     app.init_resource::<Chat>();
-    app.add_systems(
-        Update,
-        (forward_inputs, receive_acks, send_views, relay_chat),
-    );
+    app.add_systems(Update, (receive_acks, relay_chat));
+    // In the fixed tick, so the ship states written here carry the tick lightyear stamps them
+    // with, and each command is read for its own tick.
+    app.add_systems(FixedUpdate, (forward_inputs, send_views).chain());
     let udp = config.udp;
     let netcode = NetcodeConfig::default()
         .with_protocol_id(GAME_PROTOCOL_ID)
@@ -226,12 +253,15 @@ fn player_connected(
             id: player_id,
             ship,
         },
+        // lightyear replicates the player's own ship over this link.
+        ReplicationSender,
     ));
     welcome.send::<ReliableChannel>(Welcome {
         player_id,
         ship,
         tick_hz: settings.tick_hz,
         interest_radius: settings.interest_radius,
+        command_delay_ticks: settings.command_delay_ticks,
     });
     let _ = channels.events.send(GatewayEvent::Joined {
         player_id,
@@ -258,21 +288,36 @@ fn player_disconnected(
     }
 }
 
-/// Passes each player's commands on to replication's runtime as they came.
+/// Passes each player's command for this tick (lightyear's input buffer; the last one held when
+/// none came for it) on to replication's runtime when it changed. One per tick at most, however
+/// many input messages a client sends.
 fn forward_inputs(
     channels: Res<Channels>,
-    mut clients: Query<(&Player, &mut MessageReceiver<PilotInput>), Current>,
+    timeline: Res<LocalTimeline>,
+    tick_duration: Res<TickDuration>,
+    mut ships: Query<(&mut PilotedShip, &mut NativeBuffer<Pilot>)>,
+    current: Query<(), Current>,
 ) {
-    for (player, mut inputs) in &mut clients {
-        let player_id = player.id;
-        for i in inputs.receive() {
-            let _ = channels.events.send(GatewayEvent::Input {
-                player_id,
-                thrust: i.thrust,
-                turn: i.turn,
-                fire: i.fire,
-            });
+    let tick = timeline.tick();
+    for (mut ship, mut buffer) in &mut ships {
+        let command = buffer
+            .get(tick)
+            .map(|a| a.0)
+            .or_else(|| buffer.predict(tick, tick_duration.0).map(|a| a.0));
+        // Older ticks are done with. (lightyear's own step that does this needs one server; the
+        // gateway runs two, UDP and WebSocket.)
+        buffer.pop_keeping_last(tick);
+        let Some(command) = command else { continue };
+        if ship.forwarded == Some(command) || current.get(ship.link).is_err() {
+            continue;
         }
+        ship.forwarded = Some(command);
+        let _ = channels.events.send(GatewayEvent::Input {
+            player_id: ship.player_id,
+            thrust: command.thrust,
+            turn: command.turn,
+            fire: command.fire,
+        });
     }
 }
 
@@ -286,17 +331,23 @@ fn receive_acks(mut clients: Query<(&mut Stream, &mut MessageReceiver<StateAck>)
 }
 
 type ConnectedClient<'a> = (
+    Entity,
     &'a Player,
     &'a mut Stream,
     &'a mut MessageSender<StateUpdate>,
+    Option<&'a Body>,
 );
 
 /// Sends each connected player the newest views, encoded against what it acknowledged; older
 /// views still queued are skipped.
 fn send_views(
     channels: Res<Channels>,
+    timeline: Res<LocalTimeline>,
+    time: Res<Time>,
     mut clients: Query<ConnectedClient, Current>,
+    mut bodies: Query<&mut ShipPose>,
     mut ships: ResMut<ShipPositions>,
+    mut commands: Commands,
 ) {
     let mut newest = None;
     loop {
@@ -310,6 +361,12 @@ fn send_views(
         }
     }
     let Some(views) = newest else {
+        // The fleet's ticks and this one are not phase-locked: a tick without new views carries
+        // the ships on by their motion, so the state each pilot's client compares its
+        // prediction with moves every tick.
+        for mut pose in &mut bodies {
+            *pose = sidereal_game::ship::fly(*pose, None, time.delta_secs());
+        }
         return;
     };
     let by_player: std::collections::HashMap<u64, &Vec<EntitySnapshot>> =
@@ -317,13 +374,39 @@ fn send_views(
     let (mut bytes, mut updates, mut entities) = (0, 0, 0);
     let mut seen_buf = Vec::new();
     ships.0.clear();
-    for (player, mut stream, mut sender) in &mut clients {
+    let server_tick = timeline.tick().0;
+    for (link, player, mut stream, mut sender, body) in &mut clients {
         let Some(seen) = by_player.get(&player.id) else {
             continue;
         };
         // The interest views put the player's ship first.
         if let Some(me) = seen.first().filter(|e| e.id.0 == player.ship) {
             ships.0.push((player.id, me.state.pos));
+            let pose = ship_pose(me);
+            match body.map(|b| bodies.get_mut(b.0)) {
+                Some(Ok(mut current)) => *current = pose,
+                Some(Err(_)) => {}
+                None => {
+                    let body = commands
+                        .spawn((
+                            Name::new("piloted-ship"),
+                            PilotedShip {
+                                player_id: player.id,
+                                link,
+                                forwarded: None,
+                            },
+                            pose,
+                            Replicate::manual(vec![link]),
+                            PredictionTarget::manual(vec![link]),
+                            ControlledBy {
+                                owner: link,
+                                lifetime: Lifetime::SessionBased,
+                            },
+                        ))
+                        .id();
+                    commands.entity(link).insert(Body(body));
+                }
+            }
         }
         seen_buf.clear();
         seen_buf.extend(seen.iter().map(seen_entity));
@@ -331,7 +414,10 @@ fn send_views(
         bytes += encoded.len() as u64;
         updates += 1;
         entities += seen.len() as u64;
-        sender.send::<StateChannel>(StateUpdate { bytes: encoded });
+        sender.send::<StateChannel>(StateUpdate {
+            server_tick,
+            bytes: encoded,
+        });
     }
     let traffic = &channels.traffic;
     traffic.state_bytes.fetch_add(bytes, Ordering::Relaxed);
@@ -405,6 +491,16 @@ fn relay_chat(
         }
     }
     *channels.traffic.chat.lock().expect("chat counts") = chat.0.counts().clone();
+}
+
+/// A piloted ship's state as lightyear replicates it to its pilot.
+fn ship_pose(s: &EntitySnapshot) -> ShipPose {
+    ShipPose {
+        pos: s.state.pos,
+        vel: s.state.vel,
+        angle: s.state.angle,
+        spin: s.state.ang_vel,
+    }
 }
 
 /// An entity as a player is sent it.

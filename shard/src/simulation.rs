@@ -13,7 +13,9 @@ use crate::components::{Owned, Pilot, TickSet, Ttl, body};
 use crate::link::{Encoder, ShardLink, TickCount};
 use crate::ownership::Ownership;
 
-pub use sidereal_core::protocol::{SHIP_MAX_SPEED, SHIP_THRUST_PER_TICK, SHIP_TURN_RATE};
+pub use sidereal_core::protocol::{
+    SHIP_MAX_SPEED, SHIP_THRUST_PER_TICK, SHIP_TURN_RATE, steer_ship,
+};
 /// A piloted ship fires at most once per this many ticks while the trigger is held.
 pub const PILOT_FIRE_EVERY_TICKS: u64 = 6;
 pub const PROJECTILE_SPEED: f32 = 300.0;
@@ -60,10 +62,9 @@ fn steer_ships(
         }
         match pilot {
             Some(Pilot(c)) => {
-                let heading = Vec2::from_angle(r.as_radians());
-                v.0 = (v.0 + heading * c.thrust * SHIP_THRUST_PER_TICK)
-                    .clamp_length_max(SHIP_MAX_SPEED);
-                w.0 = c.turn * SHIP_TURN_RATE;
+                let (vel, spin) = steer_ship(v.0.to_array(), r.as_radians(), c.thrust, c.turn);
+                v.0 = Vec2::from_array(vel);
+                w.0 = spin;
             }
             None if o.player => {}
             None => {

@@ -1,13 +1,15 @@
 //! A UDP relay that counts what passes: a stand-in for a load balancer in front of the game
-//! port (clients reach the server at another address), and a byte meter for benchmarks.
+//! port (clients reach the server at another address), a byte meter for benchmarks, and, with a
+//! delay, a long network path.
 
 use std::collections::HashMap;
 use std::io;
 use std::net::{SocketAddr, UdpSocket};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::mpsc;
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 #[derive(Debug, Default)]
 pub struct Counts {
@@ -31,6 +33,12 @@ const POLL: Duration = Duration::from_millis(20);
 impl UdpProxy {
     /// Listens on a free loopback port and relays to `server`.
     pub fn start(server: SocketAddr) -> io::Result<Self> {
+        Self::with_delay(server, Duration::ZERO)
+    }
+
+    /// As [`UdpProxy::start`], holding every datagram for `one_way` in each direction (in
+    /// order), as a path with a round trip of twice that would.
+    pub fn with_delay(server: SocketAddr, one_way: Duration) -> io::Result<Self> {
         let front = Arc::new(UdpSocket::bind("127.0.0.1:0")?);
         front.set_read_timeout(Some(POLL))?;
         let proxy = Self {
@@ -45,7 +53,7 @@ impl UdpProxy {
             proxy.threads.clone(),
         );
         let relay = std::thread::spawn(move || {
-            let mut upstreams: HashMap<SocketAddr, Arc<UdpSocket>> = HashMap::new();
+            let mut upstreams: HashMap<SocketAddr, Delayed> = HashMap::new();
             let mut buf = [0u8; 65536];
             while !stop.load(Ordering::Relaxed) {
                 let Ok((n, client)) = front.recv_from(&mut buf) else {
@@ -53,20 +61,27 @@ impl UdpProxy {
                 };
                 let upstream = match upstreams.get(&client) {
                     Some(u) => u.clone(),
-                    None => match Self::upstream(server, client, &front, &counts, &stop) {
+                    None => match Self::upstream(server, client, &front, &counts, &stop, one_way) {
                         Ok((u, thread)) => {
-                            threads.lock().expect("threads").push(thread);
+                            let to_server = counts.clone();
+                            let (u, delayer) =
+                                Delayed::new(one_way, stop.clone(), move |data: &[u8]| {
+                                    if u.send(data).is_ok() {
+                                        to_server
+                                            .to_server_bytes
+                                            .fetch_add(data.len() as u64, Ordering::Relaxed);
+                                    }
+                                });
+                            let mut t = threads.lock().expect("threads");
+                            t.push(thread);
+                            t.extend(delayer);
                             upstreams.insert(client, u.clone());
                             u
                         }
                         Err(_) => continue,
                     },
                 };
-                if upstream.send(&buf[..n]).is_ok() {
-                    counts
-                        .to_server_bytes
-                        .fetch_add(n as u64, Ordering::Relaxed);
-                }
+                upstream.send(&buf[..n]);
             }
         });
         proxy.threads.lock().expect("threads").push(relay);
@@ -80,6 +95,7 @@ impl UdpProxy {
         front: &Arc<UdpSocket>,
         counts: &Arc<Counts>,
         stop: &Arc<AtomicBool>,
+        one_way: Duration,
     ) -> io::Result<(Arc<UdpSocket>, JoinHandle<()>)> {
         let up = Arc::new(UdpSocket::bind("127.0.0.1:0")?);
         up.connect(server)?;
@@ -87,16 +103,23 @@ impl UdpProxy {
         let (reader, front, counts, stop) =
             (up.clone(), front.clone(), counts.clone(), stop.clone());
         let thread = std::thread::spawn(move || {
-            let mut buf = [0u8; 65536];
-            while !stop.load(Ordering::Relaxed) {
-                if let Ok(n) = reader.recv(&mut buf)
-                    && front.send_to(&buf[..n], client).is_ok()
-                {
+            let (to_client, delayer) = Delayed::new(one_way, stop.clone(), move |data: &[u8]| {
+                if front.send_to(data, client).is_ok() {
                     counts
                         .to_client_bytes
-                        .fetch_add(n as u64, Ordering::Relaxed);
+                        .fetch_add(data.len() as u64, Ordering::Relaxed);
                     counts.to_client_datagrams.fetch_add(1, Ordering::Relaxed);
                 }
+            });
+            let mut buf = [0u8; 65536];
+            while !stop.load(Ordering::Relaxed) {
+                if let Ok(n) = reader.recv(&mut buf) {
+                    to_client.send(&buf[..n]);
+                }
+            }
+            drop(to_client);
+            if let Some(d) = delayer {
+                let _ = d.join();
             }
         });
         Ok((up, thread))
@@ -115,6 +138,50 @@ impl Drop for UdpProxy {
         let threads = std::mem::take(&mut *self.threads.lock().expect("threads"));
         for t in threads {
             let _ = t.join();
+        }
+    }
+}
+
+type SendFn = Box<dyn Fn(&[u8]) + Send + Sync>;
+
+/// Sends at once, or after a fixed delay through a thread of its own (order kept).
+#[derive(Clone)]
+enum Delayed {
+    Now(Arc<SendFn>),
+    Later(Duration, mpsc::Sender<(Instant, Vec<u8>)>),
+}
+
+impl Delayed {
+    fn new(
+        delay: Duration,
+        stop: Arc<AtomicBool>,
+        send: impl Fn(&[u8]) + Send + Sync + 'static,
+    ) -> (Self, Option<JoinHandle<()>>) {
+        if delay.is_zero() {
+            return (Self::Now(Arc::new(Box::new(send))), None);
+        }
+        let (tx, rx) = mpsc::channel::<(Instant, Vec<u8>)>();
+        let thread = std::thread::spawn(move || {
+            while !stop.load(Ordering::Relaxed) {
+                match rx.recv_timeout(POLL) {
+                    Ok((due, data)) => {
+                        std::thread::sleep(due.saturating_duration_since(Instant::now()));
+                        send(&data);
+                    }
+                    Err(mpsc::RecvTimeoutError::Timeout) => {}
+                    Err(mpsc::RecvTimeoutError::Disconnected) => break,
+                }
+            }
+        });
+        (Self::Later(delay, tx), Some(thread))
+    }
+
+    fn send(&self, data: &[u8]) {
+        match self {
+            Self::Now(send) => send(data),
+            Self::Later(delay, tx) => {
+                let _ = tx.send((Instant::now() + *delay, data.to_vec()));
+            }
         }
     }
 }

@@ -249,7 +249,7 @@ fn own_ship(c: &GameClient, ship: u64) -> Option<sidereal_client::SeenEntity> {
 }
 
 #[test]
-fn a_pilot_steers_its_ship_and_bad_or_flooding_commands_are_refused() {
+fn a_pilot_steers_its_ship_and_bad_or_flooding_commands_are_refused_or_absorbed() {
     let data = TempDir::new("pilot");
     let r = start_replication_with(0, &data.0, None, &[]);
     let _shards = start_shards_and_place(&r, 1);
@@ -309,24 +309,41 @@ fn a_pilot_steers_its_ship_and_bad_or_flooding_commands_are_refused() {
         inputs("non_finite") >= 2.0 && inputs("clamped") >= 1.0
     });
 
-    // A flood of 1,000 commands in about a second: most are refused; the ship still flies.
-    let sent_before = inputs("accepted") + inputs("rate_limited");
-    for _ in 0..1000 {
-        ada.pilot(0.0, 0.0, false);
+    // A flood: 1,000 frames in about a second, each with a new command. lightyear's input path
+    // carries one command per tick, and the gateway passes on at most that: about 30 reach
+    // replication, not 1,000. The ship still answers.
+    let all = || {
+        [
+            "accepted",
+            "clamped",
+            "non_finite",
+            "rate_limited",
+            "no_ship",
+        ]
+        .iter()
+        .map(|r| inputs(r))
+        .sum::<f64>()
+    };
+    let sent_before = all();
+    let flood = Instant::now();
+    for i in 0..1000 {
+        let turn = if i % 2 == 0 { 0.5 } else { -0.5 };
+        ada.pilot(0.0, turn, false);
         ada.update();
         std::thread::sleep(Duration::from_millis(1));
     }
+    let secs = flood.elapsed().as_secs_f64();
     wait_until("the flood counted", Duration::from_secs(5), || {
         ada.update();
-        inputs("accepted") + inputs("rate_limited") - sent_before >= 500.0
+        all() - sent_before >= secs * 30.0 * 0.5
     });
-    let limited = inputs("rate_limited");
-    let arrived = inputs("accepted") + limited - sent_before;
+    let arrived = all() - sent_before;
     assert!(
-        limited >= arrived / 2.0,
-        "{limited} of {arrived} flooding commands refused"
+        arrived <= (secs + 0.5) * 30.0 * 1.1,
+        "{arrived} commands reached replication in {secs:.2} s of flooding"
     );
     assert!(ada.is_connected());
+    println!("flood: 1000 commands in {secs:.2} s, {arrived} reached replication");
     println!(
         "inputs: accepted {}, clamped {}, non-finite {}, rate-limited {}",
         inputs("accepted"),

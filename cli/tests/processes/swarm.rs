@@ -67,7 +67,13 @@ fn a_bot_swarm_logs_in_flies_and_reports_every_bot() {
         .lines()
         .find(|l| l.starts_with("SWARM "))
         .expect("a summary line");
-    for want in ["bots=8", "connected=8", "moved=8", "disconnects=0"] {
+    for want in [
+        "bots=8",
+        "connected=8",
+        "moved=8",
+        "disconnects=0",
+        "predicted=8",
+    ] {
         assert!(summary.contains(want), "{want} in {summary}");
     }
     assert_eq!(stdout.lines().filter(|l| l.starts_with("bot-")).count(), 8);
@@ -164,6 +170,9 @@ fn fifty_bots_fly_across_shard_boundaries_and_see_only_their_neighbourhood() {
             "{} lost sight of its own ship",
             b.name
         );
+        // lightyear's entity for the ship is the gateway's, whichever shard flies it.
+        assert!(b.predicted, "{}: its ship was never predicted", b.name);
+        assert!(b.interpolated > 0, "{}: nothing interpolated", b.name);
         assert_eq!(
             b.beyond_radius, 0,
             "{} was sent entities beyond the radius",
@@ -191,7 +200,7 @@ fn fifty_bots_fly_across_shard_boundaries_and_see_only_their_neighbourhood() {
     }
     let ms = |v: &[Duration], q| quantile(v, q).map_or(0, |d| d.as_millis());
     println!(
-        "50 bots: {handovers} handovers, shard crossings per bot {crossings:?}; latency p50/p99 {}/{} ms within a shard ({} samples), {}/{} ms across a handover ({} samples); {:.1} bits per entity update, chat said {} heard {}",
+        "50 bots: {handovers} handovers, shard crossings per bot {crossings:?}; latency p50/p99 {}/{} ms within a shard ({} samples), {}/{} ms across a handover ({} samples); {:.1} bits per entity update, chat said {} heard {}, {} rollbacks",
         ms(&within, 0.5),
         ms(&within, 0.99),
         within.len(),
@@ -201,6 +210,7 @@ fn fifty_bots_fly_across_shard_boundaries_and_see_only_their_neighbourhood() {
         report.bits_per_entity_update(),
         report.bots.iter().map(|b| b.chat_said).sum::<u32>(),
         report.bots.iter().map(|b| b.chat_heard).sum::<usize>(),
+        report.bots.iter().map(|b| b.rollbacks).sum::<u32>(),
     );
     assert!(
         crossed_twice >= 30 && mean_crossings >= 2.0,
