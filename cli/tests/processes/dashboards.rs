@@ -1,6 +1,6 @@
 //! The Grafana dashboard, for real: `sidereal up` runs a fleet, Debian's Prometheus scrapes
 //! replication and the shards, and every expression of every panel in
-//! `packaging/grafana/sidereal-fleet.json` evaluates without error and returns data.
+//! `charts/sidereal/dashboards/sidereal-fleet.json` evaluates without error and returns data.
 
 use std::process::{Command, Stdio};
 use std::time::Duration;
@@ -10,7 +10,7 @@ use super::{Proc, TempDir, free_port, sidereal, wait_until};
 fn dashboard() -> serde_json::Value {
     let path = concat!(
         env!("CARGO_MANIFEST_DIR"),
-        "/../packaging/grafana/sidereal-fleet.json"
+        "/../charts/sidereal/dashboards/sidereal-fleet.json"
     );
     serde_json::from_str(&std::fs::read_to_string(path).expect("the dashboard")).expect("JSON")
 }

@@ -548,14 +548,14 @@ async fn the_operator_runs_on_the_rights_of_its_rbac_manifest_alone() -> anyhow:
 }
 
 /// The operator's Grafana dashboard, for real: Debian's Prometheus scrapes an operator running
-/// a world with shard pods, and every panel of `packaging/grafana/sidereal-operator.json`
+/// a world with shard pods, and every panel of `charts/sidereal/dashboards/sidereal-operator.json`
 /// evaluates and returns data.
 #[tokio::test]
 async fn every_operator_dashboard_panel_returns_data_from_a_real_prometheus() -> anyhow::Result<()>
 {
     in_namespace("dashboard", |client, ns| async move {
         let board: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(
-            sidereal_e2e::repo_root().join("packaging/grafana/sidereal-operator.json"),
+            sidereal_e2e::repo_root().join("charts/sidereal/dashboards/sidereal-operator.json"),
         )?)?;
         let fleet = LocalFleet::start(ENTITIES, 0, 0)?;
         let control = fleet.control();
