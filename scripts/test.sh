@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The whole suite: lint, unit and in-process tests, then the tests that need real services
-# (a local Kubernetes control plane built from Go modules; PostgreSQL from Debian's packages).
+# (a local Kubernetes control plane and helm, built from Go modules; PostgreSQL from Debian's
+# packages).
 # Installs what is missing, idempotently, and says clearly what it cannot install.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -31,6 +32,10 @@ bins=$(e2e/scripts/build-control-plane.sh)
 export SIDEREAL_CP_BIN=$bins
 cluster_up=1
 e2e/scripts/cluster.sh up
+
+step "helm (built from its Go module, cached)"
+SIDEREAL_HELM=$(e2e/scripts/build-helm.sh)
+export SIDEREAL_HELM
 KUBECONFIG=$(e2e/scripts/cluster.sh kubeconfig)
 export KUBECONFIG
 

@@ -9,18 +9,31 @@ fn generated_dir() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("generated")
 }
 
-/// The committed YAML must be exactly what the types generate. Regenerate with `make crdgen`.
+/// The committed YAML must be exactly what the types generate, in `crds/generated/` and in the
+/// Helm chart's copy (`charts/sidereal/files/crds/`). Regenerate both with `make crdgen`.
 #[test]
 fn committed_crds_match_the_rust_types() {
+    let chart = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../charts/sidereal/files/crds");
+    let chart_files = std::fs::read_dir(&chart)
+        .map(|d| d.count())
+        .unwrap_or_default();
+    assert_eq!(
+        chart_files,
+        crd_files().len(),
+        "{} holds exactly the generated CRDs",
+        chart.display()
+    );
     for (name, yaml) in crd_files() {
-        let path = generated_dir().join(name);
-        let committed = std::fs::read_to_string(&path)
-            .unwrap_or_else(|e| panic!("{} is missing ({e}); run `make crdgen`", path.display()));
-        assert!(
-            committed == yaml,
-            "{} drifted from the Rust types; run `make crdgen` and commit the result",
-            path.display()
-        );
+        for path in [generated_dir().join(name), chart.join(name)] {
+            let committed = std::fs::read_to_string(&path).unwrap_or_else(|e| {
+                panic!("{} is missing ({e}); run `make crdgen`", path.display())
+            });
+            assert!(
+                committed == yaml,
+                "{} drifted from the Rust types; run `make crdgen` and commit the result",
+                path.display()
+            );
+        }
     }
 }
 

@@ -1,0 +1,447 @@
+//! The Helm chart (`charts/sidereal`), as a platform team uses it, against the real API server:
+//! `helm lint`, `helm template` with default and other values (every rendered object applied
+//! with a server-side dry run), `helm install --wait` and `helm upgrade` (kwok makes the pods
+//! Ready; generated secrets survive the upgrade), values the schema rejects, and the
+//! environment the chart sets being exactly what the binary reads.
+
+use std::collections::BTreeSet;
+use std::process::Command;
+use std::time::Duration;
+
+use anyhow::{Context, bail, ensure};
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::core::v1::Secret;
+use kube::Api;
+use serde_json::Value;
+use sidereal_e2e::{in_namespace, kubectl_stdin, repo_root, sidereal_bin, wait_until};
+
+fn chart() -> String {
+    repo_root().join("charts/sidereal").display().to_string()
+}
+
+/// helm, as `make test` built it (SIDEREAL_HELM), else from PATH.
+fn helm(args: &[&str]) -> (bool, String, String) {
+    let bin = std::env::var_os("SIDEREAL_HELM").unwrap_or_else(|| "helm".into());
+    let out = Command::new(&bin)
+        .args(args)
+        .output()
+        .unwrap_or_else(|e| panic!("running {}: {e} (make test builds helm)", bin.display()));
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+fn helm_ok(args: &[&str]) -> anyhow::Result<String> {
+    let (ok, out, err) = helm(args);
+    ensure!(ok, "helm {}: {err}{out}", args.join(" "));
+    Ok(out)
+}
+
+/// Values unlike the defaults: a trial Postgres, a cluster-wide operator, two roots, public
+/// addresses, given secrets, no dashboards, a replication PDB.
+const OTHER_VALUES: &str = r#"
+image: {repository: registry.example/sidereal, tag: "9.9.9", pullPolicy: Always}
+world:
+  roots:
+    - {scale: 3, gridX: -1, gridY: 0}
+    - {scale: 3, gridX: 0, gridY: 0}
+operator: {replicas: 3, clusterWide: true, leaseDurationSeconds: 30}
+replication:
+  tickHz: 20
+  interestRadius: 900
+  publicGameAddresses: ["203.0.113.7:7702"]
+  publicWebSocketAddresses: ["203.0.113.7:7703"]
+  podDisruptionBudget: {enabled: true}
+gameService: {type: NodePort}
+secrets:
+  netcodeKey: 00112233445566778899aabbccddeeff00112233445566778899aabbccddeeff
+  controlToken: given-token
+postgres: {enabled: true}
+shardPool: {name: big, shards: {min: 2, max: 20, warmSpares: 2}}
+dashboards: {enabled: false}
+"#;
+
+fn values_file(text: &str) -> tempfile_path::TempFile {
+    tempfile_path::TempFile::with(text)
+}
+
+/// A file removed when dropped (no extra crate for one temp file).
+mod tempfile_path {
+    pub struct TempFile(pub std::path::PathBuf);
+    impl TempFile {
+        pub fn with(text: &str) -> Self {
+            static SEQ: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+            let path = std::env::temp_dir().join(format!(
+                "sidereal-values-{}-{}.yaml",
+                std::process::id(),
+                SEQ.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+            ));
+            std::fs::write(&path, text).expect("writing a values file");
+            Self(path)
+        }
+        pub fn path(&self) -> &str {
+            self.0.to_str().expect("a UTF-8 temp path")
+        }
+    }
+    impl Drop for TempFile {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_file(&self.0);
+        }
+    }
+}
+
+/// The rendered objects, as JSON values.
+fn objects(yaml: &str) -> Vec<Value> {
+    use serde::Deserialize;
+    serde_yaml::Deserializer::from_str(yaml)
+        .filter_map(|doc| serde_json::Value::deserialize(doc).ok())
+        .filter(|v| v.is_object())
+        .collect()
+}
+
+fn kinds(objects: &[Value]) -> BTreeSet<String> {
+    objects
+        .iter()
+        .filter_map(|o| o["kind"].as_str().map(str::to_owned))
+        .collect()
+}
+
+#[tokio::test]
+async fn the_chart_lints_renders_and_every_object_passes_a_server_side_dry_run()
+-> anyhow::Result<()> {
+    let other = values_file(OTHER_VALUES);
+    helm_ok(&["lint", "--strict", &chart()])?;
+    helm_ok(&["lint", "--strict", &chart(), "-f", other.path()])?;
+    in_namespace("chart-render", move |_client, ns| async move {
+        for (what, extra) in [
+            ("default values", vec![]),
+            ("other values", vec!["-f", other.path()]),
+        ] {
+            let chart = chart();
+            let mut args = vec!["template", "sidereal", chart.as_str(), "--namespace", &ns];
+            args.extend(extra.iter().copied());
+            let rendered = helm_ok(&args)?;
+            let objs = objects(&rendered);
+            let want: &[&str] = &[
+                "CustomResourceDefinition",
+                "Deployment",
+                "Service",
+                "Secret",
+                "ShardPool",
+                "Sector",
+                "NetworkPolicy",
+                "PodDisruptionBudget",
+                "ServiceAccount",
+            ];
+            for kind in want {
+                ensure!(kinds(&objs).contains(*kind), "{what}: no {kind} rendered");
+            }
+            // Every object, as text, through the real API server's admission (CEL included).
+            let (ok, said) = kubectl_stdin(
+                &[
+                    "apply",
+                    "--server-side",
+                    "--force-conflicts",
+                    "--dry-run=server",
+                    "-n",
+                    &ns,
+                ],
+                &rendered,
+            );
+            ensure!(ok, "{what}: the API server refused the chart: {said}");
+            let applied = said
+                .lines()
+                .filter(|l| l.contains("(server dry run)"))
+                .count();
+            ensure!(
+                applied == objs.len(),
+                "{what}: {applied} of {} objects applied: {said}",
+                objs.len()
+            );
+            println!(
+                "{what}: {} objects accepted ({:?})",
+                objs.len(),
+                kinds(&objs)
+            );
+        }
+        Ok(())
+    })
+    .await?;
+    // The optional pieces render when asked for.
+    let with_monitors = helm_ok(&[
+        "template",
+        "sidereal",
+        &chart(),
+        "--set",
+        "metrics.serviceMonitor.enabled=true",
+    ])?;
+    let k = kinds(&objects(&with_monitors));
+    ensure!(
+        k.contains("ServiceMonitor") && k.contains("PodMonitor"),
+        "{k:?}"
+    );
+    let defaults = objects(&helm_ok(&["template", "sidereal", &chart()])?);
+    let dashboards: Vec<_> = defaults
+        .iter()
+        .filter(|o| o["metadata"]["labels"]["grafana_dashboard"] == "1")
+        .collect();
+    ensure!(dashboards.len() == 2, "two dashboards: {dashboards:?}");
+    for d in dashboards {
+        for (name, json) in d["data"].as_object().context("dashboard data")? {
+            serde_json::from_str::<Value>(json.as_str().unwrap_or_default())
+                .with_context(|| format!("{name} is not JSON in its ConfigMap"))?;
+        }
+    }
+    Ok(())
+}
+
+#[tokio::test]
+async fn helm_install_waits_for_ready_pods_and_an_upgrade_keeps_the_generated_secrets()
+-> anyhow::Result<()> {
+    in_namespace("chart-install", |client, ns| async move {
+        let chart = chart();
+        // The suite installed the CRDs with kubectl; this release leaves them alone.
+        let install = [
+            "install",
+            "sidereal",
+            &chart,
+            "-n",
+            &ns,
+            "--set",
+            "crds.install=false",
+            "--set",
+            "postgres.enabled=true",
+            // `--wait` waits for a LoadBalancer's address, which no local cluster assigns.
+            "--set",
+            "gameService.type=NodePort",
+            "--wait",
+            "--timeout",
+            "3m",
+        ];
+        let notes = helm_ok(&install)?;
+        ensure!(
+            notes.contains("kubectl -n") && notes.contains("publicGameAddresses is empty"),
+            "NOTES.txt says what to do next: {notes}"
+        );
+        let secrets: Api<Secret> = Api::namespaced(client.clone(), &ns);
+        let read = |name: &'static str, key: &'static str| {
+            let secrets = secrets.clone();
+            async move {
+                let s = secrets.get(name).await?;
+                let bytes = s.data.and_then(|d| d.get(key).map(|b| b.0.clone()));
+                anyhow::Ok(String::from_utf8(bytes.context("no such key")?)?)
+            }
+        };
+        let netcode = "sidereal-netcode";
+        let first = (
+            read("sidereal-control", "token").await?,
+            read("sidereal-shard", "secret").await?,
+            read(netcode, "key").await?,
+            read("sidereal-postgres", "password").await?,
+        );
+        ensure!(first.0.len() >= 32 && first.1.len() >= 32, "{first:?}");
+        ensure!(
+            first.2.len() == 64 && first.2.chars().all(|c| c.is_ascii_hexdigit()),
+            "a netcode key is 64 hex characters: {}",
+            first.2
+        );
+        let url = read("sidereal-control", "url").await?;
+        ensure!(
+            url == format!("http://sidereal-replication.{ns}.svc:7700"),
+            "{url}"
+        );
+        let deployments: Api<Deployment> = Api::namespaced(client.clone(), &ns);
+        for d in ["sidereal-operator", "sidereal-replication"] {
+            let status = deployments.get(d).await?.status.unwrap_or_default();
+            ensure!(
+                status.ready_replicas.unwrap_or(0) >= 1,
+                "{d} ready: {status:?}"
+            );
+        }
+        // An upgrade that changes a setting: the release rolls, the secrets stay.
+        helm_ok(&[
+            "upgrade",
+            "sidereal",
+            &chart,
+            "-n",
+            &ns,
+            "--reuse-values",
+            "--set",
+            "replication.tickHz=20",
+            "--wait",
+            "--timeout",
+            "3m",
+        ])?;
+        let again = (
+            read("sidereal-control", "token").await?,
+            read("sidereal-shard", "secret").await?,
+            read(netcode, "key").await?,
+            read("sidereal-postgres", "password").await?,
+        );
+        ensure!(first == again, "secrets changed on upgrade");
+        let args = deployments
+            .get("sidereal-replication")
+            .await?
+            .spec
+            .and_then(|s| s.template.spec)
+            .map(|s| s.containers[0].args.clone().unwrap_or_default())
+            .unwrap_or_default();
+        ensure!(args.contains(&"--tick-hz=20".to_owned()), "{args:?}");
+        wait_until(
+            "the upgraded replication ready",
+            Duration::from_secs(60),
+            || {
+                let deployments = deployments.clone();
+                async move {
+                    let s = deployments.get("sidereal-replication").await?.status;
+                    Ok(s.is_some_and(|s| {
+                        s.updated_replicas == Some(1) && s.ready_replicas == Some(1)
+                    }))
+                }
+            },
+        )
+        .await?;
+        let (ok, history, err) = helm(&["history", "sidereal", "-n", &ns]);
+        ensure!(ok && history.contains("deployed"), "{history}{err}");
+        helm_ok(&["uninstall", "sidereal", "-n", &ns, "--wait"])?;
+        Ok(())
+    })
+    .await
+}
+
+#[test]
+fn values_the_schema_rejects_fail_with_a_message_naming_them() {
+    for (set, names) in [
+        ("operator.replicas=0", "/operator/replicas"),
+        ("secrets.netcodeKey=not-hex", "/secrets/netcodeKey"),
+        ("gameService.type=Everywhere", "/gameService/type"),
+        ("replication.tickHz=1000", "/replication/tickHz"),
+        (
+            "replication.publicGameAddresses={game.example.com:7702}",
+            "/replication/publicGameAddresses/0",
+        ),
+        ("shardPool.name=Not_A_Name", "/shardPool/name"),
+        ("replicaCount=3", "replicaCount"),
+    ] {
+        let (ok, out, err) = helm(&["template", "sidereal", &chart(), "--set", set]);
+        assert!(!ok, "--set {set} was accepted:\n{out}");
+        assert!(
+            err.contains("values don't meet the specifications of the schema")
+                && err.contains(names),
+            "--set {set}: the error should name {names}: {err}"
+        );
+    }
+}
+
+/// Every environment variable the chart gives a `sidereal` container is one that subcommand
+/// reads (`[env: NAME=]` in its --help).
+#[test]
+fn the_chart_sets_only_environment_the_binary_reads() -> anyhow::Result<()> {
+    let other = values_file(OTHER_VALUES);
+    let mut checked = 0;
+    for extra in [vec![], vec!["-f", other.path()]] {
+        let chart = chart();
+        let mut args = vec!["template", "sidereal", &chart[..]];
+        args.extend(extra.iter().copied());
+        for obj in objects(&helm_ok(&args)?) {
+            let spec = match obj["kind"].as_str() {
+                Some("Deployment" | "StatefulSet") => &obj["spec"]["template"]["spec"],
+                Some("ShardPool") => &obj["spec"]["template"]["spec"],
+                _ => continue,
+            };
+            for c in spec["containers"].as_array().into_iter().flatten() {
+                if !c["image"].as_str().unwrap_or_default().contains("sidereal") {
+                    continue; // the trial Postgres
+                }
+                let cmd = c["args"][0].as_str().context("a subcommand")?;
+                let help = Command::new(sidereal_bin())
+                    .args([cmd, "--help"])
+                    .output()?;
+                let help = String::from_utf8_lossy(&help.stdout).into_owned();
+                for env in c["env"].as_array().into_iter().flatten() {
+                    let name = env["name"].as_str().context("env name")?;
+                    // `[env: NAME=default]`, or `[env: NAME]` for hidden values.
+                    if !help.contains(&format!("[env: {name}="))
+                        && !help.contains(&format!("[env: {name}]"))
+                    {
+                        bail!("the chart sets {name} for `sidereal {cmd}`, which does not read it");
+                    }
+                    checked += 1;
+                }
+                // And flags it passes exist.
+                for arg in c["args"].as_array().into_iter().flatten().skip(1) {
+                    let flag = arg
+                        .as_str()
+                        .unwrap_or_default()
+                        .split('=')
+                        .next()
+                        .unwrap_or_default();
+                    ensure!(
+                        help.contains(&format!("{flag} ")) || help.contains(&format!("{flag} <")),
+                        "the chart passes {flag} to `sidereal {cmd}`, which has no such flag"
+                    );
+                }
+            }
+        }
+    }
+    ensure!(checked >= 15, "only {checked} variables checked");
+    Ok(())
+}
+
+/// `manifests/base` is the chart rendered with its values file (a drift test: `make manifests`),
+/// and `kubectl apply -k` of it is accepted by the API server.
+#[test]
+fn the_kustomize_base_is_the_chart_rendered_and_the_api_server_accepts_it() -> anyhow::Result<()> {
+    let base = repo_root().join("manifests/base");
+    let values = base.join("values.yaml");
+    let rendered = helm_ok(&[
+        "template",
+        "sidereal",
+        &chart(),
+        "--namespace",
+        "sidereal",
+        "-f",
+        values.to_str().context("a UTF-8 path")?,
+    ])?;
+    let committed = std::fs::read_to_string(base.join("sidereal.yaml"))?;
+    let body = committed.split_once('\n').map_or("", |(_, rest)| rest);
+    ensure!(
+        body == rendered,
+        "manifests/base/sidereal.yaml drifted from the chart; run `make manifests` and commit it"
+    );
+    let objs = objects(&rendered);
+    ensure!(
+        !kinds(&objs).contains("Secret"),
+        "the base carries no secrets"
+    );
+    // The base's namespace, as its README creates it.
+    let _ = Command::new("kubectl")
+        .args(["create", "namespace", "sidereal"])
+        .output();
+    let out = Command::new("kubectl")
+        .args(["apply", "-k"])
+        .arg(&base)
+        .args(["--server-side", "--force-conflicts", "--dry-run=server"])
+        .output()?;
+    let said = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    ensure!(
+        out.status.success(),
+        "kubectl apply -k manifests/base: {said}"
+    );
+    let applied = said
+        .lines()
+        .filter(|l| l.contains("(server dry run)"))
+        .count();
+    ensure!(
+        applied == objs.len(),
+        "{applied} of {} applied: {said}",
+        objs.len()
+    );
+    Ok(())
+}
