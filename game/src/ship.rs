@@ -200,7 +200,9 @@ mod tests {
         assert_eq!(mid.vel, [15.0, 0.0]);
         // 3.0 to -3.0 is 0.28 rad through pi, not 6 rad through 0.
         assert!(mid.angle.abs() > 3.1, "{mid:?}");
-        assert_eq!(lerp_remote(a, b, 0.0), a);
+        let start = lerp_remote(a, b, 0.0);
+        assert_eq!((start.pos, start.vel), (a.pos, a.vel));
+        assert!(angle_between(start.angle, a.angle).abs() < 1e-5);
         let end = lerp_remote(a, b, 1.0);
         assert!(angle_between(end.angle, b.angle).abs() < 1e-5);
     }
