@@ -7,6 +7,7 @@
 // kube derive attributes repeat `type_ = "integer"` across printer columns on purpose.
 #![allow(clippy::duplicated_attributes)]
 
+pub mod reference;
 pub mod sector;
 pub mod shardpool;
 

@@ -219,3 +219,29 @@ fn sector_fields_are_written_without_quotes() {
     );
     assert!(!yaml.contains('\''), "{yaml}");
 }
+
+/// docs/crd-reference.md is generated from these types; regenerate with `make docs`.
+#[test]
+fn the_crd_reference_is_generated_from_the_types() {
+    let doc = reference::reference_markdown();
+    for field in [
+        "spec.scale",
+        "spec.gridX",
+        "spec.split.entities",
+        "status.phase",
+    ] {
+        assert!(
+            doc.contains(&format!("`{field}`")),
+            "{field} in the reference"
+        );
+    }
+    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../docs/crd-reference.md");
+    if std::env::var_os("SIDEREAL_BLESS").is_some() {
+        std::fs::write(&path, &doc).expect("writing docs/crd-reference.md");
+    }
+    let committed = std::fs::read_to_string(&path).unwrap_or_default();
+    assert!(
+        committed == doc,
+        "docs/crd-reference.md drifted from the CRD types: run `make docs` and commit it"
+    );
+}
