@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs what the tests need and is not built from source: kubectl, Go (for the control
 # plane), curl and psql (process tests), promtool (Debian's prometheus package: every
-# /metrics endpoint is checked with `promtool check metrics`). The PostgreSQL server is installed by postgres.sh.
+# /metrics endpoint is checked with `promtool check metrics`), chromium (the sector map is
+# loaded in a headless browser). The PostgreSQL server is installed by postgres.sh.
 # Idempotent: does nothing when everything is present.
 set -euo pipefail
 need=()
@@ -10,6 +11,8 @@ command -v go >/dev/null || need+=(golang-go)
 command -v curl >/dev/null || need+=(curl)
 command -v psql >/dev/null || need+=(postgresql-client)
 command -v promtool >/dev/null || need+=(prometheus)
+# The live sector map is checked in a real browser.
+command -v chromium >/dev/null || command -v chromium-browser >/dev/null || need+=(chromium)
 [ ${#need[@]} -eq 0 ] && exit 0
 if [ "$(id -u)" != 0 ] || ! command -v apt-get >/dev/null; then
   echo "error: missing ${need[*]}; install them (Debian: apt-get install ${need[*]}) and rerun" >&2

@@ -362,6 +362,8 @@ async fn supervise(fleet: &mut Fleet) -> anyhow::Result<()> {
         "  token        Authorization: Bearer $(cat {})",
         fleet.args.data.join("control-token").display()
     );
+    // The token rides in the fragment, which the browser keeps to itself.
+    println!("  sector map   {base}/map#token={}", fleet.control_token);
     println!(
         "  game port    udp://{} and ws://{} (lightyear, netcode)",
         fleet.args.game_udp, fleet.args.game_ws

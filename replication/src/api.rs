@@ -7,9 +7,11 @@ use std::sync::Arc;
 
 use axum::extract::rejection::JsonRejection;
 use axum::extract::{Query, Request, State};
+use axum::http::HeaderMap;
 use axum::http::{StatusCode, header};
 use axum::middleware::{self, Next};
-use axum::response::{IntoResponse, Response};
+use axum::response::sse::{Event, KeepAlive, Sse};
+use axum::response::{Html, IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
 use sidereal_core::control::{
@@ -19,6 +21,7 @@ use sidereal_core::control::{
 use sidereal_core::{Placement, SectorId, ShardId};
 
 use crate::authority::PutPlacementError;
+use crate::map::{self, MAP_INTERVAL, MAX_MAP_ENTITIES};
 use crate::state::Shared;
 
 pub fn router(shared: Arc<Shared>) -> Router {
@@ -38,6 +41,11 @@ pub fn router(shared: Arc<Shared>) -> Router {
         .route("/healthz", get(|| async { "ok" }))
         .route("/readyz", get(ready))
         .route("/metrics", get(metrics))
+        // The live map: the page is static; its frames need the control token, which the
+        // page passes as `?token=` (an EventSource cannot send headers).
+        .route("/map", get(|| async { Html(map::MAP_PAGE) }))
+        .route("/v1/map", get(map_frame))
+        .route("/v1/map/events", get(map_events))
         .with_state(shared)
 }
 
@@ -48,6 +56,74 @@ fn error(code: StatusCode, msg: impl ToString) -> Response {
             error: msg.to_string(),
         }),
     )
+        .into_response()
+}
+
+#[derive(serde::Deserialize)]
+struct TokenQuery {
+    token: Option<String>,
+}
+
+/// The control token, from `Authorization: Bearer` or, for the map page, `?token=`.
+fn has_control_token(s: &Shared, headers: &HeaderMap, query: &TokenQuery) -> bool {
+    let given = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix(BEARER))
+        .or(query.token.as_deref());
+    given.is_some_and(|t| {
+        crate::authority::constant_time_eq(t.as_bytes(), s.control_token.as_bytes())
+    })
+}
+
+fn current_map_frame(s: &Shared) -> Arc<String> {
+    s.map_frames.get_or_build(|| {
+        let a = s.authority.lock().expect("authority lock");
+        let mirror = a.mirror();
+        map::frame(
+            a.placement(),
+            a.load(),
+            mirror
+                .iter()
+                .map(|(_, r)| (r.snapshot.kind, r.snapshot.state.pos)),
+            mirror.len(),
+            MAX_MAP_ENTITIES,
+        )
+    })
+}
+
+/// One frame of the live map (`map::MapFrame`).
+async fn map_frame(
+    State(s): State<Arc<Shared>>,
+    headers: HeaderMap,
+    Query(q): Query<TokenQuery>,
+) -> Response {
+    if !has_control_token(&s, &headers, &q) {
+        return error(StatusCode::UNAUTHORIZED, "the map needs the control token");
+    }
+    (
+        [(header::CONTENT_TYPE, "application/json")],
+        current_map_frame(&s).as_str().to_owned(),
+    )
+        .into_response()
+}
+
+/// The live map's frames as server-sent events, four a second, until the page goes.
+async fn map_events(
+    State(s): State<Arc<Shared>>,
+    headers: HeaderMap,
+    Query(q): Query<TokenQuery>,
+) -> Response {
+    if !has_control_token(&s, &headers, &q) {
+        return error(StatusCode::UNAUTHORIZED, "the map needs the control token");
+    }
+    let frames = futures::stream::unfold(s, |s| async move {
+        tokio::time::sleep(MAP_INTERVAL).await;
+        let event = Event::default().data(current_map_frame(&s).as_str());
+        Some((Ok::<_, std::convert::Infallible>(event), s))
+    });
+    Sse::new(frames)
+        .keep_alive(KeepAlive::default())
         .into_response()
 }
 

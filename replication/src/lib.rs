@@ -8,6 +8,7 @@ pub mod controls;
 pub mod gateway;
 pub mod interest;
 pub mod login;
+pub mod map;
 pub mod metrics;
 pub mod mirror;
 pub mod server;

@@ -66,6 +66,8 @@ pub struct Shared {
     pub logins: Logins,
     /// Players' commands: rate limits and counts.
     pub inputs: Mutex<InputGate>,
+    /// The live map's newest frame, shared by every page watching.
+    pub map_frames: crate::map::FrameCache,
 }
 
 impl Shared {
@@ -86,6 +88,7 @@ impl Shared {
             control_token,
             logins: Logins::new(login),
             inputs: Mutex::new(InputGate::new(tick_hz)),
+            map_frames: crate::map::FrameCache::default(),
             checkpointing: tokio::sync::Mutex::new(()),
             store_health: Mutex::new(StoreHealth {
                 healthy: true,
