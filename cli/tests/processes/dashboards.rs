@@ -50,7 +50,8 @@ fn every_dashboard_panel_returns_data_from_a_real_prometheus() {
     let (http, link, metrics) = (free_port(), free_port(), free_port());
     let _up = Proc(
         sidereal()
-            .args(["up", "--shards", "2", "--entities", "300"])
+            // Bots, so the players' panels (bandwidth per player, commands, chat) have data.
+            .args(["up", "--shards", "2", "--entities", "300", "--bots", "3"])
             .args(["--http", &format!("127.0.0.1:{http}")])
             .args(["--link", &format!("127.0.0.1:{link}")])
             .args(["--metrics-base-port", &metrics.to_string()])
