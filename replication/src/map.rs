@@ -28,9 +28,10 @@ pub struct MapFrame {
     pub leaves: Vec<MapLeaf>,
     /// Shards owning leaves, sorted (a leaf's colour is its shard's index here).
     pub shards: Vec<String>,
-    /// `[x, y, kind]` of the sampled entities (kind as `EntityKind`: 0 ship, 1 asteroid,
-    /// 2 projectile).
-    pub entities: Vec<[f32; 3]>,
+    /// `[x, y, kind]` of the sampled entities, positions rounded to whole world units (a map
+    /// needs no finer, and the frame stays small); kind as `EntityKind`: 0 ship, 1 asteroid,
+    /// 2 projectile.
+    pub entities: Vec<[i32; 3]>,
     /// Entities in the mirror, sampled or not.
     pub total_entities: usize,
 }
@@ -89,7 +90,13 @@ pub fn frame<'a>(
     let entities = entities
         .step_by(step)
         .take(max)
-        .map(|(kind, p)| [p[0], p[1], f32::from(kind as u8)])
+        .map(|(kind, p)| {
+            [
+                p[0].round() as i32,
+                p[1].round() as i32,
+                i32::from(kind as u8),
+            ]
+        })
         .collect();
     MapFrame {
         generation: placement.generation,
@@ -175,7 +182,7 @@ mod tests {
         );
         // 10,000 sampled to at most 3,000, spread over the whole set.
         assert!(f.entities.len() <= 3000 && f.entities.len() >= 2500);
-        assert!(f.entities.last().unwrap()[0] > 9000.0);
+        assert!(f.entities.last().unwrap()[0] > 9000);
         assert_eq!(f.total_entities, 10_000);
         // A small world is sent whole.
         let few = frame(&p, &load, all.iter().copied().take(10), 10, 3000);
