@@ -43,7 +43,7 @@ kubectl -n "$ns" get sectors,shardpools,pods -o wide
 
 echo "==> bots fly in the cluster"
 kubectl -n "$ns" run bots --rm -i --restart=Never --image="$image" --image-pull-policy=Never -- \
-  bot --count 10 --duration 20 --http "http://sidereal-replication.$ns.svc:7700" | tee /dev/stderr | grep -q "disconnects=0"
+  bot --count 10 --duration 20 --http "http://sidereal-replication-game.$ns.svc:7704" | tee /dev/stderr | grep -q "disconnects=0"
 
 echo "==> the e2e suite against the kind cluster (KUBECONFIG=$KUBECONFIG)"
 # The chart tests need helm; the rest use their own namespaces and the installed CRDs.

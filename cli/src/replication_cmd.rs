@@ -17,6 +17,10 @@ pub struct ReplicationArgs {
     /// Control API, /metrics, /healthz, /readyz.
     #[arg(long, env = "SIDEREAL_HTTP", default_value = "127.0.0.1:7700")]
     pub http: SocketAddr,
+    /// Also serve the players' login (and /healthz), and nothing else, here: the address to
+    /// expose to players while --http stays private. Login is served on --http either way.
+    #[arg(long, env = "SIDEREAL_PUBLIC_HTTP")]
+    pub public_http: Option<SocketAddr>,
     /// Shard link listener.
     #[arg(long, env = "SIDEREAL_LINK", default_value = "127.0.0.1:7701")]
     pub link: SocketAddr,
@@ -119,6 +123,7 @@ pub fn config(args: &ReplicationArgs) -> anyhow::Result<ReplicationConfig> {
     }
     Ok(ReplicationConfig {
         http: args.http,
+        public_http: args.public_http,
         link: args.link,
         authority: AuthorityConfig {
             world: args.world.clone(),
@@ -167,6 +172,10 @@ pub fn run(args: ReplicationArgs) -> anyhow::Result<()> {
             + &running
                 .game_ws
                 .map(|w| format!(" ws={w}"))
+                .unwrap_or_default()
+            + &running
+                .public_http
+                .map(|p| format!(" public={p}"))
                 .unwrap_or_default();
         println!(
             "SIDEREAL_READY http={} link={}{game}",

@@ -81,6 +81,8 @@ pub(crate) struct Replication {
     pub(crate) link: SocketAddr,
     /// The game port (UDP).
     pub(crate) game: Option<SocketAddr>,
+    /// The public login listener (`--public-http`), as `http://...`.
+    pub(crate) public: Option<String>,
     /// The product's control client, with the test token.
     pub(crate) control: Control,
     _data: Option<TempDir>,
@@ -221,6 +223,10 @@ pub(crate) fn start_replication_with(
         .split_whitespace()
         .find_map(|w| w.strip_prefix("game="))
         .map(|g| g.parse().unwrap());
+    let public = ready
+        .split_whitespace()
+        .find_map(|w| w.strip_prefix("public="))
+        .map(|p| format!("http://{p}"));
     // Keep draining stdout so the child never blocks on a full pipe.
     std::thread::spawn(move || for _ in lines {});
     Replication {
@@ -229,6 +235,7 @@ pub(crate) fn start_replication_with(
         http,
         link,
         game,
+        public,
         _data: None,
     }
 }

@@ -54,6 +54,7 @@ async fn main() {
     let _ = std::fs::remove_dir_all(&data);
     let config = ReplicationConfig {
         http: SocketAddr::from(([127, 0, 0, 1], 0)),
+        public_http: None,
         link: SocketAddr::from(([127, 0, 0, 1], 0)),
         authority: AuthorityConfig {
             world: vec![SectorId::new(2, 0, 0).unwrap()],

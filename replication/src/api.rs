@@ -49,6 +49,15 @@ pub fn router(shared: Arc<Shared>) -> Router {
         .with_state(shared)
 }
 
+/// What the public listener (`--public-http`) serves: the players' login and health, nothing
+/// of the control API.
+pub fn public_router(shared: Arc<Shared>) -> Router {
+    Router::new()
+        .merge(crate::login::router())
+        .route("/healthz", get(|| async { "ok" }))
+        .with_state(shared)
+}
+
 fn error(code: StatusCode, msg: impl ToString) -> Response {
     (
         code,

@@ -27,6 +27,9 @@ pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
 #[derive(Debug, Clone)]
 pub struct ReplicationConfig {
     pub http: SocketAddr,
+    /// A second HTTP listener with only the players' login and `/healthz`, for exposing to the
+    /// internet while the control API stays private; `None` serves login on `http` alone.
+    pub public_http: Option<SocketAddr>,
     pub link: SocketAddr,
     pub authority: AuthorityConfig,
     /// Entities scattered over the world when the store holds none.
@@ -47,6 +50,7 @@ pub struct ReplicationConfig {
 /// The bound addresses of a running replication server.
 pub struct Running {
     pub http: SocketAddr,
+    pub public_http: Option<SocketAddr>,
     pub link: SocketAddr,
     /// The game port (UDP), when players are served.
     pub game: Option<SocketAddr>,
@@ -162,8 +166,16 @@ pub async fn start(
     }
     let link_listener = TcpListener::bind(config.link).await?;
     let http_listener = TcpListener::bind(config.http).await?;
+    let public_listener = match config.public_http {
+        Some(addr) => Some(TcpListener::bind(addr).await?),
+        None => None,
+    };
     let running = Running {
         http: http_listener.local_addr()?,
+        public_http: public_listener
+            .as_ref()
+            .map(TcpListener::local_addr)
+            .transpose()?,
         link: link_listener.local_addr()?,
         game,
         game_ws,
@@ -267,8 +279,22 @@ pub async fn start(
             warn!(error = %e, "http server stopped");
         }
     });
+    let public = public_listener.map(|listener| {
+        let app = crate::api::public_router(shared.clone())
+            .into_make_service_with_connect_info::<SocketAddr>();
+        tokio::spawn(async move {
+            if let Err(e) = axum::serve(listener, app).await {
+                warn!(error = %e, "public http server stopped");
+            }
+        })
+    });
     let all = tokio::spawn(async move {
-        let _ = tokio::join!(accept, ticker, http, checkpoints);
+        let public = async move {
+            if let Some(p) = public {
+                let _ = p.await;
+            }
+        };
+        let _ = tokio::join!(accept, ticker, http, checkpoints, public);
     });
     Ok((running, all))
 }

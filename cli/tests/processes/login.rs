@@ -348,3 +348,39 @@ fn guessing_locks_the_account_and_a_flood_is_limited_without_slowing_other_playe
     );
     assert!(logins(&r.http, "rate_limited") + logins(&r.http, "locked") >= limited as f64);
 }
+
+/// `--public-http`: a listener for the internet with the players' login and health and nothing
+/// of the control API, so a NetworkPolicy can keep `--http` private.
+#[test]
+fn the_public_listener_serves_login_and_nothing_of_the_control_api() {
+    let data = TempDir::new("public-http");
+    let r = start_replication_with(0, &data.0, None, &["--public-http", "127.0.0.1:0"]);
+    let public = r
+        .public
+        .clone()
+        .expect("a public listener in the ready line");
+    assert_ne!(public, r.http);
+    let player = Player::from(&public, "127.0.0.1");
+    let created = player.register("ada", "correct horse battery");
+    assert_eq!(created.status, 201, "{}", created.body);
+    let again = Player::from(&r.http, "127.0.0.2").login("ada", "correct horse battery");
+    assert_eq!(again.status, 200, "one store behind both listeners");
+    let get = |base: &str, path: &str| {
+        player.rt.block_on(async {
+            player
+                .client
+                .get(format!("{base}{path}"))
+                .header("authorization", format!("Bearer {}", super::TOKEN))
+                .send()
+                .await
+                .expect("an answer")
+                .status()
+                .as_u16()
+        })
+    };
+    assert_eq!(get(&public, "/healthz"), 200);
+    for path in ["/v1/status", "/v1/placement", "/metrics", "/map", "/v1/map"] {
+        assert_eq!(get(&public, path), 404, "{path} on the public listener");
+        assert_eq!(get(&r.http, path), 200, "{path} on the control listener");
+    }
+}

@@ -183,6 +183,40 @@ async fn the_chart_lints_renders_and_every_object_passes_a_server_side_dry_run()
         "{k:?}"
     );
     let defaults = objects(&helm_ok(&["template", "sidereal", &chart()])?);
+    // The control and link ports are not open to everyone: each rule naming them has peers,
+    // and the link port's are the shard pods alone.
+    let policy = defaults
+        .iter()
+        .find(|o| o["kind"] == "NetworkPolicy" && o["metadata"]["name"] == "sidereal-replication")
+        .context("replication's NetworkPolicy")?;
+    for rule in policy["spec"]["ingress"]
+        .as_array()
+        .context("ingress rules")?
+    {
+        let ports: Vec<i64> = rule["ports"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|p| p["port"].as_i64())
+            .collect();
+        let peers = rule["from"].as_array().map_or(0, Vec::len);
+        if ports.contains(&7700) || ports.contains(&7701) {
+            ensure!(peers > 0, "port {ports:?} open to everyone: {rule}");
+        } else {
+            ensure!(
+                ports.iter().all(|p| [7702, 7703, 7704].contains(p)),
+                "only the game and login ports are public: {rule}"
+            );
+        }
+        if ports.contains(&7701) {
+            ensure!(
+                rule["from"][0]["podSelector"]["matchLabels"]["app.kubernetes.io/name"]
+                    == "sidereal-shard"
+                    && peers == 1,
+                "{rule}"
+            );
+        }
+    }
     let dashboards: Vec<_> = defaults
         .iter()
         .filter(|o| o["metadata"]["labels"]["grafana_dashboard"] == "1")
