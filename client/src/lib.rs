@@ -214,6 +214,11 @@ impl GameClient {
         prediction::remote(self.app.world_mut(), id)
     }
 
+    /// How many entities are interpolated now (no copies: for loops that only count).
+    pub fn remotes_shown(&mut self) -> usize {
+        prediction::remotes_shown(self.app.world_mut())
+    }
+
     /// Every entity interpolated now, with its world id and kind.
     pub fn remotes(&mut self) -> Vec<(RemoteEntity, RemotePose)> {
         prediction::remotes(self.app.world_mut())

@@ -251,6 +251,13 @@ pub(crate) fn remote(world: &mut World, id: u64) -> Option<RemotePose> {
         .map(|(_, pose, _)| *pose)
 }
 
+pub(crate) fn remotes_shown(world: &mut World) -> usize {
+    world
+        .query_filtered::<(), (With<RemoteEntity>, With<RemotePose>)>()
+        .iter(world)
+        .count()
+}
+
 pub(crate) fn remotes(world: &mut World) -> Vec<(RemoteEntity, RemotePose)> {
     world
         .query::<(&RemoteEntity, &RemotePose)>()

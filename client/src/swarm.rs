@@ -370,7 +370,7 @@ fn step(bot: &mut Bot, i: usize, t: f64) {
         }
         // Sampled with the updates, not every frame: the query walks the bot's entities.
         bot.report.predicted |= bot.client.own_ship().is_some();
-        bot.report.interpolated = bot.report.interpolated.max(bot.client.remotes().len());
+        bot.report.interpolated = bot.report.interpolated.max(bot.client.remotes_shown());
     }
 }
 

@@ -73,16 +73,23 @@ struct TokenQuery {
     token: Option<String>,
 }
 
-/// The control token, from `Authorization: Bearer` or, for the map page, `?token=`.
-fn has_control_token(s: &Shared, headers: &HeaderMap, query: &TokenQuery) -> bool {
+/// The map's frames need the control token, from `Authorization: Bearer` or, for the page
+/// (an EventSource cannot send headers), `?token=`: `None` when given, else the 401.
+fn map_refusal(s: &Shared, headers: &HeaderMap, query: &TokenQuery) -> Option<Response> {
     let given = headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix(BEARER))
         .or(query.token.as_deref());
-    given.is_some_and(|t| {
-        crate::authority::constant_time_eq(t.as_bytes(), s.control_token.as_bytes())
-    })
+    match given {
+        Some(t) if crate::authority::constant_time_eq(t.as_bytes(), s.control_token.as_bytes()) => {
+            None
+        }
+        _ => Some(error(
+            StatusCode::UNAUTHORIZED,
+            "the map needs the control token (?token= or Authorization: Bearer)",
+        )),
+    }
 }
 
 fn current_map_frame(s: &Shared) -> Arc<String> {
@@ -107,8 +114,8 @@ async fn map_frame(
     headers: HeaderMap,
     Query(q): Query<TokenQuery>,
 ) -> Response {
-    if !has_control_token(&s, &headers, &q) {
-        return error(StatusCode::UNAUTHORIZED, "the map needs the control token");
+    if let Some(refused) = map_refusal(&s, &headers, &q) {
+        return refused;
     }
     (
         [(header::CONTENT_TYPE, "application/json")],
@@ -123,8 +130,8 @@ async fn map_events(
     headers: HeaderMap,
     Query(q): Query<TokenQuery>,
 ) -> Response {
-    if !has_control_token(&s, &headers, &q) {
-        return error(StatusCode::UNAUTHORIZED, "the map needs the control token");
+    if let Some(refused) = map_refusal(&s, &headers, &q) {
+        return refused;
     }
     let frames = futures::stream::unfold(s, |s| async move {
         tokio::time::sleep(MAP_INTERVAL).await;

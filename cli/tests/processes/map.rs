@@ -126,6 +126,27 @@ fn the_sector_map_shows_leaves_shards_and_entities_and_follows_a_split() {
         .run(reqwest::get(format!("{base}/v1/map/events")))
         .unwrap();
     assert_eq!(anonymous.status(), 401);
+    // A wrong, malformed or huge token gets a 4xx and no frame; the server carries on.
+    let huge = "x".repeat(16_000);
+    for query in [
+        "token=wrong",
+        "token=%ZZ",
+        "token=",
+        &format!("token={huge}"),
+    ] {
+        for path in ["/v1/map", "/v1/map/events"] {
+            let r = control
+                .run(reqwest::get(format!("{base}{path}?{query}")))
+                .map_err(reqwest::Error::without_url)
+                .expect("an answer");
+            let status = r.status().as_u16();
+            assert!(
+                (400..500).contains(&status),
+                "{path}?{} answered {status}",
+                &query[..query.len().min(20)]
+            );
+        }
+    }
     let page = control.run(reqwest::get(format!("{base}/map"))).unwrap();
     assert_eq!(page.status(), 200);
     let html = control.run(page.text()).unwrap();

@@ -151,15 +151,7 @@ async fn the_chart_lints_renders_and_every_object_passes_a_server_side_dry_run()
                 &rendered,
             );
             ensure!(ok, "{what}: the API server refused the chart: {said}");
-            let applied = said
-                .lines()
-                .filter(|l| l.contains("(server dry run)"))
-                .count();
-            ensure!(
-                applied == objs.len(),
-                "{what}: {applied} of {} objects applied: {said}",
-                objs.len()
-            );
+            every_object_dry_run(&said, objs.len())?;
             println!(
                 "{what}: {} objects accepted ({:?})",
                 objs.len(),
@@ -468,14 +460,18 @@ fn the_kustomize_base_is_the_chart_rendered_and_the_api_server_accepts_it() -> a
         out.status.success(),
         "kubectl apply -k manifests/base: {said}"
     );
+    every_object_dry_run(&said, objs.len())
+}
+
+/// kubectl said `(server dry run)` once for each of the `expected` objects.
+fn every_object_dry_run(said: &str, expected: usize) -> anyhow::Result<()> {
     let applied = said
         .lines()
         .filter(|l| l.contains("(server dry run)"))
         .count();
     ensure!(
-        applied == objs.len(),
-        "{applied} of {} applied: {said}",
-        objs.len()
+        applied == expected,
+        "{applied} of {expected} objects applied: {said}"
     );
     Ok(())
 }
