@@ -2,12 +2,32 @@
 
 use std::net::SocketAddr;
 
+use std::time::Duration;
+
 use anyhow::Context;
 use clap::Args;
 use sidereal_core::SectorId;
+use sidereal_core::handshake::MIN_SECRET_LEN;
+use sidereal_core::link_socket::parse_link_timeout;
+use sidereal_core::protocol::{MAX_FRAME_BYTES, MIN_FRAME_BYTES};
 use sidereal_replication::gateway::{DEFAULT_COMMAND_DELAY_TICKS, GatewayConfig};
 use sidereal_replication::login::token::NetcodeKey;
+use sidereal_replication::server::LinkSettings;
 use sidereal_replication::{AuthorityConfig, LoginConfig, ReplicationConfig};
+
+/// A frame limit within [`MIN_FRAME_BYTES`, `MAX_FRAME_BYTES` x 16].
+pub fn parse_max_frame_bytes(s: &str) -> Result<usize, String> {
+    let n: usize = s
+        .parse()
+        .map_err(|_| format!("{s:?} is not a number of bytes"))?;
+    if !(MIN_FRAME_BYTES..=MAX_FRAME_BYTES * 16).contains(&n) {
+        return Err(format!(
+            "must be within {MIN_FRAME_BYTES}..={}",
+            MAX_FRAME_BYTES * 16
+        ));
+    }
+    Ok(n)
+}
 
 /// The default world: four scale-2 roots around the origin (8000 x 8000 units).
 pub const DEFAULT_WORLD: &str = "s2-xm1-ym1,s2-x0-ym1,s2-xm1-y0,s2-x0-y0";
@@ -24,6 +44,15 @@ pub struct ReplicationArgs {
     /// Shard link listener.
     #[arg(long, env = "SIDEREAL_LINK", default_value = "127.0.0.1:7701")]
     pub link: SocketAddr,
+    /// Seconds of silence after which a shard's link is closed as dead (shards report load
+    /// every second) and its sectors wait for re-homing; also the longest a write to a shard
+    /// may take. Set the same on shards.
+    #[arg(long, env = "SIDEREAL_LINK_TIMEOUT", default_value = "3", value_parser = parse_link_timeout)]
+    pub link_timeout: Duration,
+    /// Largest shard-link frame in bytes, sent or accepted; longer messages are sent in parts.
+    /// Set the same on shards.
+    #[arg(long, default_value_t = MAX_FRAME_BYTES, value_parser = parse_max_frame_bytes)]
+    pub max_frame_bytes: usize,
     /// Secret shards must present (prefer the environment variable over the flag).
     #[arg(long, env = "SIDEREAL_SHARD_SECRET", hide_env_values = true)]
     pub secret: String,
@@ -86,8 +115,8 @@ pub struct ReplicationArgs {
 
 pub fn config(args: &ReplicationArgs) -> anyhow::Result<ReplicationConfig> {
     anyhow::ensure!(
-        !args.secret.is_empty(),
-        "the shard secret must not be empty"
+        args.secret.len() >= MIN_SECRET_LEN,
+        "the shard secret must be at least {MIN_SECRET_LEN} characters (generate one: openssl rand -hex 32)"
     );
     anyhow::ensure!(
         args.control_token.len() >= 16,
@@ -125,6 +154,10 @@ pub fn config(args: &ReplicationArgs) -> anyhow::Result<ReplicationConfig> {
         http: args.http,
         public_http: args.public_http,
         link: args.link,
+        link_settings: LinkSettings {
+            timeout: args.link_timeout,
+            max_frame_bytes: args.max_frame_bytes,
+        },
         authority: AuthorityConfig {
             world: args.world.clone(),
             secret: args.secret.clone(),

@@ -5,6 +5,8 @@ use std::time::{Duration, Instant};
 
 use clap::Args;
 use sidereal_core::ShardId;
+use sidereal_core::link_socket::parse_link_timeout;
+use sidereal_core::protocol::MAX_FRAME_BYTES;
 use sidereal_shard::metrics::ShardMetrics;
 use sidereal_shard::status::{StatusBoard, StatusPlugin};
 use sidereal_shard::{Clock, ShardConfig, build_app, tcp};
@@ -33,6 +35,15 @@ pub struct ShardArgs {
     /// Ships fire a projectile about every this many ticks (0: never).
     #[arg(long, default_value_t = 90)]
     pub fire_every_ticks: u32,
+    /// Seconds of silence from replication (it sends every shard its shadows each tick) after
+    /// which this shard takes its link for dead and exits; also the longest a write may take.
+    /// Set the same on replication.
+    #[arg(long, env = "SIDEREAL_LINK_TIMEOUT", default_value = "3", value_parser = parse_link_timeout)]
+    pub link_timeout: Duration,
+    /// Largest shard-link frame in bytes, sent or accepted; longer messages are sent in parts.
+    /// Set the same on replication.
+    #[arg(long, default_value_t = MAX_FRAME_BYTES, value_parser = crate::replication_cmd::parse_max_frame_bytes)]
+    pub max_frame_bytes: usize,
     /// Keep retrying to reach replication for this long at start.
     #[arg(long, default_value = "30", value_parser = parse_secs)]
     pub connect_timeout: Duration,
@@ -55,7 +66,11 @@ pub fn run(args: ShardArgs) -> anyhow::Result<()> {
     let deadline = Instant::now() + args.connect_timeout;
     let mut backoff = Duration::from_millis(100);
     let link = loop {
-        match tcp::connect(&args.replication, &shard, &args.secret) {
+        let options = tcp::LinkOptions {
+            timeout: args.link_timeout,
+            max_frame_bytes: args.max_frame_bytes,
+        };
+        match tcp::connect(&args.replication, &shard, &args.secret, options) {
             Ok(l) => break l,
             // A rejection will not change by retrying.
             Err(e @ tcp::ConnectError::Rejected(_)) => return Err(e.into()),

@@ -82,6 +82,10 @@ pub struct UpArgs {
     pub world: Vec<SectorId>,
     #[arg(long, default_value_t = 30)]
     pub tick_hz: u32,
+    /// Seconds of silence after which replication and a shard take their link for dead: the
+    /// shard's leaves move to the others and the shard process restarts.
+    #[arg(long, default_value = "3", value_parser = sidereal_core::link_socket::parse_link_timeout)]
+    pub link_timeout: Duration,
 }
 
 /// Set by `up` on its children: the pid they must not outlive.
@@ -172,6 +176,10 @@ impl Fleet {
             .args(["--metrics", &format!("127.0.0.1:{port}")])
             .args(["--tick-hz", &self.args.tick_hz.to_string()])
             .args(["--seed", &(i as u64 + 1).to_string()])
+            .args([
+                "--link-timeout",
+                &self.args.link_timeout.as_secs_f64().to_string(),
+            ])
             .env("SIDEREAL_SHARD_SECRET", &self.secret)
             .stdin(Stdio::null())
             .kill_on_drop(true)
@@ -293,6 +301,8 @@ pub fn run(args: UpArgs) -> anyhow::Result<()> {
                 &args.entities.to_string(),
                 "--tick-hz",
                 &args.tick_hz.to_string(),
+                "--link-timeout",
+                &args.link_timeout.as_secs_f64().to_string(),
             ])
             .arg("--data")
             .arg(&args.data)

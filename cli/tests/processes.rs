@@ -5,6 +5,8 @@
 mod chat;
 #[path = "processes/dashboards.rs"]
 mod dashboards;
+#[path = "processes/link_faults.rs"]
+mod link_faults;
 #[path = "processes/login.rs"]
 mod login;
 #[path = "processes/map.rs"]
@@ -42,7 +44,7 @@ use sidereal_core::{
     SectorId, ShardId, placement,
 };
 
-const SECRET: &str = "process-test-secret";
+pub(crate) const SECRET: &str = "process-test-secret";
 /// Control token of every replication (and `sidereal up`) the tests start.
 pub(crate) const TOKEN: &str = "process-test-control-token";
 /// The netcode key of every replication these tests start (a test value, not a secret).
@@ -413,26 +415,40 @@ fn kill_9_of_a_shard_rehomes_its_sectors_and_loses_nothing() {
     );
 }
 
-fn raw_hello(
+/// A raw connection to the shard link, past replication's opening `Challenge`: the stream,
+/// its reader and the nonce to answer.
+pub(crate) fn raw_challenge(link: SocketAddr) -> (TcpStream, FrameReader, [u8; 32]) {
+    let mut s = TcpStream::connect(link).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let mut reader = FrameReader::default();
+    match read_msg(&mut s, &mut reader) {
+        Some(ReplicationMessage::Challenge {
+            protocol: PROTOCOL_VERSION,
+            nonce,
+        }) => (s, reader, nonce),
+        other => panic!("a link opens with a Challenge, got {other:?}"),
+    }
+}
+
+/// A shard's handshake by hand, speaking `protocol` and proving `secret`: the stream, its
+/// reader and replication's reply.
+pub(crate) fn raw_hello(
     link: SocketAddr,
     shard: &str,
     protocol: u32,
     secret: &str,
 ) -> (TcpStream, FrameReader, ReplicationMessage) {
-    let mut s = TcpStream::connect(link).unwrap();
-    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-    s.write_all(&encode_frame(&ShardMessage::Hello {
-        protocol,
-        shard: ShardId::new(shard),
-        secret: secret.into(),
-    }))
-    .unwrap();
-    let mut reader = FrameReader::default();
+    let (mut s, mut reader, challenge) = raw_challenge(link);
+    let mut hello = ShardMessage::hello(secret, &challenge, ShardId::new(shard), [3; 32]);
+    if let ShardMessage::Hello { protocol: p, .. } = &mut hello {
+        *p = protocol;
+    }
+    s.write_all(&encode_frame(&hello)).unwrap();
     let msg = read_msg(&mut s, &mut reader).expect("a reply to Hello");
     (s, reader, msg)
 }
 
-fn read_msg(s: &mut TcpStream, reader: &mut FrameReader) -> Option<ReplicationMessage> {
+pub(crate) fn read_msg(s: &mut TcpStream, reader: &mut FrameReader) -> Option<ReplicationMessage> {
     let mut buf = [0u8; 65536];
     loop {
         if let Some(m) = reader.next_frame::<ReplicationMessage>().unwrap() {
@@ -446,7 +462,7 @@ fn read_msg(s: &mut TcpStream, reader: &mut FrameReader) -> Option<ReplicationMe
 }
 
 /// True when the server closed the connection (EOF) within the read timeout.
-fn closed_by_server(s: &mut TcpStream) -> bool {
+pub(crate) fn closed_by_server(s: &mut TcpStream) -> bool {
     let mut buf = [0u8; 4096];
     loop {
         match s.read(&mut buf) {

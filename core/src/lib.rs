@@ -6,7 +6,9 @@ pub mod control;
 #[cfg(feature = "client")]
 pub mod control_client;
 pub mod geometry;
+pub mod handshake;
 pub mod ids;
+pub mod link_socket;
 pub mod load;
 pub mod login;
 pub mod placement;

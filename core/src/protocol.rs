@@ -1,20 +1,35 @@
 //! The shard link: messages between a shard and replication, and their framing.
 //!
 //! A frame is a little-endian `u32` payload length followed by a postcard-encoded message.
-//! The first frame from a shard must be `Hello`; replication answers `Welcome` or `Rejected`
-//! and closes. Entity updates ride inside `Updates` as the compact batch of [`crate::codec`].
+//! Replication opens with a `Challenge`; the first frame from a shard must be `Hello`, with its
+//! proof of the shared secret ([`crate::handshake`]); replication answers `Welcome` with its own
+//! proof, or `Rejected` and closes. Entity updates ride inside `Updates` as the compact batch of [`crate::codec`].
 //! Anything malformed, oversized or out of protocol closes that one link.
+//!
+//! Senders never write a frame over the limit: a message carrying a list (an `Adopt` for a
+//! restored world, a big shard's `Released`) goes out as several messages of the same kind
+//! ([`ReplicationMessage::split`], [`ShardMessage::split`]); `Shadows` parts share their tick
+//! and together form that tick's set.
 
 use serde::{Deserialize, Serialize};
 
 use crate::geometry::SectorId;
+use crate::handshake::{Nonce, Proof, shard_proof};
 use crate::ids::{EntityId, EntitySnapshot, Epoch, ShardId};
 use crate::load::ShardLoadReport;
 
 /// Bumped on any incompatible change of the messages below.
-pub const PROTOCOL_VERSION: u32 = 3;
-/// Largest frame either side accepts (a full handover of a crowded sector fits easily).
+pub const PROTOCOL_VERSION: u32 = 4;
+/// Largest frame either side accepts by default (`--max-frame-bytes`).
 pub const MAX_FRAME_BYTES: usize = 16 << 20;
+/// The smallest frame limit allowed: a few hundred entries per part.
+pub const MIN_FRAME_BYTES: usize = 16 << 10;
+/// Largest frame accepted before the handshake: a `Hello` is a few dozen bytes, and an
+/// unauthenticated peer must not make replication buffer more.
+pub const MAX_HELLO_FRAME_BYTES: usize = 1024;
+/// An upper bound on one list entry's encoded size in any message that [`ReplicationMessage::split`]
+/// or [`ShardMessage::split`] cuts (an `Adoption` is at most 52 bytes: varints at their longest).
+pub const MAX_ENTRY_BYTES: usize = 64;
 
 /// An entity moving to a new owner: the snapshot and the epoch the new owner holds it at.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
@@ -68,10 +83,13 @@ pub struct ShipControl {
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub enum ShardMessage {
+    /// The answer to replication's `Challenge`: the shard's own nonce and its proof of the
+    /// secret over both nonces and its name.
     Hello {
         protocol: u32,
         shard: ShardId,
-        secret: String,
+        nonce: Nonce,
+        proof: Proof,
     },
     /// Compact batch of changed entities (see `codec`).
     Updates(Vec<u8>),
@@ -102,10 +120,18 @@ pub enum ShardMessage {
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub enum ReplicationMessage {
-    /// Handshake accepted. `incarnation` prefixes the entity ids this shard mints.
+    /// The first message on every link: the protocol replication speaks and a fresh nonce the
+    /// shard's `Hello` must prove the secret over.
+    Challenge {
+        protocol: u32,
+        nonce: Nonce,
+    },
+    /// Handshake accepted. `incarnation` prefixes the entity ids this shard mints; `proof`
+    /// shows the shard that this is the replication that knows the secret.
     Welcome {
         incarnation: u32,
         tick_hz: u32,
+        proof: Proof,
     },
     Rejected {
         reason: String,
@@ -138,10 +164,101 @@ pub enum ReplicationMessage {
     },
 }
 
+impl ShardMessage {
+    /// The `Hello` of shard `shard` answering `challenge`, with its own fresh `nonce`.
+    pub fn hello(secret: &str, challenge: &Nonce, shard: ShardId, nonce: Nonce) -> Self {
+        let proof = shard_proof(secret, challenge, &nonce, &shard.0);
+        ShardMessage::Hello {
+            protocol: PROTOCOL_VERSION,
+            shard,
+            nonce,
+            proof,
+        }
+    }
+}
+
+/// How many list entries (or entity updates) one frame may carry so that it encodes within
+/// `max_frame` bytes.
+pub fn entries_per_frame(max_frame: usize) -> usize {
+    // The message's own tag, tick or generation and list length take well under 64 bytes.
+    (max_frame.saturating_sub(64) / MAX_ENTRY_BYTES).max(1)
+}
+
+/// `list` cut into parts of at most `per` entries (one empty part for an empty list).
+fn parts<T>(list: Vec<T>, per: usize) -> Vec<Vec<T>> {
+    if list.len() <= per {
+        return vec![list];
+    }
+    let mut out = Vec::with_capacity(list.len().div_ceil(per));
+    let mut it = list.into_iter().peekable();
+    while it.peek().is_some() {
+        out.push(it.by_ref().take(per).collect());
+    }
+    out
+}
+
+impl ReplicationMessage {
+    /// This message as one or more messages, each of which encodes within `max_frame` bytes.
+    /// A receiver applying the parts in order gets what the whole would have done: `Adopt`,
+    /// `Forget` and `Controls` act entry by entry, and `Shadows` parts share their tick.
+    pub fn split(self, max_frame: usize) -> Vec<ReplicationMessage> {
+        let per = entries_per_frame(max_frame);
+        match self {
+            ReplicationMessage::Adopt { entities } if entities.len() > per => parts(entities, per)
+                .into_iter()
+                .map(|entities| ReplicationMessage::Adopt { entities })
+                .collect(),
+            ReplicationMessage::Forget { ids } if ids.len() > per => parts(ids, per)
+                .into_iter()
+                .map(|ids| ReplicationMessage::Forget { ids })
+                .collect(),
+            ReplicationMessage::Controls { controls } if controls.len() > per => {
+                parts(controls, per)
+                    .into_iter()
+                    .map(|controls| ReplicationMessage::Controls { controls })
+                    .collect()
+            }
+            ReplicationMessage::Shadows { tick, shadows } if shadows.len() > per => {
+                parts(shadows, per)
+                    .into_iter()
+                    .map(|shadows| ReplicationMessage::Shadows { tick, shadows })
+                    .collect()
+            }
+            other => vec![other],
+        }
+    }
+}
+
+impl ShardMessage {
+    /// This message as one or more messages, each of which encodes within `max_frame` bytes
+    /// (see [`ReplicationMessage::split`]). `Updates` is one codec batch and is not cut here:
+    /// the shard encodes at most [`entries_per_frame`] entities per batch instead.
+    pub fn split(self, max_frame: usize) -> Vec<ShardMessage> {
+        let per = entries_per_frame(max_frame);
+        match self {
+            ShardMessage::Released {
+                generation,
+                entities,
+            } if entities.len() > per => parts(entities, per)
+                .into_iter()
+                .map(|entities| ShardMessage::Released {
+                    generation,
+                    entities,
+                })
+                .collect(),
+            ShardMessage::Adopted { ids } if ids.len() > per => parts(ids, per)
+                .into_iter()
+                .map(|ids| ShardMessage::Adopted { ids })
+                .collect(),
+            other => vec![other],
+        }
+    }
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum FrameError {
-    #[error("frame of {0} bytes exceeds the limit of {MAX_FRAME_BYTES}")]
-    Oversized(usize),
+    #[error("frame of {len} bytes exceeds the limit of {limit}")]
+    Oversized { len: usize, limit: usize },
     #[error("malformed message: {0}")]
     Malformed(#[from] postcard::Error),
 }
@@ -156,12 +273,37 @@ pub fn encode_frame<T: Serialize>(msg: &T) -> Vec<u8> {
 }
 
 /// Incremental frame splitter over a byte stream.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct FrameReader {
     buf: Vec<u8>,
+    limit: usize,
+}
+
+impl Default for FrameReader {
+    fn default() -> Self {
+        Self::with_limit(MAX_FRAME_BYTES)
+    }
 }
 
 impl FrameReader {
+    /// A reader that refuses frames over `limit` bytes.
+    pub fn with_limit(limit: usize) -> Self {
+        Self {
+            buf: Vec::new(),
+            limit,
+        }
+    }
+
+    /// Changes the largest frame accepted from here on (raised after a handshake).
+    pub fn set_limit(&mut self, limit: usize) {
+        self.limit = limit;
+    }
+
+    /// Bytes received but not yet returned as frames.
+    pub fn buffered(&self) -> usize {
+        self.buf.len()
+    }
+
     pub fn push(&mut self, bytes: &[u8]) {
         self.buf.extend_from_slice(bytes);
     }
@@ -172,8 +314,11 @@ impl FrameReader {
             return Ok(None);
         }
         let len = u32::from_le_bytes(self.buf[..4].try_into().expect("4 bytes")) as usize;
-        if len > MAX_FRAME_BYTES {
-            return Err(FrameError::Oversized(len));
+        if len > self.limit {
+            return Err(FrameError::Oversized {
+                len,
+                limit: self.limit,
+            });
         }
         if self.buf.len() < 4 + len {
             return Ok(None);
@@ -193,11 +338,12 @@ mod tests {
     #[test]
     fn frames_round_trip_across_arbitrary_splits() {
         let msgs = vec![
-            ShardMessage::Hello {
-                protocol: PROTOCOL_VERSION,
-                shard: ShardId::new("shard-0"),
-                secret: "s".into(),
-            },
+            ShardMessage::hello(
+                "a-long-enough-secret",
+                &[7; 32],
+                ShardId::new("shard-0"),
+                [9; 32],
+            ),
             ShardMessage::Updates(vec![1, 2, 3]),
             ShardMessage::HandoverOut {
                 snapshot: EntitySnapshot {
@@ -230,13 +376,160 @@ mod tests {
         r.push(&u32::MAX.to_le_bytes());
         assert!(matches!(
             r.next_frame::<ShardMessage>(),
-            Err(FrameError::Oversized(_))
+            Err(FrameError::Oversized { .. })
         ));
         let mut r = FrameReader::default();
         r.push(&[3, 0, 0, 0, 0xff, 0xff, 0xff]);
         assert!(matches!(
             r.next_frame::<ShardMessage>(),
             Err(FrameError::Malformed(_))
+        ));
+    }
+
+    fn biggest_snapshot(n: u64) -> EntitySnapshot {
+        EntitySnapshot {
+            id: EntityId(u64::MAX - n),
+            kind: EntityKind::Projectile,
+            state: EntityState {
+                pos: [f32::MAX; 2],
+                vel: [f32::MIN; 2],
+                angle: f32::MAX,
+                ang_vel: f32::MAX,
+            },
+            ttl_ticks: Some(u32::MAX),
+            player: true,
+        }
+    }
+
+    #[test]
+    fn no_list_entry_encodes_over_the_bound_the_splitter_assumes() {
+        let s = biggest_snapshot(0);
+        let entry_sizes = [
+            postcard::to_allocvec(&Adoption {
+                snapshot: s,
+                epoch: u64::MAX,
+            })
+            .unwrap()
+            .len(),
+            postcard::to_allocvec(&(s, u64::MAX)).unwrap().len(),
+            postcard::to_allocvec(&Shadow { snapshot: s })
+                .unwrap()
+                .len(),
+            postcard::to_allocvec(&(EntityId(u64::MAX), u64::MAX))
+                .unwrap()
+                .len(),
+            postcard::to_allocvec(&ShipControl {
+                ship: EntityId(u64::MAX),
+                thrust: 1.0,
+                turn: -1.0,
+                fire: true,
+            })
+            .unwrap()
+            .len(),
+        ];
+        for n in entry_sizes {
+            assert!(n <= MAX_ENTRY_BYTES, "an entry of {n} bytes");
+        }
+    }
+
+    /// A restore or a rehome of a big shard: ~370k entities is more than one 16 MiB frame holds
+    /// at the largest entry size. Every part fits, every reader takes it, nothing is lost.
+    #[test]
+    fn an_adopt_and_a_release_of_400k_entities_go_out_as_frames_within_the_limit() {
+        let n = 400_000u64;
+        let adopt = ReplicationMessage::Adopt {
+            entities: (0..n)
+                .map(|i| Adoption {
+                    snapshot: biggest_snapshot(i),
+                    epoch: u64::MAX - i,
+                })
+                .collect(),
+        };
+        assert!(
+            encode_frame(&adopt).len() > MAX_FRAME_BYTES,
+            "the whole message would not fit one frame"
+        );
+        let released = ShardMessage::Released {
+            generation: 7,
+            entities: (0..n)
+                .map(|i| (biggest_snapshot(i), u64::MAX - i))
+                .collect(),
+        };
+        let mut reader = FrameReader::default();
+        let parts = adopt.clone().split(MAX_FRAME_BYTES);
+        assert!(parts.len() > 1);
+        let mut got = Vec::new();
+        for p in parts {
+            let frame = encode_frame(&p);
+            assert!(frame.len() - 4 <= MAX_FRAME_BYTES);
+            reader.push(&frame);
+            match reader.next_frame::<ReplicationMessage>().unwrap().unwrap() {
+                ReplicationMessage::Adopt { entities } => got.extend(entities),
+                other => panic!("{other:?}"),
+            }
+        }
+        assert_eq!(ReplicationMessage::Adopt { entities: got }, adopt);
+
+        let mut ids = Vec::new();
+        for p in released.split(MAX_FRAME_BYTES) {
+            let frame = encode_frame(&p);
+            assert!(frame.len() - 4 <= MAX_FRAME_BYTES);
+            reader.push(&frame);
+            match reader.next_frame::<ShardMessage>().unwrap().unwrap() {
+                ShardMessage::Released {
+                    generation,
+                    entities,
+                } => {
+                    assert_eq!(generation, 7);
+                    ids.extend(entities.into_iter().map(|(s, _)| s.id));
+                }
+                other => panic!("{other:?}"),
+            }
+        }
+        assert_eq!(ids.len(), n as usize);
+        assert!(ids.windows(2).all(|w| w[0] != w[1]));
+    }
+
+    #[test]
+    fn shadows_parts_share_their_tick_and_small_messages_stay_whole() {
+        let shadows: Vec<Shadow> = (0..1000)
+            .map(|i| Shadow {
+                snapshot: biggest_snapshot(i),
+            })
+            .collect();
+        let parts = ReplicationMessage::Shadows {
+            tick: 9,
+            shadows: shadows.clone(),
+        }
+        .split(MIN_FRAME_BYTES);
+        assert!(parts.len() >= 4);
+        let mut joined = Vec::new();
+        for p in parts {
+            assert!(encode_frame(&p).len() - 4 <= MIN_FRAME_BYTES);
+            let ReplicationMessage::Shadows { tick, shadows } = p else {
+                panic!("a Shadows part")
+            };
+            assert_eq!(tick, 9);
+            joined.extend(shadows);
+        }
+        assert_eq!(joined, shadows);
+        let empty = ReplicationMessage::Shadows {
+            tick: 1,
+            shadows: vec![],
+        };
+        assert_eq!(empty.clone().split(MIN_FRAME_BYTES), vec![empty]);
+    }
+
+    #[test]
+    fn before_the_handshake_a_frame_over_a_kibibyte_is_refused() {
+        let mut r = FrameReader::with_limit(MAX_HELLO_FRAME_BYTES);
+        r.push(&(2000u32).to_le_bytes());
+        assert!(matches!(
+            r.next_frame::<ShardMessage>(),
+            Err(FrameError::Oversized {
+                len: 2000,
+                limit: 1024
+            })
         ));
     }
 

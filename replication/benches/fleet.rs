@@ -4,7 +4,7 @@
 use std::time::{Duration, Instant};
 
 use sidereal_core::codec::UpdateEncoder;
-use sidereal_core::protocol::{PROTOCOL_VERSION, ShardMessage};
+use sidereal_core::protocol::ShardMessage;
 use sidereal_core::{
     EntityId, EntityKind, EntitySnapshot, EntityState, Placement, SectorId, ShardId,
 };
@@ -166,14 +166,10 @@ fn link_and_mirror() {
         tick_hz: 30,
         shadow_margin: 50.0,
     });
-    let link = a.connect();
+    let link = a.connect([1; 32]);
     a.on_message(
         link,
-        ShardMessage::Hello {
-            protocol: PROTOCOL_VERSION,
-            shard: ShardId::new("shard-0"),
-            secret: "s".into(),
-        },
+        ShardMessage::hello("s", &[1; 32], ShardId::new("shard-0"), [2; 32]),
     )
     .unwrap();
     let mut p = Placement {

@@ -56,6 +56,7 @@ async fn main() {
         http: SocketAddr::from(([127, 0, 0, 1], 0)),
         public_http: None,
         link: SocketAddr::from(([127, 0, 0, 1], 0)),
+        link_settings: Default::default(),
         authority: AuthorityConfig {
             world: vec![SectorId::new(2, 0, 0).unwrap()],
             secret: "bench".into(),

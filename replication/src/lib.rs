@@ -7,6 +7,7 @@ pub mod chat;
 pub mod controls;
 pub mod gateway;
 pub mod interest;
+pub mod link_outbox;
 pub mod login;
 pub mod map;
 pub mod metrics;

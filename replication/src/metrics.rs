@@ -203,6 +203,18 @@ pub fn render(
         "reason",
         &rejected,
     ));
+    let mut dropped: std::collections::BTreeMap<&str, u64> = crate::authority::LINK_DROP_REASONS
+        .iter()
+        .map(|r| (*r, 0))
+        .collect();
+    dropped.extend(c.links_dropped.iter().map(|(k, v)| (*k, *v)));
+    let dropped: Vec<(&str, u64)> = dropped.into_iter().collect();
+    add(&labelled_counter(
+        "links_dropped_total",
+        "Shard links closed because the shard went silent or stopped taking what was sent, by reason",
+        "reason",
+        &dropped,
+    ));
     add(&labelled_counter(
         "link_bytes_total",
         "Bytes on shard links, by direction (received from shards, sent to shards)",

@@ -8,21 +8,48 @@ use std::time::{Duration, Instant};
 
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
-use sidereal_core::protocol::{FrameReader, ReplicationMessage, ShardMessage, encode_frame};
+use sidereal_core::handshake::fresh_nonce;
+use sidereal_core::link_socket::{self, DEFAULT_LINK_TIMEOUT};
+use sidereal_core::protocol::{
+    FrameReader, MAX_FRAME_BYTES, MAX_HELLO_FRAME_BYTES, ShardMessage, encode_frame,
+};
 use sidereal_core::{EntityId, EntityKind, EntitySnapshot, EntityState, ShardId};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::mpsc;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tracing::{info, warn};
 
 use crate::authority::{Authority, AuthorityConfig, LinkId};
 use crate::gateway::{self, GatewayConfig, GatewayEvent, Views};
+use crate::link_outbox::{LinkOutbox, OutboxFailure};
 use crate::login::LoginConfig;
 use crate::state::Shared;
 use crate::store::{Store, StoreError};
 
 /// A shard must say Hello within this long after connecting.
 pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
+/// Connections still in their handshake, at most; more are closed as soon as they are
+/// accepted, so unauthenticated peers cannot hold unbounded sockets and buffers.
+pub const MAX_HANDSHAKES_IN_FLIGHT: usize = 64;
+
+/// How shard links are kept honest.
+#[derive(Debug, Clone, Copy)]
+pub struct LinkSettings {
+    /// A linked shard silent this long (no load report, no update) is closed as dead, and a
+    /// write that does not complete within it closes the link as stalled.
+    pub timeout: Duration,
+    /// Largest frame sent or accepted once linked; bigger messages are sent in parts.
+    pub max_frame_bytes: usize,
+}
+
+impl Default for LinkSettings {
+    fn default() -> Self {
+        Self {
+            timeout: DEFAULT_LINK_TIMEOUT,
+            max_frame_bytes: MAX_FRAME_BYTES,
+        }
+    }
+}
 
 #[derive(Debug, Clone)]
 pub struct ReplicationConfig {
@@ -31,6 +58,7 @@ pub struct ReplicationConfig {
     /// internet while the control API stays private; `None` serves login on `http` alone.
     pub public_http: Option<SocketAddr>,
     pub link: SocketAddr,
+    pub link_settings: LinkSettings,
     pub authority: AuthorityConfig,
     /// Entities scattered over the world when the store holds none.
     pub seed_entities: usize,
@@ -216,12 +244,25 @@ pub async fn start(
     info!(http = %running.http, link = %running.link, "replication listening");
 
     let s = shared.clone();
+    let settings = config.link_settings;
     let accept = tokio::spawn(async move {
+        let handshakes = Arc::new(Semaphore::new(MAX_HANDSHAKES_IN_FLIGHT));
         loop {
             match link_listener.accept().await {
                 Ok((stream, peer)) => {
+                    let Ok(permit) = handshakes.clone().try_acquire_owned() else {
+                        s.authority
+                            .lock()
+                            .expect("authority lock")
+                            .counters
+                            .link_rejected("handshake_limit");
+                        warn!(%peer, limit = MAX_HANDSHAKES_IN_FLIGHT, "too many handshakes in flight; closing");
+                        continue;
+                    };
                     let s = s.clone();
-                    tokio::spawn(async move { serve_link(s, stream, peer).await });
+                    tokio::spawn(
+                        async move { serve_link(s, stream, peer, permit, settings).await },
+                    );
                 }
                 Err(e) => warn!(error = %e, "accept failed"),
             }
@@ -299,39 +340,38 @@ pub async fn start(
     Ok((running, all))
 }
 
-async fn serve_link(shared: Arc<Shared>, stream: TcpStream, peer: SocketAddr) {
-    let _ = stream.set_nodelay(true);
-    let link = shared.authority.lock().expect("authority lock").connect();
-    let (mut rd, mut wr) = stream.into_split();
-    let (tx, mut rx) = mpsc::unbounded_channel::<ReplicationMessage>();
-    shared.add_writer(link, tx);
-    let metrics_out = shared.clone();
-    let writer = tokio::spawn(async move {
-        let mut buf = Vec::with_capacity(64 * 1024);
-        while let Some(first) = rx.recv().await {
-            buf.clear();
-            buf.extend(encode_frame(&first));
-            while let Ok(m) = rx.try_recv() {
-                buf.extend(encode_frame(&m));
-            }
-            metrics_out
-                .link_bytes
-                .sent
-                .fetch_add(buf.len() as u64, Ordering::Relaxed);
-            if wr.write_all(&buf).await.is_err() {
-                break;
-            }
-        }
-        let _ = wr.shutdown().await;
-    });
+async fn serve_link(
+    shared: Arc<Shared>,
+    stream: TcpStream,
+    peer: SocketAddr,
+    handshake: OwnedSemaphorePermit,
+    settings: LinkSettings,
+) {
+    if let Err(e) = link_socket::harden(&stream, settings.timeout) {
+        warn!(%peer, error = %e, "cannot set keepalive on a shard link");
+    }
+    let (mut rd, wr) = stream.into_split();
+    let outbox = Arc::new(LinkOutbox::default());
+    let link = {
+        let mut a = shared.authority.lock().expect("authority lock");
+        let link = a.connect(fresh_nonce());
+        shared.add_writer(link, outbox.clone());
+        // The challenge goes out first.
+        shared.flush(&mut a);
+        link
+    };
+    let mut writer = tokio::spawn(write_link(shared.clone(), outbox.clone(), wr, settings));
 
-    let close = read_link(&shared, link, &mut rd).await;
+    let close = read_link(&shared, link, &mut rd, &outbox, handshake, settings).await;
     let shard = {
         let mut a = shared.authority.lock().expect("authority lock");
         let shard = a.shard_of(link).cloned();
         // The authority counted the refusals it made; the shell counts its own.
         if let Some(reason) = close.rejected_here() {
             a.counters.link_rejected(reason);
+        }
+        if let Some(reason) = close.dropped_here() {
+            a.counters.link_dropped(reason);
         }
         a.disconnect(link);
         shared.flush(&mut a);
@@ -343,9 +383,48 @@ async fn serve_link(shared: Arc<Shared>, stream: TcpStream, peer: SocketAddr) {
         LinkClose::Io(e) => warn!(%peer, ?shard, error = %e, "shard link broke"),
         _ => warn!(%peer, ?shard, reason = %close, "closing shard link"),
     }
-    // Dropping the sender lets the writer flush what is queued (a Rejected reason) and close.
+    // Closing the outbox lets the writer flush what is queued (a Rejected reason) and close;
+    // a peer that stopped reading gets no longer than the link timeout for that.
     shared.remove_writer(link);
-    let _ = writer.await;
+    if tokio::time::timeout(settings.timeout, &mut writer)
+        .await
+        .is_err()
+    {
+        writer.abort();
+    }
+}
+
+/// Writes the link's outbox to the socket, each message in frames within the limit, until
+/// the outbox closes. A write the peer does not take within the timeout fails the link.
+async fn write_link(
+    shared: Arc<Shared>,
+    outbox: Arc<LinkOutbox>,
+    mut wr: tokio::net::tcp::OwnedWriteHalf,
+    settings: LinkSettings,
+) {
+    let mut buf = Vec::with_capacity(64 * 1024);
+    while let Some(batch) = outbox.next_batch().await {
+        buf.clear();
+        for msg in batch {
+            for part in msg.split(settings.max_frame_bytes) {
+                buf.extend(encode_frame(&part));
+            }
+        }
+        shared
+            .link_bytes
+            .sent
+            .fetch_add(buf.len() as u64, Ordering::Relaxed);
+        match tokio::time::timeout(settings.timeout, wr.write_all(&buf)).await {
+            Ok(Ok(())) => {}
+            // Broken: the reader sees it too.
+            Ok(Err(_)) => break,
+            Err(_) => {
+                outbox.fail(OutboxFailure::WriteStalled);
+                break;
+            }
+        }
+    }
+    let _ = tokio::time::timeout(settings.timeout, wr.shutdown()).await;
 }
 
 /// Why a shard link ended.
@@ -360,6 +439,12 @@ pub enum LinkClose {
     HandshakeTimeout,
     #[error("malformed frame: {0}")]
     Malformed(String),
+    /// Nothing came for the link timeout: the shard is stopped, hung or cut off.
+    #[error("nothing from the shard for {0:?}")]
+    Silent(Duration),
+    /// The shard stopped taking what replication sends.
+    #[error("the shard cannot keep up ({0:?})")]
+    Writer(OutboxFailure),
     /// The authority refused a message (and counted it).
     #[error(transparent)]
     Refused(#[from] crate::authority::LinkError),
@@ -371,44 +456,53 @@ impl LinkClose {
         match self {
             LinkClose::HandshakeTimeout => Some("handshake_timeout"),
             LinkClose::Malformed(_) => Some("malformed_frame"),
-            LinkClose::PeerClosed | LinkClose::Io(_) | LinkClose::Refused(_) => None,
+            _ => None,
+        }
+    }
+
+    /// The label of `sidereal_links_dropped_total` when the shard was dropped as dead or slow.
+    fn dropped_here(&self) -> Option<&'static str> {
+        match self {
+            LinkClose::Silent(_) => Some("silent"),
+            LinkClose::Writer(OutboxFailure::Backlog) => Some("backlog"),
+            LinkClose::Writer(OutboxFailure::WriteStalled) => Some("write_stalled"),
+            _ => None,
         }
     }
 }
 
-/// Reads frames until the peer closes or the link must be closed, and says why.
+/// Reads frames until the peer closes or the link must be closed, and says why. Before the
+/// handshake a frame may be at most [`MAX_HELLO_FRAME_BYTES`] and the peer has
+/// [`HANDSHAKE_TIMEOUT`]; once linked, silence for the link timeout closes the link.
 async fn read_link(
     shared: &Shared,
     link: LinkId,
     rd: &mut tokio::net::tcp::OwnedReadHalf,
+    outbox: &LinkOutbox,
+    handshake: OwnedSemaphorePermit,
+    settings: LinkSettings,
 ) -> LinkClose {
-    let mut reader = FrameReader::default();
+    let mut reader = FrameReader::with_limit(MAX_HELLO_FRAME_BYTES);
     let mut buf = vec![0u8; 64 * 1024];
     let deadline = Instant::now() + HANDSHAKE_TIMEOUT;
+    let mut handshake = Some(handshake);
     loop {
-        let linked = shared
-            .authority
-            .lock()
-            .expect("authority lock")
-            .shard_of(link)
-            .is_some();
-        let read = if linked {
-            rd.read(&mut buf).await
+        let linked = handshake.is_none();
+        let wait = if linked {
+            settings.timeout
         } else {
-            match tokio::time::timeout(
-                deadline.saturating_duration_since(Instant::now()),
-                rd.read(&mut buf),
-            )
-            .await
-            {
-                Ok(r) => r,
-                Err(_) => return LinkClose::HandshakeTimeout,
-            }
+            deadline.saturating_duration_since(Instant::now())
+        };
+        let read = tokio::select! {
+            r = tokio::time::timeout(wait, rd.read(&mut buf)) => r,
+            why = outbox.failed() => return LinkClose::Writer(why),
         };
         let n = match read {
-            Ok(0) => return LinkClose::PeerClosed,
-            Ok(n) => n,
-            Err(e) => return LinkClose::Io(e),
+            Err(_) if linked => return LinkClose::Silent(settings.timeout),
+            Err(_) => return LinkClose::HandshakeTimeout,
+            Ok(Ok(0)) => return LinkClose::PeerClosed,
+            Ok(Ok(n)) => n,
+            Ok(Err(e)) => return LinkClose::Io(e),
         };
         shared
             .link_bytes
@@ -423,10 +517,18 @@ async fn read_link(
             };
             let mut a = shared.authority.lock().expect("authority lock");
             let result = a.on_message(link, msg);
+            if handshake.is_some() && a.shard_of(link).is_some() {
+                // Linked: the handshake slot frees up and frames may be full size.
+                handshake = None;
+                reader.set_limit(settings.max_frame_bytes);
+            }
             shared.flush(&mut a);
             if let Err(e) = result {
                 return LinkClose::Refused(e);
             }
+        }
+        if handshake.is_some() && reader.buffered() > MAX_HELLO_FRAME_BYTES {
+            return LinkClose::Malformed("more than a Hello before the handshake".into());
         }
     }
 }

@@ -6,11 +6,9 @@ use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
-use sidereal_core::protocol::ReplicationMessage;
-use tokio::sync::mpsc;
-
 use crate::authority::{Authority, LinkId};
 use crate::controls::InputGate;
+use crate::link_outbox::LinkOutbox;
 use crate::login::{LoginConfig, Logins};
 use crate::store::{EntityRow, Store, StoreError};
 
@@ -53,7 +51,7 @@ pub struct Shared {
     pub authority: Mutex<Authority>,
     pub link_bytes: LinkBytes,
     pub game_traffic: Arc<GameTraffic>,
-    writers: Mutex<HashMap<LinkId, mpsc::UnboundedSender<ReplicationMessage>>>,
+    writers: Mutex<HashMap<LinkId, Arc<LinkOutbox>>>,
     pub started: Instant,
     pub store: Option<Store>,
     /// Bearer token of the control API.
@@ -145,13 +143,18 @@ impl Shared {
     }
 
     /// Where messages for `link` go from now on.
-    pub fn add_writer(&self, link: LinkId, tx: mpsc::UnboundedSender<ReplicationMessage>) {
-        self.writers.lock().expect("writers lock").insert(link, tx);
+    pub fn add_writer(&self, link: LinkId, outbox: Arc<LinkOutbox>) {
+        self.writers
+            .lock()
+            .expect("writers lock")
+            .insert(link, outbox);
     }
 
-    /// Drops `link`'s writer: it flushes what is queued and closes.
+    /// Closes `link`'s outbox: its writer flushes what is queued and stops.
     pub fn remove_writer(&self, link: LinkId) {
-        self.writers.lock().expect("writers lock").remove(&link);
+        if let Some(o) = self.writers.lock().expect("writers lock").remove(&link) {
+            o.close();
+        }
     }
 
     /// Routes everything the authority queued to the links' writer tasks.
@@ -162,8 +165,10 @@ impl Shared {
         }
         let writers = self.writers.lock().expect("writers lock");
         for (link, msg) in out {
+            // A full outbox fails its link; the link's reader closes it and the shard's
+            // sectors wait for a placement, as for any dead link.
             if let Some(w) = writers.get(&link) {
-                let _ = w.send(msg);
+                w.push(msg);
             }
         }
     }

@@ -3,7 +3,9 @@
 use bevy::prelude::*;
 use crossbeam_channel::{Receiver, Sender};
 use sidereal_core::codec::UpdateEncoder;
-use sidereal_core::protocol::{ReplicationMessage, ShardMessage};
+use sidereal_core::protocol::{
+    MAX_FRAME_BYTES, ReplicationMessage, ShardMessage, entries_per_frame,
+};
 
 use crate::components::{Owned, TickSet, state_of};
 use crate::metrics::ShardMetrics;
@@ -14,6 +16,8 @@ use avian2d::prelude::*;
 pub struct ShardLink {
     pub to_replication: Sender<ShardMessage>,
     pub from_replication: Receiver<ReplicationMessage>,
+    /// Largest frame the link carries: update batches are cut to fit.
+    pub max_frame_bytes: usize,
 }
 
 impl ShardLink {
@@ -34,6 +38,7 @@ impl ShardLink {
             ShardLink {
                 to_replication: to_rep,
                 from_replication: from_rep,
+                max_frame_bytes: MAX_FRAME_BYTES,
             },
             to_shard,
             from_shard,
@@ -93,14 +98,17 @@ fn send_changed_entities(
         .iter()
         .map(|(o, p, r, v, w)| (o.id, o.epoch, state_of(p, r, v, w)))
         .collect();
-    if let Some(bytes) = encoder.0.encode(tick.0, &mut batch) {
-        stats.update_batches += 1;
-        stats.update_bytes += bytes.len() as u64;
-        let count = bytes_count(&bytes);
-        stats.updates += count;
-        metrics.update_bytes.inc_by(bytes.len() as u64);
-        metrics.updates.inc_by(count);
-        link.send(ShardMessage::Updates(bytes));
+    // A shard holding more entities than one frame describes sends several batches a tick.
+    for part in batch.chunks_mut(entries_per_frame(link.max_frame_bytes)) {
+        if let Some(bytes) = encoder.0.encode(tick.0, part) {
+            stats.update_batches += 1;
+            stats.update_bytes += bytes.len() as u64;
+            let count = bytes_count(&bytes);
+            stats.updates += count;
+            metrics.update_bytes.inc_by(bytes.len() as u64);
+            metrics.updates.inc_by(count);
+            link.send(ShardMessage::Updates(bytes));
+        }
     }
 }
 

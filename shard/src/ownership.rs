@@ -27,6 +27,8 @@ pub struct Ownership {
     /// Handed over, not yet confirmed by the new owner.
     pub handed_over: HashMap<EntityId, EntitySnapshot>,
     shadows: HashMap<EntityId, Entity>,
+    /// The tick of the shadow set being received: parts of one set share it.
+    shadow_tick: Option<u64>,
     /// Handovers sent so far (for metrics).
     pub handovers_out: u64,
 }
@@ -102,6 +104,9 @@ fn apply_replication_messages(
             ReplicationMessage::Rejected { reason } => {
                 warn!(%reason, "replication rejected this shard")
             }
+            // The link's transport answers it before the app starts (the in-process harness
+            // handshakes for the shard).
+            ReplicationMessage::Challenge { .. } => {}
             ReplicationMessage::Assign {
                 generation,
                 sectors,
@@ -151,14 +156,26 @@ fn apply_replication_messages(
                     own.handed_over.remove(&id);
                 }
             }
-            ReplicationMessage::Shadows { shadows: list, .. } => {
-                let mut keep = HashMap::with_capacity(list.len());
+            ReplicationMessage::Shadows {
+                tick,
+                shadows: list,
+            } => {
+                // A new tick's set replaces the old one; a further part of the same tick's set
+                // (a set too big for one frame) extends it.
+                let continuing = own.shadow_tick == Some(tick);
+                own.shadow_tick = Some(tick);
+                let mut previous = if continuing {
+                    HashMap::new()
+                } else {
+                    std::mem::take(&mut own.shadows)
+                };
                 for sh in list {
                     let s = sh.snapshot;
                     if own.entities.contains_key(&s.id) {
                         continue;
                     }
-                    let e = match own.shadows.remove(&s.id) {
+                    let existing = previous.remove(&s.id).or_else(|| own.shadows.remove(&s.id));
+                    let e = match existing {
                         Some(e) if shadows.get_mut(e).is_ok() => {
                             let (mut p, mut r, mut v, mut w) = shadows.get_mut(e).expect("checked");
                             p.0 = Vec2::from(s.state.pos);
@@ -178,12 +195,11 @@ fn apply_replication_messages(
                             ))
                             .id(),
                     };
-                    keep.insert(s.id, e);
+                    own.shadows.insert(s.id, e);
                 }
-                for (_, e) in own.shadows.drain() {
+                for (_, e) in previous.drain() {
                     commands.entity(e).despawn();
                 }
-                own.shadows = keep;
             }
         }
     }

@@ -1,5 +1,7 @@
 //! The shard link over TCP: handshake, then one reader and one writer thread bridging the
-//! socket to the app's channels.
+//! socket to the app's channels. Silence from replication for the link timeout (it sends
+//! shadows every tick), or a write it does not take within it, ends the link: the shard exits
+//! and its supervisor starts a fresh one, while replication re-homes its sectors.
 
 use std::io::{Read, Write};
 use std::net::{TcpStream, ToSocketAddrs};
@@ -8,8 +10,10 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use sidereal_core::ShardId;
+use sidereal_core::handshake::{fresh_nonce, verify_replication_proof};
+use sidereal_core::link_socket::{self, DEFAULT_LINK_TIMEOUT};
 use sidereal_core::protocol::{
-    FrameReader, PROTOCOL_VERSION, ReplicationMessage, ShardMessage, encode_frame,
+    FrameReader, MAX_FRAME_BYTES, PROTOCOL_VERSION, ReplicationMessage, ShardMessage, encode_frame,
 };
 use tracing::{error, info};
 
@@ -26,8 +30,30 @@ pub enum ConnectError {
     Rejected(String),
     #[error("replication closed the link during the handshake")]
     Closed,
+    /// The peer welcomed this shard without proving it knows the secret.
+    #[error("the peer at the replication address could not prove it knows the shard secret")]
+    Impostor,
     #[error("bad handshake reply: {0}")]
     Protocol(String),
+}
+
+/// How the link is kept honest (the same settings as replication's).
+#[derive(Debug, Clone, Copy)]
+pub struct LinkOptions {
+    /// Silence from replication this long means the link is dead; also the longest a write
+    /// may take.
+    pub timeout: Duration,
+    /// Largest frame sent or accepted; bigger messages go out in parts.
+    pub max_frame_bytes: usize,
+}
+
+impl Default for LinkOptions {
+    fn default() -> Self {
+        Self {
+            timeout: DEFAULT_LINK_TIMEOUT,
+            max_frame_bytes: MAX_FRAME_BYTES,
+        }
+    }
 }
 
 /// A connected link and a flag that turns false when the link dies.
@@ -56,8 +82,57 @@ fn read_one(
     }
 }
 
+/// Answers replication's challenge with this shard's proof of `secret`, and checks
+/// replication's proof in its `Welcome`: both sides know the secret, and it never crossed the
+/// wire. The incarnation replication gave this link.
+fn handshake(
+    stream: &mut TcpStream,
+    reader: &mut FrameReader,
+    shard: &ShardId,
+    secret: &str,
+) -> Result<u32, ConnectError> {
+    let challenge = match read_one(stream, reader)? {
+        ReplicationMessage::Challenge { protocol, nonce } if protocol == PROTOCOL_VERSION => nonce,
+        ReplicationMessage::Challenge { protocol, .. } => {
+            return Err(ConnectError::Rejected(format!(
+                "replication speaks protocol {protocol}, this shard {PROTOCOL_VERSION}: run the same sidereal version on both"
+            )));
+        }
+        other => {
+            return Err(ConnectError::Protocol(format!(
+                "expected Challenge, got {other:?}"
+            )));
+        }
+    };
+    let nonce = fresh_nonce();
+    let hello = ShardMessage::hello(secret, &challenge, shard.clone(), nonce);
+    stream
+        .write_all(&encode_frame(&hello))
+        .map_err(|_| ConnectError::Closed)?;
+    match read_one(stream, reader)? {
+        ReplicationMessage::Welcome {
+            incarnation, proof, ..
+        } => {
+            if verify_replication_proof(secret, &challenge, &nonce, &shard.0, &proof) {
+                Ok(incarnation)
+            } else {
+                Err(ConnectError::Impostor)
+            }
+        }
+        ReplicationMessage::Rejected { reason } => Err(ConnectError::Rejected(reason)),
+        other => Err(ConnectError::Protocol(format!(
+            "expected Welcome, got {other:?}"
+        ))),
+    }
+}
+
 /// Connects, authenticates with `secret`, and starts the bridge threads.
-pub fn connect(addr: &str, shard: &ShardId, secret: &str) -> Result<TcpLink, ConnectError> {
+pub fn connect(
+    addr: &str,
+    shard: &ShardId,
+    secret: &str,
+    options: LinkOptions,
+) -> Result<TcpLink, ConnectError> {
     let io = |source| ConnectError::Io {
         addr: addr.to_owned(),
         source,
@@ -68,29 +143,22 @@ pub fn connect(addr: &str, shard: &ShardId, secret: &str) -> Result<TcpLink, Con
         .next()
         .ok_or_else(|| io(std::io::ErrorKind::NotFound.into()))?;
     let mut stream = TcpStream::connect_timeout(&sock, Duration::from_secs(5)).map_err(io)?;
-    stream.set_nodelay(true).map_err(io)?;
-    let hello = ShardMessage::Hello {
-        protocol: PROTOCOL_VERSION,
-        shard: shard.clone(),
-        secret: secret.to_owned(),
-    };
-    stream.write_all(&encode_frame(&hello)).map_err(io)?;
-    let mut reader = FrameReader::default();
-    let incarnation = match read_one(&mut stream, &mut reader)? {
-        ReplicationMessage::Welcome { incarnation, .. } => incarnation,
-        ReplicationMessage::Rejected { reason } => return Err(ConnectError::Rejected(reason)),
-        other => {
-            return Err(ConnectError::Protocol(format!(
-                "expected Welcome, got {other:?}"
-            )));
-        }
-    };
+    link_socket::harden(&stream, options.timeout).map_err(io)?;
+    // Replication sends shadows every tick: a read that waits this long means it is gone.
+    stream.set_read_timeout(Some(options.timeout)).map_err(io)?;
+    stream
+        .set_write_timeout(Some(options.timeout))
+        .map_err(io)?;
+    let mut reader = FrameReader::with_limit(options.max_frame_bytes);
+    let incarnation = handshake(&mut stream, &mut reader, shard, secret)?;
     info!(%shard, incarnation, addr, "shard link up");
-    let (link, to_shard, from_shard) = ShardLink::pair();
+    let (mut link, to_shard, from_shard) = ShardLink::pair();
+    link.max_frame_bytes = options.max_frame_bytes;
     to_shard
         .send(ReplicationMessage::Welcome {
             incarnation,
             tick_hz: 0,
+            proof: [0; 32],
         })
         .expect("receiver alive");
     let alive = Arc::new(AtomicBool::new(true));
@@ -117,8 +185,18 @@ pub fn connect(addr: &str, shard: &ShardId, secret: &str) -> Result<TcpLink, Con
                     }
                 }
                 match rd.read(&mut buf) {
-                    Ok(0) | Err(_) => break,
+                    Ok(0) => break,
                     Ok(n) => reader.push(&buf[..n]),
+                    Err(e)
+                        if matches!(
+                            e.kind(),
+                            std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                        ) =>
+                    {
+                        error!(timeout = ?options.timeout, "nothing from replication; taking the link for dead");
+                        break;
+                    }
+                    Err(_) => break,
                 }
             }
             alive_r.store(false, Ordering::SeqCst);
@@ -133,12 +211,17 @@ pub fn connect(addr: &str, shard: &ShardId, secret: &str) -> Result<TcpLink, Con
             let mut out = Vec::with_capacity(64 * 1024);
             while let Ok(first) = from_shard.recv() {
                 out.clear();
-                out.extend(encode_frame(&first));
-                // Coalesce whatever else is queued into one write.
-                while let Ok(m) = from_shard.try_recv() {
-                    out.extend(encode_frame(&m));
+                // Coalesce whatever else is queued into one write, every message in frames
+                // within the limit.
+                for m in std::iter::once(first).chain(from_shard.try_iter()) {
+                    for part in m.split(options.max_frame_bytes) {
+                        out.extend(encode_frame(&part));
+                    }
                 }
-                if wr.write_all(&out).is_err() {
+                // A write replication does not take within the timeout fails (the socket's
+                // write timeout): the link is dead.
+                if let Err(e) = wr.write_all(&out) {
+                    error!(error = %e, "cannot write to replication; taking the link for dead");
                     break;
                 }
             }

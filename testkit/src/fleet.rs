@@ -5,7 +5,7 @@ use std::collections::{HashMap, HashSet};
 
 use bevy::app::App;
 use crossbeam_channel::{Receiver, Sender};
-use sidereal_core::protocol::{PROTOCOL_VERSION, ReplicationMessage, ShardMessage};
+use sidereal_core::protocol::{ReplicationMessage, ShardMessage};
 use sidereal_core::{EntityId, Placement, SectorId, ShardId};
 use sidereal_replication::{Authority, AuthorityConfig, LinkId};
 use sidereal_shard::ownership::Ownership;
@@ -70,16 +70,13 @@ impl Fleet {
             link,
             Clock::Stepped,
         );
-        let link = self.authority.connect();
+        let challenge = [self.shards.len() as u8; 32];
+        let link = self.authority.connect(challenge);
         let id = ShardId::new(name);
         self.authority
             .on_message(
                 link,
-                ShardMessage::Hello {
-                    protocol: PROTOCOL_VERSION,
-                    shard: id.clone(),
-                    secret: SECRET.into(),
-                },
+                ShardMessage::hello(SECRET, &challenge, id.clone(), [0xa5; 32]),
             )
             .expect("handshake");
         self.shards.push(Some(ShardProc {

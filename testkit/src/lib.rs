@@ -1,5 +1,5 @@
 //! What Sidereal's tests and benchmarks share: waiting on a condition with a deadline (never a
-//! bare sleep), a counting UDP relay, and, with the `fleet` feature, an in-process fleet stepped
+//! bare sleep), a counting UDP relay, a TCP relay that can stall, and, with the `fleet` feature, an in-process fleet stepped
 //! one tick at a time.
 
 use std::fmt::Debug;
@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 
 #[cfg(feature = "fleet")]
 pub mod fleet;
+pub mod tcp_proxy;
 pub mod udp_proxy;
 
 /// How often a condition is polled.

@@ -1,5 +1,9 @@
-//! A shard's Hello: version and secret checks, its assignment, and the entities it gets back.
+//! A shard's Hello: version, proof of the secret and name checks, its assignment, and the
+//! entities it gets back.
 
+use sidereal_core::handshake::{
+    Nonce, Proof, RESERVED_SHARD_NAMES, replication_proof, verify_shard_proof,
+};
 use sidereal_core::protocol::{Adoption, PROTOCOL_VERSION, ReplicationMessage};
 use sidereal_core::{EntityId, SectorId, ShardId};
 use tracing::info;
@@ -12,14 +16,18 @@ impl Authority {
         link: LinkId,
         protocol: u32,
         shard: ShardId,
-        secret: &str,
+        nonce: &Nonce,
+        proof: &Proof,
     ) -> Result<(), LinkError> {
+        let challenge = self.links[&link].challenge;
         let result = if protocol != PROTOCOL_VERSION {
             Err(LinkError::WrongVersion { got: protocol })
-        } else if !constant_time_eq(secret.as_bytes(), self.config.secret.as_bytes()) {
+        } else if !verify_shard_proof(&self.config.secret, &challenge, nonce, &shard.0, proof) {
             Err(LinkError::WrongSecret {
                 shard: shard.clone(),
             })
+        } else if RESERVED_SHARD_NAMES.contains(&shard.0.as_str()) {
+            Err(LinkError::ReservedName(shard.0.clone()))
         } else if shard.0.is_empty()
             || shard.0.len() > 63
             || !shard
@@ -55,6 +63,7 @@ impl Authority {
             ReplicationMessage::Welcome {
                 incarnation,
                 tick_hz: self.config.tick_hz,
+                proof: replication_proof(&self.config.secret, &challenge, nonce, &shard.0),
             },
         ));
         self.send_assignment(&shard);

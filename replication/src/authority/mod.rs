@@ -6,6 +6,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use sidereal_core::codec::UpdateDecoder;
+use sidereal_core::handshake::Nonce;
 use sidereal_core::placement::{PlacementError, leaf_covering};
 use sidereal_core::protocol::{PROTOCOL_VERSION, ReplicationMessage, ShardMessage, ShipControl};
 use sidereal_core::{
@@ -47,10 +48,14 @@ pub enum LinkError {
     NoHello,
     #[error("protocol version {got} is not supported (this replication speaks {PROTOCOL_VERSION})")]
     WrongVersion { got: u32 },
-    #[error("wrong shard secret from {shard}")]
+    #[error(
+        "wrong shard secret from {shard}: its proof does not match this connection's challenge"
+    )]
     WrongSecret { shard: ShardId },
     #[error("invalid shard name {0:?}")]
     BadName(String),
+    #[error("shard name {0:?} is reserved (it means no shard)")]
+    ReservedName(String),
     #[error("shard {0} is already connected")]
     AlreadyConnected(ShardId),
     #[error("second Hello on an established link")]
@@ -62,18 +67,24 @@ pub enum LinkError {
 }
 
 /// Every `reason` label of `sidereal_links_rejected_total`: the authority's refusals
-/// ([`LinkError::label`]) and the I/O shell's (`handshake_timeout`).
-pub const LINK_REJECTION_REASONS: [&str; 9] = [
+/// ([`LinkError::label`]) and the I/O shell's (`handshake_timeout`, `handshake_limit`).
+pub const LINK_REJECTION_REASONS: [&str; 11] = [
     "no_hello",
     "wrong_version",
     "wrong_secret",
     "bad_name",
+    "reserved_name",
     "already_connected",
     "duplicate_hello",
     "malformed_update",
     "malformed_frame",
     "handshake_timeout",
+    "handshake_limit",
 ];
+
+/// Every `reason` label of `sidereal_links_dropped_total`: links closed because the shard went
+/// silent for the link timeout, or stopped taking what was sent (queue full, a write stalled).
+pub const LINK_DROP_REASONS: [&str; 3] = ["silent", "backlog", "write_stalled"];
 
 impl LinkError {
     /// Short, stable name of the failure for `sidereal_links_rejected_total{reason=...}`.
@@ -83,6 +94,7 @@ impl LinkError {
             LinkError::WrongVersion { .. } => "wrong_version",
             LinkError::WrongSecret { .. } => "wrong_secret",
             LinkError::BadName(_) => "bad_name",
+            LinkError::ReservedName(_) => "reserved_name",
             LinkError::AlreadyConnected(_) => "already_connected",
             LinkError::DuplicateHello => "duplicate_hello",
             LinkError::Codec(_) => "malformed_update",
@@ -104,6 +116,8 @@ pub enum PutPlacementError {
 
 #[derive(Debug)]
 struct Link {
+    /// The nonce this link's `Hello` must prove the secret over.
+    challenge: Nonce,
     shard: Option<ShardId>,
     incarnation: u32,
     decoder: UpdateDecoder,
@@ -127,12 +141,19 @@ pub struct Counters {
     /// Links closed for bad input (handshake refused, malformed data), by reason label. A
     /// link that merely closes or breaks (a killed shard) is not counted.
     pub links_rejected: BTreeMap<&'static str, u64>,
+    /// Links closed because the shard stopped answering or could not keep up, by reason.
+    pub links_dropped: BTreeMap<&'static str, u64>,
 }
 
 impl Counters {
     /// Counts one link closed for bad input.
     pub fn link_rejected(&mut self, reason: &'static str) {
         *self.links_rejected.entry(reason).or_default() += 1;
+    }
+
+    /// Counts one link dropped as dead or too slow.
+    pub fn link_dropped(&mut self, reason: &'static str) {
+        *self.links_dropped.entry(reason).or_default() += 1;
     }
 
     /// All links closed for bad input.
@@ -234,12 +255,22 @@ impl Authority {
         }
     }
 
-    pub fn connect(&mut self) -> LinkId {
+    /// A new link, challenged with `challenge` (a fresh nonce: the shell draws it, so this
+    /// stays deterministic). The `Challenge` is the first message queued for it.
+    pub fn connect(&mut self, challenge: Nonce) -> LinkId {
         let id = self.next_link;
         self.next_link += 1;
+        self.outbox.push((
+            id,
+            ReplicationMessage::Challenge {
+                protocol: PROTOCOL_VERSION,
+                nonce: challenge,
+            },
+        ));
         self.links.insert(
             id,
             Link {
+                challenge,
                 shard: None,
                 incarnation: 0,
                 decoder: UpdateDecoder::default(),
@@ -284,8 +315,9 @@ impl Authority {
                 ShardMessage::Hello {
                     protocol,
                     shard,
-                    secret,
-                } => self.hello(link, protocol, shard, &secret),
+                    nonce,
+                    proof,
+                } => self.hello(link, protocol, shard, &nonce, &proof),
                 _ => Err(LinkError::NoHello),
             };
         };

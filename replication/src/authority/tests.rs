@@ -11,15 +11,26 @@ fn authority() -> Authority {
     })
 }
 
+/// A fresh challenge per link, as the shell draws them.
+fn challenge(link_hint: u8) -> [u8; 32] {
+    [link_hint; 32]
+}
+
+/// A new link, with its challenge queued.
+fn challenged(a: &mut Authority, hint: u8) -> LinkId {
+    let link = a.connect(challenge(hint));
+    assert!(
+        matches!(a.outbox.last(), Some((l, ReplicationMessage::Challenge { protocol: PROTOCOL_VERSION, nonce })) if *l == link && *nonce == challenge(hint)),
+        "a link opens with its challenge"
+    );
+    link
+}
+
 fn hello(a: &mut Authority, name: &str) -> Result<LinkId, LinkError> {
-    let link = a.connect();
+    let link = challenged(a, 1);
     a.on_message(
         link,
-        ShardMessage::Hello {
-            protocol: PROTOCOL_VERSION,
-            shard: ShardId::new(name),
-            secret: "s3cret".into(),
-        },
+        ShardMessage::hello("s3cret", &challenge(1), ShardId::new(name), [2; 32]),
     )
     .map(|_| link)
 }
@@ -62,14 +73,10 @@ fn two_shards() -> (Authority, LinkId, LinkId) {
 #[test]
 fn handshakes_with_wrong_secret_version_or_name_are_rejected_with_a_reason() {
     let mut a = authority();
-    let link = a.connect();
+    let link = challenged(&mut a, 1);
     let e = a.on_message(
         link,
-        ShardMessage::Hello {
-            protocol: PROTOCOL_VERSION,
-            shard: ShardId::new("x"),
-            secret: "nope".into(),
-        },
+        ShardMessage::hello("nope", &challenge(1), ShardId::new("x"), [2; 32]),
     );
     assert_eq!(
         e,
@@ -77,31 +84,28 @@ fn handshakes_with_wrong_secret_version_or_name_are_rejected_with_a_reason() {
             shard: ShardId::new("x")
         })
     );
-    let out = a.take_outbox();
+    let out: Vec<_> = a
+        .take_outbox()
+        .into_iter()
+        .filter(|(_, m)| !matches!(m, ReplicationMessage::Challenge { .. }))
+        .collect();
     assert!(
         matches!(&out[..], [(l, ReplicationMessage::Rejected { reason })] if *l == link && reason.contains("wrong shard secret"))
     );
-    let link = a.connect();
-    let e = a.on_message(
-        link,
-        ShardMessage::Hello {
-            protocol: 99,
-            shard: ShardId::new("x"),
-            secret: "s3cret".into(),
-        },
-    );
+    let link = challenged(&mut a, 3);
+    let mut old = ShardMessage::hello("s3cret", &challenge(3), ShardId::new("x"), [2; 32]);
+    if let ShardMessage::Hello { protocol, .. } = &mut old {
+        *protocol = 99;
+    }
+    let e = a.on_message(link, old);
     assert_eq!(e, Err(LinkError::WrongVersion { got: 99 }));
-    let link = a.connect();
+    let link = challenged(&mut a, 4);
     let e = a.on_message(
         link,
-        ShardMessage::Hello {
-            protocol: PROTOCOL_VERSION,
-            shard: ShardId::new("bad name!"),
-            secret: "s3cret".into(),
-        },
+        ShardMessage::hello("s3cret", &challenge(4), ShardId::new("bad name!"), [2; 32]),
     );
     assert!(matches!(e, Err(LinkError::BadName(_))));
-    let link = a.connect();
+    let link = challenged(&mut a, 5);
     assert_eq!(
         a.on_message(link, ShardMessage::Updates(vec![])),
         Err(LinkError::NoHello)
@@ -109,6 +113,67 @@ fn handshakes_with_wrong_secret_version_or_name_are_rejected_with_a_reason() {
     assert_eq!(a.counters.links_rejected_total(), 4);
     assert_eq!(a.counters.links_rejected["wrong_secret"], 1);
     assert_eq!(a.counters.links_rejected["no_hello"], 1);
+    assert!(a.live_shards().is_empty());
+}
+
+#[test]
+fn a_recorded_hello_replayed_on_another_connection_is_refused() {
+    let mut a = authority();
+    let first = challenged(&mut a, 1);
+    let recorded = ShardMessage::hello("s3cret", &challenge(1), ShardId::new("shard-0"), [2; 32]);
+    a.on_message(first, recorded.clone()).unwrap();
+    a.disconnect(first);
+    // The attacker replays every byte the shard sent; this connection was challenged anew.
+    let second = challenged(&mut a, 9);
+    assert_eq!(
+        a.on_message(second, recorded),
+        Err(LinkError::WrongSecret {
+            shard: ShardId::new("shard-0")
+        })
+    );
+    assert!(a.live_shards().is_empty());
+}
+
+#[test]
+fn the_welcome_proves_replication_knows_the_secret_for_this_handshake() {
+    let mut a = authority();
+    let link = challenged(&mut a, 1);
+    a.on_message(
+        link,
+        ShardMessage::hello("s3cret", &challenge(1), ShardId::new("shard-0"), [2; 32]),
+    )
+    .unwrap();
+    let out = a.take_outbox();
+    let Some((_, ReplicationMessage::Welcome { proof, .. })) = out.get(1) else {
+        panic!("a Welcome first: {out:?}")
+    };
+    use sidereal_core::handshake::verify_replication_proof;
+    assert!(verify_replication_proof(
+        "s3cret",
+        &challenge(1),
+        &[2; 32],
+        "shard-0",
+        proof
+    ));
+    assert!(!verify_replication_proof(
+        "another secret",
+        &challenge(1),
+        &[2; 32],
+        "shard-0",
+        proof
+    ));
+}
+
+#[test]
+fn names_that_mean_no_shard_are_refused() {
+    let mut a = authority();
+    for name in ["unplaced", "archived"] {
+        assert_eq!(
+            hello(&mut a, name),
+            Err(LinkError::ReservedName(name.into()))
+        );
+    }
+    assert_eq!(a.counters.links_rejected["reserved_name"], 2);
     assert!(a.live_shards().is_empty());
 }
 
