@@ -564,6 +564,15 @@ fn bad_input_is_refused_with_a_reason_and_the_fleet_carries_on() {
     };
     s.write_all(&encode_frame(&ShardMessage::Spawned { snapshot: spawn }))
         .unwrap();
+    // The refused spawn is answered: the impostor is told to drop it.
+    let disowned = loop {
+        match read_msg(&mut s, &mut reader) {
+            Some(ReplicationMessage::Disown { ids }) => break ids,
+            Some(_) => continue,
+            None => panic!("no Disown for the refused spawn"),
+        }
+    };
+    assert_eq!(disowned, vec![spawn.id]);
     s.write_all(&encode_frame(&ShardMessage::Despawned {
         id: EntityId(someone_elses),
         epoch: 1,
@@ -633,6 +642,14 @@ fn bad_input_is_refused_with_a_reason_and_the_fleet_carries_on() {
         (422, true),
         "{body}"
     );
+    // A generation that would leave no room for the next one.
+    let (code, body) = put(
+        &url,
+        &serde_json::json!({"generation": u64::MAX, "sectors": {"s2-x0-y0": "shard-0", "s2-xm1-y0": "shard-0"}}),
+    );
+    assert_eq!((code, body.contains("jumps")), (422, true), "{body}");
+    let current = placement_of(&r);
+    assert!(current.generation < 100, "{current:?}");
 }
 
 pub(crate) fn free_port() -> u16 {

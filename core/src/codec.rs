@@ -321,6 +321,11 @@ impl UpdateDecoder {
     pub fn forget(&mut self, id: EntityId) {
         self.baseline.remove(&id);
     }
+
+    /// Whether `id` has a baseline on this link.
+    pub fn knows(&self, id: EntityId) -> bool {
+        self.baseline.contains_key(&id)
+    }
 }
 
 #[cfg(test)]

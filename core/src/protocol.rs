@@ -151,6 +151,12 @@ pub enum ReplicationMessage {
     Forget {
         ids: Vec<EntityId>,
     },
+    /// These entities are not this shard's: the authority refused their spawn (the shard's
+    /// view of its sectors was stale) or does not know them. Stop simulating them, with no
+    /// handover, and confirm each with `Despawned`.
+    Disown {
+        ids: Vec<EntityId>,
+    },
     /// Neighbours' entities within the shadow margin of this shard's sectors, replacing the
     /// previous set.
     Shadows {
@@ -211,6 +217,10 @@ impl ReplicationMessage {
             ReplicationMessage::Forget { ids } if ids.len() > per => parts(ids, per)
                 .into_iter()
                 .map(|ids| ReplicationMessage::Forget { ids })
+                .collect(),
+            ReplicationMessage::Disown { ids } if ids.len() > per => parts(ids, per)
+                .into_iter()
+                .map(|ids| ReplicationMessage::Disown { ids })
                 .collect(),
             ReplicationMessage::Controls { controls } if controls.len() > per => {
                 parts(controls, per)

@@ -253,7 +253,9 @@ async fn put_placement(
         Err(e @ (PutPlacementError::Stale { .. } | PutPlacementError::Conflict(_))) => {
             error(StatusCode::CONFLICT, e)
         }
-        Err(e @ PutPlacementError::Invalid(_)) => error(StatusCode::UNPROCESSABLE_ENTITY, e),
+        Err(e @ (PutPlacementError::Invalid(_) | PutPlacementError::Jump { .. })) => {
+            error(StatusCode::UNPROCESSABLE_ENTITY, e)
+        }
     }
 }
 
@@ -339,14 +341,21 @@ async fn status(State(s): State<Arc<Shared>>) -> Json<StatusView> {
 }
 
 /// Not ready while checkpoints fail: the world keeps running, but nothing new is durable.
+/// Ready means this process serves shard links, logins and the control API. A database
+/// outage does not make it unready: the world keeps running, checkpoints are retried with the
+/// backlog kept, and dropping replication from its Services would only take the game off the
+/// network. The store's health is `sidereal_store_healthy`, with an alert in the chart.
 async fn ready(State(s): State<Arc<Shared>>) -> Response {
     let h = s.store_health.lock().expect("health lock").clone();
     if h.healthy {
         (StatusCode::OK, "ready").into_response()
     } else {
         (
-            StatusCode::SERVICE_UNAVAILABLE,
-            format!("store unavailable: {}", h.last_error.unwrap_or_default()),
+            StatusCode::OK,
+            format!(
+                "ready (store unavailable, checkpoints retried: {})",
+                h.last_error.unwrap_or_default()
+            ),
         )
             .into_response()
     }

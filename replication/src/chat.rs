@@ -70,18 +70,28 @@ pub fn listeners(at: [f32; 2], ships: &[(u64, [f32; 2])], radius: f32) -> Vec<u6
         .collect()
 }
 
+/// Refusals a player is told about: this many at once, then one a second. A flood of bad lines
+/// is refused and counted line by line, but must not turn into as many reliable replies.
+pub const REFUSAL_REPLY_BURST: u32 = 3;
+
 /// Per-player chat rate limits and the counts of what was said.
 #[derive(Debug)]
 pub struct ChatGate {
     per_player: RateLimiter<u64>,
+    /// How often each player is told why a line was refused.
+    replies: RateLimiter<u64>,
     counts: BTreeMap<&'static str, u64>,
+    /// Refusals counted but not answered (the reply rate was spent).
+    pub unanswered: u64,
 }
 
 impl Default for ChatGate {
     fn default() -> Self {
         Self {
             per_player: RateLimiter::new(1.0, 5, 100_000),
+            replies: RateLimiter::new(1.0, REFUSAL_REPLY_BURST, 100_000),
             counts: CHAT_RESULTS.iter().map(|r| (*r, 0)).collect(),
+            unanswered: 0,
         }
     }
 }
@@ -108,6 +118,15 @@ impl ChatGate {
 
     pub fn delivered(&mut self) {
         *self.counts.entry("delivered").or_default() += 1;
+    }
+
+    /// Whether `player` is told about a refusal now; false once its reply rate is spent.
+    pub fn answer_refusal(&mut self, player: u64, now: Instant) -> bool {
+        let answer = self.replies.take(&player, now).is_ok();
+        if !answer {
+            self.unanswered += 1;
+        }
+        answer
     }
 
     /// A line admitted but not deliverable: counted as refused.
@@ -152,6 +171,24 @@ mod tests {
         ];
         assert_eq!(listeners([0.0, 0.0], &ships, 500.0), vec![1, 2, 4]);
         assert_eq!(listeners([1e6, 0.0], &ships, 500.0), Vec::<u64>::new());
+    }
+
+    #[test]
+    fn a_flood_of_bad_lines_gets_a_few_replies_not_one_each() {
+        let mut gate = ChatGate::default();
+        let t0 = Instant::now();
+        let answered = (0..100)
+            .filter(|_| {
+                gate.admit(1, "", t0).unwrap_err();
+                gate.answer_refusal(1, t0)
+            })
+            .count();
+        assert_eq!(answered, REFUSAL_REPLY_BURST as usize);
+        assert_eq!(gate.counts()["empty"], 100, "every refusal is counted");
+        assert_eq!(gate.unanswered, 100 - u64::from(REFUSAL_REPLY_BURST));
+        // Another player is told; the flooder again a second later.
+        assert!(gate.answer_refusal(2, t0));
+        assert!(gate.answer_refusal(1, t0 + std::time::Duration::from_secs(1)));
     }
 
     #[test]

@@ -480,6 +480,9 @@ fn relay_chat(
                 if why == ChatRefusal::NoShip {
                     chat.0.refused(why);
                 }
+                if !chat.0.answer_refusal(speaker.id, now) {
+                    continue;
+                }
                 if let Some((_, _, mut refused)) =
                     listeners_q.iter_mut().find(|(p, _, _)| p.id == speaker.id)
                 {

@@ -156,6 +156,25 @@ fn apply_replication_messages(
                     own.handed_over.remove(&id);
                 }
             }
+            ReplicationMessage::Disown { ids } => {
+                let mut dropped = 0;
+                for id in ids {
+                    let Some(e) = own.entities.remove(&id) else {
+                        continue;
+                    };
+                    let epoch = owned.get(e).map_or(1, |(_, o, ..)| o.epoch);
+                    encoder.0.forget(id);
+                    commands.entity(e).despawn();
+                    link.send(ShardMessage::Despawned { id, epoch });
+                    dropped += 1;
+                }
+                if dropped > 0 {
+                    warn!(
+                        dropped,
+                        "replication does not know entities this shard simulated (a refused spawn); dropped them"
+                    );
+                }
+            }
             ReplicationMessage::Shadows {
                 tick,
                 shadows: list,

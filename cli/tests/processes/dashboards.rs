@@ -1,6 +1,7 @@
 //! The Grafana dashboard, for real: `sidereal up` runs a fleet, Debian's Prometheus scrapes
 //! replication and the shards, and every expression of every panel in
-//! `charts/sidereal/dashboards/sidereal-fleet.json` evaluates without error and returns data.
+//! `charts/sidereal/dashboards/sidereal-fleet.json` evaluates without error and returns data;
+//! the chart's alert rules (`charts/sidereal/alerts/sidereal-alerts.yaml`) load and evaluate.
 
 use std::process::{Command, Stdio};
 use std::time::Duration;
@@ -67,12 +68,17 @@ fn every_dashboard_panel_returns_data_from_a_real_prometheus() {
         &config,
         format!(
             "global: {{scrape_interval: 1s, evaluation_interval: 1s}}
+rule_files: ['{}']
 scrape_configs:
   - job_name: replication
     static_configs: [{{targets: ['127.0.0.1:{http}']}}]
   - job_name: shards
     static_configs: [{{targets: ['127.0.0.1:{}', '127.0.0.1:{}']}}]
 ",
+            concat!(
+                env!("CARGO_MANIFEST_DIR"),
+                "/../charts/sidereal/alerts/sidereal-alerts.yaml"
+            ),
             metrics,
             metrics + 1
         ),
@@ -94,6 +100,29 @@ scrape_configs:
     wait_until("all three targets scraped", Duration::from_secs(60), || {
         query(prometheus, "up == 1").is_ok_and(|r| r.len() == 3)
     });
+    // Every alert rule loads and evaluates against the real series (none is in error).
+    let rules_url = format!("http://127.0.0.1:{prometheus}/api/v1/rules");
+    wait_until(
+        "every alert rule evaluated",
+        Duration::from_secs(30),
+        || {
+            let out = Command::new("curl")
+                .args(["-s", &rules_url])
+                .output()
+                .unwrap();
+            let reply: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
+            let rules: Vec<&serde_json::Value> = reply["data"]["groups"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .flat_map(|g| g["rules"].as_array().into_iter().flatten())
+                .collect();
+            for r in &rules {
+                assert_ne!(r["health"], "err", "alert rule in error: {r}");
+            }
+            rules.len() == 4 && rules.iter().all(|r| r["health"] == "ok")
+        },
+    );
     for panel in panels {
         let title = panel["title"].as_str().unwrap_or("?");
         for target in panel["targets"].as_array().expect("targets") {

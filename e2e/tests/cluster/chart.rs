@@ -168,12 +168,25 @@ async fn the_chart_lints_renders_and_every_object_passes_a_server_side_dry_run()
         &chart(),
         "--set",
         "metrics.serviceMonitor.enabled=true",
+        "--set",
+        "metrics.prometheusRule.enabled=true",
     ])?;
-    let k = kinds(&objects(&with_monitors));
+    let monitors = objects(&with_monitors);
+    let k = kinds(&monitors);
     ensure!(
-        k.contains("ServiceMonitor") && k.contains("PodMonitor"),
+        k.contains("ServiceMonitor") && k.contains("PodMonitor") && k.contains("PrometheusRule"),
         "{k:?}"
     );
+    // The PrometheusRule carries the rule file the process tests load into a real Prometheus.
+    let rule = monitors
+        .iter()
+        .find(|o| o["kind"] == "PrometheusRule")
+        .context("the PrometheusRule")?;
+    let file: serde_json::Value = serde_yaml::from_str(&std::fs::read_to_string(format!(
+        "{}/alerts/sidereal-alerts.yaml",
+        chart()
+    ))?)?;
+    ensure!(rule["spec"] == file, "{}", rule["spec"]);
     let defaults = objects(&helm_ok(&["template", "sidereal", &chart()])?);
     // The control and link ports are not open to everyone: each rule naming them has peers,
     // and the link port's are the shard pods alone.

@@ -103,6 +103,9 @@ impl LinkError {
     }
 }
 
+/// The most a placement's generation may move ahead of the current one in one write.
+pub const MAX_GENERATION_JUMP: u64 = 1_000_000;
+
 /// Why a desired placement was not applied.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum PutPlacementError {
@@ -110,6 +113,12 @@ pub enum PutPlacementError {
     Stale { given: u64, current: u64 },
     #[error("generation {0} was already applied with different contents")]
     Conflict(u64),
+    /// A writer that skips generations by more than this is broken (or hostile): after
+    /// `u64::MAX` no placement could ever follow.
+    #[error(
+        "generation {given} jumps more than {MAX_GENERATION_JUMP} past the current generation {current}; write current + 1"
+    )]
+    Jump { given: u64, current: u64 },
     #[error(transparent)]
     Invalid(#[from] PlacementError),
 }
@@ -325,6 +334,11 @@ impl Authority {
             ShardMessage::Hello { .. } => return Err(LinkError::DuplicateHello),
             ShardMessage::Updates(bytes) => self.updates(link, &shard, &bytes)?,
             ShardMessage::Spawned { snapshot } => self.spawned(link, &shard, snapshot),
+            // A ghost the shard dropped on our `Disown`: nothing to remove, but its baseline
+            // on this link can go now that no update of it will follow.
+            ShardMessage::Despawned { id, .. } if !self.mirror.contains(id) => {
+                self.forget_on_link(link, id);
+            }
             ShardMessage::Despawned { id, epoch } => {
                 match self.mirror.check_owner(id, &shard, Some(epoch)) {
                     Ok(_) => {
@@ -361,7 +375,9 @@ impl Authority {
 
     fn refuse(&mut self, shard: &ShardId, what: &str, r: Refusal) {
         self.counters.refusals += 1;
-        warn!(%shard, what, reason = %r, "refused");
+        if should_log(self.counters.refusals) {
+            warn!(%shard, what, reason = %r, refusals = self.counters.refusals, "refused (logged: the first 20, then every 1000th)");
+        }
     }
 
     fn forget_on_link(&mut self, link: LinkId, id: EntityId) {
@@ -417,6 +433,12 @@ impl Authority {
     pub fn mirror_mut(&mut self) -> &mut Mirror {
         &mut self.mirror
     }
+}
+
+/// Whether the `n`th refusal is logged: a shard with a stale view can be refused every tick,
+/// and the counter (`sidereal_refusals_total`) already says how often.
+pub(crate) fn should_log(n: u64) -> bool {
+    n <= 20 || n.is_multiple_of(1000)
 }
 
 impl Mirror {

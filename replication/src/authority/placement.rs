@@ -6,7 +6,7 @@ use sidereal_core::placement;
 use sidereal_core::{EntityId, EntityKind, EntitySnapshot, Placement, SectorId, ShardId};
 use tracing::info;
 
-use super::{Authority, PutPlacementError};
+use super::{Authority, MAX_GENERATION_JUMP, PutPlacementError};
 
 impl Authority {
     /// Applies a whole desired placement. Idempotent: the same generation and contents again
@@ -27,6 +27,12 @@ impl Authority {
         let current = self.placement.generation;
         if desired.generation < current {
             return Err(PutPlacementError::Stale {
+                given: desired.generation,
+                current,
+            });
+        }
+        if desired.generation - current > MAX_GENERATION_JUMP {
+            return Err(PutPlacementError::Jump {
                 given: desired.generation,
                 current,
             });

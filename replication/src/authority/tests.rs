@@ -164,6 +164,44 @@ fn the_welcome_proves_replication_knows_the_secret_for_this_handshake() {
     ));
 }
 
+/// Positions travel rounded to 1/64 unit and bounds are half-open: 1999.999 arrives as 2000.0,
+/// outside a world that ends at 2000. The mirror keeps it inside, so a restart does not archive
+/// it and a rehome still finds its leaf.
+#[test]
+fn an_entity_a_hair_inside_the_worlds_top_right_corner_stays_inside_in_the_mirror() {
+    let (mut a, l0, l1) = two_shards();
+    let r = a.mirror.get(EntityId(2)).unwrap().clone();
+    let link = if r.owner.0 == "shard-0" { l0 } else { l1 };
+    let edge = EntityState {
+        pos: [1999.999, 1999.999],
+        vel: [3.0, 3.0],
+        ..Default::default()
+    };
+    let bytes = UpdateEncoder::default()
+        .encode(1, &mut [(EntityId(2), r.epoch, edge)])
+        .unwrap();
+    let (_, wire) = sidereal_core::codec::UpdateDecoder::default()
+        .decode(&bytes)
+        .unwrap();
+    let inside = |p: sidereal_core::Point| a.world().iter().any(|root| root.contains(p));
+    assert!(
+        !inside(wire[0].state.to_state().point()),
+        "the wire rounds it onto the edge"
+    );
+    a.on_message(link, ShardMessage::Updates(bytes)).unwrap();
+    let stored = a.mirror.get(EntityId(2)).unwrap().snapshot.state;
+    assert!(
+        a.world().iter().any(|root| root.contains(stored.point())),
+        "{:?}",
+        stored.pos
+    );
+    assert!(stored.pos[0] > 1999.9 && stored.pos[1] > 1999.9);
+    assert!(
+        a.leaf_of(&a.mirror.get(EntityId(2)).unwrap().snapshot)
+            .is_some()
+    );
+}
+
 #[test]
 fn names_that_mean_no_shard_are_refused() {
     let mut a = authority();
@@ -296,6 +334,61 @@ fn spawns_in_sectors_the_shard_does_not_own_are_refused() {
     assert_eq!(a.mirror.len(), 3);
 }
 
+/// A shard with a stale view of its sectors fires into a sector it lost: the spawn is refused
+/// and the shard told to drop it; until it has, each update of the ghost is refused and answered
+/// the same way; its `Despawned` clears the ghost's baseline, and is not a refusal.
+#[test]
+fn a_refused_spawn_is_answered_so_the_shard_drops_its_ghost() {
+    let (mut a, l0, _) = two_shards();
+    let ghost = EntityId::minted(a.links[&l0].incarnation, 1);
+    let disowned = |a: &mut Authority| -> Vec<EntityId> {
+        a.take_outbox()
+            .into_iter()
+            .filter(|(l, _)| *l == l0)
+            .flat_map(|(_, m)| match m {
+                ReplicationMessage::Disown { ids } => ids,
+                _ => vec![],
+            })
+            .collect()
+    };
+    // (1500, 100) lies in the child placed on shard-1.
+    a.on_message(
+        l0,
+        ShardMessage::Spawned {
+            snapshot: snap(ghost, 1500.0, 100.0),
+        },
+    )
+    .unwrap();
+    assert_eq!(disowned(&mut a), vec![ghost]);
+    let bytes = UpdateEncoder::default()
+        .encode(1, &mut [(ghost, 1, snap(ghost, 1501.0, 100.0).state)])
+        .unwrap();
+    a.on_message(l0, ShardMessage::Updates(bytes)).unwrap();
+    assert_eq!(disowned(&mut a), vec![ghost], "an update of it too");
+    assert!(a.links[&l0].decoder.knows(ghost));
+    let refusals = a.counters.refusals;
+    a.on_message(
+        l0,
+        ShardMessage::Despawned {
+            id: ghost,
+            epoch: 1,
+        },
+    )
+    .unwrap();
+    assert!(!a.links[&l0].decoder.knows(ghost), "its baseline is gone");
+    assert_eq!(
+        a.counters.refusals, refusals,
+        "dropping a ghost is no refusal"
+    );
+    assert!(!a.mirror.contains(ghost));
+}
+
+#[test]
+fn refusal_logs_are_sampled_while_every_refusal_is_counted() {
+    let logged = (1..=5000).filter(|n| super::should_log(*n)).count();
+    assert_eq!(logged, 20 + 5);
+}
+
 #[test]
 fn crossing_hands_over_to_the_sector_owner_and_forgets_after_adoption() {
     let (mut a, l0, l1) = two_shards();
@@ -423,6 +516,28 @@ fn placement_generations_are_idempotent_and_monotonic() {
         ))
     ));
     assert_eq!(a.placement(), &p);
+}
+
+#[test]
+fn a_generation_far_ahead_is_refused_so_placement_can_never_get_stuck() {
+    let (mut a, _, _) = two_shards();
+    let p = a.placement().clone();
+    for given in [u64::MAX, p.generation + MAX_GENERATION_JUMP + 1] {
+        let mut far = p.clone();
+        far.generation = given;
+        assert_eq!(
+            a.put_placement(far),
+            Err(PutPlacementError::Jump {
+                given,
+                current: p.generation
+            })
+        );
+    }
+    assert_eq!(a.placement(), &p);
+    // The next generation, and a jump within the bound, still go through.
+    let mut next = p.clone();
+    next.generation = p.generation + MAX_GENERATION_JUMP;
+    assert_eq!(a.put_placement(next), Ok(true));
 }
 
 #[test]

@@ -2,11 +2,13 @@
 
 use std::collections::BTreeMap;
 
+use sidereal_core::codec::POS_SCALE;
 use sidereal_core::protocol::ReplicationMessage;
-use sidereal_core::{EntityId, EntitySnapshot, ShardId};
+use sidereal_core::{EntityId, EntitySnapshot, EntityState, SectorId, ShardId};
 use tracing::warn;
 
 use super::{Authority, LinkError, LinkId};
+use crate::mirror::Refusal;
 
 impl Authority {
     pub(super) fn updates(
@@ -18,6 +20,7 @@ impl Authority {
         let l = self.links.get_mut(&link).expect("live link");
         let (_tick, decoded) = l.decoder.decode(bytes)?;
         let mut forget: Vec<(ShardId, EntityId)> = Vec::new();
+        let mut unknown: Vec<EntityId> = Vec::new();
         for u in decoded {
             // Its root just left the world; the shard has not applied that placement yet.
             // The archive keeps the state it was archived with.
@@ -40,15 +43,20 @@ impl Authority {
                     forget.push((prev, u.id));
                 }
             }
+            let mut state = u.state.to_state();
+            keep_inside_the_edge(&mut state, &self.world);
             match self.mirror.check_owner(u.id, shard, Some(u.epoch)) {
                 Ok(r) => {
-                    r.snapshot.state = u.state.to_state();
+                    r.snapshot.state = state;
                     r.version += 1;
                     self.mirror.touch(u.id);
                     self.counters.updates_applied += 1;
                 }
                 Err(r) => {
                     self.counters.updates_refused += 1;
+                    if matches!(r, Refusal::Unknown { .. }) {
+                        unknown.push(u.id);
+                    }
                     self.refuse(shard, "update", r);
                 }
             }
@@ -59,6 +67,11 @@ impl Authority {
         }
         for (prev, ids) in by_shard {
             self.send_to(&prev, ReplicationMessage::Forget { ids });
+        }
+        // An entity nobody knows (a refused spawn) is a ghost: the shard must stop flying it.
+        if !unknown.is_empty() {
+            self.outbox
+                .push((link, ReplicationMessage::Disown { ids: unknown }));
         }
         Ok(())
     }
@@ -87,12 +100,54 @@ impl Authority {
         match why {
             Some(reason) => {
                 self.counters.refusals += 1;
-                warn!(%shard, %reason, "spawn refused");
+                if super::should_log(self.counters.refusals) {
+                    warn!(%shard, %reason, refusals = self.counters.refusals, "spawn refused; the shard is told to drop it");
+                }
+                // Told, the shard drops it instead of flying a ghost into real entities.
+                self.outbox.push((
+                    link,
+                    ReplicationMessage::Disown {
+                        ids: vec![snapshot.id],
+                    },
+                ));
             }
             None => {
                 self.mirror.insert_new(snapshot, shard.clone());
                 self.counters.spawns += 1;
             }
         }
+    }
+}
+
+/// Positions travel rounded to 1/64 unit and a root's bounds are half-open, so an entity a hair
+/// inside a root's top or right edge arrives exactly on it: outside the world, where a restart
+/// would archive it and no leaf would take it back. Pull such a position back inside by one
+/// step of the wire's resolution; anything further out is the handover's to clamp.
+fn keep_inside_the_edge(state: &mut EntityState, world: &[SectorId]) {
+    let p = state.point();
+    if world.iter().any(|r| r.contains(p)) {
+        return;
+    }
+    let step = 1.0 / f64::from(POS_SCALE);
+    let Some(b) = world
+        .iter()
+        .map(SectorId::bounds)
+        .find(|b| (b.min.x..=b.max.x).contains(&p.x) && (b.min.y..=b.max.y).contains(&p.y))
+    else {
+        return;
+    };
+    let below = |edge: f64| {
+        // The largest f32 below the edge by at least one step (f32 is coarse far out).
+        let mut v = (edge - step) as f32;
+        while f64::from(v) >= edge {
+            v = v.next_down();
+        }
+        v
+    };
+    if p.x >= b.max.x {
+        state.pos[0] = below(b.max.x);
+    }
+    if p.y >= b.max.y {
+        state.pos[1] = below(b.max.y);
     }
 }
