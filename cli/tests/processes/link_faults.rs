@@ -45,23 +45,28 @@ fn bodies(owned: &HashMap<u64, EntityView>) -> BTreeSet<u64> {
         .collect()
 }
 
-/// Every one of `ids` is owned by a linked shard other than `gone`, at a newer epoch than in
-/// `before`, and out of transit: it is simulated elsewhere.
-fn all_simulated_elsewhere(
+/// Marks as settled each of `ids` seen owned by a linked shard other than `gone`, at a newer
+/// epoch than in `before`, and out of transit: simulated elsewhere. Each id needs to be seen so
+/// once (after that it may cross borders like any entity); true once all are.
+fn settle(
+    settled: &mut BTreeSet<u64>,
     now: &HashMap<u64, EntityView>,
     ids: &BTreeSet<u64>,
     before: &HashMap<u64, EntityView>,
     gone: &str,
     linked: &BTreeSet<String>,
 ) -> bool {
-    ids.iter().all(|id| {
-        now.get(id).is_some_and(|e| {
+    for id in ids {
+        if now.get(id).is_some_and(|e| {
             e.owner.0 != gone
                 && linked.contains(&e.owner.0)
                 && !e.in_transit
                 && e.epoch > before[id].epoch
-        })
-    })
+        }) {
+            settled.insert(*id);
+        }
+    }
+    settled.len() == ids.len()
 }
 
 /// A stopped shard (SIGSTOP: its kernel still ACKs, so only the link's own silence timeout can
@@ -94,12 +99,14 @@ fn a_stopped_shard_is_dropped_and_its_sectors_simulated_elsewhere_within_5_s() {
         .args(["-STOP", &pids[0].to_string()])
         .status()
         .unwrap();
+    let mut settled = BTreeSet::new();
     wait_until(
         "shard-1's entities simulated by the others",
         Duration::from_secs(5),
         || {
             let linked = control.connected();
-            all_simulated_elsewhere(&control.entities(""), &orphans, &before, "shard-1", &linked)
+            let now = control.entities("");
+            settle(&mut settled, &now, &orphans, &before, "shard-1", &linked)
         },
     );
     let rehomed_after = stopped.elapsed();
@@ -196,8 +203,10 @@ fn a_relay_that_stops_forwarding_drops_the_link_on_both_ends() {
     )
     .expect("shard-1 had leaves");
     r.control.put_placement(&next).expect("rehome");
+    let mut settled = BTreeSet::new();
     wait_until("shard-1's entities adopted", Duration::from_secs(5), || {
-        all_simulated_elsewhere(
+        settle(
+            &mut settled,
             &entities(&r, ""),
             &orphans,
             &before,
