@@ -13,6 +13,7 @@ use sidereal_core::protocol::{MAX_FRAME_BYTES, MIN_FRAME_BYTES};
 use sidereal_replication::gateway::{DEFAULT_COMMAND_DELAY_TICKS, GatewayConfig};
 use sidereal_replication::login::token::NetcodeKey;
 use sidereal_replication::server::LinkSettings;
+use sidereal_replication::sessions::SessionLimits;
 use sidereal_replication::{AuthorityConfig, LoginConfig, ReplicationConfig};
 
 /// A frame limit within [`MIN_FRAME_BYTES`, `MAX_FRAME_BYTES` x 16].
@@ -111,6 +112,25 @@ pub struct ReplicationArgs {
     /// Seconds a connect token may be used to open a connection.
     #[arg(long, default_value_t = 60)]
     pub token_valid_for: u64,
+    /// Logins and registrations per second from one address (an IPv4 address, an IPv6 /64),
+    /// with bursts of four seconds' worth (at least 20). Raise it when many players share an
+    /// address (a campus NAT).
+    #[arg(long, default_value_t = 5.0)]
+    pub login_rate: f64,
+    /// Players each game transport (UDP, WebSocket) takes at most [default: 128 per CPU core,
+    /// at least 256].
+    #[arg(long, env = "SIDEREAL_MAX_CLIENTS")]
+    pub max_clients: Option<usize>,
+    /// Game sessions all players behind one address (an IPv4 address, an IPv6 /64) may hold
+    /// at once. A player holds at most two: its current one and the one it reconnects from.
+    #[arg(long, default_value_t = 64)]
+    pub max_sessions_per_address: usize,
+}
+
+/// 128 players per CPU core (a gateway thread serves about 200 at full interest), at least 256.
+fn default_max_clients() -> usize {
+    let cores = std::thread::available_parallelism().map_or(2, usize::from);
+    (cores * 128).max(256)
 }
 
 pub fn config(args: &ReplicationArgs) -> anyhow::Result<ReplicationConfig> {
@@ -141,6 +161,19 @@ pub fn config(args: &ReplicationArgs) -> anyhow::Result<ReplicationConfig> {
     anyhow::ensure!(
         (1..=3600).contains(&args.token_valid_for),
         "--token-valid-for must be within 1..=3600 seconds"
+    );
+    anyhow::ensure!(
+        args.login_rate.is_finite() && (0.01..=1e6).contains(&args.login_rate),
+        "--login-rate must be within 0.01..=1000000 per second"
+    );
+    let max_clients = args.max_clients.unwrap_or_else(default_max_clients);
+    anyhow::ensure!(
+        (1..=65_536).contains(&max_clients),
+        "--max-clients must be within 1..=65536"
+    );
+    anyhow::ensure!(
+        args.max_sessions_per_address >= 1,
+        "--max-sessions-per-address must be at least 1"
     );
     for (i, a) in args.world.iter().enumerate() {
         for b in &args.world[i + 1..] {
@@ -175,6 +208,8 @@ pub fn config(args: &ReplicationArgs) -> anyhow::Result<ReplicationConfig> {
             servers: args.public_game_addr.clone(),
             websocket_servers: args.public_game_ws_addr.clone(),
             token_valid_for: std::time::Duration::from_secs(args.token_valid_for),
+            per_client_rate: args.login_rate,
+            per_client_burst: (args.login_rate * 4.0).clamp(20.0, 1e6) as u32,
             ..LoginConfig::default()
         },
         gateway: Some(GatewayConfig {
@@ -185,8 +220,14 @@ pub fn config(args: &ReplicationArgs) -> anyhow::Result<ReplicationConfig> {
             tick_hz: args.tick_hz,
             interest_radius: args.interest_radius,
             client_timeout_secs: 10,
+            max_clients,
             command_delay_ticks: args.command_delay_ticks,
         }),
+        sessions: SessionLimits {
+            per_address: args.max_sessions_per_address,
+            token_valid_for: std::time::Duration::from_secs(args.token_valid_for),
+            ..SessionLimits::default()
+        },
     })
 }
 

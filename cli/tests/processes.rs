@@ -21,6 +21,8 @@ mod player_faults;
 mod players;
 #[path = "processes/prediction.rs"]
 mod prediction;
+#[path = "processes/sessions.rs"]
+mod sessions;
 #[path = "processes/swarm.rs"]
 mod swarm;
 #[path = "processes/up_autoscale.rs"]

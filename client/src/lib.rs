@@ -253,6 +253,11 @@ impl GameClient {
         self.app.world().get::<Connected>(self.entity).is_some()
     }
 
+    /// The connection ended or was refused (a full server, a session limit, a timeout).
+    pub fn is_disconnected(&self) -> bool {
+        self.app.world().get::<Disconnected>(self.entity).is_some()
+    }
+
     pub fn received(&self) -> &Received {
         self.app.world().resource::<Received>()
     }

@@ -77,6 +77,7 @@ async fn main() {
             ..LoginConfig::default()
         },
         gateway: None,
+        sessions: Default::default(),
     };
     let (running, _all) = sidereal_replication::start(config).await.expect("start");
     let base = format!("http://{}", running.http);

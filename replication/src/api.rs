@@ -372,6 +372,7 @@ async fn metrics(State(s): State<Arc<Shared>>) -> Response {
         &s.game_traffic,
         &s.logins.counts(),
         &inputs,
+        &s.sessions.lock(),
     );
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text).into_response()
 }

@@ -29,6 +29,7 @@ use tracing::{info, warn};
 
 use crate::chat::{ChatGate, ChatRefusal, listeners};
 use crate::login::token::{player_of, ship_of};
+use crate::sessions::SessionGate;
 use crate::state::GameTraffic;
 
 /// Settings of the game port.
@@ -45,6 +46,9 @@ pub struct GatewayConfig {
     pub interest_radius: f32,
     /// Seconds without a packet before a player is dropped.
     pub client_timeout_secs: i32,
+    /// Connections each transport (UDP, WebSocket) takes at most; netcode answers more with
+    /// "server full".
+    pub max_clients: usize,
     /// Ticks from the gateway's tick of a command to the gateway's tick of the first state that
     /// shows it (the round trip to the shard that flies the ship). Told to clients, whose
     /// prediction applies commands as late; see [`DEFAULT_COMMAND_DELAY_TICKS`].
@@ -138,6 +142,7 @@ pub fn spawn(
     views: Receiver<Views>,
     events: UnboundedSender<GatewayEvent>,
     traffic: Arc<GameTraffic>,
+    sessions: SessionGate,
 ) -> std::io::Result<std::thread::JoinHandle<()>> {
     let channels = Channels {
         views,
@@ -147,11 +152,15 @@ pub fn spawn(
     std::thread::Builder::new()
         .name("gateway".into())
         .spawn(move || {
-            build_app(config, key, channels).run();
+            build_app(config, key, channels, sessions).run();
         })
 }
 
-fn build_app(config: GatewayConfig, key: Key, channels: Channels) -> App {
+/// The session limits, for the connection observers (lightyear's request hook holds a clone).
+#[derive(Resource, Clone)]
+struct SessionLimitsGate(SessionGate);
+
+fn build_app(config: GatewayConfig, key: Key, channels: Channels, sessions: SessionGate) -> App {
     let tick = Duration::from_secs_f64(1.0 / f64::from(config.tick_hz.max(1)));
     let mut app = App::new();
     app.add_plugins(MinimalPlugins.set(ScheduleRunnerPlugin::run_loop(tick / 2)));
@@ -162,6 +171,7 @@ fn build_app(config: GatewayConfig, key: Key, channels: Channels) -> App {
     });
     app.add_plugins(GameProtocolPlugin);
     app.insert_resource(channels);
+    app.insert_resource(SessionLimitsGate(sessions.clone()));
     app.insert_resource(Settings {
         tick_hz: config.tick_hz,
         interest_radius: config.interest_radius,
@@ -181,6 +191,9 @@ fn build_app(config: GatewayConfig, key: Key, channels: Channels) -> App {
         .with_protocol_id(GAME_PROTOCOL_ID)
         .with_key(key)
         .with_client_timeout_secs(config.client_timeout_secs)
+        .with_max_clients(config.max_clients)
+        // Sessions per player and per address are capped before netcode gives out a slot.
+        .with_connection_request_handler(Arc::new(sessions))
         .with_additional_expected_addresses(config.public.clone());
     let websocket = config.websocket;
     app.add_systems(Startup, move |mut commands: Commands| {
@@ -228,15 +241,19 @@ struct Superseded;
 
 fn player_connected(
     trigger: On<Add, Connected>,
-    mut clients: Query<(&TokenUserData, &mut MessageSender<Welcome>), With<ClientOf>>,
+    mut clients: Query<(&TokenUserData, &RemoteId, &mut MessageSender<Welcome>), With<ClientOf>>,
     channels: Res<Channels>,
     settings: Res<Settings>,
+    limits: Res<SessionLimitsGate>,
     mut sessions: ResMut<Sessions>,
     mut commands: Commands,
 ) {
-    let Ok((user_data, mut welcome)) = clients.get_mut(trigger.entity) else {
+    let Ok((user_data, remote, mut welcome)) = clients.get_mut(trigger.entity) else {
         return;
     };
+    if let PeerId::Netcode(session) = remote.0 {
+        limits.0.lock().connected(session);
+    }
     let (player_id, ship) = (player_of(&user_data.0), ship_of(&user_data.0));
     if let Some(old) = sessions.0.insert(player_id, trigger.entity) {
         info!(
@@ -271,11 +288,19 @@ fn player_connected(
 
 fn player_disconnected(
     trigger: On<Add, Disconnected>,
-    clients: Query<&Player, With<ClientOf>>,
+    clients: Query<(Option<&Player>, Option<&RemoteId>), With<ClientOf>>,
     channels: Res<Channels>,
+    limits: Res<SessionLimitsGate>,
     mut sessions: ResMut<Sessions>,
 ) {
-    let Ok(player) = clients.get(trigger.entity) else {
+    let Ok((player, remote)) = clients.get(trigger.entity) else {
+        return;
+    };
+    // Whatever session this was, its slot is free.
+    if let Some(RemoteId(PeerId::Netcode(session))) = remote {
+        limits.0.lock().ended(*session);
+    }
+    let Some(player) = player else {
         return;
     };
     // Only the current session's end is the player's.

@@ -13,6 +13,7 @@ pub mod map;
 pub mod metrics;
 pub mod mirror;
 pub mod server;
+pub mod sessions;
 pub mod state;
 pub mod store;
 

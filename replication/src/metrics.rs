@@ -21,6 +21,7 @@ pub fn render(
     game: &GameTraffic,
     logins: &BTreeMap<&'static str, u64>,
     inputs: &BTreeMap<&'static str, u64>,
+    sessions: &crate::sessions::SessionTable,
 ) -> String {
     let mut families = Vec::new();
     let mut add = |c: &dyn Collector| families.extend(c.collect());
@@ -267,6 +268,22 @@ pub fn render(
         "Players' ship commands from the game port, by result (accepted and clamped reach a shard)",
         "result",
         &inputs,
+    ));
+
+    add(&gauge(
+        "game_sessions",
+        "Game-port sessions admitted or connected (a player holds at most two while it reconnects)",
+        sessions.holding() as i64,
+    ));
+    let denied: Vec<(&str, u64)> = crate::sessions::SESSION_REFUSALS
+        .iter()
+        .map(|r| (*r, sessions.denied.get(r).copied().unwrap_or(0)))
+        .collect();
+    add(&labelled_counter(
+        "game_connections_denied_total",
+        "Game-port connection requests refused, by reason (the player's or the address's session limit)",
+        "reason",
+        &denied,
     ));
 
     // A family without samples (no load reported yet) is not valid exposition text: leave it out.

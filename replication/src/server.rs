@@ -73,6 +73,8 @@ pub struct ReplicationConfig {
     pub login: LoginConfig,
     /// The game port; `None` serves no players (tests of the shard side).
     pub gateway: Option<GatewayConfig>,
+    /// Game-port sessions per player and per address.
+    pub sessions: crate::sessions::SessionLimits,
 }
 
 /// The bound addresses of a running replication server.
@@ -187,7 +189,13 @@ pub async fn start(
     if login.websocket_servers.is_empty() {
         login.websocket_servers.extend(game_ws);
     }
-    let shared = Shared::new(authority, Some(store), config.control_token.clone(), login);
+    let shared = Shared::new(
+        authority,
+        Some(store),
+        config.control_token.clone(),
+        login,
+        config.sessions,
+    );
     if seeded {
         // Spawns are durable before anyone sees them.
         shared.checkpoint().await?;
@@ -230,6 +238,7 @@ pub async fn start(
                 views_rx,
                 events_tx,
                 shared.game_traffic.clone(),
+                shared.sessions.clone(),
             )?;
             let s = shared.clone();
             tokio::spawn(async move {

@@ -10,6 +10,7 @@ use crate::authority::{Authority, LinkId};
 use crate::controls::InputGate;
 use crate::link_outbox::LinkOutbox;
 use crate::login::{LoginConfig, Logins};
+use crate::sessions::{SessionGate, SessionLimits};
 use crate::store::{EntityRow, Store, StoreError};
 
 /// How the store is doing, for /readyz, /v1/status and /metrics.
@@ -66,6 +67,8 @@ pub struct Shared {
     pub inputs: Mutex<InputGate>,
     /// The live map's newest frame, shared by every page watching.
     pub map_frames: crate::map::FrameCache,
+    /// Game-port sessions: minted at login, admitted and ended by the gateway.
+    pub sessions: SessionGate,
 }
 
 impl Shared {
@@ -74,6 +77,7 @@ impl Shared {
         store: Option<Store>,
         control_token: String,
         login: LoginConfig,
+        sessions: SessionLimits,
     ) -> Arc<Self> {
         let tick_hz = authority.config().tick_hz;
         Arc::new(Self {
@@ -87,6 +91,7 @@ impl Shared {
             logins: Logins::new(login),
             inputs: Mutex::new(InputGate::new(tick_hz)),
             map_frames: crate::map::FrameCache::default(),
+            sessions: SessionGate::new(sessions),
             checkpointing: tokio::sync::Mutex::new(()),
             store_health: Mutex::new(StoreHealth {
                 healthy: true,

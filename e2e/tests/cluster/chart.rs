@@ -57,7 +57,7 @@ replication:
 gameService: {type: NodePort}
 secrets:
   netcodeKey: 00112233445566778899aabbccddeeff00112233445566778899aabbccddeeff
-  controlToken: given-token
+  controlToken: given-control-token
 postgres: {enabled: true}
 shardPool: {name: big, shards: {min: 2, max: 20, warmSpares: 2}}
 dashboards: {enabled: false}

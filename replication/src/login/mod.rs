@@ -352,7 +352,7 @@ async fn try_register(
     }
     info!(name = %account.name, "account created");
     account.ship_id = Some(ensure_ship(s, &account.name).await?.0 as i64);
-    reply(s, &key, &account)
+    reply(s, &key, &account, client)
 }
 
 async fn try_login(
@@ -399,7 +399,7 @@ async fn try_login(
         account.player_id = Some(id);
     }
     account.ship_id = Some(ensure_ship(s, &account.name).await?.0 as i64);
-    reply(s, &key, &account)
+    reply(s, &key, &account, client)
 }
 
 /// The account's ship, created (at its spawn point, durably) if it has none or it no longer
@@ -433,16 +433,33 @@ async fn ensure_ship(s: &Shared, name: &str) -> Result<EntityId, LoginError> {
     Ok(ship)
 }
 
-fn reply(s: &Shared, key: &NetcodeKey, account: &Account) -> Result<LoginReply, LoginError> {
+/// The login's answer: a connect token for a fresh session of the account's player, minted
+/// into the session table (the gateway admits it against the player's and the address's limits).
+fn reply(
+    s: &Shared,
+    key: &NetcodeKey,
+    account: &Account,
+    client: IpAddr,
+) -> Result<LoginReply, LoginError> {
     let player_id = account.player_id.unwrap_or_default() as u64;
     let servers = &s.logins.config.servers;
     let websocket = &s.logins.config.websocket_servers;
     // One token for both transports: netcode accepts it at any address it names.
     let all: Vec<SocketAddr> = servers.iter().chain(websocket).copied().collect();
     let ship = account.ship_id.unwrap_or_default() as u64;
-    let (bytes, expires_at) =
-        token::issue(key, &all, player_id, ship, s.logins.config.token_valid_for)
-            .map_err(|e| LoginError::Unavailable(e.to_string()))?;
+    let session = token::session_id();
+    let (bytes, expires_at) = token::issue(
+        key,
+        &all,
+        session,
+        player_id,
+        ship,
+        s.logins.config.token_valid_for,
+    )
+    .map_err(|e| LoginError::Unavailable(e.to_string()))?;
+    s.sessions
+        .lock()
+        .minted(session, player_id, client, Instant::now());
     Ok(LoginReply {
         name: account.name.clone(),
         player_id,

@@ -52,17 +52,18 @@ pub struct TokenError(String);
 
 /// A connect token for `player_id` flying `ship`, valid for new connections to `servers` for
 /// `valid_for`, serialized to its 2048 bytes, and when it expires (Unix seconds). Its netcode
-/// client id is a fresh session id; the player and ship ids ride in the sealed user data, so the
+/// client id is `session` (a fresh [`session_id`]); the player and ship ids ride in the sealed user data, so the
 /// game port learns them from the token alone.
 pub fn issue(
     key: &NetcodeKey,
     servers: &[SocketAddr],
+    session: u64,
     player_id: u64,
     ship: u64,
     valid_for: Duration,
 ) -> Result<(Vec<u8>, u64), TokenError> {
     let expire = i32::try_from(valid_for.as_secs().max(1)).unwrap_or(i32::MAX);
-    let token = ConnectToken::build(servers, GAME_PROTOCOL_ID, session_id(), key.0)
+    let token = ConnectToken::build(servers, GAME_PROTOCOL_ID, session, key.0)
         .expire_seconds(expire)
         .user_data(user_data(ship, player_id))
         .generate()
@@ -123,7 +124,8 @@ mod tests {
     fn a_token_is_2048_bytes_that_netcode_reads_back_with_its_expiry() {
         let key = NetcodeKey(random_bytes());
         let servers = ["127.0.0.1:7702".parse().unwrap()];
-        let (bytes, expires_at) = issue(&key, &servers, 42, 9, Duration::from_secs(60)).unwrap();
+        let (bytes, expires_at) =
+            issue(&key, &servers, session_id(), 42, 9, Duration::from_secs(60)).unwrap();
         assert_eq!(bytes.len(), sidereal_core::login::CONNECT_TOKEN_BYTES);
         let back = ConnectToken::try_from_bytes(&bytes).unwrap();
         assert_eq!(back.expire_timestamp(), expires_at);
@@ -166,7 +168,17 @@ mod tests {
         let key = NetcodeKey(random_bytes());
         let servers = ["127.0.0.1:7702".parse().unwrap()];
         let player = 0x0123_4567_89ab_u64;
-        let issue_one = || issue(&key, &servers, player, 9, Duration::from_secs(60)).unwrap();
+        let issue_one = || {
+            issue(
+                &key,
+                &servers,
+                session_id(),
+                player,
+                9,
+                Duration::from_secs(60),
+            )
+            .unwrap()
+        };
         let (bytes, _) = issue_one();
         assert_eq!(&bytes[..13], b"NETCODE 1.02\0");
         assert_eq!(bytes[13..21], GAME_PROTOCOL_ID.to_be_bytes());

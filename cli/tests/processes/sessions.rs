@@ -1,0 +1,105 @@
+//! Game-port sessions under abuse, with real lightyear clients and a real replication process:
+//! one account logging in and connecting 300 times holds its current session (and at most the
+//! one it replaced) while every other attempt is refused before netcode gives it a slot, so a
+//! second player still gets in.
+
+use std::time::Duration;
+
+use sidereal_client::{GameClient, login};
+use sidereal_core::login::Credentials;
+
+use super::players::register;
+use super::{TempDir, metric_at, start_replication_with, start_shards_and_place, wait_until};
+
+fn log_in(http: &str, name: &str) -> sidereal_core::login::LoginReply {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(login(
+        &reqwest::Client::new(),
+        http,
+        &Credentials {
+            name: name.into(),
+            password: "correct horse battery".into(),
+        },
+        false,
+    ))
+    .expect("login")
+}
+
+#[test]
+fn one_account_connecting_300_times_keeps_one_session_and_another_player_still_gets_in() {
+    let data = TempDir::new("sessions");
+    // 64 slots: without the session limit, mallory's connections alone would fill them.
+    let r = start_replication_with(
+        50,
+        &data.0,
+        None,
+        &["--max-clients", "64", "--login-rate", "1000"],
+    );
+    let _shards = start_shards_and_place(&r, 1);
+    let mut replies = vec![register(&r.http, "mallory")];
+    replies.extend((1..300).map(|_| log_in(&r.http, "mallory")));
+
+    // Each token used at once, 25 at a time; the clients that get in are kept alive.
+    let mut kept: Vec<GameClient> = Vec::new();
+    let mut refused = 0;
+    for batch in replies.chunks(25) {
+        let mut trying: Vec<GameClient> = batch
+            .iter()
+            .map(|reply| GameClient::connect(reply.clone()).expect("a token"))
+            .collect();
+        wait_until(
+            "each connection up or refused",
+            Duration::from_secs(30),
+            || {
+                for c in kept.iter_mut().chain(trying.iter_mut()) {
+                    c.update();
+                }
+                trying
+                    .iter()
+                    .all(|c| c.is_connected() || c.is_disconnected())
+            },
+        );
+        for c in trying {
+            if c.is_connected() {
+                kept.push(c);
+            } else {
+                refused += 1;
+            }
+        }
+    }
+    assert!(
+        kept.len() <= 2,
+        "{} of mallory's sessions got in: the current one and the one it replaced at most",
+        kept.len()
+    );
+    assert!(refused >= 298, "{refused} refused");
+    let denied = metric_at(
+        &r.http,
+        "sidereal_game_connections_denied_total{reason=\"player_limit\"}",
+    );
+    assert!(denied >= 298.0, "{denied}");
+    wait_until("mallory counts once", Duration::from_secs(5), || {
+        for c in &mut kept {
+            c.update();
+        }
+        r.control.status().players_connected == 1
+    });
+
+    let bob = register(&r.http, "bob");
+    let mut bob = GameClient::connect(bob).expect("a token");
+    wait_until(
+        "bob connects and is welcomed",
+        Duration::from_secs(15),
+        || {
+            bob.update();
+            for c in &mut kept {
+                c.update();
+            }
+            bob.is_connected() && bob.received().welcome.is_some()
+        },
+    );
+    assert_eq!(r.control.status().players_connected, 2);
+}
