@@ -57,19 +57,25 @@ pub enum CredentialsError {
 /// Checks a new account's name and password. Pure: replication and clients share it, so a
 /// client can refuse bad input before sending it.
 pub fn validate_credentials(c: &Credentials) -> Result<(), CredentialsError> {
-    let n = c.name.chars().count();
+    validate_name(&c.name)?;
+    if !(8..=128).contains(&c.password.len()) {
+        return Err(CredentialsError::PasswordLength(c.password.len()));
+    }
+    Ok(())
+}
+
+/// Whether `name` could be an account's: 3 to 32 of `[a-z0-9_-]`. Logins check it too, so a
+/// name no account can have is refused before any lookup, lock or hash.
+pub fn validate_name(name: &str) -> Result<(), CredentialsError> {
+    let n = name.chars().count();
     if !(3..=32).contains(&n) {
         return Err(CredentialsError::NameLength(n));
     }
-    if !c
-        .name
+    if !name
         .bytes()
         .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_')
     {
         return Err(CredentialsError::NameCharacters);
-    }
-    if !(8..=128).contains(&c.password.len()) {
-        return Err(CredentialsError::PasswordLength(c.password.len()));
     }
     Ok(())
 }

@@ -12,7 +12,7 @@ use axum::http::{StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{Html, IntoResponse, Response};
-use axum::routing::get;
+use axum::routing::{get, post};
 use axum::{Json, Router};
 use sidereal_core::control::{
     BEARER, EntitiesView, EntityView, ErrorView, LoadView, PutPlacementReply, SectorLoadView,
@@ -31,6 +31,7 @@ pub fn router(shared: Arc<Shared>) -> Router {
         .route("/v1/shards", get(shards))
         .route("/v1/entities", get(entities))
         .route("/v1/status", get(status))
+        .route("/v1/map/ticket", post(map_ticket))
         .route_layer(middleware::from_fn_with_state(
             shared.clone(),
             require_control_token,
@@ -41,8 +42,8 @@ pub fn router(shared: Arc<Shared>) -> Router {
         .route("/healthz", get(|| async { "ok" }))
         .route("/readyz", get(ready))
         .route("/metrics", get(metrics))
-        // The live map: the page is static; its frames need the control token, which the
-        // page passes as `?token=` (an EventSource cannot send headers).
+        // The live map: the page is static; its frames need the control token, or a ticket the
+        // page mints with it and passes as `?ticket=` (an EventSource cannot send headers).
         .route("/map", get(|| async { Html(map::MAP_PAGE) }))
         .route("/v1/map", get(map_frame))
         .route("/v1/map/events", get(map_events))
@@ -69,27 +70,54 @@ fn error(code: StatusCode, msg: impl ToString) -> Response {
 }
 
 #[derive(serde::Deserialize)]
-struct TokenQuery {
+struct TicketQuery {
+    ticket: Option<String>,
+    /// The control token in the URL, refused: it would land in proxy and access logs.
     token: Option<String>,
 }
 
-/// The map's frames need the control token, from `Authorization: Bearer` or, for the page
-/// (an EventSource cannot send headers), `?token=`: `None` when given, else the 401.
-fn map_refusal(s: &Shared, headers: &HeaderMap, query: &TokenQuery) -> Option<Response> {
-    let given = headers
+/// The map's frames need the control token as `Authorization: Bearer`, or, for the page (an
+/// EventSource cannot send headers), a short-lived read-only `?ticket=` from
+/// `POST /v1/map/ticket`: `None` when given, else the 401.
+fn map_refusal(s: &Shared, headers: &HeaderMap, query: &TicketQuery) -> Option<Response> {
+    let bearer = headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix(BEARER))
-        .or(query.token.as_deref());
-    match given {
-        Some(t) if crate::authority::constant_time_eq(t.as_bytes(), s.control_token.as_bytes()) => {
-            None
-        }
-        _ => Some(error(
-            StatusCode::UNAUTHORIZED,
-            "the map needs the control token (?token= or Authorization: Bearer)",
-        )),
+        .and_then(|v| v.strip_prefix(BEARER));
+    if bearer.is_some_and(|t| {
+        crate::authority::constant_time_eq(t.as_bytes(), s.control_token.as_bytes())
+    }) {
+        return None;
     }
+    if let Some(ticket) = &query.ticket
+        && map::ticket_valid(&s.control_token, ticket, unix_now())
+    {
+        return None;
+    }
+    let why = if query.token.is_some() {
+        "the control token does not go in URLs: POST /v1/map/ticket (Authorization: Bearer) for a ?ticket="
+    } else if query.ticket.is_some() {
+        "the map ticket is wrong or expired: POST /v1/map/ticket for a new one"
+    } else {
+        "the map needs a ?ticket= (POST /v1/map/ticket) or Authorization: Bearer"
+    };
+    Some(error(StatusCode::UNAUTHORIZED, why))
+}
+
+fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+/// `POST /v1/map/ticket` (control token): a read-only ticket for the map's frames, valid for
+/// [`map::MAP_TICKET_TTL`].
+async fn map_ticket(State(s): State<Arc<Shared>>) -> Json<serde_json::Value> {
+    let expires = unix_now() + map::MAP_TICKET_TTL.as_secs();
+    Json(serde_json::json!({
+        "ticket": map::map_ticket(&s.control_token, expires),
+        "expiresAt": expires,
+    }))
 }
 
 fn current_map_frame(s: &Shared) -> Arc<String> {
@@ -112,7 +140,7 @@ fn current_map_frame(s: &Shared) -> Arc<String> {
 async fn map_frame(
     State(s): State<Arc<Shared>>,
     headers: HeaderMap,
-    Query(q): Query<TokenQuery>,
+    Query(q): Query<TicketQuery>,
 ) -> Response {
     if let Some(refused) = map_refusal(&s, &headers, &q) {
         return refused;
@@ -128,7 +156,7 @@ async fn map_frame(
 async fn map_events(
     State(s): State<Arc<Shared>>,
     headers: HeaderMap,
-    Query(q): Query<TokenQuery>,
+    Query(q): Query<TicketQuery>,
 ) -> Response {
     if let Some(refused) = map_refusal(&s, &headers, &q) {
         return refused;

@@ -202,3 +202,66 @@ mod tests {
         assert_eq!(builds, 1);
     }
 }
+
+/// How long a map ticket opens the map's frames.
+pub const MAP_TICKET_TTL: std::time::Duration = std::time::Duration::from_secs(300);
+
+/// A read-only ticket for the map's frames, valid until `expires` (Unix seconds): what a page
+/// puts in its URL instead of the control token, so proxy logs never hold the token. It is
+/// `expires.mac`, the MAC keyed by the control token, so tickets need no state and a new token
+/// voids them all.
+pub fn map_ticket(control_token: &str, expires: u64) -> String {
+    use hmac::Mac;
+    let mut mac =
+        hmac::Hmac::<sha2::Sha256>::new_from_slice(control_token.as_bytes()).expect("any key");
+    mac.update(b"sidereal map ticket v1");
+    mac.update(&expires.to_le_bytes());
+    let tag: String = mac
+        .finalize()
+        .into_bytes()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    format!("{expires}.{tag}")
+}
+
+/// Whether `ticket` was minted with `control_token` and is still valid at `now` (Unix seconds).
+pub fn ticket_valid(control_token: &str, ticket: &str, now: u64) -> bool {
+    let Some((expires, _)) = ticket.split_once('.') else {
+        return false;
+    };
+    let Ok(expires) = expires.parse::<u64>() else {
+        return false;
+    };
+    expires >= now
+        && expires <= now + MAP_TICKET_TTL.as_secs()
+        && crate::authority::constant_time_eq(
+            map_ticket(control_token, expires).as_bytes(),
+            ticket.as_bytes(),
+        )
+}
+
+#[cfg(test)]
+mod ticket_tests {
+    use super::*;
+
+    #[test]
+    fn a_ticket_opens_the_map_until_it_expires_and_only_for_its_token() {
+        let t = map_ticket("the-control-token", 1_000);
+        assert!(ticket_valid("the-control-token", &t, 900));
+        assert!(ticket_valid("the-control-token", &t, 1_000));
+        assert!(!ticket_valid("the-control-token", &t, 1_001), "expired");
+        assert!(!ticket_valid("another-token-xx", &t, 900), "another token");
+        let forged = t.replacen("1000", "9999", 1);
+        assert!(
+            !ticket_valid("the-control-token", &forged, 900),
+            "a moved expiry"
+        );
+        for junk in ["", ".", "1000", "1000.", "x.y", "18446744073709551615.00"] {
+            assert!(!ticket_valid("the-control-token", junk, 900), "{junk:?}");
+        }
+        // Never valid for longer than a ticket lives, whatever expiry it names.
+        let far = map_ticket("the-control-token", 900 + MAP_TICKET_TTL.as_secs() + 1);
+        assert!(!ticket_valid("the-control-token", &far, 900));
+    }
+}

@@ -75,15 +75,35 @@ fn pixels(png: &Path) -> (u32, u32, Vec<[u8; 3]>) {
     (info.width, info.height, px)
 }
 
+/// A map ticket minted with the control token, as the page mints it.
+fn ticket(base: &str, token: &str) -> String {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let r = reqwest::Client::new()
+            .post(format!("{base}/v1/map/ticket"))
+            .bearer_auth(token)
+            .send()
+            .await
+            .expect("a ticket");
+        assert_eq!(r.status(), 200);
+        let v: Value = r.json().await.unwrap();
+        v["ticket"].as_str().expect("a ticket").to_owned()
+    })
+}
+
 /// Reads server-sent events from the map stream until `n` frames have come.
 fn frames(base: &str, token: &str, n: usize) -> Vec<Value> {
+    let ticket = ticket(base, token);
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .unwrap();
     rt.block_on(async {
         let mut resp = reqwest::Client::new()
-            .get(format!("{base}/v1/map/events?token={token}"))
+            .get(format!("{base}/v1/map/events?ticket={ticket}"))
             .timeout(Duration::from_secs(20))
             .send()
             .await
@@ -126,13 +146,30 @@ fn the_sector_map_shows_leaves_shards_and_entities_and_follows_a_split() {
         .run(reqwest::get(format!("{base}/v1/map/events")))
         .unwrap();
     assert_eq!(anonymous.status(), 401);
-    // A wrong, malformed or huge token gets a 4xx and no frame; the server carries on.
+    // The control token in a URL is refused (it would land in proxy logs), as are wrong,
+    // malformed, forged and huge tickets: each a 4xx and no frame; the server carries on.
     let huge = "x".repeat(16_000);
+    let good = ticket(&base, &token);
+    let forged = good.replacen(good.split('.').next().unwrap(), "99999999999", 1);
+    let anonymous_ticket = control
+        .run(
+            reqwest::Client::new()
+                .post(format!("{base}/v1/map/ticket"))
+                .send(),
+        )
+        .unwrap();
+    assert_eq!(
+        anonymous_ticket.status(),
+        401,
+        "tickets need the control token"
+    );
     for query in [
-        "token=wrong",
-        "token=%ZZ",
-        "token=",
-        &format!("token={huge}"),
+        format!("token={token}"),
+        "ticket=wrong".to_owned(),
+        "ticket=%ZZ".to_owned(),
+        "ticket=".to_owned(),
+        format!("ticket={forged}"),
+        format!("ticket={huge}"),
     ] {
         for path in ["/v1/map", "/v1/map/events"] {
             let r = control
@@ -147,6 +184,10 @@ fn the_sector_map_shows_leaves_shards_and_entities_and_follows_a_split() {
             );
         }
     }
+    let with_ticket = control
+        .run(reqwest::get(format!("{base}/v1/map?ticket={good}")))
+        .unwrap();
+    assert_eq!(with_ticket.status(), 200, "a ticket opens the frames");
     let page = control.run(reqwest::get(format!("{base}/map"))).unwrap();
     assert_eq!(page.status(), 200);
     let html = control.run(page.text()).unwrap();

@@ -188,6 +188,16 @@ async fn the_chart_lints_renders_and_every_object_passes_a_server_side_dry_run()
     ))?)?;
     ensure!(rule["spec"] == file, "{}", rule["spec"]);
     let defaults = objects(&helm_ok(&["template", "sidereal", &chart()])?);
+    // Players' own addresses reach replication: its per-address limits need them.
+    let game = defaults
+        .iter()
+        .find(|o| o["kind"] == "Service" && o["spec"]["type"] == "LoadBalancer")
+        .context("the game Service")?;
+    ensure!(
+        game["spec"]["externalTrafficPolicy"] == "Local",
+        "{}",
+        game["spec"]
+    );
     // The control and link ports are not open to everyone: each rule naming them has peers,
     // and the link port's are the shard pods alone.
     let policy = defaults

@@ -12,8 +12,12 @@ pub struct RateLimiter<K> {
     rate: f64,
     burst: f64,
     buckets: HashMap<K, (f64, Instant)>,
-    /// Past this many keys, full buckets are forgotten (they hold no information).
+    /// Past this many keys, full buckets are forgotten (they hold no information), and if that
+    /// is not enough, any one key: the table never grows past it.
     max_keys: usize,
+    /// The next time a full table may be swept for full buckets (a sweep scans every key, so
+    /// at most once a second, however fast new sources come).
+    next_sweep: Option<Instant>,
 }
 
 impl<K: Hash + Eq + Clone> RateLimiter<K> {
@@ -22,14 +26,26 @@ impl<K: Hash + Eq + Clone> RateLimiter<K> {
             rate: rate.max(f64::MIN_POSITIVE),
             burst: f64::from(burst.max(1)),
             buckets: HashMap::new(),
-            max_keys,
+            max_keys: max_keys.max(1),
+            next_sweep: None,
         }
     }
 
     /// Takes one attempt from `key`'s bucket, or says how long until one is available.
     pub fn take(&mut self, key: &K, now: Instant) -> Result<(), Duration> {
         if self.buckets.len() >= self.max_keys && !self.buckets.contains_key(key) {
-            self.forget_full(now);
+            if self.next_sweep.is_none_or(|t| now >= t) {
+                self.forget_full(now);
+                self.next_sweep = Some(now + Duration::from_secs(1));
+            }
+            if self.buckets.len() >= self.max_keys {
+                // Still full (sources rotating faster than buckets refill): evict any one. All
+                // its owner gains is a fresh bucket, as a new address would have.
+                let evict = self.buckets.keys().next().cloned();
+                if let Some(k) = evict {
+                    self.buckets.remove(&k);
+                }
+            }
         }
         let (rate, burst) = (self.rate, self.burst);
         let (tokens, last) = self.buckets.entry(key.clone()).or_insert((burst, now));
@@ -144,16 +160,33 @@ mod tests {
         // Ten seconds on, every bucket is full again: they are dropped to make room.
         r.take(&99, t0 + Duration::from_secs(10)).unwrap();
         assert_eq!(r.len(), 1);
-        // A busy client's bucket is kept: it still holds its debt.
-        let mut r = RateLimiter::new(1.0, 1, 2);
-        r.take(&1, t0).unwrap();
-        assert!(r.take(&1, t0).is_err());
+        // A busy client's bucket is kept while full ones can go: it still holds its debt.
+        let mut r = RateLimiter::new(1.0, 1, 3);
         r.take(&2, t0).unwrap();
-        r.take(&3, t0).unwrap();
+        let later = t0 + Duration::from_secs(10);
+        r.take(&1, later).unwrap();
+        assert!(r.take(&1, later).is_err());
+        r.take(&3, later).unwrap();
+        r.take(&4, later).unwrap();
+        assert!(r.len() <= 3);
         assert!(
-            r.take(&1, t0).is_err(),
+            r.take(&1, later).is_err(),
             "the flooding client is still limited"
         );
+    }
+
+    #[test]
+    fn a_hundred_thousand_rotating_sources_never_grow_the_table_past_its_cap() {
+        let mut l = RateLimiter::new(1.0, 1, 1000);
+        let t0 = Instant::now();
+        for i in 0..100_000u32 {
+            // Every source spends its burst: no bucket is full, so sweeping frees nothing.
+            let _ = l.take(&i, t0 + Duration::from_micros(u64::from(i)));
+            assert!(l.len() <= 1000);
+        }
+        // A returning source still gets its own limit.
+        assert!(l.take(&7_000_000, t0 + Duration::from_secs(2)).is_ok());
+        assert!(l.take(&7_000_000, t0 + Duration::from_secs(2)).is_err());
     }
 
     #[test]

@@ -6,7 +6,7 @@ pub mod limits;
 pub mod passwords;
 pub mod token;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet};
 use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -22,6 +22,7 @@ use sidereal_core::EntityId;
 use sidereal_core::control::ErrorView;
 use sidereal_core::login::{
     Credentials, CredentialsError, LoginReply, MAX_LOGIN_BODY_BYTES, validate_credentials,
+    validate_name,
 };
 use tokio::sync::Semaphore;
 use tracing::{info, warn};
@@ -29,6 +30,7 @@ use tracing::{info, warn};
 use self::limits::{FailureLock, RateLimiter};
 use self::token::NetcodeKey;
 use crate::authority::spawn_point;
+use crate::sessions::address_key;
 use crate::state::Shared;
 use crate::store::{Account, StoreError};
 
@@ -66,13 +68,14 @@ impl Default for LoginConfig {
             per_client_burst: 20,
             free_failures: 5,
             max_lock: Duration::from_secs(15 * 60),
-            hashing_slots: 2,
+            // As many hashes at once as there are cores.
+            hashing_slots: std::thread::available_parallelism().map_or(2, usize::from),
         }
     }
 }
 
 /// Every `result` label of `sidereal_logins_total`.
-pub const LOGIN_RESULTS: [&str; 11] = [
+pub const LOGIN_RESULTS: [&str; 12] = [
     "created",
     "ok",
     "malformed",
@@ -83,6 +86,7 @@ pub const LOGIN_RESULTS: [&str; 11] = [
     "rate_limited",
     "locked",
     "busy",
+    "in_progress",
     "unavailable",
 ];
 
@@ -105,6 +109,9 @@ pub enum LoginError {
     Locked(Duration),
     #[error("too many logins in progress; retry shortly")]
     Busy,
+    /// Guesses for one account are answered one at a time, so the lockout counts each.
+    #[error("another login for this account is in progress; retry shortly")]
+    InProgress,
     #[error("login unavailable: {0}")]
     Unavailable(String),
 }
@@ -136,6 +143,7 @@ impl LoginError {
             LoginError::RateLimited(_) => "rate_limited",
             LoginError::Locked(_) => "locked",
             LoginError::Busy => "busy",
+            LoginError::InProgress => "in_progress",
             LoginError::Unavailable(_) => "unavailable",
         }
     }
@@ -147,9 +155,10 @@ impl LoginError {
             LoginError::Invalid(_) => StatusCode::UNPROCESSABLE_ENTITY,
             LoginError::NameTaken => StatusCode::CONFLICT,
             LoginError::WrongCredentials => StatusCode::UNAUTHORIZED,
-            LoginError::RateLimited(_) | LoginError::Locked(_) | LoginError::Busy => {
-                StatusCode::TOO_MANY_REQUESTS
-            }
+            LoginError::RateLimited(_)
+            | LoginError::Locked(_)
+            | LoginError::Busy
+            | LoginError::InProgress => StatusCode::TOO_MANY_REQUESTS,
             LoginError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
         }
     }
@@ -159,7 +168,7 @@ impl IntoResponse for LoginError {
     fn into_response(self) -> Response {
         let retry = match &self {
             LoginError::RateLimited(d) | LoginError::Locked(d) => Some(d.as_secs_f64().ceil()),
-            LoginError::Busy => Some(1.0),
+            LoginError::Busy | LoginError::InProgress => Some(1.0),
             _ => None,
         };
         let mut r = (
@@ -185,6 +194,11 @@ pub struct Logins {
     per_client: Mutex<RateLimiter<IpAddr>>,
     locks: Mutex<FailureLock>,
     hashing: Semaphore,
+    /// Accounts with a password check in progress: one at a time each.
+    attempts: Mutex<HashSet<String>>,
+    /// Addresses with a hash in progress: one at a time each, so a flood from a few addresses
+    /// queues behind itself, not in front of everyone else.
+    hashing_from: Mutex<HashSet<IpAddr>>,
     /// One ship creation at a time, so two logins of one account never make two ships.
     ships: tokio::sync::Mutex<()>,
     counts: Mutex<BTreeMap<&'static str, u64>>,
@@ -213,6 +227,8 @@ impl Logins {
             )),
             locks: Mutex::new(FailureLock::new(config.free_failures, config.max_lock)),
             hashing: Semaphore::new(config.hashing_slots.max(1)),
+            attempts: Mutex::new(HashSet::new()),
+            hashing_from: Mutex::new(HashSet::new()),
             ships: tokio::sync::Mutex::new(()),
             counts: Mutex::new(LOGIN_RESULTS.iter().map(|r| (*r, 0)).collect()),
             config,
@@ -237,15 +253,23 @@ impl Logins {
         self.per_client
             .lock()
             .expect("limiter lock")
-            .take(&client, Instant::now())
+            .take(&address_key(client), Instant::now())
             .map_err(LoginError::RateLimited)
     }
 
-    /// Runs `f` (a hash or a verification) on the blocking pool in one of the hashing slots.
+    /// Claims the one password check `name` may have in progress, until the guard drops.
+    fn attempt(&self, name: &str) -> Result<Claim<'_, String>, LoginError> {
+        Claim::take(&self.attempts, name.to_owned()).ok_or(LoginError::InProgress)
+    }
+
+    /// Runs `f` (a hash or a verification) for `client` on the blocking pool in one of the
+    /// hashing slots, one at a time per address.
     async fn hashing<T: Send + 'static>(
         &self,
+        client: IpAddr,
         f: impl FnOnce() -> T + Send + 'static,
     ) -> Result<T, LoginError> {
+        let _mine = Claim::take(&self.hashing_from, address_key(client)).ok_or(LoginError::Busy)?;
         let _slot = tokio::time::timeout(Duration::from_secs(2), self.hashing.acquire())
             .await
             .map_err(|_| LoginError::Busy)?
@@ -253,6 +277,33 @@ impl Logins {
         tokio::task::spawn_blocking(f)
             .await
             .map_err(|e| LoginError::Unavailable(format!("hashing failed: {e}")))
+    }
+}
+
+/// A key held in a shared set until dropped.
+struct Claim<'a, K: Eq + std::hash::Hash> {
+    set: &'a Mutex<HashSet<K>>,
+    key: Option<K>,
+}
+
+impl<'a, K: Eq + std::hash::Hash + Clone> Claim<'a, K> {
+    /// The claim on `key`, or `None` while someone else holds it.
+    fn take(set: &'a Mutex<HashSet<K>>, key: K) -> Option<Self> {
+        if !set.lock().expect("claims lock").insert(key.clone()) {
+            return None;
+        }
+        Some(Self {
+            set,
+            key: Some(key),
+        })
+    }
+}
+
+impl<K: Eq + std::hash::Hash> Drop for Claim<'_, K> {
+    fn drop(&mut self) {
+        if let Some(k) = self.key.take() {
+            self.set.lock().expect("claims lock").remove(&k);
+        }
     }
 }
 
@@ -334,7 +385,7 @@ async fn try_register(
     let password = c.password.clone();
     let password_hash = s
         .logins
-        .hashing(move || passwords::hash(&password))
+        .hashing(client, move || passwords::hash(&password))
         .await?
         .map_err(|e| LoginError::Unavailable(format!("hashing failed: {e}")))?;
     let mut account = Account {
@@ -361,6 +412,10 @@ async fn try_login(
     body: Result<Json<Credentials>, JsonRejection>,
 ) -> Result<LoginReply, LoginError> {
     let (key, store, c) = admit_request(s, client, body)?;
+    validate_name(&c.name)?;
+    // One check at a time per account: each guess is counted before the next one is heard,
+    // so concurrent guesses cannot all pass the lock before the first failure is recorded.
+    let _attempt = s.logins.attempt(&c.name)?;
     s.logins
         .locks
         .lock()
@@ -372,7 +427,9 @@ async fn try_login(
     let password = c.password.clone();
     let ok = s
         .logins
-        .hashing(move || passwords::verify(&password, stored.as_deref()))
+        .hashing(client, move || {
+            passwords::verify(&password, stored.as_deref())
+        })
         .await?;
     let Some(mut account) = account.filter(|_| ok) else {
         let mut locks = s.logins.locks.lock().expect("locks lock");
