@@ -117,6 +117,10 @@ pub struct ReplicationArgs {
     /// address (a campus NAT).
     #[arg(long, default_value_t = 5.0)]
     pub login_rate: f64,
+    /// New accounts the world takes per hour, from everyone together (and at most that many at
+    /// once): registrations past it answer 429 until the budget refills.
+    #[arg(long, default_value_t = 3600.0)]
+    pub registrations_per_hour: f64,
     /// Players each game transport (UDP, WebSocket) takes at most [default: 128 per CPU core,
     /// at least 256].
     #[arg(long, env = "SIDEREAL_MAX_CLIENTS")]
@@ -166,6 +170,11 @@ pub fn config(args: &ReplicationArgs) -> anyhow::Result<ReplicationConfig> {
         args.login_rate.is_finite() && (0.01..=1e6).contains(&args.login_rate),
         "--login-rate must be within 0.01..=1000000 per second"
     );
+    anyhow::ensure!(
+        args.registrations_per_hour.is_finite()
+            && (1.0..=1e9).contains(&args.registrations_per_hour),
+        "--registrations-per-hour must be within 1..=1000000000"
+    );
     let max_clients = args.max_clients.unwrap_or_else(default_max_clients);
     anyhow::ensure!(
         (1..=65_536).contains(&max_clients),
@@ -209,6 +218,7 @@ pub fn config(args: &ReplicationArgs) -> anyhow::Result<ReplicationConfig> {
             websocket_servers: args.public_game_ws_addr.clone(),
             token_valid_for: std::time::Duration::from_secs(args.token_valid_for),
             per_client_rate: args.login_rate,
+            registrations_per_hour: args.registrations_per_hour,
             per_client_burst: (args.login_rate * 4.0).clamp(20.0, 1e6) as u32,
             ..LoginConfig::default()
         },

@@ -59,7 +59,15 @@ pub struct EntityRow {
 impl EntityRow {
     /// `None` for what is not persisted (projectiles live two seconds).
     pub fn from_record(r: &EntityRecord) -> Option<Self> {
-        let s = &r.snapshot;
+        Self::from_parts(&r.snapshot, r.epoch, r.version)
+    }
+
+    /// A new entity's row, as the mirror starts it (epoch 1, version 1).
+    pub fn new_entity(s: &EntitySnapshot) -> Option<Self> {
+        Self::from_parts(s, 1, 1)
+    }
+
+    fn from_parts(s: &EntitySnapshot, epoch: Epoch, version: u64) -> Option<Self> {
         if s.kind == EntityKind::Projectile {
             return None;
         }
@@ -73,8 +81,8 @@ impl EntityRow {
             angle: s.state.angle,
             ang_vel: s.state.ang_vel,
             player: s.player,
-            owner_epoch: r.epoch as i64,
-            version: r.version as i64,
+            owner_epoch: epoch as i64,
+            version: version as i64,
         })
     }
 
@@ -545,6 +553,49 @@ impl Store {
                 player_id,
             }),
         )
+    }
+
+    /// Stores a new ship and makes it `name`'s, in one small transaction: both or neither.
+    /// False (nothing written) when there is no such account.
+    pub async fn create_ship(&self, name: &str, ship: &EntityRow) -> Result<bool, StoreError> {
+        let sql = "UPDATE accounts SET ship_id = $1 WHERE name = $2";
+        let n = match self {
+            Store::Postgres(p) => {
+                let mut tx = p.begin().await?;
+                multi_row_upsert::<sqlx::Postgres>(std::slice::from_ref(ship))
+                    .build()
+                    .execute(&mut *tx)
+                    .await?;
+                let n = sqlx::query(sql)
+                    .bind(ship.id)
+                    .bind(name)
+                    .execute(&mut *tx)
+                    .await?
+                    .rows_affected();
+                if n == 1 {
+                    tx.commit().await?;
+                }
+                n
+            }
+            Store::Sqlite(p) => {
+                let mut tx = p.begin().await?;
+                multi_row_upsert::<sqlx::Sqlite>(std::slice::from_ref(ship))
+                    .build()
+                    .execute(&mut *tx)
+                    .await?;
+                let n = sqlx::query(sql)
+                    .bind(ship.id)
+                    .bind(name)
+                    .execute(&mut *tx)
+                    .await?
+                    .rows_affected();
+                if n == 1 {
+                    tx.commit().await?;
+                }
+                n
+            }
+        };
+        Ok(n == 1)
     }
 
     /// Changes which ship an account owns. Committed before returning.

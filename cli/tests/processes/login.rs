@@ -353,6 +353,41 @@ fn guessing_locks_the_account_and_a_flood_is_limited_without_slowing_other_playe
     assert!(refused_unhashed >= limited as f64);
 }
 
+/// The world takes new accounts up to its budget (`--registrations-per-hour`), from every
+/// address together; past it registration answers 429, and players who have an account still
+/// log in.
+#[test]
+fn registrations_past_the_worlds_budget_wait_and_logins_go_on() {
+    let data = TempDir::new("login-budget");
+    let r = start_replication_with(0, &data.0, None, &["--registrations-per-hour", "3"]);
+    for (i, name) in ["ada", "bob", "cyd"].iter().enumerate() {
+        let p = Player::from(&r.http, &format!("127.0.2.{}", i + 1));
+        assert_eq!(p.register(name, "correct horse battery").status, 201);
+    }
+    let late = Player::from(&r.http, "127.0.2.9").register("dee", "correct horse battery");
+    assert_eq!(late.status, 429, "{}", late.body);
+    assert!(
+        late.error().contains("registration budget"),
+        "{}",
+        late.body
+    );
+    assert!(
+        late.retry_after.is_some_and(|s| s >= 60),
+        "{:?}",
+        late.retry_after
+    );
+    let ada = Player::from(&r.http, "127.0.2.1").login("ada", "correct horse battery");
+    assert_eq!(ada.status, 200, "{}", ada.body);
+    assert_eq!(logins(&r.http, "budget"), 1.0);
+    let ships = r
+        .control
+        .entities("")
+        .values()
+        .filter(|e| e.kind == sidereal_core::EntityKind::Ship)
+        .count();
+    assert_eq!(ships, 3, "no ship for the refused registration");
+}
+
 /// Forty guesses for one account at the same moment, each from its own address: they are heard
 /// one at a time, so the lockout counts each one and at most its free failures are ever hashed
 /// (before, all forty passed the lock check before the first failure was recorded). A name no

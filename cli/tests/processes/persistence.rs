@@ -242,6 +242,30 @@ fn a_database_outage_keeps_the_world_running_and_loses_nothing() {
         "an outage does not take replication off the network"
     );
     assert_eq!(metric(&r, "sidereal_store_healthy"), 0.0);
+    // No account and no ship is made while the store fails (each retry used to leave an
+    // orphaned ship behind); the refusal is immediate and says why.
+    let asked = Instant::now();
+    let out = Command::new("curl")
+        .args([
+            "-s",
+            "-w",
+            "\n%{http_code}",
+            "-H",
+            "content-type: application/json",
+        ])
+        .args([
+            "--data",
+            r#"{"name":"late","password":"correct horse battery"}"#,
+        ])
+        .arg(format!("{}/v1/accounts", r.http))
+        .output()
+        .unwrap();
+    let out = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.ends_with("503") && out.contains("store is failing"),
+        "{out}"
+    );
+    assert!(asked.elapsed() < Duration::from_secs(2), "refused at once");
     // The simulation goes on: updates keep arriving while the database is away.
     let before = applied(&r);
     wait_until("updates during the outage", Duration::from_secs(5), || {

@@ -32,6 +32,14 @@ impl Authority {
     /// leaf at once; with none, to whichever shard next takes that leaf. Dirty until the next
     /// checkpoint: callers that promise durability checkpoint before answering.
     pub fn spawn_ship(&mut self, state: EntityState) -> EntityId {
+        let snapshot = self.new_ship(state);
+        self.spawn_ship_as(snapshot);
+        snapshot.id
+    }
+
+    /// A player's ship at `state` with a fresh id, not in the world yet: the caller stores it
+    /// first, then [`Authority::spawn_ship_as`] adds it.
+    pub fn new_ship(&mut self, state: EntityState) -> EntitySnapshot {
         let (incarnation, counter) = match self.own_ids {
             Some((i, c)) => (i, c + 1),
             None => {
@@ -41,14 +49,19 @@ impl Authority {
             }
         };
         self.own_ids = Some((incarnation, counter));
-        let id = EntityId::minted(incarnation, counter);
-        let snapshot = EntitySnapshot {
-            id,
+        EntitySnapshot {
+            id: EntityId::minted(incarnation, counter),
             kind: EntityKind::Ship,
             state,
             ttl_ticks: None,
             player: true,
-        };
+        }
+    }
+
+    /// Adds a ship made by [`Authority::new_ship`] to the world, handed to the owner of its
+    /// leaf when that shard is linked.
+    pub fn spawn_ship_as(&mut self, snapshot: EntitySnapshot) {
+        let id = snapshot.id;
         self.mirror.insert_new(snapshot, ShardId::new("unplaced"));
         if let Some(owner) = self
             .leaf_of(&snapshot)
@@ -63,7 +76,6 @@ impl Authority {
                 },
             );
         }
-        id
     }
 
     /// A player connected to a game port, flying `ship`.

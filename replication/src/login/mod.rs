@@ -50,6 +50,8 @@ pub struct LoginConfig {
     /// Attempts per second per client address, and the burst allowed.
     pub per_client_rate: f64,
     pub per_client_burst: u32,
+    /// New accounts the whole world takes per hour (and at most at once).
+    pub registrations_per_hour: f64,
     /// Wrong passwords per account before it is locked, and the longest lock.
     pub free_failures: u32,
     pub max_lock: Duration,
@@ -66,6 +68,7 @@ impl Default for LoginConfig {
             token_valid_for: Duration::from_secs(60),
             per_client_rate: 5.0,
             per_client_burst: 20,
+            registrations_per_hour: 3600.0,
             free_failures: 5,
             max_lock: Duration::from_secs(15 * 60),
             // As many hashes at once as there are cores.
@@ -75,7 +78,7 @@ impl Default for LoginConfig {
 }
 
 /// Every `result` label of `sidereal_logins_total`.
-pub const LOGIN_RESULTS: [&str; 12] = [
+pub const LOGIN_RESULTS: [&str; 13] = [
     "created",
     "ok",
     "malformed",
@@ -87,6 +90,7 @@ pub const LOGIN_RESULTS: [&str; 12] = [
     "locked",
     "busy",
     "in_progress",
+    "budget",
     "unavailable",
 ];
 
@@ -109,6 +113,9 @@ pub enum LoginError {
     Locked(Duration),
     #[error("too many logins in progress; retry shortly")]
     Busy,
+    /// The world's budget of new accounts is spent for now.
+    #[error("no new accounts for now (the world's registration budget is spent); retry in {} s", .0.as_secs().max(1))]
+    Budget(Duration),
     /// Guesses for one account are answered one at a time, so the lockout counts each.
     #[error("another login for this account is in progress; retry shortly")]
     InProgress,
@@ -144,6 +151,7 @@ impl LoginError {
             LoginError::Locked(_) => "locked",
             LoginError::Busy => "busy",
             LoginError::InProgress => "in_progress",
+            LoginError::Budget(_) => "budget",
             LoginError::Unavailable(_) => "unavailable",
         }
     }
@@ -158,7 +166,8 @@ impl LoginError {
             LoginError::RateLimited(_)
             | LoginError::Locked(_)
             | LoginError::Busy
-            | LoginError::InProgress => StatusCode::TOO_MANY_REQUESTS,
+            | LoginError::InProgress
+            | LoginError::Budget(_) => StatusCode::TOO_MANY_REQUESTS,
             LoginError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
         }
     }
@@ -167,7 +176,9 @@ impl LoginError {
 impl IntoResponse for LoginError {
     fn into_response(self) -> Response {
         let retry = match &self {
-            LoginError::RateLimited(d) | LoginError::Locked(d) => Some(d.as_secs_f64().ceil()),
+            LoginError::RateLimited(d) | LoginError::Locked(d) | LoginError::Budget(d) => {
+                Some(d.as_secs_f64().ceil())
+            }
             LoginError::Busy | LoginError::InProgress => Some(1.0),
             _ => None,
         };
@@ -194,6 +205,8 @@ pub struct Logins {
     per_client: Mutex<RateLimiter<IpAddr>>,
     locks: Mutex<FailureLock>,
     hashing: Semaphore,
+    /// New accounts the whole world takes: an hour's budget at most at once, refilling evenly.
+    registrations: Mutex<RateLimiter<()>>,
     /// Accounts with a password check in progress: one at a time each.
     attempts: Mutex<HashSet<String>>,
     /// Addresses with a hash in progress: one at a time each, so a flood from a few addresses
@@ -227,6 +240,13 @@ impl Logins {
             )),
             locks: Mutex::new(FailureLock::new(config.free_failures, config.max_lock)),
             hashing: Semaphore::new(config.hashing_slots.max(1)),
+            registrations: Mutex::new(RateLimiter::new(
+                config.registrations_per_hour / 3600.0,
+                config
+                    .registrations_per_hour
+                    .clamp(1.0, f64::from(u32::MAX)) as u32,
+                1,
+            )),
             attempts: Mutex::new(HashSet::new()),
             hashing_from: Mutex::new(HashSet::new()),
             ships: tokio::sync::Mutex::new(()),
@@ -255,6 +275,15 @@ impl Logins {
             .expect("limiter lock")
             .take(&address_key(client), Instant::now())
             .map_err(LoginError::RateLimited)
+    }
+
+    /// Takes one new account from the world's registration budget.
+    fn register_one(&self) -> Result<(), LoginError> {
+        self.registrations
+            .lock()
+            .expect("registrations lock")
+            .take(&(), Instant::now())
+            .map_err(LoginError::Budget)
     }
 
     /// Claims the one password check `name` may have in progress, until the guard drops.
@@ -379,9 +408,16 @@ async fn try_register(
 ) -> Result<LoginReply, LoginError> {
     let (key, store, c) = admit_request(s, client, body)?;
     validate_credentials(&c)?;
+    if !s.store_health.lock().expect("health lock").healthy {
+        return Err(LoginError::Unavailable(
+            "the world store is failing; no accounts are made until it is back (retry shortly)"
+                .into(),
+        ));
+    }
     if store.account(&c.name).await?.is_some() {
         return Err(LoginError::NameTaken);
     }
+    s.logins.register_one()?;
     let password = c.password.clone();
     let password_hash = s
         .logins
@@ -460,7 +496,10 @@ async fn try_login(
 }
 
 /// The account's ship, created (at its spawn point, durably) if it has none or it no longer
-/// exists. Serialized, so concurrent logins of one account find the same ship.
+/// exists. Serialized, so concurrent logins of one account find the same ship. No ship is made
+/// while the store is failing (a retry during an outage would leave one behind each time), and a
+/// new ship's row and the account's pointer to it are written in one small transaction before
+/// the ship enters the world: nothing is simulated that the store does not hold.
 async fn ensure_ship(s: &Shared, name: &str) -> Result<EntityId, LoginError> {
     let store = s.store.as_ref().ok_or_else(no_store)?;
     let _one_at_a_time = s.logins.ships.lock().await;
@@ -476,18 +515,29 @@ async fn ensure_ship(s: &Shared, name: &str) -> Result<EntityId, LoginError> {
         {
             return Ok(id);
         }
+        if !s.store_health.lock().expect("health lock").healthy {
+            return Err(LoginError::Unavailable(
+                "the world store is failing; no ship is made until it is back (retry shortly)"
+                    .into(),
+            ));
+        }
         let world = a.world().to_vec();
         let state = spawn_point(&world, player_id)
             .ok_or_else(|| LoginError::Unavailable("the world has no root sectors".into()))?;
-        let id = a.spawn_ship(state);
-        s.flush(&mut a);
-        id
+        a.new_ship(state)
     };
-    // The ship is durable before the account points at it, and both before any token.
-    s.checkpoint().await?;
-    store.set_ship(name, Some(ship.0 as i64)).await?;
-    info!(%name, %ship, "ship created");
-    Ok(ship)
+    let row = crate::store::EntityRow::new_entity(&ship)
+        .ok_or_else(|| LoginError::Unavailable("the spawn point lies outside the world".into()))?;
+    if !store.create_ship(name, &row).await? {
+        return Err(LoginError::Unavailable("the account vanished".into()));
+    }
+    {
+        let mut a = s.authority.lock().expect("authority lock");
+        a.spawn_ship_as(ship);
+        s.flush(&mut a);
+    }
+    info!(%name, ship = %ship.id, "ship created");
+    Ok(ship.id)
 }
 
 /// The login's answer: a connect token for a fresh session of the account's player, minted
