@@ -29,7 +29,7 @@ enum Command {
     /// Run the whole fleet (replication + shards) as local processes.
     Up(up_cmd::UpArgs),
     /// Run the replication server (shard links, mirror, placement, control API).
-    Replication(replication_cmd::ReplicationArgs),
+    Replication(Box<replication_cmd::ReplicationArgs>),
     /// Run one shard.
     Shard(shard_cmd::ShardArgs),
     /// Run a swarm of headless players (log in, connect, fly, report).
@@ -85,7 +85,7 @@ fn main() -> anyhow::Result<()> {
         Command::Replication(args) => {
             init_tracing();
             up_cmd::die_with_supervisor();
-            replication_cmd::run(args)?;
+            replication_cmd::run(*args)?;
         }
         Command::Bot(args) => {
             init_tracing();

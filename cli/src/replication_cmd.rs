@@ -14,6 +14,7 @@ use sidereal_replication::gateway::{DEFAULT_COMMAND_DELAY_TICKS, GatewayConfig};
 use sidereal_replication::login::token::NetcodeKey;
 use sidereal_replication::server::LinkSettings;
 use sidereal_replication::sessions::SessionLimits;
+use sidereal_replication::tls::TlsFiles;
 use sidereal_replication::{AuthorityConfig, LoginConfig, ReplicationConfig};
 
 /// A frame limit within [`MIN_FRAME_BYTES`, `MAX_FRAME_BYTES` x 16].
@@ -42,6 +43,17 @@ pub struct ReplicationArgs {
     /// expose to players while --http stays private. Login is served on --http either way.
     #[arg(long, env = "SIDEREAL_PUBLIC_HTTP")]
     pub public_http: Option<SocketAddr>,
+    /// Certificate chain (PEM) for TLS on --public-http (HTTPS) and the WebSocket game port
+    /// (wss://); reloaded when it or the key changes (cert-manager renewals).
+    #[arg(long, env = "SIDEREAL_TLS_CERT", requires = "tls_key")]
+    pub tls_cert: Option<std::path::PathBuf>,
+    /// Private key (PEM) of --tls-cert.
+    #[arg(long, env = "SIDEREAL_TLS_KEY", requires = "tls_cert")]
+    pub tls_key: Option<std::path::PathBuf>,
+    /// Serve --public-http in clear, without --tls-cert: only behind a proxy that terminates
+    /// TLS. Players' passwords and connect tokens cross that listener.
+    #[arg(long, env = "SIDEREAL_INSECURE_PUBLIC_HTTP")]
+    pub insecure_public_http: bool,
     /// Shard link listener.
     #[arg(long, env = "SIDEREAL_LINK", default_value = "127.0.0.1:7701")]
     pub link: SocketAddr,
@@ -139,6 +151,11 @@ fn default_max_clients() -> usize {
 
 pub fn config(args: &ReplicationArgs) -> anyhow::Result<ReplicationConfig> {
     anyhow::ensure!(
+        args.public_http.is_none() || args.tls_cert.is_some() || args.insecure_public_http,
+        "--public-http serves players' passwords and connect tokens: give --tls-cert and \
+         --tls-key, or --insecure-public-http when a proxy in front terminates TLS"
+    );
+    anyhow::ensure!(
         args.secret.len() >= MIN_SECRET_LEN,
         "the shard secret must be at least {MIN_SECRET_LEN} characters (generate one: openssl rand -hex 32)"
     );
@@ -195,6 +212,11 @@ pub fn config(args: &ReplicationArgs) -> anyhow::Result<ReplicationConfig> {
     Ok(ReplicationConfig {
         http: args.http,
         public_http: args.public_http,
+        tls: args
+            .tls_cert
+            .clone()
+            .zip(args.tls_key.clone())
+            .map(|(cert, key)| TlsFiles { cert, key }),
         link: args.link,
         link_settings: LinkSettings {
             timeout: args.link_timeout,
@@ -225,6 +247,8 @@ pub fn config(args: &ReplicationArgs) -> anyhow::Result<ReplicationConfig> {
         gateway: Some(GatewayConfig {
             udp: args.game_udp,
             websocket: (!args.no_game_ws).then_some(args.game_ws),
+            // From the certificate files, when the server starts.
+            websocket_tls: None,
             // The public addresses, from the login settings above.
             public: Vec::new(),
             tick_hz: args.tick_hz,

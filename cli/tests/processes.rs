@@ -25,6 +25,8 @@ mod prediction;
 mod sessions;
 #[path = "processes/swarm.rs"]
 mod swarm;
+#[path = "processes/tls.rs"]
+mod tls;
 #[path = "processes/up_autoscale.rs"]
 mod up_autoscale;
 #[path = "processes/up_race.rs"]

@@ -55,6 +55,7 @@ async fn main() {
     let config = ReplicationConfig {
         http: SocketAddr::from(([127, 0, 0, 1], 0)),
         public_http: None,
+        tls: None,
         link: SocketAddr::from(([127, 0, 0, 1], 0)),
         link_settings: Default::default(),
         authority: AuthorityConfig {

@@ -37,8 +37,10 @@ use crate::state::GameTraffic;
 pub struct GatewayConfig {
     /// UDP address to bind.
     pub udp: SocketAddr,
-    /// TCP address of the WebSocket port (plain `ws://`; terminate TLS in front of it).
+    /// TCP address of the WebSocket port.
     pub websocket: Option<SocketAddr>,
+    /// TLS for the WebSocket port (`wss://`); `None` serves plain `ws://`.
+    pub websocket_tls: Option<Arc<rustls::ServerConfig>>,
     /// Addresses clients are told to use when they differ from `udp` (a load balancer, a NAT):
     /// tokens naming them are accepted too.
     pub public: Vec<SocketAddr>,
@@ -196,6 +198,7 @@ fn build_app(config: GatewayConfig, key: Key, channels: Channels, sessions: Sess
         .with_connection_request_handler(Arc::new(sessions))
         .with_additional_expected_addresses(config.public.clone());
     let websocket = config.websocket;
+    let websocket_tls = config.websocket_tls.clone();
     app.add_systems(Startup, move |mut commands: Commands| {
         let server = commands
             .spawn((
@@ -209,10 +212,12 @@ fn build_app(config: GatewayConfig, key: Key, channels: Channels, sessions: Sess
         info!(%udp, "game port listening (netcode over UDP)");
         // The same netcode, key and protocol over WebSocket: one token serves both.
         if let Some(ws) = websocket {
+            let builder = ServerConfig::builder().with_bind_address(ws);
             let io = WebSocketServerIo {
-                config: ServerConfig::builder()
-                    .with_bind_address(ws)
-                    .with_no_encryption(),
+                config: match websocket_tls.clone() {
+                    Some(tls) => builder.with_tls_config(tls),
+                    None => builder.with_no_encryption(),
+                },
             };
             let server = commands
                 .spawn((

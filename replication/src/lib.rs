@@ -16,6 +16,7 @@ pub mod server;
 pub mod sessions;
 pub mod state;
 pub mod store;
+pub mod tls;
 
 pub use authority::{Authority, AuthorityConfig, LinkError, LinkId, PutPlacementError};
 pub use login::LoginConfig;

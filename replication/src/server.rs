@@ -57,6 +57,9 @@ pub struct ReplicationConfig {
     /// A second HTTP listener with only the players' login and `/healthz`, for exposing to the
     /// internet while the control API stays private; `None` serves login on `http` alone.
     pub public_http: Option<SocketAddr>,
+    /// Certificate and key for TLS on `public_http` (HTTPS) and the WebSocket game port
+    /// (`wss://`), reloaded when the files change; `None` serves them in clear.
+    pub tls: Option<crate::tls::TlsFiles>,
     pub link: SocketAddr,
     pub link_settings: LinkSettings,
     pub authority: AuthorityConfig,
@@ -125,6 +128,8 @@ pub fn seed_world(a: &mut Authority, n: usize, seed: u64) {
 pub enum StartError {
     #[error("cannot open the store: {0}")]
     Store(#[from] StoreError),
+    #[error("TLS: {0}")]
+    Tls(#[from] crate::tls::TlsError),
     #[error("cannot bind: {0}")]
     Bind(#[from] std::io::Error),
 }
@@ -200,6 +205,10 @@ pub async fn start(
         // Spawns are durable before anyone sees them.
         shared.checkpoint().await?;
     }
+    let tls = config.tls.as_ref().map(PublicTls::open).transpose()?;
+    if let Some(t) = &tls {
+        tokio::spawn(t.cert.clone().watch());
+    }
     let link_listener = TcpListener::bind(config.link).await?;
     let http_listener = TcpListener::bind(config.http).await?;
     let public_listener = match config.public_http {
@@ -225,6 +234,7 @@ pub async fn start(
                 GatewayConfig {
                     udp,
                     websocket: game_ws,
+                    websocket_tls: tls.as_ref().map(|t| t.websocket.clone()),
                     public: shared
                         .logins
                         .servers()
@@ -330,13 +340,18 @@ pub async fn start(
         }
     });
     let public = public_listener.map(|listener| {
-        let app = crate::api::public_router(shared.clone())
-            .into_make_service_with_connect_info::<SocketAddr>();
-        tokio::spawn(async move {
-            if let Err(e) = axum::serve(listener, app).await {
-                warn!(error = %e, "public http server stopped");
+        let router = crate::api::public_router(shared.clone());
+        match &tls {
+            Some(tls) => tokio::spawn(serve_https(listener, router, tls.login.clone())),
+            None => {
+                let app = router.into_make_service_with_connect_info::<SocketAddr>();
+                tokio::spawn(async move {
+                    if let Err(e) = axum::serve(listener, app).await {
+                        warn!(error = %e, "public http server stopped");
+                    }
+                })
             }
-        })
+        }
     });
     let all = tokio::spawn(async move {
         let public = async move {
@@ -434,6 +449,59 @@ async fn write_link(
         }
     }
     let _ = tokio::time::timeout(settings.timeout, wr.shutdown()).await;
+}
+
+/// The public listeners' TLS: one certificate (reloaded on change) for login and `wss://`.
+struct PublicTls {
+    cert: Arc<crate::tls::ReloadingCert>,
+    login: Arc<rustls::ServerConfig>,
+    websocket: Arc<rustls::ServerConfig>,
+}
+
+impl PublicTls {
+    fn open(files: &crate::tls::TlsFiles) -> Result<Self, crate::tls::TlsError> {
+        let cert = crate::tls::ReloadingCert::open(files.clone())?;
+        Ok(Self {
+            login: crate::tls::server_config(cert.clone(), &[b"http/1.1"])?,
+            websocket: crate::tls::server_config(cert.clone(), &[])?,
+            cert,
+        })
+    }
+}
+
+/// Serves `router` over HTTPS: a TLS handshake (10 s at most) per connection, then HTTP/1.1,
+/// with the client's address for the login limits.
+async fn serve_https(listener: TcpListener, router: axum::Router, tls: Arc<rustls::ServerConfig>) {
+    let acceptor = tokio_rustls::TlsAcceptor::from(tls);
+    loop {
+        let (tcp, peer) = match listener.accept().await {
+            Ok(c) => c,
+            Err(e) => {
+                warn!(error = %e, "accept failed");
+                continue;
+            }
+        };
+        let (acceptor, router) = (acceptor.clone(), router.clone());
+        tokio::spawn(async move {
+            let stream =
+                match tokio::time::timeout(Duration::from_secs(10), acceptor.accept(tcp)).await {
+                    Ok(Ok(s)) => s,
+                    // Plain HTTP, a scanner, a client that does not trust the certificate.
+                    Ok(Err(e)) => return tracing::debug!(%peer, error = %e, "TLS handshake failed"),
+                    Err(_) => return tracing::debug!(%peer, "TLS handshake timed out"),
+                };
+            let service = hyper::service::service_fn(
+                move |mut req: hyper::Request<hyper::body::Incoming>| {
+                    req.extensions_mut()
+                        .insert(axum::extract::ConnectInfo(peer));
+                    tower::ServiceExt::oneshot(router.clone(), req)
+                },
+            );
+            let _ = hyper::server::conn::http1::Builder::new()
+                .serve_connection(hyper_util::rt::TokioIo::new(stream), service)
+                .await;
+        });
+    }
 }
 
 /// Why a shard link ended.

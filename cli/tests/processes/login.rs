@@ -429,7 +429,12 @@ fn concurrent_guesses_from_many_addresses_cannot_outrun_the_lockout() {
 #[test]
 fn the_public_listener_serves_login_and_nothing_of_the_control_api() {
     let data = TempDir::new("public-http");
-    let r = start_replication_with(0, &data.0, None, &["--public-http", "127.0.0.1:0"]);
+    let r = start_replication_with(
+        0,
+        &data.0,
+        None,
+        &["--public-http", "127.0.0.1:0", "--insecure-public-http"],
+    );
     let public = r
         .public
         .clone()

@@ -187,7 +187,43 @@ async fn the_chart_lints_renders_and_every_object_passes_a_server_side_dry_run()
         chart()
     ))?)?;
     ensure!(rule["spec"] == file, "{}", rule["spec"]);
+    // A TLS Secret: login over HTTPS and wss://, from the mounted files; without one, the
+    // login listener is explicitly in clear.
+    let with_tls = objects(&helm_ok(&[
+        "template",
+        "sidereal",
+        &chart(),
+        "--set",
+        "replication.tls.secretName=game-tls",
+    ])?);
+    let replication_env = |objs: &[serde_json::Value]| -> anyhow::Result<(Vec<String>, String)> {
+        let d = objs
+            .iter()
+            .find(|o| o["kind"] == "Deployment" && o["metadata"]["name"] == "sidereal-replication")
+            .context("replication's Deployment")?;
+        let pod = &d["spec"]["template"]["spec"];
+        let env = pod["containers"][0]["env"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|e| e["name"].as_str().map(str::to_owned))
+            .collect();
+        Ok((env, pod["volumes"].to_string()))
+    };
+    let (env, volumes) = replication_env(&with_tls)?;
+    ensure!(
+        env.contains(&"SIDEREAL_TLS_CERT".to_owned())
+            && env.contains(&"SIDEREAL_TLS_KEY".to_owned())
+            && !env.contains(&"SIDEREAL_INSECURE_PUBLIC_HTTP".to_owned())
+            && volumes.contains("game-tls"),
+        "{env:?} {volumes}"
+    );
     let defaults = objects(&helm_ok(&["template", "sidereal", &chart()])?);
+    let (env, _) = replication_env(&defaults)?;
+    ensure!(
+        env.contains(&"SIDEREAL_INSECURE_PUBLIC_HTTP".to_owned()),
+        "{env:?}"
+    );
     // Players' own addresses reach replication: its per-address limits need them.
     let game = defaults
         .iter()
