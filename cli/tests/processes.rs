@@ -759,6 +759,10 @@ fn sidereal_up_runs_supervises_and_stops_the_fleet() {
             .filter(|e| e.kind != EntityKind::Projectile)
             .count()
     };
+    // The bots' ships are made on their first connection.
+    wait_until("the bots' ships", Duration::from_secs(10), || {
+        bodies(&control) == 302
+    });
     assert_eq!(bodies(&control), 302, "300 seeded and the bots' two ships");
     assert!(
         data.0.join("sidereal.db").exists(),

@@ -176,7 +176,11 @@ pub async fn start(
     if seeded {
         seed_world(&mut authority, config.seed_entities, config.seed);
     }
-    authority.reserve_incarnations_above(authority.max_incarnation());
+    let reserved_ships = store
+        .max_account_ship()
+        .await?
+        .map_or(0, |id| (id as u64 >> EntityId::COUNTER_BITS) as u32);
+    authority.reserve_incarnations_above(authority.max_incarnation().max(reserved_ships));
     // The game port's real address (a port of 0 picks a free one) goes into connect tokens
     // unless public addresses are configured.
     let game = match (&config.gateway, &config.login.netcode_key) {
@@ -612,11 +616,17 @@ async fn read_link(
 
 /// Applies what the game port reports: players joining and leaving, and their commands, which
 /// pass the input gate before the authority routes them to the ship's shard.
-fn on_gateway_event(s: &Shared, event: GatewayEvent) {
+fn on_gateway_event(s: &Arc<Shared>, event: GatewayEvent) {
     let mut a = match event {
         GatewayEvent::Joined { player_id, ship } => {
             let mut a = s.authority.lock().expect("authority lock");
             a.player_joined(player_id, ship);
+            if !a.knows_entity(ship) {
+                let world = a.world().to_vec();
+                drop(a);
+                make_ship_on_first_connection(s, player_id, ship, &world);
+                a = s.authority.lock().expect("authority lock");
+            }
             a
         }
         GatewayEvent::Left { player_id } => {
@@ -642,6 +652,55 @@ fn on_gateway_event(s: &Shared, event: GatewayEvent) {
         }
     };
     s.flush(&mut a);
+}
+
+/// A player's ship is made when the player first connects, not when it registers, so accounts
+/// that never play cost the world nothing. It is stored (one row) before it enters the world;
+/// a store that is failing makes nothing (the next connection tries again).
+fn make_ship_on_first_connection(
+    s: &Arc<Shared>,
+    player_id: u64,
+    ship: EntityId,
+    world: &[sidereal_core::SectorId],
+) {
+    let Some(state) = crate::authority::spawn_point(world, player_id) else {
+        return;
+    };
+    if !s.pending_ships.lock().expect("pending lock").insert(ship) {
+        return;
+    }
+    let snapshot = EntitySnapshot {
+        id: ship,
+        kind: EntityKind::Ship,
+        state,
+        ttl_ticks: None,
+        player: true,
+    };
+    let s = s.clone();
+    tokio::spawn(async move {
+        let stored = match (&s.store, crate::store::EntityRow::new_entity(&snapshot)) {
+            (Some(store), Some(row)) => store
+                .write_checkpoint(&[row], &[])
+                .await
+                .map_err(|e| e.to_string()),
+            (None, _) => Ok(()),
+            (_, None) => Err("the spawn point lies outside the world".into()),
+        };
+        match stored {
+            Ok(()) => {
+                let mut a = s.authority.lock().expect("authority lock");
+                if !a.knows_entity(ship) {
+                    a.spawn_ship_as(snapshot);
+                    s.flush(&mut a);
+                    info!(player_id, %ship, "ship made on the player's first connection");
+                }
+            }
+            Err(e) => {
+                warn!(player_id, %ship, error = %e, "cannot store the player's new ship; it is made on the next connection")
+            }
+        }
+        s.pending_ships.lock().expect("pending lock").remove(&ship);
+    });
 }
 
 /// `addr` with a free port chosen when its port is 0. The socket is released for the game

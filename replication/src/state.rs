@@ -69,6 +69,8 @@ pub struct Shared {
     pub map_frames: crate::map::FrameCache,
     /// Game-port sessions: minted at login, admitted and ended by the gateway.
     pub sessions: SessionGate,
+    /// Players' ships being stored on their first connection.
+    pub pending_ships: Mutex<std::collections::HashSet<sidereal_core::EntityId>>,
 }
 
 impl Shared {
@@ -92,6 +94,7 @@ impl Shared {
             inputs: Mutex::new(InputGate::new(tick_hz)),
             map_frames: crate::map::FrameCache::default(),
             sessions: SessionGate::new(sessions),
+            pending_ships: Mutex::default(),
             checkpointing: tokio::sync::Mutex::new(()),
             store_health: Mutex::new(StoreHealth {
                 healthy: true,

@@ -555,47 +555,14 @@ impl Store {
         )
     }
 
-    /// Stores a new ship and makes it `name`'s, in one small transaction: both or neither.
-    /// False (nothing written) when there is no such account.
-    pub async fn create_ship(&self, name: &str, ship: &EntityRow) -> Result<bool, StoreError> {
-        let sql = "UPDATE accounts SET ship_id = $1 WHERE name = $2";
-        let n = match self {
-            Store::Postgres(p) => {
-                let mut tx = p.begin().await?;
-                multi_row_upsert::<sqlx::Postgres>(std::slice::from_ref(ship))
-                    .build()
-                    .execute(&mut *tx)
-                    .await?;
-                let n = sqlx::query(sql)
-                    .bind(ship.id)
-                    .bind(name)
-                    .execute(&mut *tx)
-                    .await?
-                    .rows_affected();
-                if n == 1 {
-                    tx.commit().await?;
-                }
-                n
-            }
-            Store::Sqlite(p) => {
-                let mut tx = p.begin().await?;
-                multi_row_upsert::<sqlx::Sqlite>(std::slice::from_ref(ship))
-                    .build()
-                    .execute(&mut *tx)
-                    .await?;
-                let n = sqlx::query(sql)
-                    .bind(ship.id)
-                    .bind(name)
-                    .execute(&mut *tx)
-                    .await?
-                    .rows_affected();
-                if n == 1 {
-                    tx.commit().await?;
-                }
-                n
-            }
-        };
-        Ok(n == 1)
+    /// The highest ship id any account points at (ships are reserved at login and made on the
+    /// first connection, so some exist only here): ids minted after a restart stay above it.
+    pub async fn max_account_ship(&self) -> Result<Option<i64>, StoreError> {
+        let sql = "SELECT MAX(ship_id) FROM accounts";
+        Ok(match self {
+            Store::Postgres(p) => sqlx::query_scalar(sql).fetch_one(p).await?,
+            Store::Sqlite(p) => sqlx::query_scalar(sql).fetch_one(p).await?,
+        })
     }
 
     /// Changes which ship an account owns. Committed before returning.

@@ -136,6 +136,13 @@ fn a_player_registers_logs_in_and_finds_its_ship_again_after_a_kill_9_of_replica
     assert_eq!(first.name, "ada");
     assert_ne!(first.player_id, 0);
     check_token(&first, r.game.expect("a game port"));
+    // Registering makes no ship: it is made when the player first connects.
+    assert!(!r.control.entities("").contains_key(&first.ship));
+    let mut client = sidereal_client::GameClient::connect(first.clone()).expect("a token");
+    wait_until("connected", Duration::from_secs(15), || {
+        client.update();
+        client.is_connected()
+    });
     // The ship exists, is a player's ship, and the shard that owns its sector simulates it.
     wait_until(
         "the ship simulated by shard-0",
@@ -148,6 +155,7 @@ fn a_player_registers_logs_in_and_finds_its_ship_again_after_a_kill_9_of_replica
         },
     );
     wait_until("the shard counts a player", Duration::from_secs(20), || {
+        client.update();
         r.control
             .load()
             .sectors
@@ -223,8 +231,9 @@ fn a_player_registers_logs_in_and_finds_its_ship_again_after_a_kill_9_of_replica
         );
     }
 
-    // kill -9, restart on the same data: the account and its ship were durable before the
-    // first token was handed out.
+    // kill -9, restart on the same data: the account, and the ship made on its first
+    // connection, were durable before anyone saw them.
+    client.disconnect();
     let mut r = r;
     r.proc_.0.kill().unwrap(); // SIGKILL
     r.proc_.0.wait().unwrap();
@@ -385,7 +394,10 @@ fn registrations_past_the_worlds_budget_wait_and_logins_go_on() {
         .values()
         .filter(|e| e.kind == sidereal_core::EntityKind::Ship)
         .count();
-    assert_eq!(ships, 3, "no ship for the refused registration");
+    assert_eq!(
+        ships, 0,
+        "registering makes no ship (the first connection does), the refused one none either"
+    );
 }
 
 /// Forty guesses for one account at the same moment, each from its own address: they are heard

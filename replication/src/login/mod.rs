@@ -29,7 +29,6 @@ use tracing::{info, warn};
 
 use self::limits::{FailureLock, RateLimiter};
 use self::token::NetcodeKey;
-use crate::authority::spawn_point;
 use crate::sessions::address_key;
 use crate::state::Shared;
 use crate::store::{Account, StoreError};
@@ -495,11 +494,10 @@ async fn try_login(
     reply(s, &key, &account, client)
 }
 
-/// The account's ship, created (at its spawn point, durably) if it has none or it no longer
-/// exists. Serialized, so concurrent logins of one account find the same ship. No ship is made
-/// while the store is failing (a retry during an outage would leave one behind each time), and a
-/// new ship's row and the account's pointer to it are written in one small transaction before
-/// the ship enters the world: nothing is simulated that the store does not hold.
+/// The account's ship id, reserved (in the account's row) if it has none. The ship itself is
+/// made when the player first connects (`server::make_ship_on_first_connection`), so accounts
+/// that never play cost the world no simulated entity. Serialized, so concurrent logins of one
+/// account get the same id; nothing is reserved while the store is failing.
 async fn ensure_ship(s: &Shared, name: &str) -> Result<EntityId, LoginError> {
     let store = s.store.as_ref().ok_or_else(no_store)?;
     let _one_at_a_time = s.logins.ships.lock().await;
@@ -507,37 +505,25 @@ async fn ensure_ship(s: &Shared, name: &str) -> Result<EntityId, LoginError> {
         .account(name)
         .await?
         .ok_or_else(|| LoginError::Unavailable("the account vanished".into()))?;
-    let player_id = account.player_id.unwrap_or_default() as u64;
+    if let Some(id) = account.ship_id {
+        return Ok(EntityId(id as u64));
+    }
+    if !s.store_health.lock().expect("health lock").healthy {
+        return Err(LoginError::Unavailable(
+            "the world store is failing; no ship is reserved until it is back (retry shortly)"
+                .into(),
+        ));
+    }
     let ship = {
         let mut a = s.authority.lock().expect("authority lock");
-        if let Some(id) = account.ship_id.map(|i| EntityId(i as u64))
-            && a.knows_entity(id)
-        {
-            return Ok(id);
-        }
-        if !s.store_health.lock().expect("health lock").healthy {
-            return Err(LoginError::Unavailable(
-                "the world store is failing; no ship is made until it is back (retry shortly)"
-                    .into(),
-            ));
-        }
-        let world = a.world().to_vec();
-        let state = spawn_point(&world, player_id)
-            .ok_or_else(|| LoginError::Unavailable("the world has no root sectors".into()))?;
-        a.new_ship(state)
+        // Only the id: the state is set where the ship is made.
+        a.new_ship(sidereal_core::EntityState::default()).id
     };
-    let row = crate::store::EntityRow::new_entity(&ship)
-        .ok_or_else(|| LoginError::Unavailable("the spawn point lies outside the world".into()))?;
-    if !store.create_ship(name, &row).await? {
+    if !store.set_ship(name, Some(ship.0 as i64)).await? {
         return Err(LoginError::Unavailable("the account vanished".into()));
     }
-    {
-        let mut a = s.authority.lock().expect("authority lock");
-        a.spawn_ship_as(ship);
-        s.flush(&mut a);
-    }
-    info!(%name, ship = %ship.id, "ship created");
-    Ok(ship.id)
+    info!(%name, %ship, "ship reserved; it is made on the first connection");
+    Ok(ship)
 }
 
 /// The login's answer: a connect token for a fresh session of the account's player, minted
