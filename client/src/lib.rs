@@ -24,7 +24,7 @@ use sidereal_core::login::{Credentials, LoginReply};
 use sidereal_game::codec::StateDecoder;
 pub use sidereal_game::{ChatHeard, ChatRefused, SeenEntity, Welcome, WorldUpdate};
 use sidereal_game::{
-    ChatSend, GameProtocolPlugin, InputChannel, ReliableChannel, StateAck, StateUpdate,
+    ChatSend, GameProtocolPlugin, InputChannel, ReliableChannel, StateAck, StateUpdate, Superseded,
 };
 pub use sidereal_game::{Pilot, RemotePose, ShipPose};
 
@@ -89,6 +89,8 @@ pub struct Received {
     pub chat: Vec<ChatHeard>,
     /// Why lines this player said were refused.
     pub chat_refused: Vec<String>,
+    /// The player connected again elsewhere, and this connection ended.
+    pub superseded: bool,
 }
 
 /// The client's side of the state stream, from the welcome on.
@@ -134,7 +136,13 @@ impl GameClient {
         app.add_plugins(prediction::PredictionPlugin);
         app.init_resource::<Received>();
         app.init_resource::<Decoder>();
-        app.add_systems(Update, receive.before(prediction::FeedInterpolation));
+        app.add_systems(
+            Update,
+            (
+                receive.before(prediction::FeedInterpolation),
+                leave_when_superseded,
+            ),
+        );
         // The app is stepped by hand, not run: plugins that finish their setup late (lightyear's
         // transport adds its systems in `finish`) need these two calls.
         app.finish();
@@ -270,6 +278,20 @@ type Receivers<'a> = (
     Option<&'a mut MessageReceiver<ChatHeard>>,
     Option<&'a mut MessageReceiver<ChatRefused>>,
 );
+
+/// A newer connection of this player took over: this one disconnects at once.
+fn leave_when_superseded(
+    mut clients: Query<(Entity, &mut MessageReceiver<Superseded>), With<Client>>,
+    mut received: ResMut<Received>,
+    mut commands: Commands,
+) {
+    for (entity, mut notices) in &mut clients {
+        if notices.receive().next().is_some() {
+            received.superseded = true;
+            commands.trigger(Disconnect { entity });
+        }
+    }
+}
 
 /// Takes the welcome, decodes world updates and acknowledges each one decoded.
 fn receive(

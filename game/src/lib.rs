@@ -38,6 +38,12 @@ pub struct Welcome {
     pub command_delay_ticks: u32,
 }
 
+/// To a connection whose player connected again elsewhere: that newer connection is the
+/// player's now, and this one ends (the client disconnects at once; the server sends this one
+/// nothing more and its slot is freed when it goes).
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq)]
+pub struct Superseded;
+
 /// One tick's world state for a player, encoded by [`codec::StateEncoder`].
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
 pub struct StateUpdate {
@@ -129,6 +135,8 @@ impl Plugin for GameProtocolPlugin {
         })
         .add_direction(NetworkDirection::ClientToServer);
         app.register_message::<Welcome>()
+            .add_direction(NetworkDirection::ServerToClient);
+        app.register_message::<Superseded>()
             .add_direction(NetworkDirection::ServerToClient);
         app.register_message::<ChatSend>()
             .add_direction(NetworkDirection::ClientToServer);

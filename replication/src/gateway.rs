@@ -22,7 +22,7 @@ use sidereal_core::{EntityId, EntitySnapshot};
 use sidereal_game::codec::StateEncoder;
 use sidereal_game::{
     ChatHeard, ChatRefused, ChatSend, GameProtocolPlugin, Pilot, ReliableChannel, SeenEntity,
-    ShipPose, StateAck, StateChannel, StateUpdate, Welcome,
+    ShipPose, StateAck, StateChannel, StateUpdate, Superseded, Welcome,
 };
 use tokio::sync::mpsc::UnboundedSender;
 use tracing::{info, warn};
@@ -99,7 +99,7 @@ struct Channels {
 struct Stream(StateEncoder);
 
 /// A player's current, connected session.
-type Current = (With<ClientOf>, With<Connected>, Without<Superseded>);
+type Current = (With<ClientOf>, With<Connected>, Without<SupersededSession>);
 
 /// Who a connected client is.
 #[derive(Component, Clone, Copy)]
@@ -236,13 +236,13 @@ fn build_app(config: GatewayConfig, key: Key, channels: Channels, sessions: Sess
 
 /// Each player's current session (its newest connection). A player who drops and connects
 /// again before the old connection times out gets a new session at once; the old one is
-/// marked [`Superseded`]: it is sent nothing, its commands are ignored, and its timeout does not
+/// marked [`SupersededSession`] and told [`Superseded`]: it is sent nothing, its commands are ignored, and its timeout does not
 /// make the player leave.
 #[derive(Resource, Default)]
 struct Sessions(HashMap<u64, Entity>);
 
 #[derive(Component)]
-struct Superseded;
+struct SupersededSession;
 
 fn player_connected(
     trigger: On<Add, Connected>,
@@ -251,6 +251,7 @@ fn player_connected(
     settings: Res<Settings>,
     limits: Res<SessionLimitsGate>,
     mut sessions: ResMut<Sessions>,
+    mut superseded: Query<&mut MessageSender<Superseded>, With<ClientOf>>,
     mut commands: Commands,
 ) {
     let Ok((user_data, remote, mut welcome)) = clients.get_mut(trigger.entity) else {
@@ -265,7 +266,11 @@ fn player_connected(
             player_id,
             "player connected again; the old connection is superseded"
         );
-        commands.entity(old).try_insert(Superseded);
+        commands.entity(old).try_insert(SupersededSession);
+        // Told, the old client disconnects at once instead of holding a slot until it times out.
+        if let Ok(mut tell) = superseded.get_mut(old) {
+            tell.send::<ReliableChannel>(Superseded);
+        }
     } else {
         info!(player_id, ship, "player connected");
     }
