@@ -244,17 +244,25 @@ struct Sessions(HashMap<u64, Entity>);
 #[derive(Component)]
 struct SupersededSession;
 
+/// What the connection observer sends a player's links: the welcome to the new one, and the
+/// notice to the one it supersedes.
+type Greeting<'a> = (
+    &'a TokenUserData,
+    &'a RemoteId,
+    &'a mut MessageSender<Welcome>,
+    &'a mut MessageSender<Superseded>,
+);
+
 fn player_connected(
     trigger: On<Add, Connected>,
-    mut clients: Query<(&TokenUserData, &RemoteId, &mut MessageSender<Welcome>), With<ClientOf>>,
+    mut clients: Query<Greeting, With<ClientOf>>,
     channels: Res<Channels>,
     settings: Res<Settings>,
     limits: Res<SessionLimitsGate>,
     mut sessions: ResMut<Sessions>,
-    mut superseded: Query<&mut MessageSender<Superseded>, With<ClientOf>>,
     mut commands: Commands,
 ) {
-    let Ok((user_data, remote, mut welcome)) = clients.get_mut(trigger.entity) else {
+    let Ok((user_data, remote, _, _)) = clients.get(trigger.entity) else {
         return;
     };
     if let PeerId::Netcode(session) = remote.0 {
@@ -268,7 +276,7 @@ fn player_connected(
         );
         commands.entity(old).try_insert(SupersededSession);
         // Told, the old client disconnects at once instead of holding a slot until it times out.
-        if let Ok(mut tell) = superseded.get_mut(old) {
+        if let Ok((_, _, _, mut tell)) = clients.get_mut(old) {
             tell.send::<ReliableChannel>(Superseded);
         }
     } else {
@@ -283,13 +291,15 @@ fn player_connected(
         // lightyear replicates the player's own ship over this link.
         ReplicationSender,
     ));
-    welcome.send::<ReliableChannel>(Welcome {
-        player_id,
-        ship,
-        tick_hz: settings.tick_hz,
-        interest_radius: settings.interest_radius,
-        command_delay_ticks: settings.command_delay_ticks,
-    });
+    if let Ok((_, _, mut welcome, _)) = clients.get_mut(trigger.entity) {
+        welcome.send::<ReliableChannel>(Welcome {
+            player_id,
+            ship,
+            tick_hz: settings.tick_hz,
+            interest_radius: settings.interest_radius,
+            command_delay_ticks: settings.command_delay_ticks,
+        });
+    }
     let _ = channels.events.send(GatewayEvent::Joined {
         player_id,
         ship: EntityId(ship),
