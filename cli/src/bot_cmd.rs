@@ -38,6 +38,10 @@ pub struct BotArgs {
     /// input-to-state latency) on this address at /metrics.
     #[arg(long)]
     pub metrics: Option<std::net::SocketAddr>,
+    /// A certificate (PEM) to trust for an https:// --http besides the system's roots (a
+    /// private CA, a self-signed test certificate).
+    #[arg(long, env = "SIDEREAL_TLS_CA")]
+    pub tls_ca: Option<std::path::PathBuf>,
 }
 
 pub fn run(args: BotArgs) -> anyhow::Result<()> {
@@ -53,6 +57,14 @@ pub fn run(args: BotArgs) -> anyhow::Result<()> {
         duration: (args.duration > 0).then(|| Duration::from_secs(args.duration)),
         tick_hz: args.tick_hz,
         metrics: None,
+        tls_ca: args
+            .tls_ca
+            .as_ref()
+            .map(|p| {
+                std::fs::read(p)
+                    .map_err(|e| anyhow::anyhow!("reading --tls-ca {}: {e}", p.display()))
+            })
+            .transpose()?,
     };
     let mut config = config;
     if let Some(addr) = args.metrics {

@@ -23,6 +23,9 @@ pub struct SwarmConfig {
     pub tick_hz: u32,
     /// Live metrics, updated every tick, when some process serves them.
     pub metrics: Option<SwarmMetrics>,
+    /// A certificate (PEM) to trust for an HTTPS login besides the system's roots: a private CA,
+    /// or a test's self-signed certificate.
+    pub tls_ca: Option<Vec<u8>>,
 }
 
 /// What the swarm exports while it flies (`sidereal bot --metrics`). Cloning shares them.
@@ -232,7 +235,15 @@ pub fn run_swarm(config: &SwarmConfig) -> Result<SwarmReport, ClientError> {
         .enable_all()
         .build()
         .map_err(|e| ClientError::Token(format!("a runtime for logins: {e}")))?;
-    let http = reqwest::Client::new();
+    let mut http = reqwest::Client::builder();
+    if let Some(pem) = &config.tls_ca {
+        let ca = reqwest::Certificate::from_pem(pem)
+            .map_err(|e| ClientError::Token(format!("the --tls-ca certificate: {e}")))?;
+        http = http.add_root_certificate(ca);
+    }
+    let http = http
+        .build()
+        .map_err(|e| ClientError::Token(format!("an HTTPS client: {e}")))?;
     let mut bots = Vec::with_capacity(config.count);
     for i in 0..config.count {
         let credentials = Credentials {

@@ -37,6 +37,11 @@ pub enum ConnectError {
     Protocol(String),
 }
 
+/// Messages this shard may have waiting for the socket before the link is taken for dead.
+pub const MAX_QUEUED_MESSAGES: usize = 65_536;
+/// Bytes gathered into one write at most.
+const COALESCE_BYTES: usize = 4 << 20;
+
 /// How the link is kept honest (the same settings as replication's).
 #[derive(Debug, Clone, Copy)]
 pub struct LinkOptions {
@@ -210,12 +215,25 @@ pub fn connect(
         .spawn(move || {
             let mut out = Vec::with_capacity(64 * 1024);
             while let Ok(first) = from_shard.recv() {
+                // Replication takes less than this shard produces: end the link (its sectors
+                // are re-homed) rather than grow without bound.
+                if from_shard.len() > MAX_QUEUED_MESSAGES {
+                    error!(
+                        queued = from_shard.len(),
+                        "replication does not keep up with this shard; taking the link for dead"
+                    );
+                    break;
+                }
                 out.clear();
-                // Coalesce whatever else is queued into one write, every message in frames
-                // within the limit.
-                for m in std::iter::once(first).chain(from_shard.try_iter()) {
+                // Coalesce what else is queued into one write (up to a few MiB), every message
+                // in frames within the limit.
+                let mut next = Some(first);
+                while let Some(m) = next.take() {
                     for part in m.split(options.max_frame_bytes) {
                         out.extend(encode_frame(&part));
+                    }
+                    if out.len() < COALESCE_BYTES {
+                        next = from_shard.try_recv().ok();
                     }
                 }
                 // A write replication does not take within the timeout fails (the socket's

@@ -145,6 +145,7 @@ fn fifty_bots_fly_across_shard_boundaries_and_see_only_their_neighbourhood() {
         duration: Some(Duration::from_secs(20)),
         tick_hz: 30,
         metrics: None,
+        tls_ca: None,
     })
     .expect("the swarm runs");
     let handovers = metric_at(&r.http, "sidereal_handovers_total ") - handovers_before;

@@ -145,6 +145,27 @@ fn login_and_websocket_speak_tls_and_a_renewed_certificate_is_picked_up() {
         "the old certificate is no longer served"
     );
 
+    // A bot logs in over HTTPS trusting the certificate (`--tls-ca`), then flies over UDP.
+    let bot = sidereal()
+        .args([
+            "bot",
+            "--count",
+            "1",
+            "--duration",
+            "2",
+            "--prefix",
+            "tlsbot",
+        ])
+        .args(["--http", &https, "--tls-ca", &renewed])
+        .output()
+        .expect("sidereal bot");
+    let out = String::from_utf8_lossy(&bot.stdout);
+    assert!(
+        bot.status.success() && out.contains("tlsbot-0"),
+        "{out}\n{}",
+        String::from_utf8_lossy(&bot.stderr)
+    );
+
     // A public listener in clear is refused unless asked for.
     let refused = sidereal()
         .args([
