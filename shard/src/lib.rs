@@ -85,7 +85,6 @@ pub fn build_app(config: ShardConfig, link: ShardLink, clock: Clock) -> App {
             ownership::OwnershipPlugin,
             simulation::SimulationPlugin,
             load::LoadPlugin,
-            metrics::MetricsPlugin,
         ));
     if clock == Clock::Stepped {
         // Ready to `update()` by hand; a real-time app finishes its plugins in `run()`, so the

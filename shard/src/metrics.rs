@@ -5,9 +5,6 @@
 use bevy::prelude::*;
 use prometheus::{Histogram, HistogramOpts, IntCounter, IntGauge, Opts, Registry};
 
-use crate::components::TickSet;
-use crate::ownership::Ownership;
-
 /// Bucket bounds for tick durations in seconds: fine below the 33 ms budget of a 30 Hz tick,
 /// coarse above it.
 pub const TICK_BUCKETS: [f64; 16] = [
@@ -90,19 +87,4 @@ impl ShardMetrics {
             .expect("text encoding");
         String::from_utf8(out).expect("utf-8")
     }
-}
-
-/// Keeps the gauges current; counters and histograms are written where things happen.
-pub struct MetricsPlugin;
-
-impl Plugin for MetricsPlugin {
-    fn build(&self, app: &mut App) {
-        app.add_systems(FixedLast, publish_gauges.in_set(TickSet::Report));
-    }
-}
-
-fn publish_gauges(metrics: Res<ShardMetrics>, own: Res<Ownership>) {
-    metrics.entities.set(own.entities.len() as i64);
-    metrics.shadows.set(own.shadow_count() as i64);
-    metrics.sectors.set(own.sectors.len() as i64);
 }

@@ -12,6 +12,7 @@ use crate::components::{
     Owned, Pilot, ShadowOf, TickSet, Ttl, body, radius_of, snapshot, state_of,
 };
 use crate::link::{Encoder, ShardLink};
+use crate::metrics::ShardMetrics;
 
 /// The shard's view of what it owns.
 #[derive(Resource, Debug, Default)]
@@ -66,8 +67,16 @@ impl Plugin for OwnershipPlugin {
                 FixedUpdate,
                 apply_replication_messages.in_set(TickSet::Receive),
             )
-            .add_systems(FixedLast, hand_over_leavers.in_set(TickSet::Settle));
+            .add_systems(FixedLast, hand_over_leavers.in_set(TickSet::Settle))
+            .add_systems(FixedLast, publish_gauges.in_set(TickSet::Report));
     }
+}
+
+/// Keeps the ownership gauges current; counters and histograms are written where things happen.
+fn publish_gauges(metrics: Res<ShardMetrics>, own: Res<Ownership>) {
+    metrics.entities.set(own.entities.len() as i64);
+    metrics.shadows.set(own.shadow_count() as i64);
+    metrics.sectors.set(own.sectors.len() as i64);
 }
 
 type ShadowState<'a> = (
@@ -261,7 +270,7 @@ fn release_unowned(
 fn hand_over_leavers(
     mut commands: Commands,
     link: Res<ShardLink>,
-    metrics: Res<crate::metrics::ShardMetrics>,
+    metrics: Res<ShardMetrics>,
     mut own: ResMut<Ownership>,
     mut encoder: ResMut<Encoder>,
     owned: Query<OwnedState>,
