@@ -294,6 +294,48 @@ impl Context {
     }
 }
 
+/// The namespace's replication, from its `sidereal-control` Secret; `None` when there is none.
+pub(crate) async fn control_client(
+    ctx: &Context,
+    ns: &str,
+) -> crate::Result<Option<sidereal_core::ControlClient>> {
+    let secrets: kube::Api<k8s_openapi::api::core::v1::Secret> =
+        kube::Api::namespaced(ctx.client.clone(), ns);
+    let Some(secret) = secrets.get_opt(CONTROL_SECRET).await? else {
+        return Ok(None);
+    };
+    let field = |key: &str| -> crate::Result<String> {
+        let bytes = secret
+            .data
+            .as_ref()
+            .and_then(|d| d.get(key))
+            .map(|b| b.0.clone())
+            .or_else(|| {
+                secret
+                    .string_data
+                    .as_ref()
+                    .and_then(|d| d.get(key))
+                    .map(|s| s.clone().into_bytes())
+            })
+            .ok_or_else(|| crate::Error::BadControlSecret {
+                namespace: ns.to_owned(),
+                name: CONTROL_SECRET.to_owned(),
+                reason: format!("no key {key:?}"),
+            })?;
+        String::from_utf8(bytes)
+            .map(|s| s.trim().to_owned())
+            .map_err(|_| crate::Error::BadControlSecret {
+                namespace: ns.to_owned(),
+                name: CONTROL_SECRET.to_owned(),
+                reason: format!("{key} is not UTF-8"),
+            })
+    };
+    Ok(Some(sidereal_core::ControlClient::new(
+        field("url")?,
+        Some(field("token")?),
+    )))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use futures::StreamExt;
-use k8s_openapi::api::core::v1::{Pod, Secret};
+use k8s_openapi::api::core::v1::Pod;
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams};
 use kube::core::DeserializeGuard;
 use kube::runtime::controller::{Action, Controller};
@@ -21,7 +21,7 @@ use sidereal_core::{ControlClient, Placement, SectorId, ShardId};
 use sidereal_crds::{Sector, SectorStatus, ShardPool};
 use tracing::{debug, info, warn};
 
-use crate::context::{CONTROL_SECRET, Context, FIELD_MANAGER, Metrics};
+use crate::context::{Context, FIELD_MANAGER, Metrics, control_client};
 use crate::objects::list_valid;
 use crate::policy::placement::{assign, moved};
 use crate::policy::transitions::{Transition, decide};
@@ -374,44 +374,6 @@ fn pool_of(sectors: &[Sector]) -> BTreeMap<SectorId, String> {
         .iter()
         .filter_map(|s| Some((s.sector_id().ok()?, s.spec.pool.clone())))
         .collect()
-}
-
-/// The namespace's replication, from its `sidereal-control` Secret; `None` when there is none.
-pub(crate) async fn control_client(ctx: &Context, ns: &str) -> Result<Option<ControlClient>> {
-    let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), ns);
-    let Some(secret) = secrets.get_opt(CONTROL_SECRET).await? else {
-        return Ok(None);
-    };
-    let field = |key: &str| -> Result<String> {
-        let bytes = secret
-            .data
-            .as_ref()
-            .and_then(|d| d.get(key))
-            .map(|b| b.0.clone())
-            .or_else(|| {
-                secret
-                    .string_data
-                    .as_ref()
-                    .and_then(|d| d.get(key))
-                    .map(|s| s.clone().into_bytes())
-            })
-            .ok_or_else(|| Error::BadControlSecret {
-                namespace: ns.to_owned(),
-                name: CONTROL_SECRET.to_owned(),
-                reason: format!("no key {key:?}"),
-            })?;
-        String::from_utf8(bytes)
-            .map(|s| s.trim().to_owned())
-            .map_err(|_| Error::BadControlSecret {
-                namespace: ns.to_owned(),
-                name: CONTROL_SECRET.to_owned(),
-                reason: format!("{key} is not UTF-8"),
-            })
-    };
-    Ok(Some(ControlClient::new(
-        field("url")?,
-        Some(field("token")?),
-    )))
 }
 
 fn capacity_of(pool: &ShardPool) -> Capacity {

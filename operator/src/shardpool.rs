@@ -25,8 +25,7 @@ use sidereal_core::{SectorId, ShardId};
 use sidereal_crds::{ShardPool, ShardPoolStatus};
 use tracing::{debug, info, warn};
 
-use crate::context::{CONTROL_SECRET, Context, FIELD_MANAGER};
-use crate::controller::control_client;
+use crate::context::{CONTROL_SECRET, Context, FIELD_MANAGER, control_client};
 use crate::objects::report_invalid;
 use crate::policy::pods::{PodPlan, PodState, desired_shards, plan_pods};
 use crate::pool::policy_of;
