@@ -68,6 +68,203 @@ fn shard_tick_cost() {
     }
 }
 
+/// The physics engine alone on the shard's scene: the very bodies (positions, velocities,
+/// colliders) of a shard after its warm-up, stepped by a bare Bevy app with avian2d configured
+/// as the shard configures it (no gravity, no interpolation, the same fixed tick), and nothing
+/// of ours. Printed beside the shard's own tick on the same scene, with the ratio: what a shard
+/// adds to physics.
+fn bare_physics_beside_the_shard() {
+    use avian2d::prelude::*;
+    use bevy::prelude::*;
+    use sidereal_shard::components::{Owned, body};
+
+    println!("\n## the shard's tick beside bare avian2d on the same bodies (release, one core)");
+    println!("| bodies | shard mean / p99 ms | bare avian2d mean / p99 ms | shard / bare (mean) |");
+    println!("|---|---|---|---|");
+    for n in [1_000, 5_000, 10_000, 20_000] {
+        let world = vec![SectorId::new(3, 0, 0).unwrap()];
+        let mut f = Fleet::new(world.clone(), 1, 90);
+        f.seed(n, 5);
+        let mut p = Placement {
+            generation: 1,
+            sectors: Default::default(),
+            world: None,
+        };
+        p.sectors.insert(world[0], ShardId::new("shard-0"));
+        f.place(p);
+        for _ in 0..30 {
+            f.step();
+        }
+        let shard_app = &mut f.shards[0].as_mut().unwrap().app;
+        let bodies: Vec<(EntityKind, EntityState)> = shard_app
+            .world_mut()
+            .query::<(
+                &Owned,
+                &Position,
+                &Rotation,
+                &LinearVelocity,
+                &AngularVelocity,
+            )>()
+            .iter(shard_app.world())
+            .map(|(o, p, r, v, w)| {
+                (
+                    o.kind,
+                    EntityState {
+                        pos: p.0.to_array(),
+                        vel: v.0.to_array(),
+                        angle: r.as_radians(),
+                        ang_vel: w.0,
+                    },
+                )
+            })
+            .collect();
+
+        // The bare app: what `build_app` sets up for physics, and only that.
+        let tick = Duration::from_secs_f64(1.0 / 30.0);
+        let mut bare = App::new();
+        bare.add_plugins(
+            MinimalPlugins
+                .build()
+                .disable::<bevy::app::ScheduleRunnerPlugin>(),
+        )
+        .insert_resource(bevy::time::TimeUpdateStrategy::ManualDuration(tick))
+        .add_plugins(TransformPlugin)
+        .add_plugins(
+            PhysicsPlugins::default()
+                .build()
+                .disable::<PhysicsInterpolationPlugin>(),
+        )
+        .insert_resource(Gravity(Vec2::ZERO))
+        .insert_resource(Time::<Fixed>::from_duration(tick));
+        bare.finish();
+        bare.cleanup();
+        for (kind, state) in &bodies {
+            bare.world_mut().spawn(body(*kind, state));
+        }
+        for _ in 0..30 {
+            bare.update();
+        }
+
+        // The same 300 ticks for both: the shard with replication stepping beside it, as in
+        // `shard_tick_cost`.
+        let (mut bare_cpu, mut shard_cpu) = (Vec::new(), Vec::new());
+        for _ in 0..300 {
+            bare_cpu.push(timed(|| bare.update()).1);
+            shard_cpu.push(timed(|| f.shards[0].as_mut().unwrap().app.update()).1);
+            f.step_replication_only();
+        }
+        let (bare_mean, shard_mean) = (mean(&bare_cpu), mean(&shard_cpu));
+        let (bare_p99, shard_p99) = (
+            percentile(&mut bare_cpu, 0.99),
+            percentile(&mut shard_cpu, 0.99),
+        );
+        println!(
+            "| {} | {shard_mean:.2} / {shard_p99:.2} | {bare_mean:.2} / {bare_p99:.2} | {:.2} |",
+            bodies.len(),
+            shard_mean / bare_mean
+        );
+    }
+}
+
+/// Where a shard's tick goes, by phase: receive (messages from replication), game rules
+/// (steering, firing, ageing), physics (avian's whole step), handover checks, report (the update
+/// batch, load, gauges), and what `App::update` spends outside the fixed tick. Marker systems
+/// between the shard's `TickSet`s and after avian's last set take the time; wall clock, one
+/// thread.
+fn tick_breakdown() {
+    use avian2d::prelude::PhysicsSystems;
+    use bevy::prelude::*;
+    use sidereal_shard::components::TickSet;
+
+    const PHASES: [&str; 5] = [
+        "receive",
+        "game rules",
+        "physics",
+        "handover checks",
+        "report",
+    ];
+    #[derive(Resource, Default)]
+    struct Phases {
+        last: Option<Instant>,
+        spent: [Duration; 5],
+    }
+    fn start(mut p: ResMut<Phases>) {
+        p.last = Some(Instant::now());
+    }
+    fn mark<const I: usize>(mut p: ResMut<Phases>) {
+        let now = Instant::now();
+        if let Some(last) = p.last {
+            p.spent[I] += now - last;
+        }
+        p.last = Some(now);
+    }
+
+    println!("\n## where a shard's tick goes (release, one core, wall time per tick)");
+    for n in [5_000, 20_000] {
+        let world = vec![SectorId::new(3, 0, 0).unwrap()];
+        let mut f = Fleet::new(world.clone(), 1, 90);
+        f.seed(n, 5);
+        let mut p = Placement {
+            generation: 1,
+            sectors: Default::default(),
+            world: None,
+        };
+        p.sectors.insert(world[0], ShardId::new("shard-0"));
+        f.place(p);
+        for _ in 0..30 {
+            f.step();
+        }
+        let app = &mut f.shards[0].as_mut().unwrap().app;
+        app.init_resource::<Phases>()
+            .add_systems(FixedFirst, start)
+            .add_systems(
+                FixedUpdate,
+                (
+                    mark::<0>.after(TickSet::Receive).before(TickSet::Act),
+                    mark::<1>.after(TickSet::Act),
+                ),
+            )
+            .add_systems(FixedPostUpdate, mark::<2>.after(PhysicsSystems::Last))
+            .add_systems(
+                FixedLast,
+                (
+                    mark::<3>.after(TickSet::Settle).before(TickSet::Report),
+                    mark::<4>.after(TickSet::Report),
+                ),
+            );
+        let ticks = 300;
+        let mut total = Duration::ZERO;
+        for _ in 0..ticks {
+            let t = Instant::now();
+            f.shards[0].as_mut().unwrap().app.update();
+            total += t.elapsed();
+            f.step_replication_only();
+        }
+        let spent = f.shards[0]
+            .as_ref()
+            .unwrap()
+            .app
+            .world()
+            .resource::<Phases>()
+            .spent;
+        let per_tick = |d: Duration| d.as_secs_f64() * 1000.0 / f64::from(ticks);
+        let inside: Duration = spent.iter().sum();
+        println!("\n{n} bodies: {:.2} ms per tick\n", per_tick(total));
+        println!("| phase | ms per tick | share |");
+        println!("|---|---|---|");
+        for (name, d) in PHASES.iter().zip(spent).chain(std::iter::once((
+            &"outside the fixed tick",
+            total.saturating_sub(inside),
+        ))) {
+            println!(
+                "| {name} | {:.2} | {:.0}% |",
+                per_tick(d),
+                100.0 * d.as_secs_f64() / total.as_secs_f64()
+            );
+        }
+    }
+}
+
 /// What a shard of `sidereal up` does, in-process: the default world (four scale-2 roots),
 /// 2,000 entities, 3 shards placed evenly, projectiles, shadows from replication every tick,
 /// handovers. Per shard: the fixed tick as the shard measures it (what it reports), and the
@@ -282,6 +479,12 @@ fn handovers() {
 
 fn main() {
     let which = std::env::args().nth(1).filter(|a| !a.starts_with('-'));
+    if which.as_deref().is_none_or(|w| w == "bare") {
+        bare_physics_beside_the_shard();
+    }
+    if which.as_deref().is_none_or(|w| w == "breakdown") {
+        tick_breakdown();
+    }
     if which.as_deref().is_none_or(|w| w == "tick") {
         shard_tick_cost();
     }
