@@ -31,6 +31,25 @@ fn mean(v: &[f64]) -> f64 {
     v.iter().sum::<f64>() / v.len().max(1) as f64
 }
 
+/// One shard simulating `n` bodies in one 8000 x 8000 sector, ships firing every 90 ticks, after
+/// 30 warm-up ticks: the scene the tick benchmarks measure.
+fn one_shard_after_warm_up(n: usize) -> Fleet {
+    let world = vec![SectorId::new(3, 0, 0).unwrap()];
+    let mut f = Fleet::new(world.clone(), 1, 90);
+    f.seed(n, 5);
+    let mut p = Placement {
+        generation: 1,
+        sectors: Default::default(),
+        world: None,
+    };
+    p.sectors.insert(world[0], ShardId::new("shard-0"));
+    f.place(p);
+    for _ in 0..30 {
+        f.step();
+    }
+    f
+}
+
 /// One shard simulating N bodies in one big sector, ships firing as in a live shard: the
 /// whole `App::update` of a tick, wall and CPU time.
 fn shard_tick_cost() {
@@ -38,19 +57,7 @@ fn shard_tick_cost() {
     println!("| bodies | wall mean ms | wall p99 ms | CPU mean ms | CPU p99 ms |");
     println!("|---|---|---|---|---|");
     for n in [1_000, 5_000, 10_000, 20_000] {
-        let world = vec![SectorId::new(3, 0, 0).unwrap()];
-        let mut f = Fleet::new(world.clone(), 1, 90);
-        f.seed(n, 5);
-        let mut p = Placement {
-            generation: 1,
-            sectors: Default::default(),
-            world: None,
-        };
-        p.sectors.insert(world[0], ShardId::new("shard-0"));
-        f.place(p);
-        for _ in 0..30 {
-            f.step();
-        }
+        let mut f = one_shard_after_warm_up(n);
         let (mut wall, mut cpu) = (Vec::new(), Vec::new());
         for _ in 0..300 {
             let (w, c) = timed(|| f.shards[0].as_mut().unwrap().app.update());
@@ -82,19 +89,7 @@ fn bare_physics_beside_the_shard() {
     println!("| bodies | shard mean / p99 ms | bare avian2d mean / p99 ms | shard / bare (mean) |");
     println!("|---|---|---|---|");
     for n in [1_000, 5_000, 10_000, 20_000] {
-        let world = vec![SectorId::new(3, 0, 0).unwrap()];
-        let mut f = Fleet::new(world.clone(), 1, 90);
-        f.seed(n, 5);
-        let mut p = Placement {
-            generation: 1,
-            sectors: Default::default(),
-            world: None,
-        };
-        p.sectors.insert(world[0], ShardId::new("shard-0"));
-        f.place(p);
-        for _ in 0..30 {
-            f.step();
-        }
+        let mut f = one_shard_after_warm_up(n);
         let shard_app = &mut f.shards[0].as_mut().unwrap().app;
         let bodies: Vec<(EntityKind, EntityState)> = shard_app
             .world_mut()
@@ -201,19 +196,7 @@ fn tick_breakdown() {
 
     println!("\n## where a shard's tick goes (release, one core, wall time per tick)");
     for n in [5_000, 20_000] {
-        let world = vec![SectorId::new(3, 0, 0).unwrap()];
-        let mut f = Fleet::new(world.clone(), 1, 90);
-        f.seed(n, 5);
-        let mut p = Placement {
-            generation: 1,
-            sectors: Default::default(),
-            world: None,
-        };
-        p.sectors.insert(world[0], ShardId::new("shard-0"));
-        f.place(p);
-        for _ in 0..30 {
-            f.step();
-        }
+        let mut f = one_shard_after_warm_up(n);
         let app = &mut f.shards[0].as_mut().unwrap().app;
         app.init_resource::<Phases>()
             .add_systems(FixedFirst, start)

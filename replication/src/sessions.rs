@@ -86,11 +86,16 @@ struct Session {
     connected: bool,
 }
 
-/// Sessions minted, admitted and connected, and the counts of refusals.
+/// Sessions minted, admitted and connected, and the counts of refusals. Admissions are counted
+/// per player and per address as they happen, so a request is answered without a scan; the
+/// table is swept for stale sessions at most once a second.
 #[derive(Debug, Default)]
 pub struct SessionTable {
     limits: SessionLimits,
     sessions: HashMap<u64, Session>,
+    held_by_player: HashMap<u64, usize>,
+    held_by_address: HashMap<IpAddr, usize>,
+    next_sweep: Option<Instant>,
     pub denied: HashMap<&'static str, u64>,
 }
 
@@ -136,15 +141,11 @@ impl SessionTable {
         if s.admitted.is_some() {
             return Ok(());
         }
-        let holding = |f: &dyn Fn(&Session) -> bool| {
-            self.sessions
-                .values()
-                .filter(|o| o.admitted.is_some() && f(o))
-                .count()
-        };
-        let result = if holding(&|o| o.player == s.player) >= self.limits.per_player {
+        let by_player = self.held_by_player.get(&s.player).copied().unwrap_or(0);
+        let by_address = self.held_by_address.get(&s.address).copied().unwrap_or(0);
+        let result = if by_player >= self.limits.per_player {
             Err(SessionRefusal::PlayerLimit)
-        } else if holding(&|o| o.address == s.address) >= self.limits.per_address {
+        } else if by_address >= self.limits.per_address {
             Err(SessionRefusal::AddressLimit)
         } else {
             Ok(())
@@ -152,6 +153,8 @@ impl SessionTable {
         match result {
             Ok(()) => {
                 self.sessions.get_mut(&session).expect("found").admitted = Some(now);
+                *self.held_by_player.entry(s.player).or_default() += 1;
+                *self.held_by_address.entry(s.address).or_default() += 1;
             }
             Err(why) => {
                 // Remembered until the token expires, so its repeats are refused too.
@@ -171,25 +174,58 @@ impl SessionTable {
 
     /// The session's connection ended: its slot is free.
     pub fn ended(&mut self, session: u64) {
-        self.sessions.remove(&session);
+        if let Some(s) = self.sessions.remove(&session) {
+            self.release(&s);
+        }
     }
 
     /// Sessions admitted or connected now.
     pub fn holding(&self) -> usize {
-        self.sessions
-            .values()
-            .filter(|s| s.admitted.is_some())
-            .count()
+        self.held_by_player.values().sum()
+    }
+
+    /// Frees the slots an admitted session held.
+    fn release(&mut self, s: &Session) {
+        if s.admitted.is_none() {
+            return;
+        }
+        release_one(&mut self.held_by_player, &s.player);
+        release_one(&mut self.held_by_address, &s.address);
     }
 
     /// Minted sessions never used within the token's validity, and admitted requests that did not
-    /// become connections in time, hold nothing.
+    /// become connections in time, hold nothing. At most once a second: a sweep reads every
+    /// session.
     fn forget_stale(&mut self, now: Instant) {
+        if self.next_sweep.is_some_and(|t| now < t) {
+            return;
+        }
+        self.next_sweep = Some(now + Duration::from_secs(1));
         let limits = self.limits;
-        self.sessions.retain(|_, s| match s.admitted {
-            None => now.saturating_duration_since(s.minted) < limits.token_valid_for,
-            Some(at) => s.connected || now.saturating_duration_since(at) < limits.connect_within,
-        });
+        let stale: Vec<u64> = self
+            .sessions
+            .iter()
+            .filter(|(_, s)| match s.admitted {
+                None => now.saturating_duration_since(s.minted) >= limits.token_valid_for,
+                Some(at) => {
+                    !s.connected && now.saturating_duration_since(at) >= limits.connect_within
+                }
+            })
+            .map(|(id, _)| *id)
+            .collect();
+        for id in stale {
+            self.ended(id);
+        }
+    }
+}
+
+/// One slot fewer for `key`; a key holding none is forgotten.
+fn release_one<K: std::hash::Hash + Eq>(held: &mut HashMap<K, usize>, key: &K) {
+    if let Some(n) = held.get_mut(key) {
+        *n -= 1;
+        if *n == 0 {
+            held.remove(key);
+        }
     }
 }
 

@@ -14,6 +14,15 @@ use super::{TempDir, metric_at, start_replication_with, start_shards_and_place, 
 const RADIUS: f32 = 600.0;
 
 pub(crate) fn register(http: &str, name: &str) -> sidereal_core::login::LoginReply {
+    log_in_as(http, name, true)
+}
+
+/// Registers (`register`) or logs in `name` with the test password, as the client library does.
+pub(crate) fn log_in_as(
+    http: &str,
+    name: &str,
+    register: bool,
+) -> sidereal_core::login::LoginReply {
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -25,9 +34,9 @@ pub(crate) fn register(http: &str, name: &str) -> sidereal_core::login::LoginRep
             name: name.into(),
             password: "correct horse battery".into(),
         },
-        true,
+        register,
     ))
-    .expect("registration")
+    .expect("login")
 }
 
 #[test]

@@ -6,27 +6,13 @@
 
 use std::time::Duration;
 
-use sidereal_client::{GameClient, login};
-use sidereal_core::login::Credentials;
+use sidereal_client::GameClient;
 
-use super::players::register;
+use super::players::{log_in_as, register};
 use super::{TempDir, metric_at, start_replication_with, start_shards_and_place, wait_until};
 
 fn log_in(http: &str, name: &str) -> sidereal_core::login::LoginReply {
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    rt.block_on(login(
-        &reqwest::Client::new(),
-        http,
-        &Credentials {
-            name: name.into(),
-            password: "correct horse battery".into(),
-        },
-        false,
-    ))
-    .expect("login")
+    log_in_as(http, name, false)
 }
 
 #[test]
