@@ -306,3 +306,21 @@ pub async fn shutdown_signal() {
         _ = term.recv() => {}
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn frame_limits_outside_the_allowed_range_or_not_numbers_are_refused() {
+        assert_eq!(parse_max_frame_bytes("65536"), Ok(65536));
+        assert_eq!(
+            parse_max_frame_bytes(&MIN_FRAME_BYTES.to_string()),
+            Ok(MIN_FRAME_BYTES)
+        );
+        for bad in ["0", "1024", "-5", "1e9", "", "lots", "18446744073709551616"] {
+            assert!(parse_max_frame_bytes(bad).is_err(), "{bad:?}");
+        }
+        assert!(parse_max_frame_bytes(&(MAX_FRAME_BYTES * 16 + 1).to_string()).is_err());
+    }
+}
