@@ -84,6 +84,7 @@ fn bare_physics_beside_the_shard() {
     use avian2d::prelude::*;
     use bevy::prelude::*;
     use sidereal_shard::components::{Owned, body};
+    use sidereal_shard::physics::ShardPhysicsPlugin;
 
     println!("\n## the shard's tick beside bare avian2d on the same bodies (release, one core)");
     println!("| bodies | shard mean / p99 ms | bare avian2d mean / p99 ms | shard / bare (mean) |");
@@ -114,7 +115,8 @@ fn bare_physics_beside_the_shard() {
             })
             .collect();
 
-        // The bare app: what `build_app` sets up for physics, and only that.
+        // The bare app: the shard's physics plugin (avian2d as a shard configures it), and
+        // nothing else of ours.
         let tick = Duration::from_secs_f64(1.0 / 30.0);
         let mut bare = App::new();
         bare.add_plugins(
@@ -123,14 +125,7 @@ fn bare_physics_beside_the_shard() {
                 .disable::<bevy::app::ScheduleRunnerPlugin>(),
         )
         .insert_resource(bevy::time::TimeUpdateStrategy::ManualDuration(tick))
-        .add_plugins(TransformPlugin)
-        .add_plugins(
-            PhysicsPlugins::default()
-                .build()
-                .disable::<PhysicsInterpolationPlugin>(),
-        )
-        .insert_resource(Gravity(Vec2::ZERO))
-        .insert_resource(Time::<Fixed>::from_duration(tick));
+        .add_plugins(ShardPhysicsPlugin { tick });
         bare.finish();
         bare.cleanup();
         for (kind, state) in &bodies {

@@ -10,13 +10,13 @@ pub mod link;
 pub mod load;
 pub mod metrics;
 pub mod ownership;
+pub mod physics;
 pub mod simulation;
 pub mod status;
 pub mod tcp;
 
 use std::time::Duration;
 
-use avian2d::prelude::*;
 use bevy::app::{App, ScheduleRunnerPlugin};
 use bevy::prelude::*;
 use bevy::time::TimeUpdateStrategy;
@@ -69,14 +69,7 @@ pub fn build_app(config: ShardConfig, link: ShardLink, clock: Clock) -> App {
             app.insert_resource(TimeUpdateStrategy::ManualDuration(tick));
         }
     }
-    app.add_plugins(TransformPlugin)
-        .add_plugins(
-            PhysicsPlugins::default()
-                .build()
-                .disable::<PhysicsInterpolationPlugin>(),
-        )
-        .insert_resource(Gravity(Vec2::ZERO))
-        .insert_resource(Time::<Fixed>::from_duration(tick))
+    app.add_plugins(physics::ShardPhysicsPlugin { tick })
         .insert_resource(metrics::ShardMetrics::new(&config.name))
         .insert_resource(config)
         .insert_resource(link)

@@ -6,6 +6,7 @@ use sidereal_core::codec::UpdateEncoder;
 use sidereal_core::protocol::{
     MAX_FRAME_BYTES, ReplicationMessage, ShardMessage, entries_per_frame,
 };
+use sidereal_core::{EntityId, EntityState, Epoch};
 
 use crate::components::{Owned, TickSet, state_of};
 use crate::metrics::ShardMetrics;
@@ -93,11 +94,14 @@ fn send_changed_entities(
         &LinearVelocity,
         &AngularVelocity,
     )>,
+    mut batch: Local<Vec<(EntityId, Epoch, EntityState)>>,
 ) {
-    let mut batch: Vec<_> = owned
-        .iter()
-        .map(|(o, p, r, v, w)| (o.id, o.epoch, state_of(p, r, v, w)))
-        .collect();
+    batch.clear();
+    batch.extend(
+        owned
+            .iter()
+            .map(|(o, p, r, v, w)| (o.id, o.epoch, state_of(p, r, v, w))),
+    );
     // A shard holding more entities than one frame describes sends several batches a tick.
     for part in batch.chunks_mut(entries_per_frame(link.max_frame_bytes)) {
         if let Some(bytes) = encoder.0.encode(tick.0, part) {

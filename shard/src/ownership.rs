@@ -5,7 +5,7 @@ use std::collections::{BTreeSet, HashMap};
 use avian2d::prelude::*;
 use bevy::prelude::*;
 use sidereal_core::protocol::{ReplicationMessage, ShardMessage};
-use sidereal_core::{EntityId, EntitySnapshot, Epoch, Point, SectorId};
+use sidereal_core::{Bounds, EntityId, EntitySnapshot, Epoch, Point, SectorId};
 use tracing::{info, warn};
 
 use crate::components::{
@@ -23,6 +23,10 @@ pub struct Ownership {
     pub generation: u64,
     pub sectors: BTreeSet<SectorId>,
     pub world: Vec<SectorId>,
+    /// The bounds of `sectors` and of `world`, computed once per assignment: every entity is
+    /// checked against them every tick.
+    sector_bounds: Vec<Bounds>,
+    world_bounds: Vec<Bounds>,
     /// Owned entity ids to their Bevy entities.
     pub entities: HashMap<EntityId, Entity>,
     /// Handed over, not yet confirmed by the new owner.
@@ -36,11 +40,20 @@ pub struct Ownership {
 
 impl Ownership {
     pub fn owns_point(&self, p: Point) -> bool {
-        self.sectors.iter().any(|s| s.contains(p))
+        self.sector_bounds.iter().any(|b| b.contains(p))
     }
 
     pub fn in_world(&self, p: Point) -> bool {
-        self.world.iter().any(|s| s.contains(p))
+        self.world_bounds.iter().any(|b| b.contains(p))
+    }
+
+    /// Takes a new assignment: the sectors this shard owns and the world's roots.
+    pub fn assign(&mut self, generation: u64, sectors: Vec<SectorId>, world: Vec<SectorId>) {
+        self.generation = generation;
+        self.sectors = sectors.into_iter().collect();
+        self.sector_bounds = self.sectors.iter().map(SectorId::bounds).collect();
+        self.world_bounds = world.iter().map(SectorId::bounds).collect();
+        self.world = world;
     }
 
     /// Mints a new entity id; `None` before the handshake completed.
@@ -121,9 +134,7 @@ fn apply_replication_messages(
                 sectors,
                 world,
             } => {
-                own.generation = generation;
-                own.sectors = sectors.into_iter().collect();
-                own.world = world;
+                own.assign(generation, sectors, world);
                 release_unowned(&mut commands, &link, &mut own, &mut encoder, &owned);
             }
             ReplicationMessage::Adopt { entities } => {
@@ -266,21 +277,28 @@ fn release_unowned(
 }
 
 /// Entities that physics moved out of this shard's sectors are handed to replication, which
-/// passes them to the owner of the sector they entered.
+/// passes them to the owner of the sector they entered. Every entity's position is checked each
+/// tick; only a leaver's whole state is read.
 fn hand_over_leavers(
     mut commands: Commands,
     link: Res<ShardLink>,
     metrics: Res<ShardMetrics>,
     mut own: ResMut<Ownership>,
     mut encoder: ResMut<Encoder>,
+    positions: Query<(Entity, &Position), With<Owned>>,
     owned: Query<OwnedState>,
 ) {
-    for (e, o, p, r, v, w, ttl) in owned.iter() {
-        let state = state_of(p, r, v, w);
-        if own.owns_point(state.point()) || own.entities.get(&o.id) != Some(&e) {
+    for (e, p) in &positions {
+        if own.owns_point(Point::new(p.0.x.into(), p.0.y.into())) {
             continue;
         }
-        let snap = snapshot(o, state, ttl);
+        let Ok((e, o, p, r, v, w, ttl)) = owned.get(e) else {
+            continue;
+        };
+        if own.entities.get(&o.id) != Some(&e) {
+            continue;
+        }
+        let snap = snapshot(o, state_of(p, r, v, w), ttl);
         own.entities.remove(&o.id);
         own.handed_over.insert(o.id, snap);
         own.handovers_out += 1;
