@@ -56,7 +56,7 @@ fn shard_tick_cost() {
     println!("## shard tick cost (one shard, one core, avian2d, release, projectiles on)");
     println!("| bodies | wall mean ms | wall p99 ms | CPU mean ms | CPU p99 ms |");
     println!("|---|---|---|---|---|");
-    for n in [1_000, 5_000, 10_000, 20_000] {
+    for n in [1_000, 5_000, 10_000, 20_000, 30_000, 40_000] {
         let mut f = one_shard_after_warm_up(n);
         let (mut wall, mut cpu) = (Vec::new(), Vec::new());
         for _ in 0..300 {
@@ -81,60 +81,17 @@ fn shard_tick_cost() {
 /// of ours. Printed beside the shard's own tick on the same scene, with the ratio: what a shard
 /// adds to physics.
 fn bare_physics_beside_the_shard() {
-    use avian2d::prelude::*;
-    use bevy::prelude::*;
-    use sidereal_shard::components::{Owned, body};
-    use sidereal_shard::physics::ShardPhysicsPlugin;
-
     println!("\n## the shard's tick beside bare avian2d on the same bodies (release, one core)");
     println!("| bodies | shard mean / p99 ms | bare avian2d mean / p99 ms | shard / bare (mean) |");
     println!("|---|---|---|---|");
     for n in [1_000, 5_000, 10_000, 20_000] {
         let mut f = one_shard_after_warm_up(n);
-        let shard_app = &mut f.shards[0].as_mut().unwrap().app;
-        let bodies: Vec<(EntityKind, EntityState)> = shard_app
+        let mut bare = bare_physics_of(&mut f);
+        let bodies = bare
             .world_mut()
-            .query::<(
-                &Owned,
-                &Position,
-                &Rotation,
-                &LinearVelocity,
-                &AngularVelocity,
-            )>()
-            .iter(shard_app.world())
-            .map(|(o, p, r, v, w)| {
-                (
-                    o.kind,
-                    EntityState {
-                        pos: p.0.to_array(),
-                        vel: v.0.to_array(),
-                        angle: r.as_radians(),
-                        ang_vel: w.0,
-                    },
-                )
-            })
-            .collect();
-
-        // The bare app: the shard's physics plugin (avian2d as a shard configures it), and
-        // nothing else of ours.
-        let tick = Duration::from_secs_f64(1.0 / 30.0);
-        let mut bare = App::new();
-        bare.add_plugins(
-            MinimalPlugins
-                .build()
-                .disable::<bevy::app::ScheduleRunnerPlugin>(),
-        )
-        .insert_resource(bevy::time::TimeUpdateStrategy::ManualDuration(tick))
-        .add_plugins(ShardPhysicsPlugin { tick });
-        bare.finish();
-        bare.cleanup();
-        for (kind, state) in &bodies {
-            bare.world_mut().spawn(body(*kind, state));
-        }
-        for _ in 0..30 {
-            bare.update();
-        }
-
+            .query::<&avian2d::prelude::RigidBody>()
+            .iter(bare.world())
+            .count();
         // The same 300 ticks for both: the shard with replication stepping beside it, as in
         // `shard_tick_cost`.
         let (mut bare_cpu, mut shard_cpu) = (Vec::new(), Vec::new());
@@ -149,98 +106,205 @@ fn bare_physics_beside_the_shard() {
             percentile(&mut shard_cpu, 0.99),
         );
         println!(
-            "| {} | {shard_mean:.2} / {shard_p99:.2} | {bare_mean:.2} / {bare_p99:.2} | {:.2} |",
-            bodies.len(),
+            "| {bodies} | {shard_mean:.2} / {shard_p99:.2} | {bare_mean:.2} / {bare_p99:.2} | {:.2} |",
             shard_mean / bare_mean
         );
     }
 }
 
+/// A bare Bevy app with the shard's physics plugin (avian2d as a shard configures it) and
+/// nothing else of ours, holding the very bodies (positions, velocities, colliders) of the
+/// fleet's first shard, warmed up as long.
+fn bare_physics_of(f: &mut Fleet) -> bevy::prelude::App {
+    use avian2d::prelude::*;
+    use bevy::prelude::*;
+    use sidereal_shard::components::{Owned, body};
+    use sidereal_shard::physics::ShardPhysicsPlugin;
+
+    let shard_app = &mut f.shards[0].as_mut().unwrap().app;
+    let bodies: Vec<(EntityKind, EntityState)> = shard_app
+        .world_mut()
+        .query::<(
+            &Owned,
+            &Position,
+            &Rotation,
+            &LinearVelocity,
+            &AngularVelocity,
+        )>()
+        .iter(shard_app.world())
+        .map(|(o, p, r, v, w)| {
+            (
+                o.kind,
+                EntityState {
+                    pos: p.0.to_array(),
+                    vel: v.0.to_array(),
+                    angle: r.as_radians(),
+                    ang_vel: w.0,
+                },
+            )
+        })
+        .collect();
+    let tick = Duration::from_secs_f64(1.0 / 30.0);
+    let mut bare = App::new();
+    bare.add_plugins(
+        MinimalPlugins
+            .build()
+            .disable::<bevy::app::ScheduleRunnerPlugin>(),
+    )
+    .insert_resource(bevy::time::TimeUpdateStrategy::ManualDuration(tick))
+    .add_plugins(ShardPhysicsPlugin { tick });
+    bare.finish();
+    bare.cleanup();
+    for (kind, state) in &bodies {
+        bare.world_mut().spawn(body(*kind, state));
+    }
+    for _ in 0..30 {
+        bare.update();
+    }
+    bare
+}
+
 /// Where a shard's tick goes, by phase: receive (messages from replication), game rules
-/// (steering, firing, ageing), physics (avian's whole step), handover checks, report (the update
-/// batch, load, gauges), and what `App::update` spends outside the fixed tick. Marker systems
-/// between the shard's `TickSet`s and after avian's last set take the time; wall clock, one
-/// thread.
+/// (steering, firing, ageing), avian's stages (prepare, broad phase, narrow phase, solver with
+/// its substeps, finalize, writeback), handover checks, report (encoding the update batch,
+/// gauges), and what `App::update` spends outside the fixed tick (the load report, time). Marker
+/// systems between the shard's `TickSet`s and avian's system sets take the time; wall clock, one
+/// thread. The bare app (the same bodies, avian alone) gets the same physics markers, beside.
 fn tick_breakdown() {
-    use avian2d::prelude::PhysicsSystems;
     use bevy::prelude::*;
     use sidereal_shard::components::TickSet;
 
-    const PHASES: [&str; 5] = [
+    const PHASES: [&str; 10] = [
         "receive",
         "game rules",
-        "physics",
+        "physics: prepare",
+        "physics: broad phase",
+        "physics: narrow phase",
+        "physics: solver and integration",
+        "physics: finalize (tree update)",
+        "physics: writeback",
         "handover checks",
-        "report",
+        "report (update encoding, gauges)",
     ];
-    #[derive(Resource, Default)]
-    struct Phases {
-        last: Option<Instant>,
-        spent: [Duration; 5],
-    }
-    fn start(mut p: ResMut<Phases>) {
-        p.last = Some(Instant::now());
-    }
-    fn mark<const I: usize>(mut p: ResMut<Phases>) {
-        let now = Instant::now();
-        if let Some(last) = p.last {
-            p.spent[I] += now - last;
-        }
-        p.last = Some(now);
-    }
 
     println!("\n## where a shard's tick goes (release, one core, wall time per tick)");
     for n in [5_000, 20_000] {
         let mut f = one_shard_after_warm_up(n);
-        let app = &mut f.shards[0].as_mut().unwrap().app;
-        app.init_resource::<Phases>()
-            .add_systems(FixedFirst, start)
-            .add_systems(
-                FixedUpdate,
-                (
-                    mark::<0>.after(TickSet::Receive).before(TickSet::Act),
-                    mark::<1>.after(TickSet::Act),
-                ),
-            )
-            .add_systems(FixedPostUpdate, mark::<2>.after(PhysicsSystems::Last))
-            .add_systems(
-                FixedLast,
-                (
-                    mark::<3>.after(TickSet::Settle).before(TickSet::Report),
-                    mark::<4>.after(TickSet::Report),
-                ),
-            );
+        let mut bare = bare_physics_of(&mut f);
+        for app in [&mut f.shards[0].as_mut().unwrap().app, &mut bare] {
+            app.init_resource::<Phases>()
+                .add_systems(FixedFirst, start_phases);
+            add_physics_marks(app);
+        }
+        f.shards[0].as_mut().unwrap().app.add_systems(
+            FixedUpdate,
+            (
+                mark::<0>.after(TickSet::Receive).before(TickSet::Act),
+                mark::<1>.after(TickSet::Act),
+            ),
+        );
+        f.shards[0].as_mut().unwrap().app.add_systems(
+            FixedLast,
+            (
+                mark::<8>.after(TickSet::Settle).before(TickSet::Report),
+                mark::<9>.after(TickSet::Report),
+            ),
+        );
         let ticks = 300;
-        let mut total = Duration::ZERO;
+        let (mut shard_total, mut bare_total) = (Duration::ZERO, Duration::ZERO);
         for _ in 0..ticks {
             let t = Instant::now();
+            bare.update();
+            bare_total += t.elapsed();
+            let t = Instant::now();
             f.shards[0].as_mut().unwrap().app.update();
-            total += t.elapsed();
+            shard_total += t.elapsed();
             f.step_replication_only();
         }
-        let spent = f.shards[0]
-            .as_ref()
-            .unwrap()
-            .app
-            .world()
-            .resource::<Phases>()
-            .spent;
+        let spent = |app: &App| app.world().resource::<Phases>().spent;
+        let (shard, bare) = (spent(&f.shards[0].as_ref().unwrap().app), spent(&bare));
         let per_tick = |d: Duration| d.as_secs_f64() * 1000.0 / f64::from(ticks);
-        let inside: Duration = spent.iter().sum();
-        println!("\n{n} bodies: {:.2} ms per tick\n", per_tick(total));
-        println!("| phase | ms per tick | share |");
-        println!("|---|---|---|");
-        for (name, d) in PHASES.iter().zip(spent).chain(std::iter::once((
-            &"outside the fixed tick",
-            total.saturating_sub(inside),
-        ))) {
+        let share = |d: Duration, of: Duration| 100.0 * d.as_secs_f64() / of.as_secs_f64();
+        println!(
+            "\n{n} bodies: shard {:.2} ms per tick, bare avian2d {:.2} ms\n",
+            per_tick(shard_total),
+            per_tick(bare_total)
+        );
+        println!("| phase | shard ms per tick | share | bare avian2d ms per tick |");
+        println!("|---|---|---|---|");
+        let outside = |total: Duration, spent: &[Duration; 10]| {
+            total.saturating_sub(spent.iter().sum::<Duration>())
+        };
+        let rows = PHASES
+            .iter()
+            .copied()
+            .zip(shard.into_iter().zip(bare))
+            .chain([(
+                "outside the fixed tick (load report, time)",
+                (outside(shard_total, &shard), outside(bare_total, &bare)),
+            )]);
+        for (name, (s, b)) in rows {
+            let bare_ms = if name.starts_with("physics") || name.starts_with("outside") {
+                format!("{:.2}", per_tick(b))
+            } else {
+                "-".into()
+            };
             println!(
-                "| {name} | {:.2} | {:.0}% |",
-                per_tick(d),
-                100.0 * d.as_secs_f64() / total.as_secs_f64()
+                "| {name} | {:.2} | {:.0}% | {bare_ms} |",
+                per_tick(s),
+                share(s, shard_total)
             );
         }
     }
+}
+
+/// Time spent per phase of a tick, taken by marker systems.
+#[derive(bevy::prelude::Resource, Default)]
+struct Phases {
+    last: Option<Instant>,
+    spent: [Duration; 10],
+}
+
+fn start_phases(mut p: bevy::prelude::ResMut<Phases>) {
+    p.last = Some(Instant::now());
+}
+
+fn mark<const I: usize>(mut p: bevy::prelude::ResMut<Phases>) {
+    let now = Instant::now();
+    if let Some(last) = p.last {
+        p.spent[I] += now - last;
+    }
+    p.last = Some(now);
+}
+
+/// Markers between avian's stages (phases 2 to 7 of `tick_breakdown`).
+fn add_physics_marks(app: &mut bevy::prelude::App) {
+    use avian2d::prelude::{PhysicsSchedule, PhysicsStepSystems, PhysicsSystems};
+    use bevy::prelude::*;
+    app.add_systems(
+        FixedPostUpdate,
+        (
+            mark::<2>
+                .after(PhysicsSystems::Prepare)
+                .before(PhysicsSystems::StepSimulation),
+            mark::<7>.after(PhysicsSystems::Last),
+        ),
+    )
+    .add_systems(
+        PhysicsSchedule,
+        (
+            mark::<3>
+                .after(PhysicsStepSystems::BroadPhase)
+                .before(PhysicsStepSystems::NarrowPhase),
+            mark::<4>
+                .after(PhysicsStepSystems::NarrowPhase)
+                .before(PhysicsStepSystems::Solver),
+            mark::<5>
+                .after(PhysicsStepSystems::Solver)
+                .before(PhysicsStepSystems::Sleeping),
+            mark::<6>.after(PhysicsStepSystems::Last),
+        ),
+    );
 }
 
 /// What a shard of `sidereal up` does, in-process: the default world (four scale-2 roots),
@@ -395,15 +459,25 @@ fn link_and_mirror() {
     }
     let mut enc = UpdateEncoder::default();
     let mut batches = Vec::new();
+    let mut encoding = Duration::ZERO;
+    // A shard's batch comes in its ECS order, not sorted by id: shuffle it once.
+    states.sort_by_key(|(id, _, _)| id.0.wrapping_mul(0x9E37_79B9_7F4A_7C15));
     for tick in 0..60u64 {
         for (_, _, s) in states.iter_mut() {
             s.pos[0] += s.vel[0] / 30.0;
             s.pos[1] += s.vel[1] / 30.0;
             s.angle += s.ang_vel / 30.0;
         }
-        batches.push(enc.encode(tick, &mut states.clone()).unwrap());
+        let mut batch = states.clone();
+        let t = Instant::now();
+        batches.push(enc.encode(tick, &mut batch).unwrap());
+        encoding += t.elapsed();
     }
     let bytes: usize = batches.iter().map(Vec::len).sum();
+    println!(
+        "encoding: {:.0} ns per entity update (sorting the batch included; 10k entities x 60 ticks)",
+        encoding.as_secs_f64() * 1e9 / (n as f64 * 60.0)
+    );
     let t = Instant::now();
     for b in batches {
         a.on_message(link, ShardMessage::Updates(b)).unwrap();

@@ -36,7 +36,7 @@ impl Plugin for ShardPhysicsPlugin {
         app.insert_resource(PhysicsTransformConfig {
             propagate_before_physics: false,
             transform_to_position: false,
-            position_to_transform: false,
+            position_to_transform: true,
             transform_to_collider_scale: false,
         });
         app.add_plugins(
@@ -55,5 +55,73 @@ impl Plugin for ShardPhysicsPlugin {
             ..default()
         })
         .insert_resource(Time::<Fixed>::from_duration(self.tick));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::components::body;
+    use sidereal_core::{EntityKind, EntityState};
+
+    fn physics_app() -> App {
+        let tick = Duration::from_secs_f64(1.0 / 30.0);
+        let mut app = App::new();
+        app.add_plugins(
+            MinimalPlugins
+                .build()
+                .disable::<bevy::app::ScheduleRunnerPlugin>(),
+        )
+        .insert_resource(bevy::time::TimeUpdateStrategy::ManualDuration(tick))
+        .add_plugins(ShardPhysicsPlugin { tick });
+        app.finish();
+        app.cleanup();
+        app
+    }
+
+    fn asteroid(x: f32, vx: f32) -> EntityState {
+        EntityState {
+            pos: [x, 0.0],
+            vel: [vx, 0.0],
+            angle: 0.0,
+            ang_vel: 0.0,
+        }
+    }
+
+    /// The tuned engine still collides: two asteroids flying at each other never pass through
+    /// or sink into each other, and a lone body drifts exactly at its velocity.
+    #[test]
+    fn bodies_collide_and_drift_under_the_shards_configuration() {
+        let mut app = physics_app();
+        let left = app
+            .world_mut()
+            .spawn(body(EntityKind::Asteroid, &asteroid(-20.0, 30.0)))
+            .id();
+        let right = app
+            .world_mut()
+            .spawn(body(EntityKind::Asteroid, &asteroid(20.0, -30.0)))
+            .id();
+        let lone = app
+            .world_mut()
+            .spawn(body(EntityKind::Ship, &asteroid(1000.0, 12.0)))
+            .id();
+        let x = |app: &App, e: Entity| app.world().get::<Position>(e).unwrap().0.x;
+        // Without contact they would cross at 0.67 s and be 40 units past each other at 2 s.
+        for _ in 0..60 {
+            app.update();
+            let gap = x(&app, right) - x(&app, left);
+            assert!(gap > 16.0 - 0.5, "asteroids (radius 8) overlap: gap {gap}");
+        }
+        assert!(
+            x(&app, left) < 0.0 && x(&app, right) > 0.0,
+            "they passed through"
+        );
+        let drift = x(&app, lone) - 1000.0;
+        let secs = app.world().resource::<Time<Fixed>>().elapsed_secs();
+        assert!(secs > 1.9, "{secs} s simulated");
+        assert!(
+            (drift - 12.0 * secs).abs() < 0.01,
+            "{secs} s at 12 units/s: moved {drift}"
+        );
     }
 }
