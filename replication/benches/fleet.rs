@@ -86,7 +86,7 @@ fn bare_physics_beside_the_shard() {
     println!("|---|---|---|---|");
     for n in [1_000, 5_000, 10_000, 20_000] {
         let mut f = one_shard_after_warm_up(n);
-        let mut bare = bare_physics_of(&mut f);
+        let mut bare = bare_physics_of(&mut f, Default::default());
         let bodies = bare
             .world_mut()
             .query::<&avian2d::prelude::RigidBody>()
@@ -115,7 +115,10 @@ fn bare_physics_beside_the_shard() {
 /// A bare Bevy app with the shard's physics plugin (avian2d as a shard configures it) and
 /// nothing else of ours, holding the very bodies (positions, velocities, colliders) of the
 /// fleet's first shard, warmed up as long.
-fn bare_physics_of(f: &mut Fleet) -> bevy::prelude::App {
+fn bare_physics_of(
+    f: &mut Fleet,
+    settings: sidereal_shard::physics::PhysicsSettings,
+) -> bevy::prelude::App {
     use avian2d::prelude::*;
     use bevy::prelude::*;
     use sidereal_shard::components::{Owned, body};
@@ -152,7 +155,7 @@ fn bare_physics_of(f: &mut Fleet) -> bevy::prelude::App {
             .disable::<bevy::app::ScheduleRunnerPlugin>(),
     )
     .insert_resource(bevy::time::TimeUpdateStrategy::ManualDuration(tick))
-    .add_plugins(ShardPhysicsPlugin { tick });
+    .add_plugins(ShardPhysicsPlugin { tick, settings });
     bare.finish();
     bare.cleanup();
     for (kind, state) in &bodies {
@@ -162,6 +165,90 @@ fn bare_physics_of(f: &mut Fleet) -> bevy::prelude::App {
         bare.update();
     }
     bare
+}
+
+/// What each physics setting is worth: bare avian2d on a shard's bodies (after its warm-up)
+/// with the shard's settings, avian's defaults, and one setting changed at a time. CPU time of
+/// `App::update`, 30 warm-up ticks then 150 measured.
+fn physics_settings() {
+    use avian2d::collider_tree::TreeOptimizationMode;
+    use sidereal_shard::physics::PhysicsSettings;
+
+    println!("\n## bare avian2d on a shard's bodies, by setting (release, one core, CPU ms per tick)");
+    let shard = PhysicsSettings::default;
+    let variants: Vec<(&str, PhysicsSettings)> = vec![
+        ("the shard's settings", shard()),
+        (
+            "avian's defaults (length unit 1, 6 substeps, sleeping, Transform sync, tree copied on async tasks)",
+            PhysicsSettings::avian_defaults(),
+        ),
+        (
+            "length unit 1",
+            PhysicsSettings {
+                length_unit: 1.0,
+                ..shard()
+            },
+        ),
+        (
+            "length unit 20",
+            PhysicsSettings {
+                length_unit: 20.0,
+                ..shard()
+            },
+        ),
+        (
+            "6 substeps",
+            PhysicsSettings {
+                substeps: 6,
+                ..shard()
+            },
+        ),
+        (
+            "2 substeps",
+            PhysicsSettings {
+                substeps: 2,
+                ..shard()
+            },
+        ),
+        (
+            "islands and sleeping on",
+            PhysicsSettings {
+                sleeping: true,
+                ..shard()
+            },
+        ),
+        (
+            "tree: full rebuild every step",
+            PhysicsSettings {
+                tree: TreeOptimizationMode::FullRebuild,
+                ..shard()
+            },
+        ),
+        (
+            "tree: reinsert moved leaves",
+            PhysicsSettings {
+                tree: TreeOptimizationMode::Reinsert,
+                ..shard()
+            },
+        ),
+    ];
+    println!("| setting | 5,000 bodies mean / p99 | 20,000 bodies mean / p99 |");
+    println!("|---|---|---|");
+    let mut scenes: Vec<Fleet> = [5_000, 20_000]
+        .into_iter()
+        .map(one_shard_after_warm_up)
+        .collect();
+    for (name, settings) in variants {
+        let cells: Vec<String> = scenes
+            .iter_mut()
+            .map(|f| {
+                let mut bare = bare_physics_of(f, settings.clone());
+                let mut cpu: Vec<f64> = (0..150).map(|_| timed(|| bare.update()).1).collect();
+                format!("{:.2} / {:.2}", mean(&cpu), percentile(&mut cpu, 0.99))
+            })
+            .collect();
+        println!("| {name} | {} | {} |", cells[0], cells[1]);
+    }
 }
 
 /// Where a shard's tick goes, by phase: receive (messages from replication), game rules
@@ -190,7 +277,7 @@ fn tick_breakdown() {
     println!("\n## where a shard's tick goes (release, one core, wall time per tick)");
     for n in [5_000, 20_000] {
         let mut f = one_shard_after_warm_up(n);
-        let mut bare = bare_physics_of(&mut f);
+        let mut bare = bare_physics_of(&mut f, Default::default());
         for app in [&mut f.shards[0].as_mut().unwrap().app, &mut bare] {
             app.init_resource::<Phases>()
                 .add_systems(FixedFirst, start_phases);
@@ -533,6 +620,9 @@ fn main() {
     let which = std::env::args().nth(1).filter(|a| !a.starts_with('-'));
     if which.as_deref().is_none_or(|w| w == "bare") {
         bare_physics_beside_the_shard();
+    }
+    if which.as_deref().is_none_or(|w| w == "settings") {
+        physics_settings();
     }
     if which.as_deref().is_none_or(|w| w == "breakdown") {
         tick_breakdown();

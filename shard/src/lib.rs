@@ -69,7 +69,7 @@ pub fn build_app(config: ShardConfig, link: ShardLink, clock: Clock) -> App {
             app.insert_resource(TimeUpdateStrategy::ManualDuration(tick));
         }
     }
-    app.add_plugins(physics::ShardPhysicsPlugin { tick })
+    app.add_plugins(physics::ShardPhysicsPlugin::new(tick))
         .insert_resource(metrics::ShardMetrics::new(&config.name))
         .insert_resource(config)
         .insert_resource(link)

@@ -4,57 +4,111 @@
 
 use std::time::Duration;
 
-use avian2d::collider_tree::ColliderTreeOptimization;
+use avian2d::collider_tree::{ColliderTreeOptimization, TreeOptimizationMode};
 use avian2d::dynamics::solver::islands::{IslandPlugin, IslandSleepingPlugin};
 use avian2d::physics_transform::PhysicsTransformConfig;
 use avian2d::prelude::*;
 use bevy::prelude::*;
 
-/// Bodies are 1 to 16 units across (projectiles to asteroids) and fly up to 40 units a second:
-/// avian scales its tolerances and its broad phase's AABB margin by this, so a margin of
-/// `0.05 * LENGTH_UNIT` lets a drifting body go a few ticks before its tree leaf must move.
-pub const LENGTH_UNIT: f32 = 10.0;
+/// How avian is set up for a shard's scene. `Default` is what shards run; the fleet benchmark
+/// steps other settings on the same bodies to show what each one is worth.
+#[derive(Debug, Clone)]
+pub struct PhysicsSettings {
+    /// Bodies are 1 to 16 units across (projectiles to asteroids) and fly up to 40 units a
+    /// second: avian scales its tolerances and its broad phase's AABB margin (`0.05 x` this) by
+    /// it. With avian's default of 1, every drifting body left its tree leaf every tick.
+    pub length_unit: f32,
+    /// Integration substeps per tick. Contacts here are sparse and slow next to the 30 Hz tick.
+    pub substeps: u32,
+    /// Islands and sleeping. Nothing in space rests (no damping, asteroids drift forever), so
+    /// by default islands would be bookkeeping for bodies that never sleep.
+    pub sleeping: bool,
+    /// How the broad phase's collider tree is kept optimised each step.
+    pub tree: TreeOptimizationMode,
+    /// avian's own defaults for everything above and for the `Transform` sync, the tree's
+    /// optimisation (copied, on async tasks): the "before" baseline of the benchmark.
+    pub avian_defaults: bool,
+}
 
-/// Integration substeps per tick. Contacts here are sparse and slow next to the 30 Hz tick;
-/// avian's default of 6 buys stiffness this scene does not use (measured: docs/benchmarks.md).
-pub const SUBSTEPS: u32 = 4;
+impl Default for PhysicsSettings {
+    fn default() -> Self {
+        Self {
+            length_unit: 10.0,
+            substeps: 4,
+            sleeping: false,
+            tree: TreeOptimizationMode::default(),
+            avian_defaults: false,
+        }
+    }
+}
+
+impl PhysicsSettings {
+    /// avian2d as it comes (only gravity and interpolation off, as a headless game needs).
+    pub fn avian_defaults() -> Self {
+        Self {
+            length_unit: 1.0,
+            substeps: 6,
+            sleeping: true,
+            tree: TreeOptimizationMode::default(),
+            avian_defaults: true,
+        }
+    }
+}
 
 /// avian2d in `FixedPostUpdate` at the shard's tick, configured for a shard's scene:
 /// - no gravity, no interpolation (nothing renders);
-/// - no `Transform` sync: shards read and write `Position` and `Rotation` only;
-/// - no islands or sleeping: nothing in space rests (no damping, asteroids drift forever), so
-///   islands would be bookkeeping for bodies that never sleep;
-/// - the broad phase's tree optimised in place on the simulation thread (a shard makes no
-///   spatial queries during the step, and runs on one core).
+/// - `Position` and `Rotation` are the truth: no `Transform` to `Position` sync and no
+///   propagation before the step (`Position` to `Transform` stays: avian derives a collider's
+///   transform, and from it the body's mass, from it);
+/// - [`PhysicsSettings`]: length unit, substeps, no islands or sleeping;
+/// - the collider tree optimised in place on the simulation thread (a shard makes no spatial
+///   queries during the step, and runs on one core).
 pub struct ShardPhysicsPlugin {
     pub tick: Duration,
+    pub settings: PhysicsSettings,
+}
+
+impl ShardPhysicsPlugin {
+    pub fn new(tick: Duration) -> Self {
+        Self {
+            tick,
+            settings: PhysicsSettings::default(),
+        }
+    }
 }
 
 impl Plugin for ShardPhysicsPlugin {
     fn build(&self, app: &mut App) {
-        // Read by avian's plugins as they build: insert first.
-        app.insert_resource(PhysicsTransformConfig {
-            propagate_before_physics: false,
-            transform_to_position: false,
-            position_to_transform: true,
-            transform_to_collider_scale: false,
-        });
-        app.add_plugins(
-            PhysicsPlugins::default()
-                .with_length_unit(LENGTH_UNIT)
-                .build()
-                .disable::<PhysicsInterpolationPlugin>()
+        let s = &self.settings;
+        if !s.avian_defaults {
+            // Read by avian's plugins as they build: insert first.
+            app.insert_resource(PhysicsTransformConfig {
+                propagate_before_physics: false,
+                transform_to_position: false,
+                position_to_transform: true,
+                transform_to_collider_scale: false,
+            });
+        }
+        let mut plugins = PhysicsPlugins::default()
+            .with_length_unit(s.length_unit)
+            .build()
+            .disable::<PhysicsInterpolationPlugin>();
+        if !s.sleeping {
+            plugins = plugins
                 .disable::<IslandSleepingPlugin>()
-                .disable::<IslandPlugin>(),
-        )
-        .insert_resource(Gravity(Vec2::ZERO))
-        .insert_resource(SubstepCount(SUBSTEPS))
-        .insert_resource(ColliderTreeOptimization {
-            optimize_in_place: true,
-            use_async_tasks: false,
-            ..default()
-        })
-        .insert_resource(Time::<Fixed>::from_duration(self.tick));
+                .disable::<IslandPlugin>();
+        }
+        app.add_plugins(plugins)
+            .insert_resource(Gravity(Vec2::ZERO))
+            .insert_resource(SubstepCount(s.substeps))
+            .insert_resource(Time::<Fixed>::from_duration(self.tick));
+        if !s.avian_defaults {
+            app.insert_resource(ColliderTreeOptimization {
+                optimization_mode: s.tree,
+                optimize_in_place: true,
+                use_async_tasks: false,
+            });
+        }
     }
 }
 
@@ -73,7 +127,7 @@ mod tests {
                 .disable::<bevy::app::ScheduleRunnerPlugin>(),
         )
         .insert_resource(bevy::time::TimeUpdateStrategy::ManualDuration(tick))
-        .add_plugins(ShardPhysicsPlugin { tick });
+        .add_plugins(ShardPhysicsPlugin::new(tick));
         app.finish();
         app.cleanup();
         app
