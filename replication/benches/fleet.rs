@@ -174,7 +174,9 @@ fn physics_settings() {
     use avian2d::collider_tree::TreeOptimizationMode;
     use sidereal_shard::physics::PhysicsSettings;
 
-    println!("\n## bare avian2d on a shard's bodies, by setting (release, one core, CPU ms per tick)");
+    println!(
+        "\n## bare avian2d on a shard's bodies, by setting (release, one core, CPU ms per tick)"
+    );
     let shard = PhysicsSettings::default;
     let variants: Vec<(&str, PhysicsSettings)> = vec![
         ("the shard's settings", shard()),
