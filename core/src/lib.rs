@@ -1,6 +1,7 @@
 //! Shared vocabulary of the Sidereal fleet: world geometry, ids, the shard-link protocol and
 //! codec, load and placement types. No Kubernetes, no Bevy: plain data and pure functions.
 
+pub mod angle;
 pub mod codec;
 pub mod control;
 #[cfg(feature = "client")]

@@ -69,7 +69,8 @@ pub fn state_of(
     EntityState {
         pos: pos.0.to_array(),
         vel: vel.0.to_array(),
-        angle: rot.as_radians(),
+        // No libm `atan2`: this runs for every moving entity every tick.
+        angle: sidereal_core::angle::heading(rot.sin, rot.cos),
         ang_vel: ang.0,
     }
 }
