@@ -179,12 +179,16 @@ impl UpdateEncoder {
         merged.reserve(old.len() + updates.len());
         let mut body = Vec::with_capacity(updates.len() * 8);
         let mut count = 0u64;
+        // The last id written (ids on the wire are deltas from it) and the last id seen (a
+        // repeat of it is dropped, whether or not it was written).
         let mut prev: Option<u64> = None;
+        let mut seen: Option<EntityId> = None;
         let mut at = 0;
         for (id, epoch, state) in updates.iter() {
-            if prev.is_some_and(|p| p >= id.0) {
+            if seen == Some(*id) {
                 continue;
             }
+            seen = Some(*id);
             // Entities not in this batch keep their baselines.
             while at < old.len() && old[at].0 < *id {
                 if old[at].1.is_some() {
@@ -499,6 +503,16 @@ mod tests {
         assert_eq!(got.len(), 2);
         assert_eq!(got[0].state.pos[0], 4 * 64);
         assert_eq!((got[1].id, got[1].epoch), (EntityId(5), 2));
+        assert_eq!(enc.len(), 4);
+        // A repeat of an entity that did not change is dropped too: no second baseline, no
+        // keyframe.
+        let mut batch = vec![
+            (EntityId(3), 1, s(4.0)),
+            (EntityId(3), 1, s(4.0)),
+            (EntityId(9), 1, s(11.0)),
+        ];
+        let (_, got) = dec.decode(&enc.encode(4, &mut batch).unwrap()).unwrap();
+        assert_eq!(got.iter().map(|u| u.id).collect::<Vec<_>>(), [EntityId(9)]);
         assert_eq!(enc.len(), 4);
     }
 
