@@ -121,8 +121,8 @@ fn bare_physics_of(
 ) -> bevy::prelude::App {
     use avian2d::prelude::*;
     use bevy::prelude::*;
-    use sidereal_shard::components::{Owned, body};
-    use sidereal_shard::physics::ShardPhysicsPlugin;
+    use sidereal_shard::components::{Owned, body, state_of};
+    use sidereal_shard::physics::stepped_physics_app;
 
     let shard_app = &mut f.shards[0].as_mut().unwrap().app;
     let bodies: Vec<(EntityKind, EntityState)> = shard_app
@@ -135,29 +135,9 @@ fn bare_physics_of(
             &AngularVelocity,
         )>()
         .iter(shard_app.world())
-        .map(|(o, p, r, v, w)| {
-            (
-                o.kind,
-                EntityState {
-                    pos: p.0.to_array(),
-                    vel: v.0.to_array(),
-                    angle: r.as_radians(),
-                    ang_vel: w.0,
-                },
-            )
-        })
+        .map(|(o, p, r, v, w)| (o.kind, state_of(p, r, v, w)))
         .collect();
-    let tick = Duration::from_secs_f64(1.0 / 30.0);
-    let mut bare = App::new();
-    bare.add_plugins(
-        MinimalPlugins
-            .build()
-            .disable::<bevy::app::ScheduleRunnerPlugin>(),
-    )
-    .insert_resource(bevy::time::TimeUpdateStrategy::ManualDuration(tick))
-    .add_plugins(ShardPhysicsPlugin { tick, settings });
-    bare.finish();
-    bare.cleanup();
+    let mut bare = stepped_physics_app(Duration::from_secs_f64(1.0 / 30.0), settings);
     for (kind, state) in &bodies {
         bare.world_mut().spawn(body(*kind, state));
     }

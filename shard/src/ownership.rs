@@ -21,6 +21,7 @@ pub struct Ownership {
     pub incarnation: u32,
     next_counter: u64,
     pub generation: u64,
+    /// Set through [`Ownership::assign`], which keeps the bounds below in step.
     pub sectors: BTreeSet<SectorId>,
     pub world: Vec<SectorId>,
     /// The bounds of `sectors` and of `world`, computed once per assignment: every entity is

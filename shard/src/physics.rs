@@ -112,26 +112,27 @@ impl Plugin for ShardPhysicsPlugin {
     }
 }
 
+/// An app with the shard's physics and nothing else, stepped by hand (each `update` is one fixed
+/// tick): the fleet benchmark's bare-avian baseline and the physics tests.
+pub fn stepped_physics_app(tick: Duration, settings: PhysicsSettings) -> App {
+    let mut app = App::new();
+    app.add_plugins(
+        MinimalPlugins
+            .build()
+            .disable::<bevy::app::ScheduleRunnerPlugin>(),
+    )
+    .insert_resource(bevy::time::TimeUpdateStrategy::ManualDuration(tick))
+    .add_plugins(ShardPhysicsPlugin { tick, settings });
+    app.finish();
+    app.cleanup();
+    app
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::components::body;
     use sidereal_core::{EntityKind, EntityState};
-
-    fn physics_app() -> App {
-        let tick = Duration::from_secs_f64(1.0 / 30.0);
-        let mut app = App::new();
-        app.add_plugins(
-            MinimalPlugins
-                .build()
-                .disable::<bevy::app::ScheduleRunnerPlugin>(),
-        )
-        .insert_resource(bevy::time::TimeUpdateStrategy::ManualDuration(tick))
-        .add_plugins(ShardPhysicsPlugin::new(tick));
-        app.finish();
-        app.cleanup();
-        app
-    }
 
     fn asteroid(x: f32, vx: f32) -> EntityState {
         EntityState {
@@ -146,7 +147,10 @@ mod tests {
     /// or sink into each other, and a lone body drifts exactly at its velocity.
     #[test]
     fn bodies_collide_and_drift_under_the_shards_configuration() {
-        let mut app = physics_app();
+        let mut app = stepped_physics_app(
+            Duration::from_secs_f64(1.0 / 30.0),
+            PhysicsSettings::default(),
+        );
         let left = app
             .world_mut()
             .spawn(body(EntityKind::Asteroid, &asteroid(-20.0, 30.0)))
