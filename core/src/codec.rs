@@ -231,6 +231,30 @@ impl UpdateEncoder {
         Some(out)
     }
 
+    /// A batch of keyframes of everything the receivers hold now (the baselines, exactly as
+    /// last sent), for a receiver joining a stream that others already follow: decoded, it
+    /// leaves the joiner with the same baselines as theirs, so the next [`Self::encode`] serves
+    /// everyone alike. `epoch_of` gives each entity's epoch. `None` when the stream is empty.
+    pub fn keyframes(&self, tick: u64, epoch_of: impl Fn(EntityId) -> Epoch) -> Option<Vec<u8>> {
+        let mut body = Vec::with_capacity(self.baseline.len() * 16);
+        let (mut count, mut prev) = (0u64, 0u64);
+        for (id, q) in &self.baseline {
+            let Some(q) = q else { continue };
+            put_varint(&mut body, id.0 - prev);
+            prev = id.0;
+            count += 1;
+            write_entry(&mut body, epoch_of(*id), *q, None);
+        }
+        if count == 0 {
+            return None;
+        }
+        let mut out = Vec::with_capacity(body.len() + 12);
+        put_varint(&mut out, tick);
+        put_varint(&mut out, count);
+        out.extend_from_slice(&body);
+        Some(out)
+    }
+
     /// The entity left this link (handed over or despawned): the next send is a keyframe.
     pub fn forget(&mut self, id: EntityId) {
         if let Ok(i) = self.baseline.binary_search_by_key(&id, |(b, _)| *b) {
@@ -400,6 +424,45 @@ mod tests {
             angle: 0.25,
             ang_vel: 0.1,
         }
+    }
+
+    #[test]
+    fn a_joiner_given_the_keyframes_decodes_the_shared_deltas_like_everyone_else() {
+        let mut enc = UpdateEncoder::default();
+        let (mut early, mut joiner) = (UpdateDecoder::default(), UpdateDecoder::default());
+        let batch = |t: f32| -> Vec<_> {
+            (0..50u64)
+                .map(|i| {
+                    (
+                        EntityId(10 + i * 7),
+                        3 + i % 2,
+                        state(i as f32 + t, t * 2.0),
+                    )
+                })
+                .collect()
+        };
+        early
+            .decode(&enc.encode(1, &mut batch(0.0)).unwrap())
+            .unwrap();
+        early
+            .decode(&enc.encode(2, &mut batch(1.5)).unwrap())
+            .unwrap();
+        // A forgotten entity is not in the keyframes.
+        enc.forget(EntityId(10));
+        early.forget(EntityId(10));
+        let keys = enc.keyframes(2, |id| 3 + (id.0 - 10) / 7 % 2).unwrap();
+        let (tick, got) = joiner.decode(&keys).unwrap();
+        assert_eq!((tick, got.len()), (2, 49));
+        assert!(got.iter().all(|u| u.epoch == 3 + (u.id.0 - 10) / 7 % 2));
+        let deltas = enc.encode(3, &mut batch(4.0)).unwrap();
+        let (_, a) = early.decode(&deltas).unwrap();
+        let (_, b) = joiner.decode(&deltas).unwrap();
+        assert_eq!(
+            a, b,
+            "the joiner decodes the shared deltas exactly as an early receiver"
+        );
+        assert_eq!(a.len(), 50);
+        assert!(UpdateEncoder::default().keyframes(1, |_| 0).is_none());
     }
 
     #[test]

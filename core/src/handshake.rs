@@ -26,7 +26,13 @@ pub fn fresh_nonce() -> Nonce {
     n
 }
 
-fn mac(secret: &str, label: &[u8], first: &Nonce, second: &Nonce, shard: &str) -> Hmac<Sha256> {
+pub(crate) fn mac(
+    secret: &str,
+    label: &[u8],
+    first: &Nonce,
+    second: &Nonce,
+    shard: &str,
+) -> Hmac<Sha256> {
     let mut m = Hmac::<Sha256>::new_from_slice(secret.as_bytes()).expect("any key length");
     m.update(label);
     m.update(first);

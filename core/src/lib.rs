@@ -14,6 +14,9 @@ pub mod load;
 pub mod login;
 pub mod placement;
 pub mod protocol;
+pub mod sector_view;
+pub mod stream;
+pub mod stream_client;
 pub mod varint;
 
 #[cfg(feature = "client")]

@@ -1,0 +1,215 @@
+//! Sector streams: a shard publishes the 30 Hz state of each sector it owns to whoever
+//! subscribes to it (gateways for their players' interest, neighbouring shards for their border
+//! bands), straight from the shard, not through the authority.
+//!
+//! One TCP connection per (subscriber, shard), framed like the shard link ([`encode_frame`],
+//! [`FrameReader`]). The shard opens with a `Challenge`; the subscriber proves the fleet's
+//! secret in `Hello` (an HMAC over both nonces and its name, [`subscriber_proof`]); the shard
+//! proves it back in `Welcome` ([`publisher_proof`]). Then the subscriber says which sectors it
+//! wants, as a whole set (`Subscribe`, level-triggered: a resend is harmless), and the shard
+//! sends, every tick, one [`SectorFrame`] per wanted sector it owns that has news, then a
+//! `Tick` that closes the tick and names the wanted sectors it does not own (a subscriber that
+//! follows placement subscribes to the new owner too, and keeps the set here: the shard serves
+//! a sector from the tick it owns it).
+//!
+//! Each sector's updates are encoded once per tick with the link codec ([`crate::codec`]) and
+//! the same bytes go to every subscriber of the sector; a subscriber that joins gets the
+//! sector's baselines as keyframes (`opened`) and the shared deltas from the next tick.
+//!
+//! [`encode_frame`]: crate::protocol::encode_frame
+//! [`FrameReader`]: crate::protocol::FrameReader
+
+use serde::{Deserialize, Serialize};
+
+use crate::geometry::SectorId;
+use hmac::Mac;
+
+use crate::handshake::{Nonce, Proof, mac};
+use crate::ids::{EntityId, EntityKind, ShardId};
+
+/// Bumped on any incompatible change of the messages below.
+pub const STREAM_PROTOCOL_VERSION: u32 = 1;
+/// Most sectors one `Subscribe` may name: a gateway wants the leaves around its players, a
+/// shard the neighbours of its own.
+pub const MAX_SUBSCRIBED_SECTORS: usize = 4096;
+/// Most subscribers a shard serves at once; more are refused at the handshake.
+pub const MAX_SUBSCRIBERS: usize = 256;
+
+/// Subscriber to shard.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum SubscriberMessage {
+    /// The answer to the shard's `Challenge`.
+    Hello {
+        protocol: u32,
+        subscriber: String,
+        nonce: Nonce,
+        proof: Proof,
+    },
+    /// Every sector wanted from this shard from now on, replacing the previous set.
+    Subscribe { sectors: Vec<SectorId> },
+}
+
+/// Shard to subscriber.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum PublisherMessage {
+    Challenge {
+        protocol: u32,
+        nonce: Nonce,
+    },
+    Welcome {
+        shard: ShardId,
+        tick_hz: u32,
+        proof: Proof,
+    },
+    Rejected {
+        reason: String,
+    },
+    /// One wanted sector's news this tick.
+    Sector(SectorFrame),
+    /// The tick is complete; `unowned`: wanted sectors this shard does not simulate now. Sent
+    /// every tick, so silence means the shard is gone.
+    Tick {
+        tick: u64,
+        unowned: Vec<SectorId>,
+    },
+}
+
+/// What changed in one sector this tick.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SectorFrame {
+    pub sector: SectorId,
+    pub tick: u64,
+    /// The first frame of this sector on this connection: `updates` holds a keyframe of every
+    /// entity in it and `entered` every entity, so the receiver starts this sector afresh.
+    pub opened: bool,
+    /// Entities that came into the sector (and the stream) this tick, with their kinds; their
+    /// updates are keyframes.
+    pub entered: Vec<(EntityId, EntityKind)>,
+    /// Entities no longer in this sector's stream.
+    pub left: Vec<Departure>,
+    /// The link codec's batch of the entities whose quantized state changed (empty: none).
+    pub updates: Vec<u8>,
+}
+
+/// An entity that left a sector's stream.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct Departure {
+    pub id: EntityId,
+    /// Where it went: `Some(position)` when it lives on (into another sector of this shard, or
+    /// handed over to another owner, or released by placement: it shows again in the stream of
+    /// the sector at that position, at the same or a newer epoch); `None` when it ended.
+    pub to: Option<[f32; 2]>,
+}
+
+impl SectorFrame {
+    /// Whether the frame carries anything a subscriber would act on.
+    pub fn is_empty(&self) -> bool {
+        !self.opened && self.entered.is_empty() && self.left.is_empty() && self.updates.is_empty()
+    }
+}
+
+const SUBSCRIBE_LABEL: &[u8] = b"sidereal stream subscribe v1";
+const PUBLISH_LABEL: &[u8] = b"sidereal stream welcome v1";
+
+/// What subscriber `name` sends to prove it knows `secret`, for the shard's `challenge` and its
+/// own `nonce`.
+pub fn subscriber_proof(secret: &str, challenge: &Nonce, nonce: &Nonce, name: &str) -> Proof {
+    mac(secret, SUBSCRIBE_LABEL, challenge, nonce, name)
+        .finalize()
+        .into_bytes()
+        .into()
+}
+
+/// Whether `proof` is the subscriber's proof for these values (in constant time).
+pub fn verify_subscriber_proof(
+    secret: &str,
+    challenge: &Nonce,
+    nonce: &Nonce,
+    name: &str,
+    proof: &Proof,
+) -> bool {
+    mac(secret, SUBSCRIBE_LABEL, challenge, nonce, name)
+        .verify_slice(proof)
+        .is_ok()
+}
+
+/// What the shard sends in its `Welcome` to prove it knows `secret` too.
+pub fn publisher_proof(secret: &str, challenge: &Nonce, nonce: &Nonce, name: &str) -> Proof {
+    mac(secret, PUBLISH_LABEL, nonce, challenge, name)
+        .finalize()
+        .into_bytes()
+        .into()
+}
+
+/// Whether `proof` is the shard's proof for these values (in constant time).
+pub fn verify_publisher_proof(
+    secret: &str,
+    challenge: &Nonce,
+    nonce: &Nonce,
+    name: &str,
+    proof: &Proof,
+) -> bool {
+    mac(secret, PUBLISH_LABEL, nonce, challenge, name)
+        .verify_slice(proof)
+        .is_ok()
+}
+
+/// A subscriber name is 1-63 of `[A-Za-z0-9.-]` (it labels logs and metrics).
+pub fn valid_subscriber_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 63
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.')
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::handshake::{fresh_nonce, shard_proof};
+
+    #[test]
+    fn stream_proofs_verify_only_their_own_side_and_not_the_links() {
+        let (c, n, s) = (fresh_nonce(), fresh_nonce(), "a-long-enough-secret");
+        let sub = subscriber_proof(s, &c, &n, "gw-0");
+        assert!(verify_subscriber_proof(s, &c, &n, "gw-0", &sub));
+        assert!(!verify_subscriber_proof(s, &c, &n, "gw-1", &sub));
+        assert!(!verify_subscriber_proof(
+            s,
+            &fresh_nonce(),
+            &n,
+            "gw-0",
+            &sub
+        ));
+        assert!(!verify_subscriber_proof(
+            "another-long-secret!",
+            &c,
+            &n,
+            "gw-0",
+            &sub
+        ));
+        assert!(
+            !verify_publisher_proof(s, &c, &n, "gw-0", &sub),
+            "not reflectable"
+        );
+        // A shard's link proof is no subscription proof.
+        assert!(!verify_subscriber_proof(
+            s,
+            &c,
+            &n,
+            "gw-0",
+            &shard_proof(s, &c, &n, "gw-0")
+        ));
+        let publ = publisher_proof(s, &c, &n, "gw-0");
+        assert!(verify_publisher_proof(s, &c, &n, "gw-0", &publ));
+        assert!(!verify_subscriber_proof(s, &c, &n, "gw-0", &publ));
+    }
+
+    #[test]
+    fn subscriber_names_are_short_and_plain() {
+        assert!(valid_subscriber_name("gateway-7f9c.default"));
+        assert!(!valid_subscriber_name(""));
+        assert!(!valid_subscriber_name("a b"));
+        assert!(!valid_subscriber_name(&"x".repeat(64)));
+    }
+}

@@ -1,0 +1,412 @@
+//! The subscriber's end of the sector streams: one connection per shard that owns a wanted
+//! sector, following placement, feeding a [`SectorView`].
+//!
+//! [`SectorFeed::follow`] takes the placement (leaf to shard), where each shard publishes, and
+//! the areas wanted; it opens and closes connections and (re)sends each shard the whole set of
+//! sectors wanted from it. When a sector moves, it is unsubscribed from the old owner (its
+//! entities wait in transit in the view) and subscribed at the new one, whose stream brings
+//! them back at their new epochs. [`SectorFeed::pump`] applies what arrived. Each connection
+//! runs on two threads of its own (read, write); the feed itself is driven by its owner.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::io::{Read, Write};
+use std::net::{TcpStream, ToSocketAddrs};
+use std::sync::mpsc::{self, Receiver, Sender, TryRecvError};
+use std::time::{Duration, Instant};
+
+use tracing::{debug, warn};
+
+use crate::geometry::{Bounds, SectorId};
+use crate::handshake::fresh_nonce;
+use crate::ids::ShardId;
+use crate::link_socket::{self, DEFAULT_LINK_TIMEOUT};
+use crate::protocol::{FrameReader, MAX_FRAME_BYTES, MAX_HELLO_FRAME_BYTES, encode_frame};
+use crate::sector_view::{ConnId, SectorView};
+use crate::stream::{
+    PublisherMessage, STREAM_PROTOCOL_VERSION, SectorFrame, SubscriberMessage, subscriber_proof,
+    verify_publisher_proof,
+};
+
+/// How a feed's connections behave.
+#[derive(Debug, Clone, Copy)]
+pub struct FeedOptions {
+    /// Silence for this long (a shard sends a `Tick` every tick) ends a connection.
+    pub timeout: Duration,
+    pub max_frame_bytes: usize,
+}
+
+impl Default for FeedOptions {
+    fn default() -> Self {
+        Self {
+            timeout: DEFAULT_LINK_TIMEOUT,
+            max_frame_bytes: MAX_FRAME_BYTES,
+        }
+    }
+}
+
+enum Event {
+    Frame(SectorFrame),
+    Tick,
+    Closed(String),
+}
+
+struct Conn {
+    id: ConnId,
+    addr: String,
+    subscribed: BTreeSet<SectorId>,
+    /// Subscription sets for the writer thread; dropping it closes the connection.
+    to_shard: Sender<Vec<SectorId>>,
+}
+
+/// What a feed has done, for metrics and benchmarks.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct FeedStats {
+    pub connects: u64,
+    pub disconnects: u64,
+    pub ticks: u64,
+    /// Bytes of frames received.
+    pub bytes: u64,
+}
+
+pub struct SectorFeed {
+    name: String,
+    secret: String,
+    options: FeedOptions,
+    next_conn: ConnId,
+    conns: HashMap<ShardId, Conn>,
+    events: Receiver<(ConnId, Event, usize)>,
+    events_tx: Sender<(ConnId, Event, usize)>,
+    pub view: SectorView,
+    pub stats: FeedStats,
+}
+
+fn overlaps(a: &Bounds, b: &Bounds) -> bool {
+    a.min.x < b.max.x && b.min.x < a.max.x && a.min.y < b.max.y && b.min.y < a.max.y
+}
+
+impl SectorFeed {
+    /// A feed that names itself `name` to shards and proves `secret` (the fleet's shard secret).
+    pub fn new(name: &str, secret: &str, options: FeedOptions) -> Self {
+        let (events_tx, events) = mpsc::channel();
+        Self {
+            name: name.to_owned(),
+            secret: secret.to_owned(),
+            options,
+            next_conn: 1,
+            conns: HashMap::new(),
+            events,
+            events_tx,
+            view: SectorView::default(),
+            stats: FeedStats::default(),
+        }
+    }
+
+    /// Shards connected (or connecting) now.
+    pub fn connections(&self) -> usize {
+        self.conns.len()
+    }
+
+    /// Follows `placement` (every leaf to its shard) and `streams` (where each shard
+    /// publishes): subscribes to the leaves that overlap `areas` (`None`: every leaf) at their
+    /// owners.
+    pub fn follow(
+        &mut self,
+        placement: &BTreeMap<SectorId, ShardId>,
+        streams: &HashMap<ShardId, String>,
+        areas: Option<&[Bounds]>,
+        now: Instant,
+    ) {
+        let wanted: BTreeMap<SectorId, &ShardId> = placement
+            .iter()
+            .filter(|(s, _)| areas.is_none_or(|a| a.iter().any(|b| overlaps(b, &s.bounds()))))
+            .map(|(s, shard)| (*s, shard))
+            .collect();
+        self.view.set_wanted(areas.map(<[Bounds]>::to_vec));
+        let mut desired: BTreeMap<ShardId, BTreeSet<SectorId>> = BTreeMap::new();
+        for (s, shard) in &wanted {
+            desired.entry((*shard).clone()).or_default().insert(*s);
+        }
+        // Connections to shards that now publish elsewhere (a restart) or want nothing.
+        let stale: Vec<ShardId> = self
+            .conns
+            .iter()
+            .filter(|(shard, c)| {
+                !desired.contains_key(*shard) || streams.get(*shard) != Some(&c.addr)
+            })
+            .map(|(shard, _)| shard.clone())
+            .collect();
+        for shard in stale {
+            let c = self.conns.remove(&shard).expect("listed");
+            for s in &c.subscribed {
+                self.unsubscribed(c.id, *s, wanted.contains_key(s), now);
+            }
+            self.view.connection_lost(c.id, now);
+        }
+        for (shard, sectors) in desired {
+            let Some(addr) = streams.get(&shard) else {
+                continue;
+            };
+            match self.conns.get_mut(&shard) {
+                Some(c) => {
+                    if c.subscribed != sectors {
+                        let gone: Vec<SectorId> =
+                            c.subscribed.difference(&sectors).copied().collect();
+                        let id = c.id;
+                        let _ = c.to_shard.send(sectors.iter().copied().collect());
+                        c.subscribed = sectors;
+                        for s in gone {
+                            self.unsubscribed(id, s, wanted.contains_key(&s), now);
+                        }
+                    }
+                }
+                None => {
+                    let id = self.next_conn;
+                    self.next_conn += 1;
+                    let (to_shard, from_feed) = mpsc::channel();
+                    let _ = to_shard.send(sectors.iter().copied().collect());
+                    self.stats.connects += 1;
+                    spawn_connection(
+                        id,
+                        addr.clone(),
+                        self.name.clone(),
+                        self.secret.clone(),
+                        self.options,
+                        from_feed,
+                        self.events_tx.clone(),
+                    );
+                    self.conns.insert(
+                        shard,
+                        Conn {
+                            id,
+                            addr: addr.clone(),
+                            subscribed: sectors,
+                            to_shard,
+                        },
+                    );
+                }
+            }
+        }
+    }
+
+    fn unsubscribed(&mut self, conn: ConnId, sector: SectorId, still_wanted: bool, now: Instant) {
+        if still_wanted {
+            self.view.sector_moved(conn, sector, now);
+        } else {
+            self.view.sector_dropped(conn, sector);
+        }
+    }
+
+    /// Applies everything received so far; frames of connections already closed are dropped.
+    /// How many frames were applied.
+    pub fn pump(&mut self, now: Instant) -> usize {
+        let mut applied = 0;
+        loop {
+            let (conn, event, bytes) = match self.events.try_recv() {
+                Ok(e) => e,
+                Err(TryRecvError::Empty | TryRecvError::Disconnected) => break,
+            };
+            let Some(shard) = self
+                .conns
+                .iter()
+                .find(|(_, c)| c.id == conn)
+                .map(|(s, _)| s.clone())
+            else {
+                continue;
+            };
+            self.stats.bytes += bytes as u64;
+            match event {
+                Event::Frame(frame) => match self.view.apply(conn, &frame, now) {
+                    Ok(()) => applied += 1,
+                    Err(e) => {
+                        warn!(%shard, error = %e, "bad sector frame; dropping the connection");
+                        self.close(&shard, now);
+                    }
+                },
+                Event::Tick => self.stats.ticks += 1,
+                Event::Closed(reason) => {
+                    debug!(%shard, reason, "sector stream closed");
+                    self.close(&shard, now);
+                }
+            }
+        }
+        self.view.expire(now);
+        applied
+    }
+
+    fn close(&mut self, shard: &ShardId, now: Instant) {
+        if let Some(c) = self.conns.remove(shard) {
+            self.stats.disconnects += 1;
+            self.view.connection_lost(c.id, now);
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+enum HandshakeError {
+    #[error("{0}")]
+    Io(#[from] std::io::Error),
+    #[error("the shard closed the connection")]
+    Closed,
+    #[error("bad frame: {0}")]
+    Frame(String),
+    #[error("the shard refused: {0}")]
+    Rejected(String),
+    #[error("the shard speaks stream protocol {0}, this subscriber {STREAM_PROTOCOL_VERSION}")]
+    Version(u32),
+    #[error("the shard could not prove it knows the secret")]
+    Impostor,
+    #[error("unexpected message during the handshake")]
+    Unexpected,
+}
+
+fn read_message(
+    stream: &mut TcpStream,
+    reader: &mut FrameReader,
+    buf: &mut [u8],
+) -> Result<(PublisherMessage, usize), HandshakeError> {
+    loop {
+        let before = reader.buffered();
+        match reader.next_frame::<PublisherMessage>() {
+            Ok(Some(m)) => return Ok((m, before - reader.buffered())),
+            Ok(None) => {}
+            Err(e) => return Err(HandshakeError::Frame(e.to_string())),
+        }
+        let n = stream.read(buf)?;
+        if n == 0 {
+            return Err(HandshakeError::Closed);
+        }
+        reader.push(&buf[..n]);
+    }
+}
+
+fn handshake(
+    stream: &mut TcpStream,
+    reader: &mut FrameReader,
+    name: &str,
+    secret: &str,
+) -> Result<ShardId, HandshakeError> {
+    let mut buf = [0u8; 1024];
+    let challenge = match read_message(stream, reader, &mut buf)?.0 {
+        PublisherMessage::Challenge { protocol, nonce } if protocol == STREAM_PROTOCOL_VERSION => {
+            nonce
+        }
+        PublisherMessage::Challenge { protocol, .. } => {
+            return Err(HandshakeError::Version(protocol));
+        }
+        _ => return Err(HandshakeError::Unexpected),
+    };
+    let nonce = fresh_nonce();
+    let hello = SubscriberMessage::Hello {
+        protocol: STREAM_PROTOCOL_VERSION,
+        subscriber: name.to_owned(),
+        nonce,
+        proof: subscriber_proof(secret, &challenge, &nonce, name),
+    };
+    stream.write_all(&encode_frame(&hello))?;
+    match read_message(stream, reader, &mut buf)?.0 {
+        PublisherMessage::Welcome { shard, proof, .. } => {
+            if verify_publisher_proof(secret, &challenge, &nonce, name, &proof) {
+                Ok(shard)
+            } else {
+                Err(HandshakeError::Impostor)
+            }
+        }
+        PublisherMessage::Rejected { reason } => Err(HandshakeError::Rejected(reason)),
+        _ => Err(HandshakeError::Unexpected),
+    }
+}
+
+/// Connects, authenticates and then bridges the socket: subscription sets out, frames in.
+fn spawn_connection(
+    id: ConnId,
+    addr: String,
+    name: String,
+    secret: String,
+    options: FeedOptions,
+    subscriptions: Receiver<Vec<SectorId>>,
+    events: Sender<(ConnId, Event, usize)>,
+) {
+    let spawned = std::thread::Builder::new()
+        .name("stream-read".into())
+        .spawn(move || {
+            let reason =
+                match run_connection(id, &addr, &name, &secret, options, subscriptions, &events) {
+                    Ok(()) => "closed".to_owned(),
+                    Err(e) => e,
+                };
+            let _ = events.send((id, Event::Closed(reason), 0));
+        });
+    if let Err(e) = spawned {
+        warn!(error = %e, "cannot start a sector stream thread");
+    }
+}
+
+fn run_connection(
+    id: ConnId,
+    addr: &str,
+    name: &str,
+    secret: &str,
+    options: FeedOptions,
+    subscriptions: Receiver<Vec<SectorId>>,
+    events: &Sender<(ConnId, Event, usize)>,
+) -> Result<(), String> {
+    let sock = addr
+        .to_socket_addrs()
+        .map_err(|e| format!("cannot resolve {addr}: {e}"))?
+        .next()
+        .ok_or_else(|| format!("{addr} resolves to nothing"))?;
+    let mut stream = TcpStream::connect_timeout(&sock, Duration::from_secs(2))
+        .map_err(|e| format!("cannot reach {addr}: {e}"))?;
+    let io = |e: std::io::Error| e.to_string();
+    link_socket::harden(&stream, options.timeout).map_err(io)?;
+    stream.set_read_timeout(Some(options.timeout)).map_err(io)?;
+    stream
+        .set_write_timeout(Some(options.timeout))
+        .map_err(io)?;
+    let mut reader = FrameReader::with_limit(MAX_HELLO_FRAME_BYTES);
+    handshake(&mut stream, &mut reader, name, secret).map_err(|e| e.to_string())?;
+    reader.set_limit(options.max_frame_bytes);
+    let mut writer = stream.try_clone().map_err(io)?;
+    std::thread::Builder::new()
+        .name("stream-write".into())
+        .spawn(move || {
+            while let Ok(mut sectors) = subscriptions.recv() {
+                // Only the newest set matters.
+                while let Ok(newer) = subscriptions.try_recv() {
+                    sectors = newer;
+                }
+                let msg = SubscriberMessage::Subscribe { sectors };
+                if writer.write_all(&encode_frame(&msg)).is_err() {
+                    break;
+                }
+            }
+            let _ = writer.shutdown(std::net::Shutdown::Both);
+        })
+        .map_err(io)?;
+    let mut buf = vec![0u8; 64 * 1024];
+    loop {
+        loop {
+            let before = reader.buffered();
+            match reader.next_frame::<PublisherMessage>() {
+                Ok(Some(m)) => {
+                    let size = before - reader.buffered();
+                    let event = match m {
+                        PublisherMessage::Sector(f) => Event::Frame(f),
+                        PublisherMessage::Tick { .. } => Event::Tick,
+                        _ => return Err("unexpected message after the handshake".into()),
+                    };
+                    if events.send((id, event, size)).is_err() {
+                        return Ok(());
+                    }
+                }
+                Ok(None) => break,
+                Err(e) => return Err(format!("bad frame: {e}")),
+            }
+        }
+        match stream.read(&mut buf) {
+            Ok(0) => return Err("the shard closed the stream".into()),
+            Ok(n) => reader.push(&buf[..n]),
+            Err(e) => return Err(format!("read failed: {e}")),
+        }
+    }
+}
