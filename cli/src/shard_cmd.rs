@@ -3,13 +3,14 @@
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
+use anyhow::Context;
 use clap::Args;
 use sidereal_core::ShardId;
 use sidereal_core::link_socket::parse_link_timeout;
 use sidereal_core::protocol::MAX_FRAME_BYTES;
 use sidereal_shard::metrics::ShardMetrics;
 use sidereal_shard::status::{StatusBoard, StatusPlugin};
-use sidereal_shard::{Clock, ShardConfig, build_app, tcp};
+use sidereal_shard::{Clock, ShardConfig, build_app, stream_server, tcp};
 
 #[derive(Args, Debug, Clone)]
 pub struct ShardArgs {
@@ -44,9 +45,46 @@ pub struct ShardArgs {
     /// Set the same on replication.
     #[arg(long, default_value_t = MAX_FRAME_BYTES, value_parser = crate::replication_cmd::parse_max_frame_bytes)]
     pub max_frame_bytes: usize,
+    /// Where to serve this shard's sector streams (gateways and neighbours subscribe there);
+    /// `off` serves none. A port of 0 picks a free one.
+    #[arg(long, env = "SIDEREAL_SHARD_STREAM", default_value = "127.0.0.1:0")]
+    pub stream: String,
+    /// The address subscribers are told to use (`host:port`, e.g. the pod IP under
+    /// Kubernetes); by default the bound address, which then must not be a wildcard.
+    #[arg(long, env = "SIDEREAL_SHARD_STREAM_ADVERTISE")]
+    pub stream_advertise: Option<String>,
     /// Keep retrying to reach replication for this long at start.
     #[arg(long, default_value = "30", value_parser = parse_secs)]
     pub connect_timeout: Duration,
+}
+
+/// Starts the sector streams' server unless `--stream off`: the address to advertise and the
+/// hub for the app.
+fn serve_streams(
+    args: &ShardArgs,
+    shard: &ShardId,
+) -> anyhow::Result<(Option<String>, Option<sidereal_shard::streams::StreamHub>)> {
+    if args.stream == "off" {
+        return Ok((None, None));
+    }
+    let config = stream_server::StreamServerConfig {
+        shard: shard.clone(),
+        secret: args.secret.clone(),
+        tick_hz: args.tick_hz,
+        timeout: args.link_timeout,
+        max_frame_bytes: args.max_frame_bytes,
+    };
+    let (bound, hub) = stream_server::serve(&args.stream, config)
+        .with_context(|| format!("cannot serve sector streams on {}", args.stream))?;
+    let advertised = match &args.stream_advertise {
+        Some(a) => a.clone(),
+        None if bound.ip().is_unspecified() => anyhow::bail!(
+            "--stream {} binds every address: say which one subscribers use with --stream-advertise",
+            args.stream
+        ),
+        None => bound.to_string(),
+    };
+    Ok((Some(advertised), Some(hub)))
 }
 
 fn parse_secs(s: &str) -> Result<Duration, String> {
@@ -63,6 +101,7 @@ pub fn run(args: ShardArgs) -> anyhow::Result<()> {
         "--tick-hz must be within 1..=240"
     );
     let shard = ShardId::new(args.id.clone());
+    let (publishing, hub) = serve_streams(&args, &shard)?;
     let deadline = Instant::now() + args.connect_timeout;
     let mut backoff = Duration::from_millis(100);
     let link = loop {
@@ -70,7 +109,13 @@ pub fn run(args: ShardArgs) -> anyhow::Result<()> {
             timeout: args.link_timeout,
             max_frame_bytes: args.max_frame_bytes,
         };
-        match tcp::connect(&args.replication, &shard, &args.secret, options) {
+        match tcp::connect(
+            &args.replication,
+            &shard,
+            &args.secret,
+            options,
+            publishing.clone(),
+        ) {
             Ok(l) => break l,
             // A rejection will not change by retrying.
             Err(e @ tcp::ConnectError::Rejected(_)) => return Err(e.into()),
@@ -92,6 +137,9 @@ pub fn run(args: ShardArgs) -> anyhow::Result<()> {
         fire_every_ticks: args.fire_every_ticks,
     };
     let mut app = build_app(config, link.link, Clock::RealTime);
+    if let Some(hub) = hub {
+        app.insert_resource(hub);
+    }
     let metrics = app.world().resource::<ShardMetrics>().clone();
     // /healthz answers 503 once the link is down.
     let alive = board.clone();

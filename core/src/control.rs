@@ -75,6 +75,9 @@ pub struct ShardView {
     pub entities: usize,
     /// p99 CPU time per tick, once it has reported.
     pub tick_p99_ms: Option<f32>,
+    /// Where it publishes its sector streams (`host:port`), if it does.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stream: Option<String>,
 }
 
 /// `GET /v1/entities[?owner=..][&sector=..]`.

@@ -19,7 +19,7 @@ use crate::ids::{EntityId, EntitySnapshot, Epoch, ShardId};
 use crate::load::ShardLoadReport;
 
 /// Bumped on any incompatible change of the messages below.
-pub const PROTOCOL_VERSION: u32 = 4;
+pub const PROTOCOL_VERSION: u32 = 5;
 /// Largest frame either side accepts by default (`--max-frame-bytes`).
 pub const MAX_FRAME_BYTES: usize = 16 << 20;
 /// The smallest frame limit allowed: a few hundred entries per part.
@@ -90,6 +90,8 @@ pub enum ShardMessage {
         shard: ShardId,
         nonce: Nonce,
         proof: Proof,
+        /// Where the shard publishes its sector streams ([`crate::stream`]), if it does.
+        stream: Option<String>,
     },
     /// Compact batch of changed entities (see `codec`).
     Updates(Vec<u8>),
@@ -179,7 +181,16 @@ impl ShardMessage {
             shard,
             nonce,
             proof,
+            stream: None,
         }
+    }
+
+    /// This `Hello` announcing that the shard publishes its sector streams at `addr`.
+    pub fn publishing(mut self, addr: Option<String>) -> Self {
+        if let ShardMessage::Hello { stream, .. } = &mut self {
+            *stream = addr;
+        }
+        self
     }
 }
 

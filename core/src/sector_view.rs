@@ -202,7 +202,14 @@ impl SectorView {
             self.detach(|s| s == here, now);
         }
         for d in &frame.left {
-            if self.entities.get(&d.id).is_none_or(|e| e.source != here) {
+            let applies = self.entities.get(&d.id).is_some_and(|e| {
+                e.source == here
+                    // It ended on the owner it was on its way to, before that owner streamed it.
+                    || (d.to.is_none()
+                        && matches!(e.source, Source::InTransit { .. })
+                        && d.epoch >= e.epoch)
+            });
+            if !applies {
                 continue;
             }
             match d.to {
@@ -371,8 +378,35 @@ mod tests {
     fn moved(id: u64, x: f32) -> Departure {
         Departure {
             id: EntityId(id),
+            epoch: 1,
             to: Some([x, 10.0]),
         }
+    }
+
+    fn ended(id: u64, epoch: Epoch) -> Departure {
+        Departure {
+            id: EntityId(id),
+            epoch,
+            to: None,
+        }
+    }
+
+    #[test]
+    fn an_entity_that_ends_on_its_new_owner_before_being_streamed_stops_being_waited_for() {
+        let t0 = Instant::now();
+        let mut view = SectorView::default();
+        let (mut a, mut b) = (Pub::new(0), Pub::new(1));
+        view.apply(A, &a.frame(1, &[(7, 1, 990.0)], &[]), t0)
+            .unwrap();
+        view.apply(B, &b.frame(1, &[], &[]), t0).unwrap();
+        view.apply(A, &a.frame(2, &[], &[moved(7, 1001.0)]), t0)
+            .unwrap();
+        assert_eq!(view.in_transit(), 1);
+        // An ending at an older epoch than held is someone else's news.
+        view.apply(B, &b.frame(3, &[], &[ended(7, 0)]), t0).unwrap();
+        assert_eq!(view.in_transit(), 1);
+        view.apply(B, &b.frame(4, &[], &[ended(7, 2)]), t0).unwrap();
+        assert!(view.is_empty(), "no ghost waits for the timeout");
     }
 
     #[test]
@@ -481,10 +515,7 @@ mod tests {
             2,
             &[],
             &[
-                Departure {
-                    id: EntityId(1),
-                    to: None,
-                },
+                ended(1, 1),
                 moved(2, -5.0),   // into an unwanted sector
                 moved(3, 1005.0), // into a wanted one
             ],

@@ -25,7 +25,7 @@ use crate::geometry::SectorId;
 use hmac::Mac;
 
 use crate::handshake::{Nonce, Proof, mac};
-use crate::ids::{EntityId, EntityKind, ShardId};
+use crate::ids::{EntityId, EntityKind, Epoch, ShardId};
 
 /// Bumped on any incompatible change of the messages below.
 pub const STREAM_PROTOCOL_VERSION: u32 = 1;
@@ -95,9 +95,14 @@ pub struct SectorFrame {
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 pub struct Departure {
     pub id: EntityId,
+    /// The epoch it had in this stream.
+    pub epoch: Epoch,
     /// Where it went: `Some(position)` when it lives on (into another sector of this shard, or
     /// handed over to another owner, or released by placement: it shows again in the stream of
-    /// the sector at that position, at the same or a newer epoch); `None` when it ended.
+    /// the sector at that position, at the same or a newer epoch); `None` when it ended. An
+    /// entity that ends in the tick it was adopted (a projectile at the end of its life) was
+    /// never in the stream: its departure is sent all the same, so that a subscriber waiting
+    /// for it stops waiting.
     pub to: Option<[f32; 2]>,
 }
 

@@ -11,7 +11,7 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::io::{Read, Write};
 use std::net::{TcpStream, ToSocketAddrs};
-use std::sync::mpsc::{self, Receiver, Sender, TryRecvError};
+use std::sync::mpsc::{self, Receiver, Sender};
 use std::time::{Duration, Instant};
 
 use tracing::{debug, warn};
@@ -200,11 +200,7 @@ impl SectorFeed {
     /// How many frames were applied.
     pub fn pump(&mut self, now: Instant) -> usize {
         let mut applied = 0;
-        loop {
-            let (conn, event, bytes) = match self.events.try_recv() {
-                Ok(e) => e,
-                Err(TryRecvError::Empty | TryRecvError::Disconnected) => break,
-            };
+        while let Ok((conn, event, bytes)) = self.events.try_recv() {
             let Some(shard) = self
                 .conns
                 .iter()

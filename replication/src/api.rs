@@ -303,6 +303,7 @@ async fn shards(State(s): State<Arc<Shared>>) -> Json<ShardsView> {
             sectors: a.placement().sectors.values().filter(|s| *s == id).count(),
             entities: owned.get(id).copied().unwrap_or(0),
             tick_p99_ms: a.load().get(id).map(|r| r.tick_p99_ms),
+            stream: a.stream_addresses().get(id).cloned(),
         })
         .collect();
     Json(ShardsView { shards })

@@ -229,3 +229,96 @@ fn a_killed_shards_sectors_are_rehomed_with_nothing_lost() {
             .all(|s| *s != victim)
     );
 }
+
+/// A subscriber of every sector stream sees exactly the mirror's entities, each once and at the
+/// mirror's state, tick after tick: through crossings between shards, a split onto two shards,
+/// the merge back, and a shard killed and its sectors re-homed.
+#[test]
+fn sector_streams_show_every_entity_once_through_crossings_splits_merges_and_a_kill() {
+    use sidereal_testkit::streams::StreamWatcher;
+    let mut fleet = Fleet::new(world(), 3, 45);
+    fleet.seed(2100, 5);
+    // The root's four scale-1 children over three shards, so one can be split.
+    let ids = fleet.shard_ids();
+    let mut p = sidereal_core::Placement {
+        generation: 1,
+        sectors: Default::default(),
+        world: None,
+    };
+    for (c, i) in world()[0].children().unwrap().into_iter().zip([0, 1, 2, 0]) {
+        p.sectors.insert(c, ids[i].clone());
+    }
+    fleet.place(p);
+    let mut watcher = StreamWatcher::new();
+    watcher.subscribe(&fleet);
+    let run = |fleet: &mut Fleet, watcher: &mut StreamWatcher, ticks: u32| {
+        for _ in 0..ticks {
+            fleet.step();
+            fleet.check_invariants().unwrap();
+            watcher.pump(fleet).unwrap();
+            watcher.check_against_mirror(fleet).unwrap();
+        }
+    };
+    run(&mut fleet, &mut watcher, 10 * TICK_HZ);
+    let handovers = fleet.authority.counters.handovers;
+    assert!(
+        handovers > 100,
+        "crossings between shards happened ({handovers})"
+    );
+    assert!(fleet.authority.counters.despawns > 10, "projectiles ended");
+
+    let leaf = *fleet
+        .authority
+        .placement()
+        .sectors
+        .iter()
+        .find(|(_, s)| **s == ids[0])
+        .expect("shard-0 owns a leaf")
+        .0;
+    let split = placement::split(
+        fleet.authority.placement(),
+        leaf,
+        [
+            ids[0].clone(),
+            ids[1].clone(),
+            ids[2].clone(),
+            ids[0].clone(),
+        ],
+    )
+    .unwrap();
+    fleet.place(split);
+    watcher.subscribe(&fleet);
+    run(&mut fleet, &mut watcher, 5 * TICK_HZ);
+    let merged = placement::merge(fleet.authority.placement(), leaf, ids[2].clone()).unwrap();
+    fleet.place(merged);
+    watcher.subscribe(&fleet);
+    run(&mut fleet, &mut watcher, 5 * TICK_HZ);
+
+    fleet.kill(1);
+    run(&mut fleet, &mut watcher, 10);
+    assert!(
+        watcher.view.in_transit() > 0,
+        "the dead shard's entities wait in transit"
+    );
+    fleet.rehome();
+    watcher.subscribe(&fleet);
+    run(&mut fleet, &mut watcher, 5 * TICK_HZ);
+    assert_eq!(
+        watcher.view.in_transit(),
+        fleet
+            .authority
+            .mirror()
+            .iter()
+            .filter(|(_, r)| r.in_transit)
+            .count()
+    );
+    let stats = watcher.view.stats;
+    assert_eq!(stats.expired, 0, "nothing waited past the transit timeout");
+    println!(
+        "sector streams: {} frames, {:.2} bytes per entity update in shared frames, {} stale updates refused, {} bytes in all",
+        stats.frames,
+        stats.update_bytes as f64 / stats.entity_updates.max(1) as f64,
+        stats.stale_refused,
+        watcher.bytes
+    );
+}

@@ -13,6 +13,8 @@ pub mod ownership;
 pub mod physics;
 pub mod simulation;
 pub mod status;
+pub mod stream_server;
+pub mod streams;
 pub mod tcp;
 
 use std::time::Duration;
@@ -78,6 +80,7 @@ pub fn build_app(config: ShardConfig, link: ShardLink, clock: Clock) -> App {
             ownership::OwnershipPlugin,
             simulation::SimulationPlugin,
             load::LoadPlugin,
+            streams::SectorStreamsPlugin,
         ));
     if clock == Clock::Stepped {
         // Ready to `update()` by hand; a real-time app finishes its plugins in `run()`, so the

@@ -26,7 +26,7 @@ pub struct Ownership {
     pub world: Vec<SectorId>,
     /// The bounds of `sectors` and of `world`, computed once per assignment: every entity is
     /// checked against them every tick.
-    sector_bounds: Vec<Bounds>,
+    sector_bounds: Vec<(SectorId, Bounds)>,
     world_bounds: Vec<Bounds>,
     /// Owned entity ids to their Bevy entities.
     pub entities: HashMap<EntityId, Entity>,
@@ -37,11 +37,25 @@ pub struct Ownership {
     shadow_tick: Option<u64>,
     /// Handovers sent so far (for metrics).
     pub handovers_out: u64,
+    /// Entities that left this shard alive this tick (handed over or released), with where
+    /// they were: the sector streams tell subscribers to wait for them. Emptied every tick.
+    pub departed: Vec<(EntityId, [f32; 2])>,
+    /// Entities that ended here this tick (despawned, disowned), with their epoch and where
+    /// they were. Emptied every tick.
+    pub ended: Vec<(EntityId, Epoch, [f32; 2])>,
 }
 
 impl Ownership {
     pub fn owns_point(&self, p: Point) -> bool {
-        self.sector_bounds.iter().any(|b| b.contains(p))
+        self.sector_bounds.iter().any(|(_, b)| b.contains(p))
+    }
+
+    /// The owned leaf that contains `p`.
+    pub fn sector_of(&self, p: Point) -> Option<SectorId> {
+        self.sector_bounds
+            .iter()
+            .find(|(_, b)| b.contains(p))
+            .map(|(s, _)| *s)
     }
 
     pub fn in_world(&self, p: Point) -> bool {
@@ -52,7 +66,7 @@ impl Ownership {
     pub fn assign(&mut self, generation: u64, sectors: Vec<SectorId>, world: Vec<SectorId>) {
         self.generation = generation;
         self.sectors = sectors.into_iter().collect();
-        self.sector_bounds = self.sectors.iter().map(SectorId::bounds).collect();
+        self.sector_bounds = self.sectors.iter().map(|s| (*s, s.bounds())).collect();
         self.world_bounds = world.iter().map(SectorId::bounds).collect();
         self.world = world;
     }
@@ -81,9 +95,15 @@ impl Plugin for OwnershipPlugin {
                 FixedUpdate,
                 apply_replication_messages.in_set(TickSet::Receive),
             )
+            .add_systems(FixedFirst, forget_last_ticks_departures)
             .add_systems(FixedLast, hand_over_leavers.in_set(TickSet::Settle))
             .add_systems(FixedLast, publish_gauges.in_set(TickSet::Report));
     }
+}
+
+fn forget_last_ticks_departures(mut own: ResMut<Ownership>) {
+    own.departed.clear();
+    own.ended.clear();
 }
 
 /// Keeps the ownership gauges current; counters and histograms are written where things happen.
@@ -183,7 +203,10 @@ fn apply_replication_messages(
                     let Some(e) = own.entities.remove(&id) else {
                         continue;
                     };
-                    let epoch = owned.get(e).map_or(1, |(_, o, ..)| o.epoch);
+                    let (epoch, pos) = owned.get(e).map_or((1, [f32::NAN; 2]), |(_, o, p, ..)| {
+                        (o.epoch, [p.0.x, p.0.y])
+                    });
+                    own.ended.push((id, epoch, pos));
                     encoder.0.forget(id);
                     commands.entity(e).despawn();
                     link.send(ShardMessage::Despawned { id, epoch });
@@ -259,6 +282,7 @@ fn release_unowned(
         let state = state_of(p, r, v, w);
         if !own.owns_point(state.point()) && own.entities.get(&o.id) == Some(&e) {
             released.push((snapshot(o, state, ttl), o.epoch));
+            own.departed.push((o.id, state.pos));
             own.entities.remove(&o.id);
             encoder.0.forget(o.id);
             commands.entity(e).despawn();
@@ -302,6 +326,7 @@ fn hand_over_leavers(
         let snap = snapshot(o, state_of(p, r, v, w), ttl);
         own.entities.remove(&o.id);
         own.handed_over.insert(o.id, snap);
+        own.departed.push((o.id, snap.state.pos));
         own.handovers_out += 1;
         metrics.handovers_out.inc();
         encoder.0.forget(o.id);

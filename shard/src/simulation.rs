@@ -142,12 +142,13 @@ fn age_projectiles(
     link: Res<ShardLink>,
     mut own: ResMut<Ownership>,
     mut encoder: ResMut<Encoder>,
-    mut q: Query<(Entity, &Owned, &mut Ttl)>,
+    mut q: Query<(Entity, &Owned, &Position, &mut Ttl)>,
 ) {
-    for (e, o, mut ttl) in &mut q {
+    for (e, o, p, mut ttl) in &mut q {
         ttl.0 = ttl.0.saturating_sub(1);
         if ttl.0 == 0 {
             own.entities.remove(&o.id);
+            own.ended.push((o.id, o.epoch, [p.0.x, p.0.y]));
             encoder.0.forget(o.id);
             commands.entity(e).despawn();
             link.send(ShardMessage::Despawned {

@@ -95,6 +95,7 @@ fn handshake(
     reader: &mut FrameReader,
     shard: &ShardId,
     secret: &str,
+    publishing: Option<String>,
 ) -> Result<u32, ConnectError> {
     let challenge = match read_one(stream, reader)? {
         ReplicationMessage::Challenge { protocol, nonce } if protocol == PROTOCOL_VERSION => nonce,
@@ -110,7 +111,8 @@ fn handshake(
         }
     };
     let nonce = fresh_nonce();
-    let hello = ShardMessage::hello(secret, &challenge, shard.clone(), nonce);
+    let hello =
+        ShardMessage::hello(secret, &challenge, shard.clone(), nonce).publishing(publishing);
     stream
         .write_all(&encode_frame(&hello))
         .map_err(|_| ConnectError::Closed)?;
@@ -131,12 +133,14 @@ fn handshake(
     }
 }
 
-/// Connects, authenticates with `secret`, and starts the bridge threads.
+/// Connects, authenticates with `secret`, and starts the bridge threads. `publishing`: where
+/// this shard serves its sector streams, told to replication in the `Hello`.
 pub fn connect(
     addr: &str,
     shard: &ShardId,
     secret: &str,
     options: LinkOptions,
+    publishing: Option<String>,
 ) -> Result<TcpLink, ConnectError> {
     let io = |source| ConnectError::Io {
         addr: addr.to_owned(),
@@ -155,7 +159,7 @@ pub fn connect(
         .set_write_timeout(Some(options.timeout))
         .map_err(io)?;
     let mut reader = FrameReader::with_limit(options.max_frame_bytes);
-    let incarnation = handshake(&mut stream, &mut reader, shard, secret)?;
+    let incarnation = handshake(&mut stream, &mut reader, shard, secret, publishing)?;
     info!(%shard, incarnation, addr, "shard link up");
     let (mut link, to_shard, from_shard) = ShardLink::pair();
     link.max_frame_bytes = options.max_frame_bytes;

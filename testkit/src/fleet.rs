@@ -20,6 +20,8 @@ pub struct ShardProc {
     pub link: LinkId,
     to_shard: Sender<ReplicationMessage>,
     from_shard: Receiver<ShardMessage>,
+    /// The shard's sector-stream hub: subscribers join through it.
+    pub streams: Sender<sidereal_shard::streams::HubEvent>,
 }
 
 pub struct Fleet {
@@ -60,7 +62,7 @@ impl Fleet {
 
     pub fn start_shard(&mut self, name: &str, seed: u64, fire_every_ticks: u32) -> usize {
         let (link, to_shard, from_shard) = ShardLink::pair();
-        let app = build_app(
+        let mut app = build_app(
             ShardConfig {
                 name: name.to_owned(),
                 tick_hz: TICK_HZ,
@@ -70,6 +72,8 @@ impl Fleet {
             link,
             Clock::Stepped,
         );
+        let (streams, hub) = crossbeam_channel::unbounded();
+        app.insert_resource(sidereal_shard::streams::StreamHub(hub));
         let challenge = [self.shards.len() as u8; 32];
         let link = self.authority.connect(challenge);
         let id = ShardId::new(name);
@@ -85,6 +89,7 @@ impl Fleet {
             link,
             to_shard,
             from_shard,
+            streams,
         }));
         self.deliver();
         self.shards.len() - 1

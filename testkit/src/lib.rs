@@ -8,6 +8,8 @@ use std::time::{Duration, Instant};
 
 #[cfg(feature = "fleet")]
 pub mod fleet;
+#[cfg(feature = "fleet")]
+pub mod streams;
 pub mod tcp_proxy;
 pub mod udp_proxy;
 

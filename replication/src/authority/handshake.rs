@@ -18,6 +18,7 @@ impl Authority {
         shard: ShardId,
         nonce: &Nonce,
         proof: &Proof,
+        stream: Option<String>,
     ) -> Result<(), LinkError> {
         let challenge = self.links[&link].challenge;
         let result = if protocol != PROTOCOL_VERSION {
@@ -57,6 +58,10 @@ impl Authority {
         l.incarnation = incarnation;
         self.live.insert(shard.clone(), link);
         self.seen.insert(shard.clone());
+        match stream {
+            Some(addr) => self.streams.insert(shard.clone(), addr),
+            None => self.streams.remove(&shard),
+        };
         info!(%shard, incarnation, "shard linked");
         self.outbox.push((
             link,

@@ -179,6 +179,8 @@ pub struct Authority {
     live: BTreeMap<ShardId, LinkId>,
     /// Every shard ever connected, to tell "dead" from "unknown".
     seen: BTreeSet<ShardId>,
+    /// Where each shard that said so publishes its sector streams (as of its last `Hello`).
+    streams: BTreeMap<ShardId, String>,
     mirror: Mirror,
     /// The world's roots now: the configured ones until a placement brings its own.
     world: Vec<SectorId>,
@@ -207,6 +209,7 @@ impl Authority {
             links: BTreeMap::new(),
             live: BTreeMap::new(),
             seen: BTreeSet::new(),
+            streams: BTreeMap::new(),
             mirror: Mirror::default(),
             next_link: 1,
             next_incarnation: 1,
@@ -242,6 +245,11 @@ impl Authority {
 
     pub fn known_shards(&self) -> &BTreeSet<ShardId> {
         &self.seen
+    }
+
+    /// Where shards publish their sector streams, as they said when they linked.
+    pub fn stream_addresses(&self) -> &BTreeMap<ShardId, String> {
+        &self.streams
     }
 
     pub fn load(&self) -> &BTreeMap<ShardId, ShardLoadReport> {
@@ -326,7 +334,8 @@ impl Authority {
                     shard,
                     nonce,
                     proof,
-                } => self.hello(link, protocol, shard, &nonce, &proof),
+                    stream,
+                } => self.hello(link, protocol, shard, &nonce, &proof, stream),
                 _ => Err(LinkError::NoHello),
             };
         };

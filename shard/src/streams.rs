@@ -1,0 +1,457 @@
+//! Sector streams, the publishing end ([`sidereal_core::stream`]): every tick, each owned
+//! sector that someone subscribed to is encoded once with the link codec and the same bytes go
+//! to each of its subscribers; a subscriber that joins gets the sector's baselines as
+//! keyframes. Subscribers come and go through [`StreamHub`] (the TCP server in
+//! [`crate::stream_server`], or a test), so the app never touches a socket.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+
+use avian2d::prelude::*;
+use bevy::prelude::*;
+use crossbeam_channel::{Receiver, Sender, TrySendError};
+use rustc_hash::FxHashMap;
+use sidereal_core::codec::UpdateEncoder;
+use sidereal_core::protocol::encode_frame;
+use sidereal_core::stream::{Departure, PublisherMessage, SectorFrame};
+use sidereal_core::{EntityId, EntityKind, EntityState, Epoch, Point, SectorId};
+use tracing::{info, warn};
+
+use crate::components::{Owned, TickSet, state_of};
+use crate::link::TickCount;
+use crate::ownership::Ownership;
+
+/// Encoded frames waiting for one subscriber's socket before it is taken for too slow.
+pub const MAX_QUEUED_FRAMES: usize = 4096;
+
+/// Bytes of one encoded message, shared by every subscriber it goes to.
+pub type Frame = Arc<Vec<u8>>;
+
+/// From the stream server to the app.
+#[derive(Debug)]
+pub enum HubEvent {
+    Joined {
+        subscriber: u64,
+        name: String,
+        frames: Sender<Frame>,
+    },
+    /// The whole set of sectors wanted from now on.
+    Subscribe {
+        subscriber: u64,
+        sectors: Vec<SectorId>,
+    },
+    Left {
+        subscriber: u64,
+    },
+}
+
+/// Where subscribers' arrivals, subscriptions and departures come in.
+#[derive(Resource)]
+pub struct StreamHub(pub Receiver<HubEvent>);
+
+struct Subscriber {
+    name: String,
+    frames: Sender<Frame>,
+    wanted: BTreeSet<SectorId>,
+    /// Sectors it has had an `opened` frame of and follows.
+    open: BTreeSet<SectorId>,
+}
+
+/// One streamed sector: the shared encoder and who is in it.
+#[derive(Default)]
+struct SectorStream {
+    encoder: UpdateEncoder,
+    members: FxHashMap<EntityId, (Epoch, EntityKind)>,
+}
+
+/// Stream totals, for metrics and benchmarks.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct StreamStats {
+    pub subscribers: usize,
+    pub streamed_sectors: usize,
+    /// Sector frames encoded (each once, whatever the number of its subscribers).
+    pub frames: u64,
+    /// Bytes queued to subscribers, all of them together.
+    pub bytes_sent: u64,
+    /// Entity updates encoded in shared (not opening) frames.
+    pub entity_updates: u64,
+    /// Bytes of those updates' codec batches.
+    pub update_bytes: u64,
+    /// Subscribers dropped for not keeping up.
+    pub dropped_slow: u64,
+}
+
+#[derive(Resource, Default)]
+pub struct SectorStreams {
+    subscribers: BTreeMap<u64, Subscriber>,
+    sectors: BTreeMap<SectorId, SectorStream>,
+    pub stats: StreamStats,
+}
+
+/// Adds the publishing end; without a [`StreamHub`] resource nobody can subscribe.
+pub struct SectorStreamsPlugin;
+
+impl Plugin for SectorStreamsPlugin {
+    fn build(&self, app: &mut App) {
+        app.init_resource::<SectorStreams>().add_systems(
+            FixedLast,
+            (take_subscriptions, publish_sector_streams)
+                .chain()
+                .in_set(TickSet::Report),
+        );
+    }
+}
+
+/// Applies arrivals, subscription changes and departures, at the tick boundary.
+fn take_subscriptions(hub: Option<Res<StreamHub>>, mut streams: ResMut<SectorStreams>) {
+    let Some(hub) = hub else { return };
+    while let Ok(event) = hub.0.try_recv() {
+        match event {
+            HubEvent::Joined {
+                subscriber,
+                name,
+                frames,
+            } => {
+                info!(subscriber = %name, "sector stream subscriber joined");
+                streams.subscribers.insert(
+                    subscriber,
+                    Subscriber {
+                        name,
+                        frames,
+                        wanted: BTreeSet::new(),
+                        open: BTreeSet::new(),
+                    },
+                );
+            }
+            HubEvent::Subscribe {
+                subscriber,
+                sectors,
+            } => {
+                if let Some(s) = streams.subscribers.get_mut(&subscriber) {
+                    s.wanted = sectors.into_iter().collect();
+                    // A sector no longer wanted needs a fresh opening if wanted again.
+                    let wanted = &s.wanted;
+                    s.open.retain(|x| wanted.contains(x));
+                }
+            }
+            HubEvent::Left { subscriber } => {
+                if let Some(s) = streams.subscribers.remove(&subscriber) {
+                    info!(subscriber = %s.name, "sector stream subscriber left");
+                }
+            }
+        }
+    }
+    streams.stats.subscribers = streams.subscribers.len();
+}
+
+type StreamedState<'a> = (
+    &'a Owned,
+    &'a Position,
+    &'a Rotation,
+    &'a LinearVelocity,
+    &'a AngularVelocity,
+);
+
+/// This tick's entities of one streamed sector.
+#[derive(Default)]
+struct SectorBatch {
+    entities: Vec<(EntityId, Epoch, EntityState)>,
+    kinds: Vec<(EntityId, EntityKind)>,
+}
+
+/// Every tick: each wanted sector's frame, encoded once, to its subscribers; then a `Tick`.
+fn publish_sector_streams(
+    mut streams: ResMut<SectorStreams>,
+    own: Res<Ownership>,
+    tick: Res<TickCount>,
+    owned: Query<StreamedState>,
+    positions: Query<&Position, With<Owned>>,
+    mut batches: Local<BTreeMap<SectorId, SectorBatch>>,
+) {
+    let streams = &mut *streams;
+    if streams.subscribers.is_empty() {
+        streams.sectors.clear();
+        streams.stats.streamed_sectors = 0;
+        return;
+    }
+    let wanted: BTreeSet<SectorId> = streams
+        .subscribers
+        .values()
+        .flat_map(|s| s.wanted.iter().copied())
+        .filter(|s| own.sectors.contains(s))
+        .collect();
+    gather_batches(&own, &wanted, &owned, &mut batches);
+    let departed: FxHashMap<EntityId, [f32; 2]> = own.departed.iter().copied().collect();
+    let where_now = |id: EntityId| -> Option<[f32; 2]> {
+        departed.get(&id).copied().or_else(|| {
+            let e = own.entities.get(&id)?;
+            positions.get(*e).ok().map(|p| [p.0.x, p.0.y])
+        })
+    };
+    let ended = ended_unstreamed(&own, &wanted, &streams.sectors);
+    let mut outgoing: Vec<(u64, Frame)> = Vec::new();
+    for sector in &wanted {
+        let batch = batches
+            .get_mut(sector)
+            .expect("gathered for every wanted sector");
+        let stream = streams.sectors.entry(*sector).or_default();
+        let extra = ended.get(sector).map_or(&[][..], Vec::as_slice);
+        let frame = next_frame(stream, *sector, tick.0, batch, extra, where_now);
+        streams.stats.frames += 1;
+        streams.stats.update_bytes += frame.updates.len() as u64;
+        streams.stats.entity_updates += batch.entities.len() as u64;
+        let shared =
+            (!frame.is_empty()).then(|| Arc::new(encode_frame(&PublisherMessage::Sector(frame))));
+        let mut opening: Option<Frame> = None;
+        for (id, sub) in streams.subscribers.iter_mut() {
+            if !sub.wanted.contains(sector) {
+                continue;
+            }
+            if sub.open.contains(sector) {
+                if let Some(f) = &shared {
+                    outgoing.push((*id, f.clone()));
+                }
+            } else {
+                let f = opening.get_or_insert_with(|| {
+                    Arc::new(encode_frame(&PublisherMessage::Sector(opening_frame(
+                        stream, *sector, tick.0,
+                    ))))
+                });
+                outgoing.push((*id, f.clone()));
+                sub.open.insert(*sector);
+            }
+        }
+    }
+    close_unwanted_sectors(streams, &own, &wanted, tick.0, &where_now, &mut outgoing);
+    for (id, sub) in &streams.subscribers {
+        let unowned = sub
+            .wanted
+            .iter()
+            .filter(|s| !own.sectors.contains(s))
+            .copied()
+            .collect();
+        outgoing.push((
+            *id,
+            Arc::new(encode_frame(&PublisherMessage::Tick {
+                tick: tick.0,
+                unowned,
+            })),
+        ));
+    }
+    deliver(streams, outgoing);
+    streams.stats.streamed_sectors = streams.sectors.len();
+}
+
+/// Entities that ended this tick without ever being in a stream (adopted and ended in one
+/// tick), by the wanted sector they ended in: their departure is sent all the same.
+fn ended_unstreamed(
+    own: &Ownership,
+    wanted: &BTreeSet<SectorId>,
+    sectors: &BTreeMap<SectorId, SectorStream>,
+) -> BTreeMap<SectorId, Vec<Departure>> {
+    let mut out: BTreeMap<SectorId, Vec<Departure>> = BTreeMap::new();
+    for &(id, epoch, pos) in &own.ended {
+        let Some(sector) = own.sector_of(Point::new(pos[0].into(), pos[1].into())) else {
+            continue;
+        };
+        let streamed = sectors
+            .get(&sector)
+            .is_some_and(|s| s.members.contains_key(&id));
+        if wanted.contains(&sector) && !streamed {
+            out.entry(sector).or_default().push(Departure {
+                id,
+                epoch,
+                to: None,
+            });
+        }
+    }
+    out
+}
+
+/// Sorts this tick's owned entities into the wanted sectors' batches.
+fn gather_batches(
+    own: &Ownership,
+    wanted: &BTreeSet<SectorId>,
+    owned: &Query<StreamedState>,
+    batches: &mut BTreeMap<SectorId, SectorBatch>,
+) {
+    batches.retain(|s, _| wanted.contains(s));
+    for s in wanted {
+        let b = batches.entry(*s).or_default();
+        b.entities.clear();
+        b.kinds.clear();
+    }
+    for (o, p, r, v, w) in owned.iter() {
+        if !own.entities.contains_key(&o.id) {
+            continue;
+        }
+        let Some(sector) = own.sector_of(Point::new(p.0.x.into(), p.0.y.into())) else {
+            continue;
+        };
+        if let Some(b) = batches.get_mut(&sector) {
+            b.entities.push((o.id, o.epoch, state_of(p, r, v, w)));
+            b.kinds.push((o.id, o.kind));
+        }
+    }
+}
+
+/// The sector's frame for the subscribers that follow it: who entered, who left (and where to),
+/// and the shared deltas.
+fn next_frame(
+    stream: &mut SectorStream,
+    sector: SectorId,
+    tick: u64,
+    batch: &mut SectorBatch,
+    ended: &[Departure],
+    where_now: impl Fn(EntityId) -> Option<[f32; 2]>,
+) -> SectorFrame {
+    let mut entered = Vec::new();
+    let mut present: FxHashMap<EntityId, (Epoch, EntityKind)> =
+        FxHashMap::with_capacity_and_hasher(batch.entities.len(), Default::default());
+    for (&(id, epoch, _), &(_, kind)) in batch.entities.iter().zip(&batch.kinds) {
+        match stream.members.get(&id) {
+            Some(&(e, _)) if e == epoch => {}
+            // New here, or back at a newer epoch: its next update is a keyframe.
+            Some(_) => {
+                stream.encoder.forget(id);
+                entered.push((id, kind));
+            }
+            None => entered.push((id, kind)),
+        }
+        present.insert(id, (epoch, kind));
+    }
+    let mut left: Vec<Departure> = stream
+        .members
+        .iter()
+        .filter(|(id, _)| !present.contains_key(id))
+        .map(|(&id, &(epoch, _))| Departure {
+            id,
+            epoch,
+            to: where_now(id),
+        })
+        .chain(ended.iter().copied())
+        .collect();
+    left.sort_unstable_by_key(|d| d.id);
+    for d in &left {
+        stream.encoder.forget(d.id);
+    }
+    entered.sort_unstable_by_key(|(id, _)| *id);
+    stream.members = present;
+    let updates = stream
+        .encoder
+        .encode(tick, &mut batch.entities)
+        .unwrap_or_default();
+    SectorFrame {
+        sector,
+        tick,
+        opened: false,
+        entered,
+        left,
+        updates,
+    }
+}
+
+/// Everything in the sector as keyframes of what its followers hold, for a new follower.
+fn opening_frame(stream: &SectorStream, sector: SectorId, tick: u64) -> SectorFrame {
+    let mut entered: Vec<(EntityId, EntityKind)> = stream
+        .members
+        .iter()
+        .map(|(id, (_, kind))| (*id, *kind))
+        .collect();
+    entered.sort_unstable_by_key(|(id, _)| *id);
+    let updates = stream
+        .encoder
+        .keyframes(tick, |id| stream.members.get(&id).map_or(0, |m| m.0))
+        .unwrap_or_default();
+    SectorFrame {
+        sector,
+        tick,
+        opened: true,
+        entered,
+        left: Vec::new(),
+        updates,
+    }
+}
+
+/// Streams of sectors nobody wants any more are dropped; a sector this shard lost (placement)
+/// gets a last frame to its followers saying where each entity went.
+fn close_unwanted_sectors(
+    streams: &mut SectorStreams,
+    own: &Ownership,
+    wanted: &BTreeSet<SectorId>,
+    tick: u64,
+    where_now: &impl Fn(EntityId) -> Option<[f32; 2]>,
+    outgoing: &mut Vec<(u64, Frame)>,
+) {
+    let closing: Vec<SectorId> = streams
+        .sectors
+        .keys()
+        .filter(|s| !wanted.contains(s))
+        .copied()
+        .collect();
+    for sector in closing {
+        let stream = streams.sectors.remove(&sector).expect("listed");
+        let followers: Vec<u64> = streams
+            .subscribers
+            .iter()
+            .filter(|(_, s)| s.open.contains(&sector))
+            .map(|(id, _)| *id)
+            .collect();
+        if !own.sectors.contains(&sector) && !followers.is_empty() {
+            let mut left: Vec<Departure> = stream
+                .members
+                .iter()
+                .map(|(&id, &(epoch, _))| Departure {
+                    id,
+                    epoch,
+                    to: where_now(id),
+                })
+                .collect();
+            left.sort_unstable_by_key(|d| d.id);
+            let last = SectorFrame {
+                sector,
+                tick,
+                opened: false,
+                entered: Vec::new(),
+                left,
+                updates: Vec::new(),
+            };
+            let f = Arc::new(encode_frame(&PublisherMessage::Sector(last)));
+            outgoing.extend(followers.iter().map(|id| (*id, f.clone())));
+        }
+        for id in followers {
+            if let Some(s) = streams.subscribers.get_mut(&id) {
+                s.open.remove(&sector);
+            }
+        }
+    }
+}
+
+/// Queues each frame for its subscriber; one that cannot take more is dropped (its socket
+/// closes, it reconnects and starts afresh) rather than grow this shard's memory.
+fn deliver(streams: &mut SectorStreams, outgoing: Vec<(u64, Frame)>) {
+    let mut slow = BTreeSet::new();
+    for (id, frame) in outgoing {
+        if slow.contains(&id) {
+            continue;
+        }
+        let Some(sub) = streams.subscribers.get(&id) else {
+            continue;
+        };
+        let len = frame.len() as u64;
+        match sub.frames.try_send(frame) {
+            Ok(()) => streams.stats.bytes_sent += len,
+            Err(TrySendError::Full(_)) => {
+                warn!(subscriber = %sub.name, queued = MAX_QUEUED_FRAMES, "sector stream subscriber does not keep up; dropping it");
+                streams.stats.dropped_slow += 1;
+                slow.insert(id);
+            }
+            Err(TrySendError::Disconnected(_)) => {
+                slow.insert(id);
+            }
+        }
+    }
+    for id in slow {
+        streams.subscribers.remove(&id);
+    }
+}
