@@ -23,6 +23,8 @@ mod players;
 mod prediction;
 #[path = "processes/sessions.rs"]
 mod sessions;
+#[path = "processes/streams.rs"]
+mod streams;
 #[path = "processes/swarm.rs"]
 mod swarm;
 #[path = "processes/tls.rs"]

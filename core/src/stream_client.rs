@@ -3,9 +3,10 @@
 //!
 //! [`SectorFeed::follow`] takes the placement (leaf to shard), where each shard publishes, and
 //! the areas wanted; it opens and closes connections and (re)sends each shard the whole set of
-//! sectors wanted from it. When a sector moves, it is unsubscribed from the old owner (its
-//! entities wait in transit in the view) and subscribed at the new one, whose stream brings
-//! them back at their new epochs. [`SectorFeed::pump`] applies what arrived. Each connection
+//! sectors wanted from it. When a sector moves, it is subscribed at the new owner at once and
+//! let go at the old one once that says it no longer owns it (make before break); its entities
+//! wait in transit in the view until the new owner's stream brings them back at their new
+//! epochs. [`SectorFeed::pump`] applies what arrived. Each connection
 //! runs on two threads of its own (read, write); the feed itself is driven by its owner.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
@@ -46,16 +47,27 @@ impl Default for FeedOptions {
 
 enum Event {
     Frame(SectorFrame),
-    Tick,
+    /// A tick ended; the wanted sectors the shard does not own.
+    Tick(Vec<SectorId>),
     Closed(String),
 }
 
 struct Conn {
     id: ConnId,
     addr: String,
+    /// The sectors placement gives this shard that are wanted.
     subscribed: BTreeSet<SectorId>,
+    /// Sectors placement took from this shard, still subscribed until it says it let go.
+    lingering: BTreeSet<SectorId>,
     /// Subscription sets for the writer thread; dropping it closes the connection.
     to_shard: Sender<Vec<SectorId>>,
+}
+
+impl Conn {
+    /// The whole set to subscribe to at this shard.
+    fn wants(&self) -> Vec<SectorId> {
+        self.subscribed.union(&self.lingering).copied().collect()
+    }
 }
 
 /// What a feed has done, for metrics and benchmarks.
@@ -108,7 +120,10 @@ impl SectorFeed {
 
     /// Follows `placement` (every leaf to its shard) and `streams` (where each shard
     /// publishes): subscribes to the leaves that overlap `areas` (`None`: every leaf) at their
-    /// owners.
+    /// owners. Make before break: a sector that left a shard in placement (moved, split,
+    /// merged) stays subscribed there until that shard's `Tick` says it no longer owns it, so
+    /// its last frame (where each entity went) and anything that ended there meanwhile arrive;
+    /// its new owner is subscribed at once and serves it from the tick it owns it.
     pub fn follow(
         &mut self,
         placement: &BTreeMap<SectorId, ShardId>,
@@ -116,84 +131,94 @@ impl SectorFeed {
         areas: Option<&[Bounds]>,
         now: Instant,
     ) {
-        let wanted: BTreeMap<SectorId, &ShardId> = placement
-            .iter()
-            .filter(|(s, _)| areas.is_none_or(|a| a.iter().any(|b| overlaps(b, &s.bounds()))))
-            .map(|(s, shard)| (*s, shard))
-            .collect();
         self.view.set_wanted(areas.map(<[Bounds]>::to_vec));
+        let area_wanted =
+            |s: &SectorId| areas.is_none_or(|a| a.iter().any(|b| overlaps(b, &s.bounds())));
         let mut desired: BTreeMap<ShardId, BTreeSet<SectorId>> = BTreeMap::new();
-        for (s, shard) in &wanted {
-            desired.entry((*shard).clone()).or_default().insert(*s);
+        for (s, shard) in placement.iter().filter(|(s, _)| area_wanted(s)) {
+            desired.entry(shard.clone()).or_default().insert(*s);
         }
-        // Connections to shards that now publish elsewhere (a restart) or want nothing.
+        // Connections to shards gone from the streams (dead, or publishing elsewhere after a
+        // restart), or with nothing wanted or lingering.
         let stale: Vec<ShardId> = self
             .conns
             .iter()
             .filter(|(shard, c)| {
-                !desired.contains_key(*shard) || streams.get(*shard) != Some(&c.addr)
+                streams.get(*shard) != Some(&c.addr)
+                    || (!desired.contains_key(*shard) && c.lingering.is_empty())
             })
             .map(|(shard, _)| shard.clone())
             .collect();
         for shard in stale {
-            let c = self.conns.remove(&shard).expect("listed");
-            for s in &c.subscribed {
-                self.unsubscribed(c.id, *s, wanted.contains_key(s), now);
+            self.close(&shard, now);
+        }
+        for (shard, c) in self.conns.iter_mut() {
+            let now_wanted = desired.remove(shard).unwrap_or_default();
+            let gone: Vec<SectorId> = c.subscribed.difference(&now_wanted).copied().collect();
+            for s in gone {
+                if area_wanted(&s) {
+                    c.lingering.insert(s);
+                } else {
+                    self.view.sector_dropped(c.id, s);
+                }
             }
-            self.view.connection_lost(c.id, now);
+            c.lingering
+                .retain(|s| !now_wanted.contains(s) && area_wanted(s));
+            if c.subscribed != now_wanted {
+                c.subscribed = now_wanted;
+                let _ = c.to_shard.send(c.wants());
+            }
         }
         for (shard, sectors) in desired {
             let Some(addr) = streams.get(&shard) else {
                 continue;
             };
-            match self.conns.get_mut(&shard) {
-                Some(c) => {
-                    if c.subscribed != sectors {
-                        let gone: Vec<SectorId> =
-                            c.subscribed.difference(&sectors).copied().collect();
-                        let id = c.id;
-                        let _ = c.to_shard.send(sectors.iter().copied().collect());
-                        c.subscribed = sectors;
-                        for s in gone {
-                            self.unsubscribed(id, s, wanted.contains_key(&s), now);
-                        }
-                    }
-                }
-                None => {
-                    let id = self.next_conn;
-                    self.next_conn += 1;
-                    let (to_shard, from_feed) = mpsc::channel();
-                    let _ = to_shard.send(sectors.iter().copied().collect());
-                    self.stats.connects += 1;
-                    spawn_connection(
-                        id,
-                        addr.clone(),
-                        self.name.clone(),
-                        self.secret.clone(),
-                        self.options,
-                        from_feed,
-                        self.events_tx.clone(),
-                    );
-                    self.conns.insert(
-                        shard,
-                        Conn {
-                            id,
-                            addr: addr.clone(),
-                            subscribed: sectors,
-                            to_shard,
-                        },
-                    );
-                }
-            }
+            let id = self.next_conn;
+            self.next_conn += 1;
+            let (to_shard, from_feed) = mpsc::channel();
+            let _ = to_shard.send(sectors.iter().copied().collect());
+            self.stats.connects += 1;
+            spawn_connection(
+                id,
+                addr.clone(),
+                self.name.clone(),
+                self.secret.clone(),
+                self.options,
+                from_feed,
+                self.events_tx.clone(),
+            );
+            self.conns.insert(
+                shard,
+                Conn {
+                    id,
+                    addr: addr.clone(),
+                    subscribed: sectors,
+                    lingering: BTreeSet::new(),
+                    to_shard,
+                },
+            );
         }
     }
 
-    fn unsubscribed(&mut self, conn: ConnId, sector: SectorId, still_wanted: bool, now: Instant) {
-        if still_wanted {
-            self.view.sector_moved(conn, sector, now);
-        } else {
-            self.view.sector_dropped(conn, sector);
+    /// A shard's tick ended: lingering sectors it no longer owns are let go (their last frame
+    /// came before this), their entities left in the view waiting for their next stream.
+    fn on_tick(&mut self, shard: &ShardId, unowned: &[SectorId], now: Instant) {
+        let Some(c) = self.conns.get_mut(shard) else {
+            return;
+        };
+        let released: Vec<SectorId> = unowned
+            .iter()
+            .filter(|s| c.lingering.contains(s))
+            .copied()
+            .collect();
+        if released.is_empty() {
+            return;
         }
+        for s in &released {
+            c.lingering.remove(s);
+            self.view.sector_moved(c.id, *s, now);
+        }
+        let _ = c.to_shard.send(c.wants());
     }
 
     /// Applies everything received so far; frames of connections already closed are dropped.
@@ -218,7 +243,10 @@ impl SectorFeed {
                         self.close(&shard, now);
                     }
                 },
-                Event::Tick => self.stats.ticks += 1,
+                Event::Tick(unowned) => {
+                    self.stats.ticks += 1;
+                    self.on_tick(&shard, &unowned, now);
+                }
                 Event::Closed(reason) => {
                     debug!(%shard, reason, "sector stream closed");
                     self.close(&shard, now);
@@ -388,7 +416,7 @@ fn run_connection(
                     let size = before - reader.buffered();
                     let event = match m {
                         PublisherMessage::Sector(f) => Event::Frame(f),
-                        PublisherMessage::Tick { .. } => Event::Tick,
+                        PublisherMessage::Tick { unowned, .. } => Event::Tick(unowned),
                         _ => return Err("unexpected message after the handshake".into()),
                     };
                     if events.send((id, event, size)).is_err() {

@@ -4,7 +4,7 @@
 //! keyframes. Subscribers come and go through [`StreamHub`] (the TCP server in
 //! [`crate::stream_server`], or a test), so the app never touches a socket.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::sync::Arc;
 
 use avian2d::prelude::*;
@@ -85,6 +85,8 @@ pub struct StreamStats {
 pub struct SectorStreams {
     subscribers: BTreeMap<u64, Subscriber>,
     sectors: BTreeMap<SectorId, SectorStream>,
+    /// What ended here in the last [`ENDED_MEMORY_TICKS`], with where.
+    recently_ended: VecDeque<(u64, Departure, [f32; 2])>,
     pub stats: StreamStats,
 }
 
@@ -169,6 +171,7 @@ fn publish_sector_streams(
     mut batches: Local<BTreeMap<SectorId, SectorBatch>>,
 ) {
     let streams = &mut *streams;
+    remember_endings(&mut streams.recently_ended, &own, tick.0);
     if streams.subscribers.is_empty() {
         streams.sectors.clear();
         streams.stats.streamed_sectors = 0;
@@ -212,9 +215,10 @@ fn publish_sector_streams(
                     outgoing.push((*id, f.clone()));
                 }
             } else {
+                let ended = &streams.recently_ended;
                 let f = opening.get_or_insert_with(|| {
                     Arc::new(encode_frame(&PublisherMessage::Sector(opening_frame(
-                        stream, *sector, tick.0,
+                        stream, *sector, tick.0, ended,
                     ))))
                 });
                 outgoing.push((*id, f.clone()));
@@ -351,8 +355,45 @@ fn next_frame(
     }
 }
 
-/// Everything in the sector as keyframes of what its followers hold, for a new follower.
-fn opening_frame(stream: &SectorStream, sector: SectorId, tick: u64) -> SectorFrame {
+/// How long a shard remembers what ended in it: a subscriber that moves its subscription
+/// (a split, a moved sector) learns from the opening frame what ended in the meantime, instead
+/// of waiting for it until its transit timeout.
+pub const ENDED_MEMORY_TICKS: u64 = 150;
+
+fn remember_endings(memory: &mut VecDeque<(u64, Departure, [f32; 2])>, own: &Ownership, tick: u64) {
+    while memory
+        .front()
+        .is_some_and(|(t, ..)| t + ENDED_MEMORY_TICKS < tick)
+    {
+        memory.pop_front();
+    }
+    memory.extend(own.ended.iter().map(|&(id, epoch, pos)| {
+        (
+            tick,
+            Departure {
+                id,
+                epoch,
+                to: None,
+            },
+            pos,
+        )
+    }));
+}
+
+/// Everything in the sector as keyframes of what its followers hold, for a new follower, with
+/// what ended in it lately (see [`ENDED_MEMORY_TICKS`]).
+fn opening_frame(
+    stream: &SectorStream,
+    sector: SectorId,
+    tick: u64,
+    recently_ended: &VecDeque<(u64, Departure, [f32; 2])>,
+) -> SectorFrame {
+    let bounds = sector.bounds();
+    let left = recently_ended
+        .iter()
+        .filter(|(_, _, pos)| bounds.contains(Point::new(pos[0].into(), pos[1].into())))
+        .map(|(_, d, _)| *d)
+        .collect();
     let mut entered: Vec<(EntityId, EntityKind)> = stream
         .members
         .iter()
@@ -368,7 +409,7 @@ fn opening_frame(stream: &SectorStream, sector: SectorId, tick: u64) -> SectorFr
         tick,
         opened: true,
         entered,
-        left: Vec::new(),
+        left,
         updates,
     }
 }

@@ -1,0 +1,166 @@
+//! Sector streams between real processes: a subscriber that follows placement through the
+//! control API (as a gateway will) connects to the shards' stream ports and holds what the
+//! mirror holds, through crossings, a split, a merge and a kill -9 of a shard.
+
+use std::collections::{BTreeMap, HashMap};
+use std::time::{Duration, Instant};
+
+use sidereal_core::sector_view::Source;
+use sidereal_core::stream_client::{FeedOptions, SectorFeed};
+use sidereal_core::{EntityId, EntityKind, ShardId, placement};
+
+use super::{Replication, SECRET, entities, start_fleet, wait_until};
+
+/// Re-reads placement and the shards' stream addresses, follows them, applies what arrived.
+fn follow(r: &Replication, feed: &mut SectorFeed) {
+    let p = r.control.placement();
+    let shards = r
+        .control
+        .run(r.control.client.shards())
+        .expect("GET /v1/shards");
+    let streams: HashMap<ShardId, String> = shards
+        .shards
+        .into_iter()
+        .filter(|s| s.connected)
+        .filter_map(|s| s.stream.map(|a| (s.shard, a)))
+        .collect();
+    feed.follow(&p.sectors, &streams, None, Instant::now());
+    feed.pump(Instant::now());
+}
+
+/// Ships and asteroids are never created or destroyed here (projectiles are): the view must
+/// hold exactly the mirror's, and those it has from a live stream near the mirror's position
+/// (the two are read a few ticks apart; 120 units/s at most).
+fn compare(r: &Replication, feed: &SectorFeed) -> Result<usize, String> {
+    let mirror: BTreeMap<u64, _> = entities(r, "")
+        .into_iter()
+        .filter(|(_, e)| e.kind != EntityKind::Projectile)
+        .collect();
+    let view: BTreeMap<u64, _> = feed
+        .view
+        .iter()
+        .filter(|e| e.kind != EntityKind::Projectile)
+        .map(|e| (e.id.0, e))
+        .collect();
+    if let Some(id) = mirror.keys().find(|id| !view.contains_key(id)) {
+        return Err(format!(
+            "e{id} in the mirror ({:?}) but not in the view",
+            mirror[id]
+        ));
+    }
+    if let Some(id) = view.keys().find(|id| !mirror.contains_key(id)) {
+        return Err(format!(
+            "e{id} in the view ({:?}) but not in the mirror",
+            view[id]
+        ));
+    }
+    for (id, e) in &view {
+        let m = &mirror[id];
+        if matches!(e.source, Source::Stream { .. }) && !m.in_transit {
+            let p = e.state().pos;
+            let d = (p[0] - m.pos[0]).hypot(p[1] - m.pos[1]);
+            if d > 60.0 {
+                return Err(format!(
+                    "e{id} at {p:?} in the view, {:?} in the mirror",
+                    m.pos
+                ));
+            }
+        }
+    }
+    Ok(view.len())
+}
+
+/// Follows for `secs`, comparing with the mirror about twice a second; every comparison must
+/// hold. How many were made.
+fn run_for(r: &Replication, feed: &mut SectorFeed, secs: f64) -> usize {
+    let end = Instant::now() + Duration::from_secs_f64(secs);
+    let (mut compared, mut next) = (0, Instant::now());
+    while Instant::now() < end {
+        follow(r, feed);
+        if Instant::now() >= next {
+            compare(r, feed).unwrap_or_else(|e| panic!("after {compared} comparisons: {e}"));
+            compared += 1;
+            next = Instant::now() + Duration::from_millis(500);
+        }
+        std::thread::sleep(Duration::from_millis(30));
+    }
+    compared
+}
+
+#[test]
+fn a_subscriber_following_placement_holds_what_the_mirror_holds_through_split_merge_and_kill() {
+    let (r, mut procs) = start_fleet(3, 1500);
+    let mut feed = SectorFeed::new("test-gateway", SECRET, FeedOptions::default());
+    let mut impostor = SectorFeed::new("impostor", "not-the-fleet-secret", FeedOptions::default());
+    wait_until("the view holds the mirror", Duration::from_secs(30), || {
+        follow(&r, &mut feed);
+        follow(&r, &mut impostor);
+        compare(&r, &feed).is_ok_and(|n| n > 1000)
+    });
+    assert_eq!(feed.connections(), 3, "one connection per shard");
+    let mut compared = run_for(&r, &mut feed, 4.0);
+
+    // Split a leaf of shard-0 onto all three shards, then merge it back onto shard-2.
+    let p = r.control.placement();
+    let leaf = *p
+        .sectors
+        .iter()
+        .find(|(s, shard)| s.scale > 0 && shard.0 == "shard-0")
+        .expect("shard-0 owns a splittable leaf")
+        .0;
+    let split = placement::split(
+        &p,
+        leaf,
+        ["shard-0", "shard-1", "shard-2", "shard-1"].map(ShardId::new),
+    )
+    .unwrap();
+    r.control.put_placement(&split).expect("the split");
+    compared += run_for(&r, &mut feed, 4.0);
+    let merged = placement::merge(&split, leaf, ShardId::new("shard-2")).unwrap();
+    r.control.put_placement(&merged).expect("the merge");
+    compared += run_for(&r, &mut feed, 4.0);
+
+    // kill -9 of shard-1: its entities wait in the view, as in the mirror, until re-homed.
+    let disconnects = feed.stats.disconnects;
+    procs[1].0.kill().unwrap();
+    wait_until("shard-1 unlinked", Duration::from_secs(10), || {
+        follow(&r, &mut feed);
+        !r.control.connected().contains("shard-1")
+    });
+    assert!(
+        feed.view.in_transit() > 0,
+        "shard-1's entities wait in transit"
+    );
+    assert!(feed.stats.disconnects > disconnects);
+    let live = r
+        .control
+        .connected()
+        .into_iter()
+        .map(ShardId::new)
+        .collect();
+    let rehomed = placement::rehome(&r.control.placement(), &live).expect("leaves to re-home");
+    r.control.put_placement(&rehomed).expect("the re-homing");
+    compared += run_for(&r, &mut feed, 6.0);
+    wait_until("nothing waits in transit", Duration::from_secs(10), || {
+        follow(&r, &mut feed);
+        feed.view.in_transit() == 0
+    });
+    compare(&r, &feed).unwrap();
+
+    let stats = feed.view.stats;
+    assert_eq!(stats.expired, 0, "nothing waited past the transit timeout");
+    assert!(compared >= 30, "compared {compared} times");
+    assert!(
+        impostor.view.is_empty(),
+        "a subscriber without the secret gets nothing"
+    );
+    assert_eq!(impostor.stats.ticks, 0);
+    assert!(feed.view.get(EntityId(0)).is_none());
+    println!(
+        "sector streams over TCP: {compared} comparisons with the mirror, {} frames, {:.2} bytes per entity update, {} stale updates refused, {} reconnections",
+        stats.frames,
+        stats.update_bytes as f64 / stats.entity_updates.max(1) as f64,
+        stats.stale_refused,
+        feed.stats.connects - 3
+    );
+}
