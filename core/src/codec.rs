@@ -114,6 +114,15 @@ pub fn round_to_i64(x: f64) -> i64 {
     }
 }
 
+/// How many entries an encoded batch holds (its second varint; 0 if unreadable), for
+/// statistics: no decoding, no baselines.
+pub fn batch_entries(bytes: &[u8]) -> u64 {
+    let mut at = 0;
+    varint::read(bytes, &mut at)
+        .and_then(|_| varint::read(bytes, &mut at))
+        .unwrap_or(0)
+}
+
 /// One decoded update.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct DecodedUpdate {

@@ -90,7 +90,7 @@ pub enum ShardMessage {
         shard: ShardId,
         nonce: Nonce,
         proof: Proof,
-        /// Where the shard publishes its sector streams ([`crate::stream`]), if it does.
+        /// Where the shard publishes its sector streams (`stream.rs`), if it does.
         stream: Option<String>,
     },
     /// Compact batch of changed entities (see `codec`).

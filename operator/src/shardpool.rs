@@ -44,6 +44,8 @@ pub const SHARD_SECRET: &str = "sidereal-shard";
 pub const SHARD_CONTAINER: &str = "shard";
 /// Where a shard pod serves `/metrics` and `/healthz` unless its template says otherwise.
 pub const SHARD_METRICS_PORT: i32 = 9100;
+/// Where a shard pod serves its sector streams.
+pub const SHARD_STREAM_PORT: i32 = 7704;
 
 /// A pool is reconciled at least this often: load and links move without any object changing.
 pub const RESYNC: Duration = Duration::from_secs(2);
@@ -464,6 +466,28 @@ pub fn shard_pod(pool: &ShardPool) -> Pod {
         value: Some(format!("0.0.0.0:{SHARD_METRICS_PORT}")),
         ..EnvVar::default()
     });
+    // Subscribers dial the pod's own IP: defined first, so the next value can expand it.
+    add(EnvVar {
+        name: "POD_IP".into(),
+        value_from: Some(EnvVarSource {
+            field_ref: Some(ObjectFieldSelector {
+                field_path: "status.podIP".into(),
+                ..ObjectFieldSelector::default()
+            }),
+            ..EnvVarSource::default()
+        }),
+        ..EnvVar::default()
+    });
+    add(EnvVar {
+        name: "SIDEREAL_SHARD_STREAM".into(),
+        value: Some(format!("0.0.0.0:{SHARD_STREAM_PORT}")),
+        ..EnvVar::default()
+    });
+    add(EnvVar {
+        name: "SIDEREAL_SHARD_STREAM_ADVERTISE".into(),
+        value: Some(format!("$(POD_IP):{SHARD_STREAM_PORT}")),
+        ..EnvVar::default()
+    });
     pod.spec = Some(spec);
     pod
 }
@@ -666,6 +690,26 @@ mod tests {
             Some("0.0.0.0:9999"),
             "what the template sets wins"
         );
+        // Sector streams: served on every address, advertised as the pod's IP, which must be
+        // defined before the value that expands it.
+        assert_eq!(
+            env["SIDEREAL_SHARD_STREAM"].value.as_deref(),
+            Some("0.0.0.0:7704")
+        );
+        assert_eq!(
+            env["SIDEREAL_SHARD_STREAM_ADVERTISE"].value.as_deref(),
+            Some("$(POD_IP):7704")
+        );
+        let ip = env["POD_IP"].value_from.clone().unwrap();
+        assert_eq!(ip.field_ref.unwrap().field_path, "status.podIP");
+        let names: Vec<String> = spec.containers[1]
+            .env
+            .iter()
+            .flatten()
+            .map(|e| e.name.clone())
+            .collect();
+        let at = |n: &str| names.iter().position(|x| x == n).unwrap();
+        assert!(at("POD_IP") < at("SIDEREAL_SHARD_STREAM_ADVERTISE"));
     }
 
     #[test]

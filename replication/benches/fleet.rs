@@ -598,6 +598,109 @@ fn handovers() {
     );
 }
 
+/// One shard with `n` bodies in the 16 scale-1 leaves of one scale-3 root, after warm-up.
+fn sixteen_leaves_after_warm_up(n: usize) -> Fleet {
+    let root = SectorId::new(3, 0, 0).unwrap();
+    let mut f = Fleet::new(vec![root], 1, 90);
+    f.seed(n, 5);
+    let mut p = Placement {
+        generation: 1,
+        sectors: Default::default(),
+        world: None,
+    };
+    for c in root.children().unwrap() {
+        for leaf in c.children().unwrap() {
+            p.sectors.insert(leaf, ShardId::new("shard-0"));
+        }
+    }
+    f.place(p);
+    for _ in 0..30 {
+        f.step();
+    }
+    f
+}
+
+/// What publishing sector streams costs a shard: its tick with 0..64 subscribers, each wanting
+/// every leaf (the worst case: a neighbour or a gateway wants a few), and with 64 subscribers
+/// wanting 4 leaves each (gateways' interest); bytes per entity update and per subscriber.
+fn sector_streams() {
+    use sidereal_shard::streams::{HubEvent, MAX_QUEUED_FRAMES, SectorStreams};
+    println!(
+        "## sector streams (one shard, 10,000 bodies in 16 leaves, release, subscribers drained in-process)"
+    );
+    println!(
+        "| subscribers x leaves | shard CPU mean ms | CPU p99 ms | bytes per entity update | KiB per subscriber per tick |"
+    );
+    println!("|---|---|---|---|---|");
+    for (subs, each) in [(0, 16), (1, 16), (4, 16), (16, 16), (64, 16), (64, 4)] {
+        let mut f = sixteen_leaves_after_warm_up(10_000);
+        let leaves: Vec<SectorId> = f.authority.placement().sectors.keys().copied().collect();
+        let shard = f.shards[0].as_ref().unwrap();
+        let mut inboxes = Vec::new();
+        for i in 0..subs {
+            let (frames, inbox) = crossbeam_channel::bounded(MAX_QUEUED_FRAMES);
+            let _ = shard.streams.send(HubEvent::Joined {
+                subscriber: i as u64 + 1,
+                name: format!("sub-{i}"),
+                frames,
+            });
+            let sectors = (0..each)
+                .map(|k| leaves[(i * 5 + k) % leaves.len()])
+                .collect();
+            let _ = shard.streams.send(HubEvent::Subscribe {
+                subscriber: i as u64 + 1,
+                sectors,
+            });
+            inboxes.push(inbox);
+        }
+        let drain = |inboxes: &[crossbeam_channel::Receiver<sidereal_shard::streams::Frame>]| {
+            inboxes
+                .iter()
+                .map(|r| r.try_iter().map(|b| b.len() as u64).sum::<u64>())
+                .sum::<u64>()
+        };
+        for _ in 0..10 {
+            f.step();
+            drain(&inboxes);
+        }
+        let before = f.shards[0]
+            .as_ref()
+            .unwrap()
+            .app
+            .world()
+            .resource::<SectorStreams>()
+            .stats;
+        let (mut cpu, mut bytes) = (Vec::new(), 0u64);
+        const TICKS: usize = 300;
+        for _ in 0..TICKS {
+            let (_, c) = timed(|| f.shards[0].as_mut().unwrap().app.update());
+            cpu.push(c);
+            bytes += drain(&inboxes);
+            f.step_replication_only();
+        }
+        let after = f.shards[0]
+            .as_ref()
+            .unwrap()
+            .app
+            .world()
+            .resource::<SectorStreams>()
+            .stats;
+        let updates = after.entity_updates - before.entity_updates;
+        let per_update = (after.update_bytes - before.update_bytes) as f64 / updates.max(1) as f64;
+        println!(
+            "| {subs} x {each} | {:.2} | {:.2} | {} | {:.1} |",
+            mean(&cpu),
+            percentile(&mut cpu, 0.99),
+            if subs == 0 {
+                "-".to_owned()
+            } else {
+                format!("{per_update:.2}")
+            },
+            bytes as f64 / 1024.0 / (TICKS * subs.max(1)) as f64
+        );
+    }
+}
+
 fn main() {
     let which = std::env::args().nth(1).filter(|a| !a.starts_with('-'));
     if which.as_deref().is_none_or(|w| w == "bare") {
@@ -620,5 +723,8 @@ fn main() {
     }
     if which.as_deref().is_none_or(|w| w == "handover") {
         handovers();
+    }
+    if which.as_deref().is_none_or(|w| w == "streams") {
+        sector_streams();
     }
 }

@@ -38,7 +38,7 @@ pub fn router(shared: Arc<Shared>) -> Router {
         ));
     Router::new()
         .merge(control)
-        .merge(crate::login::http::router())
+        .merge(crate::login_http::router())
         .route("/healthz", get(|| async { "ok" }))
         .route("/readyz", get(ready))
         .route("/metrics", get(metrics))
@@ -54,7 +54,7 @@ pub fn router(shared: Arc<Shared>) -> Router {
 /// of the control API.
 pub fn public_router(shared: Arc<Shared>) -> Router {
     Router::new()
-        .merge(crate::login::http::router())
+        .merge(crate::login_http::router())
         .route("/healthz", get(|| async { "ok" }))
         .with_state(shared)
 }

@@ -9,6 +9,7 @@ pub mod gateway;
 pub mod interest;
 pub mod link_outbox;
 pub mod login;
+pub mod login_http;
 pub mod map;
 pub mod metrics;
 pub mod mirror;

@@ -2,7 +2,7 @@
 
 use bevy::prelude::*;
 use crossbeam_channel::{Receiver, Sender};
-use sidereal_core::codec::UpdateEncoder;
+use sidereal_core::codec::{UpdateEncoder, batch_entries};
 use sidereal_core::protocol::{
     MAX_FRAME_BYTES, ReplicationMessage, ShardMessage, entries_per_frame,
 };
@@ -107,30 +107,11 @@ fn send_changed_entities(
         if let Some(bytes) = encoder.0.encode(tick.0, part) {
             stats.update_batches += 1;
             stats.update_bytes += bytes.len() as u64;
-            let count = bytes_count(&bytes);
+            let count = batch_entries(&bytes);
             stats.updates += count;
             metrics.update_bytes.inc_by(bytes.len() as u64);
             metrics.updates.inc_by(count);
             link.send(ShardMessage::Updates(bytes));
         }
     }
-}
-
-/// Entry count of an encoded batch (its second varint), for statistics.
-fn bytes_count(bytes: &[u8]) -> u64 {
-    let mut it = bytes.iter();
-    for b in it.by_ref() {
-        if b & 0x80 == 0 {
-            break;
-        }
-    }
-    let (mut v, mut shift) = (0u64, 0);
-    for b in it {
-        v |= u64::from(b & 0x7f) << shift;
-        if b & 0x80 == 0 {
-            break;
-        }
-        shift += 7;
-    }
-    v
 }

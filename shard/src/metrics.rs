@@ -27,6 +27,10 @@ pub struct ShardMetrics {
     pub handovers_out: IntCounter,
     pub update_bytes: IntCounter,
     pub updates: IntCounter,
+    pub stream_subscribers: IntGauge,
+    pub stream_sectors: IntGauge,
+    pub stream_bytes: IntCounter,
+    pub stream_dropped: IntCounter,
 }
 
 impl ShardMetrics {
@@ -74,6 +78,22 @@ impl ShardMetrics {
                 "Bytes of entity update batches sent to replication",
             ),
             updates: counter("updates_total", "Entity updates sent to replication"),
+            stream_subscribers: gauge(
+                "stream_subscribers",
+                "Subscribers of this shard's sector streams",
+            ),
+            stream_sectors: gauge(
+                "stream_sectors",
+                "Sectors streamed to at least one subscriber",
+            ),
+            stream_bytes: counter(
+                "stream_bytes_total",
+                "Bytes of sector-stream frames queued to subscribers, all together",
+            ),
+            stream_dropped: counter(
+                "stream_subscribers_dropped_total",
+                "Subscribers disconnected for falling behind",
+            ),
             registry,
         }
     }

@@ -1,8 +1,8 @@
 //! Sector streams, the publishing end ([`sidereal_core::stream`]): every tick, each owned
 //! sector that someone subscribed to is encoded once with the link codec and the same bytes go
 //! to each of its subscribers; a subscriber that joins gets the sector's baselines as
-//! keyframes. Subscribers come and go through [`StreamHub`] (the TCP server in
-//! [`crate::stream_server`], or a test), so the app never touches a socket.
+//! keyframes. Subscribers come and go through [`StreamHub`] (fed by the TCP server,
+//! `stream_server.rs`, or by a test), so the app never touches a socket.
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::sync::Arc;
@@ -11,7 +11,7 @@ use avian2d::prelude::*;
 use bevy::prelude::*;
 use crossbeam_channel::{Receiver, Sender, TrySendError};
 use rustc_hash::FxHashMap;
-use sidereal_core::codec::UpdateEncoder;
+use sidereal_core::codec::{UpdateEncoder, batch_entries};
 use sidereal_core::protocol::encode_frame;
 use sidereal_core::stream::{Departure, PublisherMessage, SectorFrame};
 use sidereal_core::{EntityId, EntityKind, EntityState, Epoch, Point, SectorId};
@@ -19,6 +19,7 @@ use tracing::{info, warn};
 
 use crate::components::{Owned, TickSet, state_of};
 use crate::link::TickCount;
+use crate::metrics::ShardMetrics;
 use crate::ownership::Ownership;
 
 /// Encoded frames waiting for one subscriber's socket before it is taken for too slow.
@@ -97,11 +98,30 @@ impl Plugin for SectorStreamsPlugin {
     fn build(&self, app: &mut App) {
         app.init_resource::<SectorStreams>().add_systems(
             FixedLast,
-            (take_subscriptions, publish_sector_streams)
+            (
+                take_subscriptions,
+                publish_sector_streams,
+                publish_stream_metrics,
+            )
                 .chain()
                 .in_set(TickSet::Report),
         );
     }
+}
+
+fn publish_stream_metrics(
+    streams: Res<SectorStreams>,
+    metrics: Res<ShardMetrics>,
+    mut last: Local<StreamStats>,
+) {
+    let s = streams.stats;
+    metrics.stream_subscribers.set(s.subscribers as i64);
+    metrics.stream_sectors.set(s.streamed_sectors as i64);
+    metrics.stream_bytes.inc_by(s.bytes_sent - last.bytes_sent);
+    metrics
+        .stream_dropped
+        .inc_by(s.dropped_slow - last.dropped_slow);
+    *last = s;
 }
 
 /// Applies arrivals, subscription changes and departures, at the tick boundary.
@@ -202,7 +222,7 @@ fn publish_sector_streams(
         let frame = next_frame(stream, *sector, tick.0, batch, extra, where_now);
         streams.stats.frames += 1;
         streams.stats.update_bytes += frame.updates.len() as u64;
-        streams.stats.entity_updates += batch.entities.len() as u64;
+        streams.stats.entity_updates += batch_entries(&frame.updates);
         let shared =
             (!frame.is_empty()).then(|| Arc::new(encode_frame(&PublisherMessage::Sector(frame))));
         let mut opening: Option<Frame> = None;

@@ -151,7 +151,7 @@ impl Fleet {
                 match &m {
                     ShardMessage::Updates(b) => {
                         self.update_bytes += b.len() as u64;
-                        self.update_entries += batch_len(b);
+                        self.update_entries += sidereal_core::codec::batch_entries(b);
                     }
                     ShardMessage::HandoverOut { snapshot, .. } => {
                         self.handover_started.insert(snapshot.id, self.tick);
@@ -262,20 +262,4 @@ impl Fleet {
         }
         Ok(())
     }
-}
-
-fn batch_len(bytes: &[u8]) -> u64 {
-    let mut vals = [0u64; 2];
-    let mut it = bytes.iter();
-    for v in &mut vals {
-        let mut shift = 0;
-        for b in it.by_ref() {
-            *v |= u64::from(b & 0x7f) << shift;
-            shift += 7;
-            if b & 0x80 == 0 {
-                break;
-            }
-        }
-    }
-    vals[1]
 }

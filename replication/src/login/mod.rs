@@ -2,7 +2,6 @@
 //! answer with a netcode connect token for the game ports and the player's ship. No control
 //! token: the password is the proof. Floods, guessing and bad bodies get a 4xx and no token.
 
-pub mod http;
 pub mod limits;
 pub mod passwords;
 pub mod token;
@@ -193,9 +192,9 @@ impl IntoResponse for LoginError {
 
 /// The login API's state: its limits, its hashing slots and its counts.
 pub struct Logins {
-    config: LoginConfig,
+    pub(crate) config: LoginConfig,
     per_client: Mutex<RateLimiter<IpAddr>>,
-    locks: Mutex<FailureLock>,
+    pub(crate) locks: Mutex<FailureLock>,
     hashing: Semaphore,
     /// New accounts the whole world takes: an hour's budget at most at once, refilling evenly.
     registrations: Mutex<RateLimiter<()>>,
@@ -205,7 +204,7 @@ pub struct Logins {
     /// queues behind itself, not in front of everyone else.
     hashing_from: Mutex<HashSet<IpAddr>>,
     /// One ship creation at a time, so two logins of one account never make two ships.
-    ships: tokio::sync::Mutex<()>,
+    pub(crate) ships: tokio::sync::Mutex<()>,
     counts: Mutex<BTreeMap<&'static str, u64>>,
 }
 
@@ -252,7 +251,7 @@ impl Logins {
         self.counts.lock().expect("counts lock").clone()
     }
 
-    fn count(&self, result: &'static str) {
+    pub(crate) fn count(&self, result: &'static str) {
         *self
             .counts
             .lock()
@@ -261,7 +260,7 @@ impl Logins {
             .or_default() += 1;
     }
 
-    fn admit(&self, client: IpAddr) -> Result<(), LoginError> {
+    pub(crate) fn admit(&self, client: IpAddr) -> Result<(), LoginError> {
         self.per_client
             .lock()
             .expect("limiter lock")
@@ -270,7 +269,7 @@ impl Logins {
     }
 
     /// Takes one new account from the world's registration budget.
-    fn register_one(&self) -> Result<(), LoginError> {
+    pub(crate) fn register_one(&self) -> Result<(), LoginError> {
         self.registrations
             .lock()
             .expect("registrations lock")
@@ -279,13 +278,13 @@ impl Logins {
     }
 
     /// Claims the one password check `name` may have in progress, until the guard drops.
-    fn attempt(&self, name: &str) -> Result<Claim<'_, String>, LoginError> {
+    pub(crate) fn attempt(&self, name: &str) -> Result<Claim<'_, String>, LoginError> {
         Claim::take(&self.attempts, name.to_owned()).ok_or(LoginError::InProgress)
     }
 
     /// Runs `f` (a hash or a verification) for `client` on the blocking pool in one of the
     /// hashing slots, one at a time per address.
-    async fn hashing<T: Send + 'static>(
+    pub(crate) async fn hashing<T: Send + 'static>(
         &self,
         client: IpAddr,
         f: impl FnOnce() -> T + Send + 'static,
@@ -302,7 +301,7 @@ impl Logins {
 }
 
 /// A key held in a shared set until dropped.
-struct Claim<'a, K: Eq + std::hash::Hash> {
+pub(crate) struct Claim<'a, K: Eq + std::hash::Hash> {
     set: &'a Mutex<HashSet<K>>,
     key: Option<K>,
 }

@@ -1,6 +1,7 @@
 //! The players' login API over HTTP: registration and login, each answered with a connect
-//! token, behind the limits of [`super::Logins`]. The HTTP layer, so the login state itself
-//! ([`super`]) does not depend on the server's shared state.
+//! token, behind the limits of [`crate::login::Logins`]. A module of its own, beside `login`
+//! rather than in it: it needs the server's shared state, which holds the login state, so
+//! `login` stays free of `state`.
 
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
@@ -19,8 +20,8 @@ use sidereal_core::login::{
 };
 use tracing::{info, warn};
 
-use super::token::{self, NetcodeKey};
-use super::{LoginError, passwords};
+use crate::login::token::{self, NetcodeKey};
+use crate::login::{LoginError, passwords};
 use crate::state::Shared;
 use crate::store::Account;
 
