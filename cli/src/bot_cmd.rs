@@ -11,6 +11,10 @@ pub struct BotArgs {
     /// How many bots.
     #[arg(long, default_value_t = 10)]
     pub count: usize,
+    /// How many of them run the whole client (prediction, interpolation); the rest are light:
+    /// they decode, acknowledge and pilot only, at a fraction of the CPU. Default: all.
+    #[arg(long)]
+    pub full_bots: Option<usize>,
     /// Replication's HTTP address (login).
     #[arg(
         long,
@@ -57,6 +61,7 @@ pub fn run(args: BotArgs) -> anyhow::Result<()> {
         duration: (args.duration > 0).then(|| Duration::from_secs(args.duration)),
         tick_hz: args.tick_hz,
         metrics: None,
+        full_bots: args.full_bots.unwrap_or(args.count),
         tls_ca: args
             .tls_ca
             .as_ref()

@@ -104,6 +104,18 @@ pub struct GameClient {
     pub login: LoginReply,
 }
 
+/// How much of a player's client runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum ClientMode {
+    /// Everything a player's client does: the own ship predicted, the others interpolated.
+    #[default]
+    Full,
+    /// Decode, acknowledge and pilot only: no prediction, no interpolated entities. What the
+    /// gateway sees of it is the same (the same updates, acknowledgements and commands) at a
+    /// fraction of a full client's CPU, so one core drives hundreds for load tests.
+    Light,
+}
+
 /// How a client reaches the game port.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Transport {
@@ -122,6 +134,15 @@ impl GameClient {
 
     /// Starts connecting with the token of `login` over `transport`.
     pub fn connect_via(login: LoginReply, transport: Transport) -> Result<Self, ClientError> {
+        Self::connect_as(login, transport, ClientMode::Full)
+    }
+
+    /// Starts connecting with the token of `login` over `transport`, running `mode`.
+    pub fn connect_as(
+        login: LoginReply,
+        transport: Transport,
+        mode: ClientMode,
+    ) -> Result<Self, ClientError> {
         let bytes = base64::engine::general_purpose::STANDARD.decode(&login.token)?;
         let token =
             ConnectToken::try_from_bytes(&bytes).map_err(|e| ClientError::Token(e.to_string()))?;
@@ -133,7 +154,10 @@ impl GameClient {
             tick_duration: Duration::from_secs_f64(1.0 / 30.0),
         });
         app.add_plugins(GameProtocolPlugin);
-        app.add_plugins(prediction::PredictionPlugin);
+        app.add_plugins(prediction::CommandPlugin);
+        if mode == ClientMode::Full {
+            app.add_plugins(prediction::PredictionPlugin);
+        }
         app.init_resource::<Received>();
         app.init_resource::<Decoder>();
         app.add_systems(

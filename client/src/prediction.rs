@@ -22,12 +22,11 @@ use sidereal_game::{Pilot, RemotePose, ShipPose, WorldUpdate};
 
 use crate::Received;
 
-pub(crate) struct PredictionPlugin;
+/// Commands out as lightyear inputs: every client, light ones too.
+pub(crate) struct CommandPlugin;
 
-impl Plugin for PredictionPlugin {
+impl Plugin for CommandPlugin {
     fn build(&self, app: &mut App) {
-        // Prediction runs only with a manager (default policy: compare, at most 20 ticks back).
-        app.insert_resource(PredictionManager::default());
         app.init_resource::<Command>();
         app.init_resource::<CommandLog>();
         app.init_resource::<Remotes>();
@@ -37,6 +36,17 @@ impl Plugin for PredictionPlugin {
                 .in_set(InputSystems::WriteClientInputs)
                 .run_if(not(is_in_rollback)),
         );
+    }
+}
+
+/// The own ship predicted and the others interpolated: what a player's client does, and what
+/// a light bot skips.
+pub(crate) struct PredictionPlugin;
+
+impl Plugin for PredictionPlugin {
+    fn build(&self, app: &mut App) {
+        // Prediction runs only with a manager (default policy: compare, at most 20 ticks back).
+        app.insert_resource(PredictionManager::default());
         app.add_systems(FixedUpdate, fly_own_ship);
         app.add_systems(
             Update,

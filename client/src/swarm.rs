@@ -26,6 +26,9 @@ pub struct SwarmConfig {
     /// A certificate (PEM) to trust for an HTTPS login besides the system's roots: a private CA,
     /// or a test's self-signed certificate.
     pub tls_ca: Option<Vec<u8>>,
+    /// Bots `0..full_bots` run the whole client; the others are light
+    /// ([`crate::ClientMode::Light`]): decode, acknowledge and pilot only.
+    pub full_bots: usize,
 }
 
 /// What the swarm exports while it flies (`sidereal bot --metrics`). Cloning shares them.
@@ -132,6 +135,10 @@ pub struct BotReport {
     pub path: Vec<[f32; 2]>,
     /// Ids of the ships and asteroids it was sent (projectiles expire, so they are left out).
     pub seen: std::collections::BTreeSet<u64>,
+    /// Whether it ran the whole client (prediction and interpolation) or the light one.
+    pub full: bool,
+    /// CPU time the swarm's thread spent stepping this bot.
+    pub cpu: Duration,
 }
 
 #[derive(Debug, Clone, Default)]
@@ -140,7 +147,24 @@ pub struct SwarmReport {
     pub seconds: f64,
 }
 
+/// CPU time this thread has used.
+fn thread_cpu_time() -> Duration {
+    let t = rustix::time::clock_gettime(rustix::time::ClockId::ThreadCPUTime);
+    Duration::new(
+        t.tv_sec.max(0) as u64,
+        t.tv_nsec.clamp(0, 999_999_999) as u32,
+    )
+}
+
 impl SwarmReport {
+    /// Mean share of a core one bot of the kind (`full` or light) used while flying.
+    pub fn cpu_per_bot(&self, full: bool) -> Option<f64> {
+        let kind: Vec<&BotReport> = self.bots.iter().filter(|b| b.full == full).collect();
+        (!kind.is_empty() && self.seconds > 0.0).then(|| {
+            kind.iter().map(|b| b.cpu.as_secs_f64()).sum::<f64>() / kind.len() as f64 / self.seconds
+        })
+    }
+
     pub fn connected(&self) -> usize {
         self.bots
             .iter()
@@ -254,10 +278,19 @@ pub fn run_swarm(config: &SwarmConfig) -> Result<SwarmReport, ClientError> {
         let report = BotReport {
             name: credentials.name.clone(),
             player_id: reply.player_id,
+            full: i < config.full_bots,
             ..Default::default()
         };
         bots.push(Bot {
-            client: GameClient::connect(reply)?,
+            client: GameClient::connect_as(
+                reply,
+                crate::Transport::Udp,
+                if i < config.full_bots {
+                    crate::ClientMode::Full
+                } else {
+                    crate::ClientMode::Light
+                },
+            )?,
             report,
             started: Instant::now(),
             was_connected: false,
@@ -273,7 +306,9 @@ pub fn run_swarm(config: &SwarmConfig) -> Result<SwarmReport, ClientError> {
         let t = t0.elapsed().as_secs_f64();
         for (i, bot) in bots.iter_mut().enumerate() {
             let before = Seen::of(bot);
+            let cpu = thread_cpu_time();
             step(bot, i, t);
+            bot.report.cpu += thread_cpu_time().saturating_sub(cpu);
             if let Some(m) = &config.metrics {
                 Seen::of(bot).since(&before, bot, m);
             }

@@ -58,11 +58,30 @@ struct Subscriber {
     open: BTreeSet<SectorId>,
 }
 
+/// An entity in a sector's stream.
+#[derive(Debug, Clone, Copy)]
+struct Member {
+    id: EntityId,
+    epoch: Epoch,
+    kind: EntityKind,
+}
+
+impl SectorStream {
+    fn member(&self, id: EntityId) -> Option<&Member> {
+        self.members
+            .binary_search_by_key(&id, |m| m.id)
+            .ok()
+            .map(|i| &self.members[i])
+    }
+}
+
 /// One streamed sector: the shared encoder and who is in it.
 #[derive(Default)]
 struct SectorStream {
     encoder: UpdateEncoder,
-    members: FxHashMap<EntityId, (Epoch, EntityKind)>,
+    /// Who was in it last tick, sorted by id: each tick's batch (sorted too) is diffed against
+    /// it in one pass.
+    members: Vec<Member>,
 }
 
 /// Stream totals, for metrics and benchmarks.
@@ -177,8 +196,10 @@ type StreamedState<'a> = (
 /// This tick's entities of one streamed sector.
 #[derive(Default)]
 struct SectorBatch {
+    /// As gathered; sorted by id in [`next_frame`].
+    gathered: Vec<(EntityId, Epoch, EntityState, EntityKind)>,
+    /// The encoder's input, in id order.
     entities: Vec<(EntityId, Epoch, EntityState)>,
-    kinds: Vec<(EntityId, EntityKind)>,
 }
 
 /// Every tick: each wanted sector's frame, encoded once, to its subscribers; then a `Tick`.
@@ -278,9 +299,7 @@ fn ended_unstreamed(
         let Some(sector) = own.sector_of(Point::new(pos[0].into(), pos[1].into())) else {
             continue;
         };
-        let streamed = sectors
-            .get(&sector)
-            .is_some_and(|s| s.members.contains_key(&id));
+        let streamed = sectors.get(&sector).is_some_and(|s| s.member(id).is_some());
         if wanted.contains(&sector) && !streamed {
             out.entry(sector).or_default().push(Departure {
                 id,
@@ -301,9 +320,7 @@ fn gather_batches(
 ) {
     batches.retain(|s, _| wanted.contains(s));
     for s in wanted {
-        let b = batches.entry(*s).or_default();
-        b.entities.clear();
-        b.kinds.clear();
+        batches.entry(*s).or_default().gathered.clear();
     }
     for (o, p, r, v, w) in owned.iter() {
         if !own.entities.contains_key(&o.id) {
@@ -313,8 +330,8 @@ fn gather_batches(
             continue;
         };
         if let Some(b) = batches.get_mut(&sector) {
-            b.entities.push((o.id, o.epoch, state_of(p, r, v, w)));
-            b.kinds.push((o.id, o.kind));
+            b.gathered
+                .push((o.id, o.epoch, state_of(p, r, v, w), o.kind));
         }
     }
 }
@@ -329,38 +346,48 @@ fn next_frame(
     ended: &[Departure],
     where_now: impl Fn(EntityId) -> Option<[f32; 2]>,
 ) -> SectorFrame {
-    let mut entered = Vec::new();
-    let mut present: FxHashMap<EntityId, (Epoch, EntityKind)> =
-        FxHashMap::with_capacity_and_hasher(batch.entities.len(), Default::default());
-    for (&(id, epoch, _), &(_, kind)) in batch.entities.iter().zip(&batch.kinds) {
-        match stream.members.get(&id) {
-            Some(&(e, _)) if e == epoch => {}
-            // New here, or back at a newer epoch: its next update is a keyframe.
+    batch.gathered.sort_unstable_by_key(|g| g.0);
+    batch.entities.clear();
+    batch.entities.extend(
+        batch
+            .gathered
+            .iter()
+            .map(|&(id, epoch, state, _)| (id, epoch, state)),
+    );
+    let (mut entered, mut left) = (Vec::new(), Vec::new());
+    let mut members = Vec::with_capacity(batch.gathered.len());
+    let mut was = stream.members.iter().peekable();
+    for &(id, epoch, _, kind) in &batch.gathered {
+        // Members before this id are gone from the sector.
+        while let Some(m) = was.next_if(|m| m.id < id) {
+            left.push(Departure {
+                id: m.id,
+                epoch: m.epoch,
+                to: where_now(m.id),
+            });
+        }
+        match was.next_if(|m| m.id == id) {
+            Some(m) if m.epoch == epoch => {}
+            // Back at a newer epoch: its next update is a keyframe.
             Some(_) => {
                 stream.encoder.forget(id);
                 entered.push((id, kind));
             }
             None => entered.push((id, kind)),
         }
-        present.insert(id, (epoch, kind));
+        members.push(Member { id, epoch, kind });
     }
-    let mut left: Vec<Departure> = stream
-        .members
-        .iter()
-        .filter(|(id, _)| !present.contains_key(id))
-        .map(|(&id, &(epoch, _))| Departure {
-            id,
-            epoch,
-            to: where_now(id),
-        })
-        .chain(ended.iter().copied())
-        .collect();
-    left.sort_unstable_by_key(|d| d.id);
+    left.extend(was.map(|m| Departure {
+        id: m.id,
+        epoch: m.epoch,
+        to: where_now(m.id),
+    }));
     for d in &left {
         stream.encoder.forget(d.id);
     }
-    entered.sort_unstable_by_key(|(id, _)| *id);
-    stream.members = present;
+    left.extend_from_slice(ended);
+    left.sort_unstable_by_key(|d| d.id);
+    stream.members = members;
     let updates = stream
         .encoder
         .encode(tick, &mut batch.entities)
@@ -414,15 +441,10 @@ fn opening_frame(
         .filter(|(_, _, pos)| bounds.contains(Point::new(pos[0].into(), pos[1].into())))
         .map(|(_, d, _)| *d)
         .collect();
-    let mut entered: Vec<(EntityId, EntityKind)> = stream
-        .members
-        .iter()
-        .map(|(id, (_, kind))| (*id, *kind))
-        .collect();
-    entered.sort_unstable_by_key(|(id, _)| *id);
+    let entered = stream.members.iter().map(|m| (m.id, m.kind)).collect();
     let updates = stream
         .encoder
-        .keyframes(tick, |id| stream.members.get(&id).map_or(0, |m| m.0))
+        .keyframes(tick, |id| stream.member(id).map_or(0, |m| m.epoch))
         .unwrap_or_default();
     SectorFrame {
         sector,
@@ -459,16 +481,15 @@ fn close_unwanted_sectors(
             .map(|(id, _)| *id)
             .collect();
         if !own.sectors.contains(&sector) && !followers.is_empty() {
-            let mut left: Vec<Departure> = stream
+            let left: Vec<Departure> = stream
                 .members
                 .iter()
-                .map(|(&id, &(epoch, _))| Departure {
-                    id,
-                    epoch,
-                    to: where_now(id),
+                .map(|m| Departure {
+                    id: m.id,
+                    epoch: m.epoch,
+                    to: where_now(m.id),
                 })
                 .collect();
-            left.sort_unstable_by_key(|d| d.id);
             let last = SectorFrame {
                 sector,
                 tick,
