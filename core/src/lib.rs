@@ -18,6 +18,7 @@ pub mod sector_view;
 pub mod stream;
 pub mod stream_client;
 pub mod varint;
+pub mod wire_bytes;
 
 #[cfg(feature = "client")]
 pub use control_client::{ControlClient, ControlError};

@@ -94,7 +94,7 @@ pub enum ShardMessage {
         stream: Option<String>,
     },
     /// Compact batch of changed entities (see `codec`).
-    Updates(Vec<u8>),
+    Updates(#[serde(with = "crate::wire_bytes")] Vec<u8>),
     /// A new entity the shard created in one of its sectors.
     Spawned {
         snapshot: EntitySnapshot,

@@ -88,6 +88,7 @@ pub struct SectorFrame {
     /// Entities no longer in this sector's stream.
     pub left: Vec<Departure>,
     /// The link codec's batch of the entities whose quantized state changed (empty: none).
+    #[serde(with = "crate::wire_bytes")]
     pub updates: Vec<u8>,
 }
 

@@ -629,9 +629,9 @@ fn sector_streams() {
         "## sector streams (one shard, 10,000 bodies in 16 leaves, release, subscribers drained in-process)"
     );
     println!(
-        "| subscribers x leaves | shard CPU mean ms | CPU p99 ms | bytes per entity update | KiB per subscriber per tick |"
+        "| subscribers x leaves | shard CPU mean ms | CPU p99 ms | publishing ms per tick | bytes per entity update | KiB per subscriber per tick |"
     );
-    println!("|---|---|---|---|---|");
+    println!("|---|---|---|---|---|---|");
     for (subs, each) in [(0, 16), (1, 16), (4, 16), (16, 16), (64, 16), (64, 4)] {
         let mut f = sixteen_leaves_after_warm_up(10_000);
         let leaves: Vec<SectorId> = f.authority.placement().sectors.keys().copied().collect();
@@ -687,8 +687,9 @@ fn sector_streams() {
             .stats;
         let updates = after.entity_updates - before.entity_updates;
         let per_update = (after.update_bytes - before.update_bytes) as f64 / updates.max(1) as f64;
+        let publish_ms = (after.publish_nanos - before.publish_nanos) as f64 / 1e6 / TICKS as f64;
         println!(
-            "| {subs} x {each} | {:.2} | {:.2} | {} | {:.1} |",
+            "| {subs} x {each} | {:.2} | {:.2} | {publish_ms:.3} | {} | {:.1} |",
             mean(&cpu),
             percentile(&mut cpu, 0.99),
             if subs == 0 {

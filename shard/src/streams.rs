@@ -99,6 +99,8 @@ pub struct StreamStats {
     pub update_bytes: u64,
     /// Subscribers dropped for not keeping up.
     pub dropped_slow: u64,
+    /// Time spent publishing (sorting, diffing, encoding, queueing), all ticks together.
+    pub publish_nanos: u64,
 }
 
 #[derive(Resource, Default)]
@@ -211,6 +213,7 @@ fn publish_sector_streams(
     positions: Query<&Position, With<Owned>>,
     mut batches: Local<BTreeMap<SectorId, SectorBatch>>,
 ) {
+    let started = std::time::Instant::now();
     let streams = &mut *streams;
     remember_endings(&mut streams.recently_ended, &own, tick.0);
     if streams.subscribers.is_empty() {
@@ -285,6 +288,7 @@ fn publish_sector_streams(
     }
     deliver(streams, outgoing);
     streams.stats.streamed_sectors = streams.sectors.len();
+    streams.stats.publish_nanos += started.elapsed().as_nanos() as u64;
 }
 
 /// Entities that ended this tick without ever being in a stream (adopted and ended in one
@@ -323,9 +327,6 @@ fn gather_batches(
         batches.entry(*s).or_default().gathered.clear();
     }
     for (o, p, r, v, w) in owned.iter() {
-        if !own.entities.contains_key(&o.id) {
-            continue;
-        }
         let Some(sector) = own.sector_of(Point::new(p.0.x.into(), p.0.y.into())) else {
             continue;
         };
