@@ -670,12 +670,20 @@ fn bad_input_is_refused_with_a_reason_and_the_fleet_carries_on() {
     assert!(current.generation < 100, "{current:?}");
 }
 
+/// A port free now, for a process that must be told its port in advance, with the 15 above it
+/// (`--metrics-base-port` numbers shards from it). Taken below Linux's ephemeral range
+/// (32768-60999): a port the kernel hands out for `:0` listeners and outgoing connections
+/// (every shard's, every subscriber's) can be taken between this check and the child's bind.
 pub(crate) fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    let offset = std::process::id() % 700 * 16;
+    loop {
+        let n = NEXT.fetch_add(16, std::sync::atomic::Ordering::Relaxed);
+        let port = (20_000 + (offset + n) % 12_000) as u16;
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
 }
 
 pub(crate) fn pids_matching(pattern: &str) -> Vec<u32> {

@@ -77,6 +77,8 @@ pub struct ViewStats {
     pub stale_refused: u64,
     /// Entities that waited in transit longer than the timeout and were dropped.
     pub expired: u64,
+    /// Of those, ships and asteroids (not projectiles, which live for seconds).
+    pub expired_lasting: u64,
 }
 
 /// Per (connection, sector): the codec's baselines and the kinds of the entities in it.
@@ -294,13 +296,17 @@ impl SectorView {
     /// Drops what waited in transit longer than the timeout; how many.
     pub fn expire(&mut self, now: Instant) -> usize {
         let timeout = self.transit_timeout;
-        let before = self.entities.len();
+        let (mut expired, mut lasting) = (0, 0);
         self.entities.retain(|_, e| match e.source {
-            Source::InTransit { since } => now.saturating_duration_since(since) < timeout,
-            Source::Stream { .. } => true,
+            Source::InTransit { since } if now.saturating_duration_since(since) >= timeout => {
+                expired += 1;
+                lasting += u64::from(e.kind != EntityKind::Projectile);
+                false
+            }
+            _ => true,
         });
-        let expired = before - self.entities.len();
         self.stats.expired += expired as u64;
+        self.stats.expired_lasting += lasting;
         expired
     }
 }

@@ -90,7 +90,14 @@ pub struct SectorFeed {
     events_tx: Sender<(ConnId, Event, usize)>,
     pub view: SectorView,
     pub stats: FeedStats,
+    /// Shards whose last connection closed: not dialled again before the instant, and the
+    /// back-off that doubles while their connections keep failing (reset by a `Tick`).
+    retry: HashMap<ShardId, (Instant, Duration)>,
 }
+
+/// The first wait before dialling a shard again after its connection closed, and the longest.
+const RETRY_FIRST: Duration = Duration::from_millis(100);
+const RETRY_MAX: Duration = Duration::from_secs(2);
 
 fn overlaps(a: &Bounds, b: &Bounds) -> bool {
     a.min.x < b.max.x && b.min.x < a.max.x && a.min.y < b.max.y && b.min.y < a.max.y
@@ -110,6 +117,7 @@ impl SectorFeed {
             events_tx,
             view: SectorView::default(),
             stats: FeedStats::default(),
+            retry: HashMap::new(),
         }
     }
 
@@ -173,6 +181,9 @@ impl SectorFeed {
             let Some(addr) = streams.get(&shard) else {
                 continue;
             };
+            if self.retry.get(&shard).is_some_and(|(at, _)| now < *at) {
+                continue;
+            }
             let id = self.next_conn;
             self.next_conn += 1;
             let (to_shard, from_feed) = mpsc::channel();
@@ -245,11 +256,19 @@ impl SectorFeed {
                 },
                 Event::Tick(unowned) => {
                     self.stats.ticks += 1;
+                    self.retry.remove(&shard);
                     self.on_tick(&shard, &unowned, now);
                 }
                 Event::Closed(reason) => {
                     debug!(%shard, reason, "sector stream closed");
                     self.close(&shard, now);
+                    // Dial it again later, later each time it fails (a wrong secret, a shard
+                    // that is going away), not on every `follow`.
+                    let wait = self
+                        .retry
+                        .get(&shard)
+                        .map_or(RETRY_FIRST, |(_, w)| (*w * 2).min(RETRY_MAX));
+                    self.retry.insert(shard, (now + wait, wait));
                 }
             }
         }
