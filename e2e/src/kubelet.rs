@@ -136,14 +136,20 @@ async fn command(pod: &Pod, secrets: &Api<Secret>) -> anyhow::Result<std::proces
         .env("PATH", std::env::var_os("PATH").unwrap_or_default())
         .env("RUST_LOG", "warn")
         .stdin(std::process::Stdio::null());
+    let mut defined: Vec<(String, String)> = Vec::new();
     for var in container.env.clone().unwrap_or_default() {
         let value = match (&var.value, &var.value_from) {
-            (Some(v), _) => v.clone(),
+            // `$(NAME)` of a variable defined earlier expands, as the kubelet does.
+            (Some(v), _) => defined.iter().fold(v.clone(), |v, (name, value)| {
+                v.replace(&format!("$({name})"), value)
+            }),
             (None, Some(from)) => {
                 if let Some(field) = &from.field_ref {
                     match field.field_path.as_str() {
                         "metadata.name" => pod.name_any(),
                         "metadata.namespace" => pod.namespace().unwrap_or_default(),
+                        // Pods run as local processes here: the host's loopback is their IP.
+                        "status.podIP" => "127.0.0.1".to_owned(),
                         other => anyhow::bail!("unsupported fieldRef {other}"),
                     }
                 } else if let Some(key) = &from.secret_key_ref {
@@ -161,10 +167,13 @@ async fn command(pod: &Pod, secrets: &Api<Secret>) -> anyhow::Result<std::proces
             }
             (None, None) => String::new(),
         };
-        cmd.env(&var.name, value);
+        cmd.env(&var.name, &value);
+        defined.push((var.name.clone(), value));
     }
-    // Every pod has its own network namespace; local processes share one, so metrics take
-    // any free port.
+    // Every pod has its own network namespace; local processes share one, so metrics and
+    // sector streams take any free port (and the streams advertise the one they got).
     cmd.env("SIDEREAL_SHARD_METRICS", "127.0.0.1:0");
+    cmd.env("SIDEREAL_SHARD_STREAM", "127.0.0.1:0");
+    cmd.env_remove("SIDEREAL_SHARD_STREAM_ADVERTISE");
     Ok(cmd)
 }
