@@ -329,3 +329,16 @@ proptest! {
         let _ = decode(&bytes, HZ, |t| (t == 3).then_some(&base));
     }
 }
+
+#[test]
+fn a_view_with_a_repeated_id_keeps_its_first_entry() {
+    let a = entity(7, [1.0, 2.0], [0.0; 2], 0.0, 0.0);
+    let b = entity(7, [50.0, 60.0], [0.0; 2], 0.0, 0.0);
+    let c = entity(3, [5.0, 6.0], [0.0; 2], 0.0, 0.0);
+    let s = Snapshot::quantize(1, &[a, c, b]);
+    assert_eq!(
+        s.entities.iter().map(|e| e.id).collect::<Vec<_>>(),
+        vec![3, 7]
+    );
+    assert_eq!(s.entities[1].pos, QuantizedEntity::quantize(1, &a).pos);
+}
