@@ -230,14 +230,7 @@ impl UpdateEncoder {
         merged.extend(old[at..].iter().filter(|(_, q)| q.is_some()));
         self.baseline = merged;
         self.spare = old;
-        if count == 0 {
-            return None;
-        }
-        let mut out = Vec::with_capacity(body.len() + 12);
-        put_varint(&mut out, tick);
-        put_varint(&mut out, count);
-        out.extend_from_slice(&body);
-        Some(out)
+        batch(tick, count, &body)
     }
 
     /// A batch of keyframes of everything the receivers hold now (the baselines, exactly as
@@ -254,14 +247,7 @@ impl UpdateEncoder {
             count += 1;
             write_entry(&mut body, epoch_of(*id), *q, None);
         }
-        if count == 0 {
-            return None;
-        }
-        let mut out = Vec::with_capacity(body.len() + 12);
-        put_varint(&mut out, tick);
-        put_varint(&mut out, count);
-        out.extend_from_slice(&body);
-        Some(out)
+        batch(tick, count, &body)
     }
 
     /// The entity left this link (handed over or despawned): the next send is a keyframe.
@@ -279,6 +265,18 @@ impl UpdateEncoder {
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
+}
+
+/// A batch: `tick, count`, then the entries; `None` without entries.
+fn batch(tick: u64, count: u64, body: &[u8]) -> Option<Vec<u8>> {
+    if count == 0 {
+        return None;
+    }
+    let mut out = Vec::with_capacity(body.len() + 12);
+    put_varint(&mut out, tick);
+    put_varint(&mut out, count);
+    out.extend_from_slice(body);
+    Some(out)
 }
 
 /// One entry after its id: a keyframe (flags, epoch, absolute values) without a baseline, else

@@ -246,3 +246,119 @@ fn read_subscriptions(
         return;
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use sidereal_core::SectorId;
+    use sidereal_core::stream::subscriber_proof;
+
+    const SECRET: &str = "stream-test-secret";
+
+    fn server() -> (SocketAddr, StreamHub) {
+        serve(
+            "127.0.0.1:0",
+            StreamServerConfig {
+                shard: ShardId::new("shard-t"),
+                secret: SECRET.into(),
+                tick_hz: 30,
+                timeout: Duration::from_secs(3),
+                max_frame_bytes: 1 << 20,
+            },
+        )
+        .unwrap()
+    }
+
+    fn next(stream: &mut TcpStream, reader: &mut FrameReader) -> Option<PublisherMessage> {
+        let mut buf = [0u8; 4096];
+        loop {
+            if let Ok(Some(m)) = reader.next_frame::<PublisherMessage>() {
+                return Some(m);
+            }
+            match stream.read(&mut buf) {
+                Ok(0) | Err(_) => return None,
+                Ok(n) => reader.push(&buf[..n]),
+            }
+        }
+    }
+
+    /// Connects and answers the challenge with `secret`: the connection and the shard's answer.
+    fn hello(addr: SocketAddr, secret: &str) -> (TcpStream, FrameReader, Option<PublisherMessage>) {
+        let mut s = TcpStream::connect(addr).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        let mut r = FrameReader::default();
+        let Some(PublisherMessage::Challenge {
+            nonce: challenge, ..
+        }) = next(&mut s, &mut r)
+        else {
+            panic!("a challenge first");
+        };
+        let nonce = fresh_nonce();
+        let msg = SubscriberMessage::Hello {
+            protocol: STREAM_PROTOCOL_VERSION,
+            subscriber: "t".into(),
+            nonce,
+            proof: subscriber_proof(secret, &challenge, &nonce, "t"),
+        };
+        s.write_all(&encode_frame(&msg)).unwrap();
+        let answer = next(&mut s, &mut r);
+        (s, r, answer)
+    }
+
+    /// Whether the server closed the connection: the socket ends (not a read timeout), with
+    /// at most a refusal before.
+    fn closed(s: &mut TcpStream, r: &mut FrameReader) -> bool {
+        let mut buf = [0u8; 4096];
+        loop {
+            match s.read(&mut buf) {
+                Ok(0) => return true,
+                Ok(n) => r.push(&buf[..n]),
+                Err(e) => return e.kind() == std::io::ErrorKind::ConnectionReset,
+            }
+        }
+    }
+
+    #[test]
+    fn garbage_a_wrong_secret_and_an_oversized_subscription_are_refused_and_nothing_else_breaks() {
+        let (addr, hub) = server();
+        // Garbage instead of a Hello: a frame claiming 4 GiB is refused before any allocation.
+        let mut s = TcpStream::connect(addr).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        let mut r = FrameReader::default();
+        assert!(matches!(
+            next(&mut s, &mut r),
+            Some(PublisherMessage::Challenge { .. })
+        ));
+        s.write_all(&[0xff; 64]).unwrap();
+        assert!(closed(&mut s, &mut r), "garbage closes the connection");
+        // A wrong secret: refused with a reason.
+        let (_, _, answer) = hello(addr, "not-the-secret-at-all");
+        assert!(
+            matches!(&answer, Some(PublisherMessage::Rejected { reason }) if reason.contains("proof")),
+            "{answer:?}"
+        );
+        assert!(
+            hub.0.try_recv().is_err(),
+            "refused peers never reach the app"
+        );
+        // The right secret, then more sectors than allowed: welcomed, then disconnected.
+        let (mut s, mut r, answer) = hello(addr, SECRET);
+        assert!(
+            matches!(answer, Some(PublisherMessage::Welcome { .. })),
+            "{answer:?}"
+        );
+        let too_many = vec![SectorId::new(0, 0, 0).unwrap(); MAX_SUBSCRIBED_SECTORS + 1];
+        let msg = SubscriberMessage::Subscribe { sectors: too_many };
+        s.write_all(&encode_frame(&msg)).unwrap();
+        assert!(
+            closed(&mut s, &mut r),
+            "an oversized subscription closes the connection"
+        );
+        let events: Vec<HubEvent> = hub.0.iter().take(2).collect();
+        assert!(matches!(events[0], HubEvent::Joined { .. }), "{events:?}");
+        assert!(matches!(events[1], HubEvent::Left { .. }), "{events:?}");
+        // The server still serves.
+        let (_, _, answer) = hello(addr, SECRET);
+        assert!(matches!(answer, Some(PublisherMessage::Welcome { .. })));
+    }
+}
