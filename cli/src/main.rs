@@ -2,6 +2,7 @@
 
 mod autoscale;
 mod bot_cmd;
+mod gateway_cmd;
 mod metrics_http;
 mod operator_cmd;
 mod replication_cmd;
@@ -32,6 +33,9 @@ enum Command {
     Replication(Box<replication_cmd::ReplicationArgs>),
     /// Run one shard.
     Shard(shard_cmd::ShardArgs),
+    /// Run a gateway: players' sessions, interest and encoding, fed by the shards' sector
+    /// streams (one of several; replication's --gateway-link takes them).
+    Gateway(Box<gateway_cmd::GatewayArgs>),
     /// Run a swarm of headless players (log in, connect, fly, report).
     Bot(bot_cmd::BotArgs),
     /// Run the Kubernetes operator (Sector controller).
@@ -95,6 +99,11 @@ fn main() -> anyhow::Result<()> {
         Command::Operator(args) => {
             init_tracing();
             operator_cmd::run(args)?;
+        }
+        Command::Gateway(args) => {
+            init_tracing();
+            up_cmd::die_with_supervisor();
+            gateway_cmd::run(*args)?;
         }
         Command::Shard(args) => {
             init_tracing();

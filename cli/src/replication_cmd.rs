@@ -31,6 +31,19 @@ pub fn parse_max_frame_bytes(s: &str) -> Result<usize, String> {
     Ok(n)
 }
 
+/// A socket address, or `off`.
+#[derive(Debug, Clone, Copy)]
+pub struct OptionalAddr(pub Option<SocketAddr>);
+
+pub fn parse_optional_addr(s: &str) -> Result<OptionalAddr, String> {
+    if s == "off" {
+        return Ok(OptionalAddr(None));
+    }
+    s.parse()
+        .map(|a| OptionalAddr(Some(a)))
+        .map_err(|_| format!("{s:?} is neither an address (host:port) nor off"))
+}
+
 /// The default world: four scale-2 roots around the origin (8000 x 8000 units).
 pub const DEFAULT_WORLD: &str = "s2-xm1-ym1,s2-x0-ym1,s2-xm1-y0,s2-x0-y0";
 
@@ -110,6 +123,13 @@ pub struct ReplicationArgs {
     /// Serve no WebSocket game port.
     #[arg(long)]
     pub no_game_ws: bool,
+    /// Serve no game port here at all: players play through `sidereal gateway` processes.
+    #[arg(long)]
+    pub no_game: bool,
+    /// Where `sidereal gateway` processes link (the gateway link, e.g. 127.0.0.1:7705); `off`
+    /// takes none.
+    #[arg(long, env = "SIDEREAL_GATEWAY_LINK", default_value = "off", value_parser = parse_optional_addr)]
+    pub gateway_link: OptionalAddr,
     /// WebSocket game addresses written into connect tokens, comma-separated; by default the
     /// bound --game-ws address.
     #[arg(long, env = "SIDEREAL_PUBLIC_GAME_WS_ADDR", value_delimiter = ',')]
@@ -244,7 +264,8 @@ pub fn config(args: &ReplicationArgs) -> anyhow::Result<ReplicationConfig> {
             per_client_burst: (args.login_rate * 4.0).clamp(20.0, 1e6) as u32,
             ..LoginConfig::default()
         },
-        gateway: Some(GatewayConfig {
+        gateway_link: args.gateway_link.0,
+        gateway: (!args.no_game).then_some(GatewayConfig {
             udp: args.game_udp,
             websocket: (!args.no_game_ws).then_some(args.game_ws),
             // From the certificate files, when the server starts.
@@ -274,9 +295,13 @@ pub fn run(args: ReplicationArgs) -> anyhow::Result<()> {
             .context("binding listeners")?;
         // One machine-readable line for supervisors and tests that bind port 0.
         let game = running
-            .game
-            .map(|g| format!(" game={g}"))
+            .gateway_link
+            .map(|g| format!(" gateways={g}"))
             .unwrap_or_default()
+            + &running
+                .game
+                .map(|g| format!(" game={g}"))
+                .unwrap_or_default()
             + &running
                 .game_ws
                 .map(|w| format!(" ws={w}"))

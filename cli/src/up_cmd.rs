@@ -72,6 +72,14 @@ pub struct UpArgs {
     /// Game port for browsers (the same netcode over WebSocket, plain ws://).
     #[arg(long, env = "SIDEREAL_GAME_WS", default_value = "127.0.0.1:7703")]
     pub game_ws: SocketAddr,
+    /// Gateway processes (`sidereal gateway`) serving players, fed by the shards' sector
+    /// streams; 0 serves players from replication's own game port. Gateway i takes the game
+    /// ports + 10 x i and serves /metrics on 127.0.0.1:9200 + i.
+    #[arg(long, default_value_t = 0)]
+    pub gateways: usize,
+    /// Where gateways link to replication, with --gateways.
+    #[arg(long, default_value = "127.0.0.1:7705")]
+    pub gateway_link: SocketAddr,
     /// Shard i serves /metrics on this port + i.
     #[arg(long, default_value_t = 9100)]
     pub metrics_base_port: u16,
@@ -156,6 +164,9 @@ struct Fleet {
     bots: Option<Child>,
     /// Shard `shard-i` by its index i (its metrics port is the base port + i).
     shards: BTreeMap<usize, Child>,
+    /// Gateway `gateway-i` by its index i.
+    gateways: BTreeMap<usize, Child>,
+    netcode_key: String,
 }
 
 fn shard_id(i: usize) -> ShardId {
@@ -185,6 +196,36 @@ impl Fleet {
             .kill_on_drop(true)
             .spawn()
             .context("starting a shard process")
+    }
+
+    fn spawn_gateway(&self, i: usize) -> anyhow::Result<Child> {
+        let offset = u16::try_from(i * 10).context("gateway port overflow")?;
+        let port = |a: SocketAddr| -> anyhow::Result<String> {
+            let p = a
+                .port()
+                .checked_add(offset)
+                .context("gateway port overflow")?;
+            Ok(SocketAddr::new(a.ip(), p).to_string())
+        };
+        child_command(&self.exe)
+            .arg("gateway")
+            .args(["--name", &format!("gateway-{i}")])
+            .args(["--authority", &self.args.gateway_link.to_string()])
+            .args(["--game-udp", &port(self.args.game_udp)?])
+            .args(["--game-ws", &port(self.args.game_ws)?])
+            .args(["--metrics", &format!("127.0.0.1:{}", 9200 + i)])
+            .args(["--tick-hz", &self.args.tick_hz.to_string()])
+            .args([
+                "--link-timeout",
+                &self.args.link_timeout.as_secs_f64().to_string(),
+            ])
+            .env("SIDEREAL_SHARD_SECRET", &self.secret)
+            .env("SIDEREAL_NETCODE_KEY", &self.netcode_key)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .kill_on_drop(true)
+            .spawn()
+            .context("starting a gateway process")
     }
 
     /// Starts shard-i for the lowest free i.
@@ -231,10 +272,13 @@ impl Fleet {
             let _ = b.start_kill();
             let _ = b.wait().await;
         }
-        for c in self.shards.values_mut() {
+        for c in self.shards.values_mut().chain(self.gateways.values_mut()) {
             let _ = c.start_kill();
         }
         let _ = self.replication.start_kill();
+        for c in self.gateways.values_mut() {
+            let _ = c.wait().await;
+        }
         for c in self.shards.values_mut() {
             let _ = c.wait().await;
         }
@@ -283,8 +327,16 @@ pub fn run(args: UpArgs) -> anyhow::Result<()> {
     let rt = tokio::runtime::Runtime::new()?;
     rt.block_on(async move {
         let world: Vec<String> = args.world.iter().map(|s| s.to_string()).collect();
-        let replication = child_command(&exe)
-            .arg("replication")
+        let mut replication = child_command(&exe);
+        replication.arg("replication");
+        if args.gateways > 0 {
+            replication.args([
+                "--no-game",
+                "--gateway-link",
+                &args.gateway_link.to_string(),
+            ]);
+        }
+        let replication = replication
             .args([
                 "--http",
                 &args.http.to_string(),
@@ -323,6 +375,8 @@ pub fn run(args: UpArgs) -> anyhow::Result<()> {
             replication,
             bots: None,
             shards: BTreeMap::new(),
+            gateways: BTreeMap::new(),
+            netcode_key,
         };
         let result = supervise(&mut fleet).await;
         fleet.stop().await;
@@ -343,6 +397,10 @@ async fn supervise(fleet: &mut Fleet) -> anyhow::Result<()> {
     .await?;
     for _ in 0..fleet.args.shards {
         fleet.start_another_shard()?;
+    }
+    for i in 0..fleet.args.gateways {
+        let child = fleet.spawn_gateway(i)?;
+        fleet.gateways.insert(i, child);
     }
     let want = fleet.args.shards;
     wait_for("every shard to link", Duration::from_secs(60), || async {
@@ -374,10 +432,17 @@ async fn supervise(fleet: &mut Fleet) -> anyhow::Result<()> {
     );
     // The token rides in the fragment, which the browser keeps to itself.
     println!("  sector map   {base}/map#token={}", fleet.control_token);
-    println!(
-        "  game port    udp://{} and ws://{} (lightyear, netcode)",
-        fleet.args.game_udp, fleet.args.game_ws
-    );
+    if fleet.args.gateways == 0 {
+        println!(
+            "  game port    udp://{} and ws://{} (lightyear, netcode)",
+            fleet.args.game_udp, fleet.args.game_ws
+        );
+    } else {
+        println!(
+            "  game ports   {} gateways from udp://{} and ws://{} (+10 each; tokens name them all)",
+            fleet.args.gateways, fleet.args.game_udp, fleet.args.game_ws
+        );
+    }
     println!(
         "  players      POST {base}/v1/accounts or {base}/v1/login with {{\"name\":..,\"password\":..}}"
     );
@@ -409,6 +474,14 @@ async fn supervise(fleet: &mut Fleet) -> anyhow::Result<()> {
                 warn!(shard = %shard_id(i), %status, "shard exited; restarting it");
                 let child = fleet.spawn_shard(i)?;
                 fleet.shards.insert(i, child);
+            }
+        }
+        let indices: Vec<usize> = fleet.gateways.keys().copied().collect();
+        for i in indices {
+            if let Some(status) = fleet.gateways.get_mut(&i).expect("listed").try_wait()? {
+                warn!(gateway = i, %status, "gateway exited; restarting it");
+                let child = fleet.spawn_gateway(i)?;
+                fleet.gateways.insert(i, child);
             }
         }
         // Level-triggered: whatever put leaves on a shard that is not linked (a kill, a

@@ -5,6 +5,8 @@
 mod chat;
 #[path = "processes/dashboards.rs"]
 mod dashboards;
+#[path = "processes/gateways.rs"]
+mod gateways;
 #[path = "processes/link_faults.rs"]
 mod link_faults;
 #[path = "processes/login.rs"]
@@ -91,6 +93,8 @@ pub(crate) struct Replication {
     pub(crate) game: Option<SocketAddr>,
     /// The public login listener (`--public-http`), as `http://...`.
     pub(crate) public: Option<String>,
+    /// The gateway link (`--gateway-link`), as `host:port`.
+    pub(crate) gateways: Option<String>,
     /// The product's control client, with the test token.
     pub(crate) control: Control,
     _data: Option<TempDir>,
@@ -235,6 +239,10 @@ pub(crate) fn start_replication_with(
         .split_whitespace()
         .find_map(|w| w.strip_prefix("public="))
         .map(|p| format!("http://{p}"));
+    let gateways = ready
+        .split_whitespace()
+        .find_map(|w| w.strip_prefix("gateways="))
+        .map(str::to_owned);
     // Keep draining stdout so the child never blocks on a full pipe.
     std::thread::spawn(move || for _ in lines {});
     Replication {
@@ -244,6 +252,7 @@ pub(crate) fn start_replication_with(
         link,
         game,
         public,
+        gateways,
         _data: None,
     }
 }
@@ -933,7 +942,7 @@ fn the_configuration_reference_is_the_binarys_help() {
          a test fails when this file and the binary disagree. The Helm chart sets only variables listed\n\
          here (a test checks it).\n",
     );
-    for cmd in ["up", "replication", "shard", "operator", "bot", "crdgen"] {
+    for cmd in ["up", "replication", "shard", "gateway", "operator", "bot", "crdgen"] {
         let out = Command::new(env!("CARGO_BIN_EXE_sidereal"))
             .args([cmd, "--help"])
             .env("COLUMNS", "100")

@@ -210,6 +210,13 @@ impl GameClient {
             }
         }
         app.world_mut().entity_mut(entity).insert(netcode);
+        // lightyear's netcode client points the link at the token's first address (its insert
+        // hook, applied at the flush); a token naming several gateways may be used at any of
+        // them, so the chosen one goes back.
+        app.world_mut().flush();
+        if transport == Transport::Udp {
+            app.world_mut().entity_mut(entity).insert(PeerAddr(server));
+        }
         app.world_mut().trigger(Connect { entity });
         Ok(Self { app, entity, login })
     }

@@ -6,6 +6,7 @@ pub mod codec;
 pub mod control;
 #[cfg(feature = "client")]
 pub mod control_client;
+pub mod gateway_link;
 pub mod geometry;
 pub mod handshake;
 pub mod ids;

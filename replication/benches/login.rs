@@ -79,6 +79,7 @@ async fn main() {
         },
         gateway: None,
         sessions: Default::default(),
+        gateway_link: None,
     };
     let (running, _all) = sidereal_replication::start(config).await.expect("start");
     let base = format!("http://{}", running.http);

@@ -31,6 +31,7 @@ use crate::chat::{ChatGate, ChatRefusal, listeners};
 use crate::login::token::{player_of, ship_of};
 use crate::sessions::SessionGate;
 use crate::state::GameTraffic;
+pub use sidereal_core::gateway_link::ChatLine;
 
 /// Settings of the game port.
 #[derive(Debug, Clone)]
@@ -78,6 +79,30 @@ pub enum GatewayEvent {
         turn: f32,
         fire: bool,
     },
+    /// A line of chat admitted and delivered here, for the players of other gateways (sent
+    /// only by a gateway with [`GatewayIo::elsewhere`]).
+    Chat(ChatLine),
+}
+
+/// What players on other gateways did that players here must learn.
+#[derive(Debug, Clone, PartialEq)]
+pub enum FromElsewhere {
+    /// Said on another gateway: heard here by players within the radius of `at`.
+    Chat(ChatLine),
+    /// The player connected on another gateway: its session here ends without a `Left`.
+    Superseded { player_id: u64 },
+}
+
+/// The game port's connections to the rest of its process.
+pub struct GatewayIo {
+    /// Each tick's views, newest last.
+    pub views: Receiver<Views>,
+    pub events: UnboundedSender<GatewayEvent>,
+    /// `Some` for a gateway among several (`sidereal gateway`): chat and sessions from the
+    /// others come in here, and chat said here goes out as [`GatewayEvent::Chat`].
+    pub elsewhere: Option<Receiver<FromElsewhere>>,
+    pub traffic: Arc<GameTraffic>,
+    pub sessions: SessionGate,
 }
 
 /// One tick's views: per player, what it sees.
@@ -91,6 +116,7 @@ pub struct Views {
 struct Channels {
     views: Receiver<Views>,
     events: UnboundedSender<GatewayEvent>,
+    elsewhere: Option<Receiver<FromElsewhere>>,
     traffic: Arc<GameTraffic>,
 }
 
@@ -141,15 +167,14 @@ struct Settings {
 pub fn spawn(
     config: GatewayConfig,
     key: Key,
-    views: Receiver<Views>,
-    events: UnboundedSender<GatewayEvent>,
-    traffic: Arc<GameTraffic>,
-    sessions: SessionGate,
+    io: GatewayIo,
 ) -> std::io::Result<std::thread::JoinHandle<()>> {
+    let sessions = io.sessions;
     let channels = Channels {
-        views,
-        events,
-        traffic,
+        views: io.views,
+        events: io.events,
+        elsewhere: io.elsewhere,
+        traffic: io.traffic,
     };
     std::thread::Builder::new()
         .name("gateway".into())
@@ -184,7 +209,7 @@ fn build_app(config: GatewayConfig, key: Key, channels: Channels, sessions: Sess
     app.init_resource::<ShipPositions>();
     app.init_resource::<Sessions>();
     app.init_resource::<Chat>();
-    app.add_systems(Update, (receive_acks, relay_chat));
+    app.add_systems(Update, (receive_acks, relay_chat, hear_elsewhere));
     // In the fixed tick, so the ship states written here carry the tick lightyear stamps them
     // with, and each command is read for its own tick.
     app.add_systems(FixedUpdate, (forward_inputs, send_views).chain());
@@ -509,17 +534,17 @@ fn relay_chat(
         let result = admitted.and_then(|text| at.map(|at| (text, at)).ok_or(ChatRefusal::NoShip));
         match result {
             Ok((text, at)) => {
-                let hear = listeners(at, &ships.0, settings.interest_radius);
-                for (player, mut heard, _) in &mut listeners_q {
-                    if hear.contains(&player.id) {
-                        heard.send::<ReliableChannel>(ChatHeard {
-                            player_id: speaker.id,
-                            ship: speaker.ship,
-                            text: text.clone(),
-                        });
-                    }
-                }
+                let line = ChatLine {
+                    player_id: speaker.id,
+                    ship: speaker.ship,
+                    at,
+                    text,
+                };
+                deliver(&line, &ships.0, settings.interest_radius, &mut listeners_q);
                 chat.0.delivered();
+                if channels.elsewhere.is_some() {
+                    let _ = channels.events.send(GatewayEvent::Chat(line));
+                }
             }
             Err(why) => {
                 if why == ChatRefusal::NoShip {
@@ -539,6 +564,61 @@ fn relay_chat(
         }
     }
     *channels.traffic.chat.lock().expect("chat counts") = chat.0.counts().clone();
+}
+
+/// Sends `line` to the players here whose ships are within `radius` of where it was said.
+fn deliver(
+    line: &ChatLine,
+    ships: &[(u64, [f32; 2])],
+    radius: f32,
+    listeners_q: &mut Query<Listener, Current>,
+) {
+    let hear = listeners(line.at, ships, radius);
+    for (player, mut heard, _) in listeners_q {
+        if hear.contains(&player.id) {
+            heard.send::<ReliableChannel>(ChatHeard {
+                player_id: line.player_id,
+                ship: line.ship,
+                text: line.text.clone(),
+            });
+        }
+    }
+}
+
+/// What players on other gateways did: their chat heard here, and sessions here that a
+/// connection elsewhere superseded (told, and forgotten without a `Left`).
+fn hear_elsewhere(
+    channels: Res<Channels>,
+    ships: Res<ShipPositions>,
+    settings: Res<Settings>,
+    mut listeners_q: Query<Listener, Current>,
+    mut notices: Query<&mut MessageSender<Superseded>>,
+    mut sessions: ResMut<Sessions>,
+    mut commands: Commands,
+) {
+    let Some(elsewhere) = &channels.elsewhere else {
+        return;
+    };
+    while let Ok(news) = elsewhere.try_recv() {
+        match news {
+            FromElsewhere::Chat(line) => {
+                deliver(&line, &ships.0, settings.interest_radius, &mut listeners_q);
+            }
+            FromElsewhere::Superseded { player_id } => {
+                let Some(link) = sessions.0.remove(&player_id) else {
+                    continue;
+                };
+                info!(
+                    player_id,
+                    "player connected on another gateway; this session ends"
+                );
+                commands.entity(link).try_insert(SupersededSession);
+                if let Ok(mut tell) = notices.get_mut(link) {
+                    tell.send::<ReliableChannel>(Superseded);
+                }
+            }
+        }
+    }
 }
 
 /// A piloted ship's state as lightyear replicates it to its pilot.

@@ -58,19 +58,35 @@ pub fn views(
     players: &BTreeMap<u64, EntityId>,
     radius: f64,
 ) -> BTreeMap<u64, Vec<EntitySnapshot>> {
+    views_over(
+        mirror.iter().map(|(_, r)| &r.snapshot),
+        |id| mirror.get(id).map(|r| &r.snapshot),
+        players,
+        radius,
+    )
+}
+
+/// [`views`] over any set of entities (a gateway's: what its sector streams show), with
+/// `find` looking one up by id.
+pub fn views_over<'a>(
+    entities: impl IntoIterator<Item = &'a EntitySnapshot>,
+    find: impl Fn(EntityId) -> Option<&'a EntitySnapshot>,
+    players: &BTreeMap<u64, EntityId>,
+    radius: f64,
+) -> BTreeMap<u64, Vec<EntitySnapshot>> {
     if players.is_empty() {
         return BTreeMap::new();
     }
-    let index = SpatialIndex::build(mirror.iter().map(|(_, r)| &r.snapshot), radius);
+    let index = SpatialIndex::build(entities, radius);
     players
         .iter()
         .map(|(player, ship)| {
-            let seen = match mirror.get(*ship) {
-                Some(r) => {
-                    let mut v = vec![r.snapshot];
+            let seen = match find(*ship) {
+                Some(me) => {
+                    let mut v = vec![*me];
                     v.extend(
                         index
-                            .within(r.snapshot.state.point(), radius)
+                            .within(me.state.point(), radius)
                             .filter(|s| s.id != *ship),
                     );
                     v

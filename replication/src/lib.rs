@@ -6,6 +6,8 @@ pub mod authority;
 pub mod chat;
 pub mod controls;
 pub mod gateway;
+pub mod gateway_link;
+pub mod gateway_node;
 pub mod interest;
 pub mod link_outbox;
 pub mod login;

@@ -225,10 +225,20 @@ fn reply(
     client: IpAddr,
 ) -> Result<LoginReply, LoginError> {
     let player_id = account.player_id.unwrap_or_default() as u64;
-    let servers = &s.logins.config.servers;
-    let websocket = &s.logins.config.websocket_servers;
+    // Linked gateways serve players when there are any; the embedded game port otherwise.
+    let (servers, websocket) = s
+        .gateways
+        .lock()
+        .expect("gateways lock")
+        .token_servers()
+        .unwrap_or_else(|| {
+            (
+                s.logins.config.servers.clone(),
+                s.logins.config.websocket_servers.clone(),
+            )
+        });
     // One token for both transports: netcode accepts it at any address it names.
-    let all: Vec<SocketAddr> = servers.iter().chain(websocket).copied().collect();
+    let all: Vec<SocketAddr> = servers.iter().chain(&websocket).copied().collect();
     let ship = account.ship_id.unwrap_or_default() as u64;
     let session = token::session_id();
     let (bytes, expires_at) = token::issue(

@@ -78,6 +78,8 @@ pub struct ReplicationConfig {
     pub gateway: Option<GatewayConfig>,
     /// Game-port sessions per player and per address.
     pub sessions: crate::sessions::SessionLimits,
+    /// Where `sidereal gateway` processes link; `None` takes none.
+    pub gateway_link: Option<SocketAddr>,
 }
 
 /// The bound addresses of a running replication server.
@@ -89,6 +91,8 @@ pub struct Running {
     pub game: Option<SocketAddr>,
     /// The game port over WebSocket, when players are served and it is on.
     pub game_ws: Option<SocketAddr>,
+    /// The gateway link's listener, when gateways are taken.
+    pub gateway_link: Option<SocketAddr>,
     pub shared: Arc<Shared>,
 }
 
@@ -215,6 +219,10 @@ pub async fn start(
     }
     let link_listener = TcpListener::bind(config.link).await?;
     let http_listener = TcpListener::bind(config.http).await?;
+    let gateway_listener = match config.gateway_link {
+        Some(addr) => Some(TcpListener::bind(addr).await?),
+        None => None,
+    };
     let public_listener = match config.public_http {
         Some(addr) => Some(TcpListener::bind(addr).await?),
         None => None,
@@ -228,8 +236,19 @@ pub async fn start(
         link: link_listener.local_addr()?,
         game,
         game_ws,
+        gateway_link: gateway_listener
+            .as_ref()
+            .map(TcpListener::local_addr)
+            .transpose()?,
         shared: shared.clone(),
     };
+    if let Some(listener) = gateway_listener {
+        tokio::spawn(crate::gateway_link::serve(
+            shared.clone(),
+            listener,
+            config.link_settings,
+        ));
+    }
     let views = match (&config.gateway, &config.login.netcode_key, game) {
         (Some(g), Some(key), Some(udp)) => {
             let (views_tx, views_rx) = crossbeam_channel::bounded::<Views>(2);
@@ -249,10 +268,13 @@ pub async fn start(
                     ..g.clone()
                 },
                 key.0,
-                views_rx,
-                events_tx,
-                shared.game_traffic.clone(),
-                shared.sessions.clone(),
+                gateway::GatewayIo {
+                    views: views_rx,
+                    events: events_tx,
+                    elsewhere: None,
+                    traffic: shared.game_traffic.clone(),
+                    sessions: shared.sessions.clone(),
+                },
             )?;
             let s = shared.clone();
             tokio::spawn(async move {
@@ -616,8 +638,10 @@ async fn read_link(
 
 /// Applies what the game port reports: players joining and leaving, and their commands, which
 /// pass the input gate before the authority routes them to the ship's shard.
-fn on_gateway_event(s: &Arc<Shared>, event: GatewayEvent) {
+pub(crate) fn on_gateway_event(s: &Arc<Shared>, event: GatewayEvent) {
     let mut a = match event {
+        // Gateways relay chat among themselves through the gateway link.
+        GatewayEvent::Chat(_) => return,
         GatewayEvent::Joined { player_id, ship } => {
             let mut a = s.authority.lock().expect("authority lock");
             a.player_joined(player_id, ship);
@@ -705,7 +729,7 @@ fn make_ship_on_first_connection(
 
 /// `addr` with a free port chosen when its port is 0. The socket is released for the game
 /// port to bind; nothing else binds UDP ports in between in practice.
-fn resolve_udp(addr: SocketAddr) -> std::io::Result<SocketAddr> {
+pub(crate) fn resolve_udp(addr: SocketAddr) -> std::io::Result<SocketAddr> {
     if addr.port() != 0 {
         return Ok(addr);
     }
@@ -714,7 +738,7 @@ fn resolve_udp(addr: SocketAddr) -> std::io::Result<SocketAddr> {
 
 /// A port of 0 becomes a free port now: tokens must name the real address before the
 /// WebSocket server (which binds later, on the gateway thread) is up.
-fn resolve_tcp(addr: SocketAddr) -> std::io::Result<SocketAddr> {
+pub(crate) fn resolve_tcp(addr: SocketAddr) -> std::io::Result<SocketAddr> {
     if addr.port() != 0 {
         return Ok(addr);
     }

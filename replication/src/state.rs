@@ -69,6 +69,8 @@ pub struct Shared {
     pub map_frames: crate::map::FrameCache,
     /// Game-port sessions: minted at login, admitted and ended by the gateway.
     pub sessions: SessionGate,
+    /// Gateways linked (`sidereal gateway`) and which one holds each player.
+    pub gateways: Mutex<crate::gateway_link::GatewayRegistry>,
     /// Players' ships being stored on their first connection.
     pub pending_ships: Mutex<std::collections::HashSet<sidereal_core::EntityId>>,
 }
@@ -95,6 +97,7 @@ impl Shared {
             map_frames: crate::map::FrameCache::default(),
             sessions: SessionGate::new(sessions),
             pending_ships: Mutex::default(),
+            gateways: Mutex::default(),
             checkpointing: tokio::sync::Mutex::new(()),
             store_health: Mutex::new(StoreHealth {
                 healthy: true,

@@ -1,0 +1,153 @@
+//! `sidereal gateway`: players' sessions, interest and encoding, fed by the shards' sector
+//! streams, linked to the authority; one of several behind a load balancer.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use clap::Args;
+use sidereal_core::handshake::MIN_SECRET_LEN;
+use sidereal_core::link_socket::parse_link_timeout;
+use sidereal_core::stream::valid_subscriber_name;
+use sidereal_replication::gateway::{DEFAULT_COMMAND_DELAY_TICKS, GatewayConfig};
+use sidereal_replication::gateway_node::{self, GatewayNodeConfig};
+use sidereal_replication::login::token::NetcodeKey;
+use sidereal_replication::sessions::SessionLimits;
+
+#[derive(Args, Debug, Clone)]
+pub struct GatewayArgs {
+    /// This gateway's name, to the authority and to shards (the pod name under Kubernetes);
+    /// 1-63 of [A-Za-z0-9.-].
+    #[arg(long, env = "SIDEREAL_GATEWAY_NAME")]
+    pub name: String,
+    /// The authority's gateway link (replication's --gateway-link).
+    #[arg(
+        long,
+        env = "SIDEREAL_AUTHORITY_ADDR",
+        default_value = "127.0.0.1:7705"
+    )]
+    pub authority: String,
+    /// The fleet's shared secret (the shard secret).
+    #[arg(long, env = "SIDEREAL_SHARD_SECRET", hide_env_values = true)]
+    pub secret: String,
+    /// The netcode key that signs players' connect tokens: the same as replication's.
+    #[arg(long, env = "SIDEREAL_NETCODE_KEY", hide_env_values = true)]
+    pub netcode_key: NetcodeKey,
+    /// Game port for players: lightyear (netcode) over UDP. Port 0 picks a free one.
+    #[arg(long, env = "SIDEREAL_GAME_UDP", default_value = "127.0.0.1:7712")]
+    pub game_udp: SocketAddr,
+    /// Game addresses of this gateway written into connect tokens, comma-separated; by
+    /// default the bound --game-udp address.
+    #[arg(long, env = "SIDEREAL_PUBLIC_GAME_ADDR", value_delimiter = ',')]
+    pub public_game_addr: Vec<SocketAddr>,
+    /// Game port for browsers: the same netcode over WebSocket. Port 0 picks a free one.
+    #[arg(long, env = "SIDEREAL_GAME_WS", default_value = "127.0.0.1:7713")]
+    pub game_ws: SocketAddr,
+    /// Serve no WebSocket game port.
+    #[arg(long)]
+    pub no_game_ws: bool,
+    /// WebSocket game addresses of this gateway written into connect tokens, comma-separated.
+    #[arg(long, env = "SIDEREAL_PUBLIC_GAME_WS_ADDR", value_delimiter = ',')]
+    pub public_game_ws_addr: Vec<SocketAddr>,
+    /// /metrics and /healthz (healthy while linked to the authority).
+    #[arg(
+        long,
+        env = "SIDEREAL_GATEWAY_METRICS",
+        default_value = "127.0.0.1:9200"
+    )]
+    pub metrics: SocketAddr,
+    /// World units around a player's ship within which it is sent entities.
+    #[arg(long, default_value_t = 1500.0)]
+    pub interest_radius: f32,
+    #[arg(long, default_value_t = 30)]
+    pub tick_hz: u32,
+    /// Ticks from a player's command to the first state that shows it; clients predict with it.
+    #[arg(long, default_value_t = DEFAULT_COMMAND_DELAY_TICKS)]
+    pub command_delay_ticks: u32,
+    /// Players each game transport takes at most.
+    #[arg(long, env = "SIDEREAL_MAX_CLIENTS", default_value_t = 1024)]
+    pub max_clients: usize,
+    /// Game sessions all players behind one address may hold at once on this gateway.
+    #[arg(long, default_value_t = 64)]
+    pub max_sessions_per_address: usize,
+    /// Seconds of silence after which the authority link or a sector stream is taken for dead.
+    #[arg(long, default_value = "3", value_parser = parse_link_timeout)]
+    pub link_timeout: Duration,
+}
+
+pub fn config(args: &GatewayArgs) -> anyhow::Result<GatewayNodeConfig> {
+    anyhow::ensure!(
+        valid_subscriber_name(&args.name),
+        "--name must be 1-63 of [A-Za-z0-9.-]"
+    );
+    anyhow::ensure!(
+        args.secret.len() >= MIN_SECRET_LEN,
+        "the shard secret must be at least {MIN_SECRET_LEN} characters"
+    );
+    anyhow::ensure!(
+        (1..=240).contains(&args.tick_hz),
+        "--tick-hz must be within 1..=240"
+    );
+    anyhow::ensure!(
+        args.interest_radius.is_finite() && (1.0..=100_000.0).contains(&args.interest_radius),
+        "--interest-radius must be within 1..=100000 world units"
+    );
+    anyhow::ensure!(
+        args.command_delay_ticks <= 30,
+        "--command-delay-ticks must be within 0..=30"
+    );
+    anyhow::ensure!(
+        (1..=65_536).contains(&args.max_clients),
+        "--max-clients must be within 1..=65536"
+    );
+    anyhow::ensure!(
+        args.max_sessions_per_address >= 1,
+        "--max-sessions-per-address must be at least 1"
+    );
+    Ok(GatewayNodeConfig {
+        name: args.name.clone(),
+        authority: args.authority.clone(),
+        secret: args.secret.clone(),
+        netcode_key: args.netcode_key.0,
+        game: GatewayConfig {
+            udp: args.game_udp,
+            websocket: (!args.no_game_ws).then_some(args.game_ws),
+            websocket_tls: None,
+            public: Vec::new(),
+            tick_hz: args.tick_hz,
+            interest_radius: args.interest_radius,
+            client_timeout_secs: 10,
+            max_clients: args.max_clients,
+            command_delay_ticks: args.command_delay_ticks,
+        },
+        public_udp: args.public_game_addr.clone(),
+        public_ws: args.public_game_ws_addr.clone(),
+        link_timeout: args.link_timeout,
+        sessions: SessionLimits {
+            per_address: args.max_sessions_per_address,
+            ..SessionLimits::default()
+        },
+    })
+}
+
+pub fn run(args: GatewayArgs) -> anyhow::Result<()> {
+    let config = config(&args)?;
+    let running = std::sync::Arc::new(gateway_node::start(config)?);
+    let (linked, render) = (running.clone(), running.clone());
+    let metrics = crate::metrics_http::serve(
+        args.metrics,
+        move || linked.status.lock().expect("status lock").linked,
+        move || render.render_metrics(),
+    )?;
+    // One machine-readable line for supervisors and tests that bind port 0.
+    let ws = running
+        .websocket
+        .map(|w| format!(" ws={w}"))
+        .unwrap_or_default();
+    println!("SIDEREAL_READY game={}{ws} metrics={metrics}", running.udp);
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    rt.block_on(crate::replication_cmd::shutdown_signal());
+    tracing::info!("shutting down");
+    Ok(())
+}

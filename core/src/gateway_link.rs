@@ -1,0 +1,221 @@
+//! The gateway link: how a `sidereal gateway` process (players' sessions, interest, encoding,
+//! chat) and the authority talk. The state stream does not cross it (gateways subscribe to the
+//! shards' sector streams, [`crate::stream`]); only what must be decided in one place does:
+//! who plays where, commands for ships, chat between gateways, and where the sectors are.
+//!
+//! One TCP connection per gateway, framed like the shard link. The authority opens with a
+//! `Challenge`; the gateway proves the fleet's secret in `Hello` (an HMAC over both nonces and
+//! its name, [`gateway_proof`]) and says which game addresses it serves (they go into the
+//! connect tokens of the players the login sends there); the authority proves the secret back
+//! in `Welcome` ([`authority_proof`]). Then:
+//!
+//! - the gateway reports players joining and leaving, their commands, and each admitted line
+//!   of chat (with where the speaker's ship was); it sends `Alive` every second so the
+//!   authority can tell a dead gateway from a quiet one;
+//! - the authority sends placement and the shards' stream addresses whenever they change,
+//!   where its players' ships are (a few times a second: what a gateway follows before the
+//!   sector streams show the ship), chat said on other gateways, and `Superseded` when one of
+//!   its players connected on another gateway.
+
+use std::net::SocketAddr;
+
+use hmac::Mac;
+use serde::{Deserialize, Serialize};
+
+use crate::geometry::SectorId;
+use crate::handshake::{Nonce, Proof, mac};
+use crate::ids::{EntityId, ShardId};
+
+/// Bumped on any incompatible change of the messages below.
+pub const GATEWAY_LINK_VERSION: u32 = 1;
+/// Game addresses one gateway may announce per transport.
+pub const MAX_GATEWAY_ADDRESSES: usize = 8;
+/// A gateway that sends nothing for this long is taken for dead (it sends `Alive` every
+/// second).
+pub const ALIVE_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// Gateway to authority.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum GatewayMessage {
+    Hello {
+        protocol: u32,
+        gateway: String,
+        nonce: Nonce,
+        proof: Proof,
+        /// Game addresses (UDP) players are told to use for this gateway.
+        udp: Vec<SocketAddr>,
+        /// The same over WebSocket.
+        websocket: Vec<SocketAddr>,
+    },
+    /// A player's session on this gateway is up.
+    Joined { player_id: u64, ship: EntityId },
+    /// The player's current session on this gateway ended.
+    Left { player_id: u64 },
+    /// A player's command as it sent it (the authority's input gate checks it).
+    Input {
+        player_id: u64,
+        thrust: f32,
+        turn: f32,
+        fire: bool,
+    },
+    /// A line of chat a player on this gateway said (admitted by the gateway's chat gate); the
+    /// gateway has delivered it to its own players already.
+    Chat(ChatLine),
+    /// Nothing else to say this second.
+    Alive,
+}
+
+/// Authority to gateway.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum AuthorityMessage {
+    Challenge {
+        protocol: u32,
+        nonce: Nonce,
+    },
+    Welcome {
+        proof: Proof,
+    },
+    Rejected {
+        reason: String,
+    },
+    /// Every leaf with its shard, and where each live shard publishes its sector streams.
+    Placement {
+        generation: u64,
+        sectors: Vec<(SectorId, ShardId)>,
+        streams: Vec<(ShardId, String)>,
+    },
+    /// Where the authority last knew this gateway's players' ships (player, position).
+    Ships {
+        ships: Vec<(u64, [f32; 2])>,
+    },
+    /// A line said on another gateway.
+    Chat(ChatLine),
+    /// The player connected on another gateway: its session here ends quietly (its `Left`
+    /// would be ignored).
+    Superseded {
+        player_id: u64,
+    },
+}
+
+/// One admitted line of chat and where it was said.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ChatLine {
+    pub player_id: u64,
+    pub ship: u64,
+    pub at: [f32; 2],
+    pub text: String,
+}
+
+const HELLO_LABEL: &[u8] = b"sidereal gateway hello v1";
+const WELCOME_LABEL: &[u8] = b"sidereal gateway welcome v1";
+
+/// What gateway `name` sends to prove it knows `secret`, for the authority's `challenge` and
+/// its own `nonce`.
+pub fn gateway_proof(secret: &str, challenge: &Nonce, nonce: &Nonce, name: &str) -> Proof {
+    mac(secret, HELLO_LABEL, challenge, nonce, name)
+        .finalize()
+        .into_bytes()
+        .into()
+}
+
+/// Whether `proof` is the gateway's proof for these values (in constant time).
+pub fn verify_gateway_proof(
+    secret: &str,
+    challenge: &Nonce,
+    nonce: &Nonce,
+    name: &str,
+    proof: &Proof,
+) -> bool {
+    mac(secret, HELLO_LABEL, challenge, nonce, name)
+        .verify_slice(proof)
+        .is_ok()
+}
+
+/// What the authority sends in its `Welcome` to prove it knows `secret` too.
+pub fn authority_proof(secret: &str, challenge: &Nonce, nonce: &Nonce, name: &str) -> Proof {
+    mac(secret, WELCOME_LABEL, nonce, challenge, name)
+        .finalize()
+        .into_bytes()
+        .into()
+}
+
+/// Whether `proof` is the authority's proof for these values (in constant time).
+pub fn verify_authority_proof(
+    secret: &str,
+    challenge: &Nonce,
+    nonce: &Nonce,
+    name: &str,
+    proof: &Proof,
+) -> bool {
+    mac(secret, WELCOME_LABEL, nonce, challenge, name)
+        .verify_slice(proof)
+        .is_ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::handshake::{fresh_nonce, shard_proof};
+    use crate::stream::subscriber_proof;
+
+    #[test]
+    fn gateway_proofs_verify_only_their_own_side_and_not_a_shards_or_a_subscribers() {
+        let (c, n, s) = (fresh_nonce(), fresh_nonce(), "a-long-enough-secret");
+        let hello = gateway_proof(s, &c, &n, "gw-0");
+        assert!(verify_gateway_proof(s, &c, &n, "gw-0", &hello));
+        assert!(!verify_gateway_proof(s, &c, &n, "gw-1", &hello));
+        assert!(!verify_gateway_proof(s, &fresh_nonce(), &n, "gw-0", &hello));
+        assert!(!verify_gateway_proof(
+            "another-long-secret!",
+            &c,
+            &n,
+            "gw-0",
+            &hello
+        ));
+        assert!(
+            !verify_authority_proof(s, &c, &n, "gw-0", &hello),
+            "not reflectable"
+        );
+        for other in [
+            shard_proof(s, &c, &n, "gw-0"),
+            subscriber_proof(s, &c, &n, "gw-0"),
+        ] {
+            assert!(!verify_gateway_proof(s, &c, &n, "gw-0", &other));
+        }
+        let welcome = authority_proof(s, &c, &n, "gw-0");
+        assert!(verify_authority_proof(s, &c, &n, "gw-0", &welcome));
+        assert!(!verify_gateway_proof(s, &c, &n, "gw-0", &welcome));
+    }
+
+    #[test]
+    fn messages_survive_the_wire() {
+        let line = GatewayMessage::Chat(ChatLine {
+            player_id: 7,
+            ship: 9,
+            at: [1.5, -2.0],
+            text: "o7".into(),
+        });
+        let hello = GatewayMessage::Hello {
+            protocol: GATEWAY_LINK_VERSION,
+            gateway: "gw-0".into(),
+            nonce: fresh_nonce(),
+            proof: [3; 32],
+            udp: vec!["10.0.0.1:7702".parse().unwrap()],
+            websocket: vec!["[::1]:7703".parse().unwrap()],
+        };
+        for m in [line, hello] {
+            let bytes = postcard::to_stdvec(&m).unwrap();
+            assert_eq!(postcard::from_bytes::<GatewayMessage>(&bytes).unwrap(), m);
+        }
+        let placement = AuthorityMessage::Placement {
+            generation: 4,
+            sectors: vec![("s2-x0-y0".parse().unwrap(), ShardId::new("shard-0"))],
+            streams: vec![(ShardId::new("shard-0"), "127.0.0.1:7704".into())],
+        };
+        let bytes = postcard::to_stdvec(&placement).unwrap();
+        assert_eq!(
+            postcard::from_bytes::<AuthorityMessage>(&bytes).unwrap(),
+            placement
+        );
+    }
+}
