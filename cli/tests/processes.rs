@@ -942,7 +942,15 @@ fn the_configuration_reference_is_the_binarys_help() {
          a test fails when this file and the binary disagree. The Helm chart sets only variables listed\n\
          here (a test checks it).\n",
     );
-    for cmd in ["up", "replication", "shard", "gateway", "operator", "bot", "crdgen"] {
+    for cmd in [
+        "up",
+        "replication",
+        "shard",
+        "gateway",
+        "operator",
+        "bot",
+        "crdgen",
+    ] {
         let out = Command::new(env!("CARGO_BIN_EXE_sidereal"))
             .args([cmd, "--help"])
             .env("COLUMNS", "100")

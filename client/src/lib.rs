@@ -102,7 +102,29 @@ pub struct GameClient {
     app: App,
     entity: Entity,
     pub login: LoginReply,
+    transport: Transport,
+    mode: ClientMode,
+    failover: Option<Failover>,
 }
+
+/// A client that moves to the next game address of its token when its own falls silent.
+#[derive(Debug, Clone, Copy)]
+struct Failover {
+    /// No world update for this long (a gateway sends one every tick) means the gateway is gone.
+    silence: Duration,
+    last_heard: Instant,
+    seen_updates: u64,
+    /// Not before this instant; the wait doubles while attempts fail (to 2 s), reset by an update.
+    next_try: Instant,
+    backoff: Duration,
+    /// The player said goodbye: no more reconnecting.
+    left: bool,
+    reconnects: u64,
+}
+
+/// The first wait between two reconnect attempts, and the longest.
+const FAILOVER_FIRST: Duration = Duration::from_millis(250);
+const FAILOVER_MAX: Duration = Duration::from_secs(2);
 
 /// How much of a player's client runs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -218,12 +240,92 @@ impl GameClient {
             app.world_mut().entity_mut(entity).insert(PeerAddr(server));
         }
         app.world_mut().trigger(Connect { entity });
-        Ok(Self { app, entity, login })
+        Ok(Self {
+            app,
+            entity,
+            login,
+            transport,
+            mode,
+            failover: None,
+        })
     }
 
     /// Runs one frame: sends and receives what is due.
     pub fn update(&mut self) {
         self.app.update();
+        self.fail_over_when_silent();
+    }
+
+    /// From now on, when no world update comes for `silence` (or the connection ends), connect
+    /// again by itself with the same token, to the next game address it names (another
+    /// gateway; the same one when it names only one), waiting 0.25 s doubling to 2 s between
+    /// attempts. A superseded session or [`GameClient::disconnect`] ends it for good. What
+    /// [`GameClient::received`] holds starts afresh on each new connection.
+    pub fn fail_over_after(&mut self, silence: Duration) {
+        let now = Instant::now();
+        self.failover = Some(Failover {
+            silence,
+            last_heard: now,
+            seen_updates: self.received().updates,
+            next_try: now,
+            backoff: FAILOVER_FIRST,
+            left: false,
+            reconnects: 0,
+        });
+    }
+
+    /// Connections opened again by [`GameClient::fail_over_after`].
+    pub fn reconnects(&self) -> u64 {
+        self.failover.map_or(0, |f| f.reconnects)
+    }
+
+    /// The game address this connection uses.
+    pub fn server(&self) -> Option<&str> {
+        let addresses = match self.transport {
+            Transport::Udp => &self.login.servers,
+            Transport::WebSocket => &self.login.websocket,
+        };
+        addresses.first().map(String::as_str)
+    }
+
+    fn fail_over_when_silent(&mut self) {
+        let Some(mut f) = self.failover else { return };
+        let now = Instant::now();
+        let updates = self.received().updates;
+        if updates != f.seen_updates {
+            f.seen_updates = updates;
+            f.last_heard = now;
+            f.backoff = FAILOVER_FIRST;
+            self.failover = Some(f);
+            return;
+        }
+        let gone =
+            now.saturating_duration_since(f.last_heard) >= f.silence || self.is_disconnected();
+        if f.left || self.received().superseded || !gone || now < f.next_try {
+            return;
+        }
+        let addresses = match self.transport {
+            Transport::Udp => &mut self.login.servers,
+            Transport::WebSocket => &mut self.login.websocket,
+        };
+        // The silent address goes last.
+        if !addresses.is_empty() {
+            addresses.rotate_left(1);
+        }
+        f.next_try = now + f.backoff;
+        f.backoff = (f.backoff * 2).min(FAILOVER_MAX);
+        f.last_heard = now;
+        f.seen_updates = 0;
+        f.reconnects += 1;
+        tracing::info!(server = ?self.server(), reconnects = f.reconnects, "game server silent; connecting again");
+        match Self::connect_as(self.login.clone(), self.transport, self.mode) {
+            Ok(fresh) => {
+                self.app = fresh.app;
+                self.entity = fresh.entity;
+            }
+            Err(e) => tracing::warn!(error = %e, "cannot connect again"),
+        }
+        self.failover = Some(f);
     }
 
     /// Queues this frame's command for the ship (sent at the next `update`).
@@ -282,6 +384,9 @@ impl GameClient {
     /// Says goodbye to the server (netcode's disconnect packets), so it frees the player at once
     /// instead of after its timeout.
     pub fn disconnect(&mut self) {
+        if let Some(f) = &mut self.failover {
+            f.left = true;
+        }
         self.app.world_mut().trigger(Disconnect {
             entity: self.entity,
         });

@@ -2,7 +2,8 @@
 //! two gateways link to it and feed their players' views from the shards' sector streams.
 //! Tokens name every linked gateway; players on different gateways see what the mirror shows
 //! around their ships and hear each other's chat; when a gateway is killed, its player
-//! connects to the other one with the same token and finds its ship where it left it. A
+//! connects to the other one by itself (the client library fails over, with the same token)
+//! within 2 s and finds its ship where it left it. A
 //! gateway with a wrong secret is refused and never named in a token.
 
 use std::collections::BTreeSet;
@@ -169,6 +170,7 @@ fn players_on_two_gateways_see_the_mirror_hear_each_other_and_move_when_one_dies
     let k = far.unwrap();
     let mut ada = GameClient::connect(via(logins[m].clone(), a.game)).expect("a token");
     let mut bob = GameClient::connect(via(logins[n].clone(), b.game)).expect("a token");
+    bob.fail_over_after(Duration::from_millis(750));
     let mut cyd = GameClient::connect(via(logins[k].clone(), a.game)).expect("a token");
     wait_until(
         "every ship in its player's view",
@@ -247,18 +249,29 @@ fn players_on_two_gateways_see_the_mirror_hear_each_other_and_move_when_one_dies
         "chat stays within the radius"
     );
 
-    // kill -9 of gateway B: bob connects to gateway A with the same token and gets its ship
-    // back where the world has it.
+    // kill -9 of gateway B: bob's client notices the silence and connects to gateway A with
+    // the same token by itself; its ship is where the world has it. Players on gateway A see
+    // no gap in their world updates meanwhile.
     let before = r.control.entities("")[&bob.login.ship].pos;
     b.proc_.0.kill().expect("kill -9 the gateway");
     let _ = b.proc_.0.wait();
     let killed = Instant::now();
-    let mut bob2 = GameClient::connect(via(bob.login.clone(), a.game)).expect("the same token");
+    let (mut ada_updates, mut ada_heard, mut ada_gap) =
+        (ada.received().updates, Instant::now(), Duration::ZERO);
     wait_until("bob back on gateway A", Duration::from_secs(10), || {
-        sees_own_ship(&mut bob2)
+        ada.update();
+        cyd.update();
+        let now = Instant::now();
+        if ada.received().updates != ada_updates {
+            ada_updates = ada.received().updates;
+            ada_gap = ada_gap.max(now - ada_heard);
+            ada_heard = now;
+        }
+        sees_own_ship(&mut bob) && bob.server() == Some(a.game.to_string().as_str())
     });
     let back_in = killed.elapsed();
-    let ship = bob2
+    assert_eq!(bob.reconnects(), 1, "one reconnect, to the live gateway");
+    let ship = bob
         .received()
         .latest
         .as_ref()
@@ -276,6 +289,15 @@ fn players_on_two_gateways_see_the_mirror_hear_each_other_and_move_when_one_dies
         Duration::from_secs(10),
         || metric_at(&a.metrics, "sidereal_gateway_players") == 3.0,
     );
+    eprintln!("ada's longest gap between world updates meanwhile: {ada_gap:?}");
+    assert!(
+        back_in <= Duration::from_secs(2),
+        "bob flew again {back_in:?} after his gateway was killed"
+    );
+    assert!(
+        ada_gap <= Duration::from_millis(250),
+        "a player on the live gateway waited {ada_gap:?} for a world update"
+    );
     eprintln!("bob flew again {back_in:?} after his gateway was killed");
 
     // The gateway's metrics are valid exposition text.
@@ -284,7 +306,10 @@ fn players_on_two_gateways_see_the_mirror_hear_each_other_and_move_when_one_dies
         .output()
         .expect("curl");
     let text = String::from_utf8_lossy(&text.stdout);
-    assert!(text.contains("sidereal_gateway_stream_bytes_total"), "{text}");
+    assert!(
+        text.contains("sidereal_gateway_stream_bytes_total"),
+        "{text}"
+    );
     let (valid, said) = super::metrics::promtool(&text);
     assert!(valid, "promtool: {said}");
 }
