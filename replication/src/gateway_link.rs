@@ -55,6 +55,9 @@ pub struct GatewayRegistry {
     next: GatewayId,
     gateways: BTreeMap<GatewayId, LinkedGateway>,
     holder: HashMap<u64, GatewayId>,
+    /// Turns among gateways holding equally many players (a burst of logins comes before
+    /// any of them joins).
+    turn: usize,
 }
 
 /// What the registry decided about a gateway's report.
@@ -160,15 +163,19 @@ impl GatewayRegistry {
         }
     }
 
-    /// The game addresses a connect token for `player` names: the gateway holding the fewest
-    /// players first (ties to the lowest id), then the others as fallbacks. `None` when no
-    /// gateway is linked.
-    pub fn token_servers(&self) -> Option<(Vec<SocketAddr>, Vec<SocketAddr>)> {
+    /// The game addresses the next connect token names: the gateway holding the fewest players
+    /// first (equals take turns), then the others as fallbacks. `None` when no gateway is
+    /// linked.
+    pub fn token_servers(&mut self) -> Option<(Vec<SocketAddr>, Vec<SocketAddr>)> {
         if self.gateways.is_empty() {
             return None;
         }
-        let mut order: Vec<&LinkedGateway> = self.gateways.values().collect();
-        order.sort_by_key(|g| g.players.len());
+        let n = self.gateways.len();
+        let turn = self.turn % n;
+        self.turn = self.turn.wrapping_add(1);
+        let mut order: Vec<(usize, &LinkedGateway)> = self.gateways.values().enumerate().collect();
+        order.sort_by_key(|(i, g)| (g.players.len(), (i + n - turn) % n));
+        let order: Vec<&LinkedGateway> = order.into_iter().map(|(_, g)| g).collect();
         let udp = order.iter().flat_map(|g| g.udp.iter().copied());
         let ws = order.iter().flat_map(|g| g.websocket.iter().copied());
         Some((

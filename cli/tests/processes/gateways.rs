@@ -24,17 +24,19 @@ use super::{
 
 const RADIUS: f32 = 1500.0;
 
-struct Gateway {
-    proc_: Proc,
-    game: SocketAddr,
-    metrics: String,
+pub(crate) struct Gateway {
+    pub(crate) proc_: Proc,
+    pub(crate) game: SocketAddr,
+    /// `/metrics` and `/healthz`, as `http://...`.
+    pub(crate) metrics: String,
 }
 
-fn start_gateway(link: &str, name: &str, secret: Option<&str>) -> Gateway {
+/// Starts `sidereal gateway` linking to `link`, with the fleet's secret or `secret`.
+pub(crate) fn start_gateway(link: &str, name: &str, secret: Option<&str>, radius: f32) -> Gateway {
     let mut cmd = sidereal();
     cmd.args(["gateway", "--name", name, "--authority", link])
         .args(["--metrics", "127.0.0.1:0", "--link-timeout", "2"])
-        .args(["--interest-radius", &RADIUS.to_string()])
+        .args(["--interest-radius", &radius.to_string()])
         .stdout(Stdio::piped());
     if let Some(s) = secret {
         cmd.env("SIDEREAL_SHARD_SECRET", s);
@@ -128,9 +130,9 @@ fn players_on_two_gateways_see_the_mirror_hear_each_other_and_move_when_one_dies
     assert!(r.game.is_none(), "replication serves no game port");
     let link = r.gateways.clone().expect("a gateway link");
     let _shards = start_shards_and_place(&r, 2);
-    let a = start_gateway(&link, "gw-a", None);
-    let mut b = start_gateway(&link, "gw-b", None);
-    let impostor = start_gateway(&link, "gw-x", Some("not-the-fleet-secret"));
+    let a = start_gateway(&link, "gw-a", None, RADIUS);
+    let mut b = start_gateway(&link, "gw-b", None, RADIUS);
+    let impostor = start_gateway(&link, "gw-x", Some("not-the-fleet-secret"), RADIUS);
     let linked = |g: &Gateway| metric_at(&g.metrics, "sidereal_gateway_linked") == 1.0;
     wait_until("both gateways linked", Duration::from_secs(20), || {
         linked(&a) && linked(&b)
