@@ -176,11 +176,23 @@ impl GatewayRegistry {
         let mut order: Vec<(usize, &LinkedGateway)> = self.gateways.values().enumerate().collect();
         order.sort_by_key(|(i, g)| (g.players.len(), (i + n - turn) % n));
         let order: Vec<&LinkedGateway> = order.into_iter().map(|(_, g)| g).collect();
-        let udp = order.iter().flat_map(|g| g.udp.iter().copied());
-        let ws = order.iter().flat_map(|g| g.websocket.iter().copied());
+        // Gateways behind one load balancer all announce its address: named once.
+        let distinct = |all: Vec<SocketAddr>| {
+            let mut seen = BTreeSet::new();
+            let named: Vec<SocketAddr> = all.into_iter().filter(|a| seen.insert(*a)).collect();
+            named
+                .into_iter()
+                .take(TOKEN_ADDRESSES_PER_TRANSPORT)
+                .collect::<Vec<_>>()
+        };
         Some((
-            udp.take(TOKEN_ADDRESSES_PER_TRANSPORT).collect(),
-            ws.take(TOKEN_ADDRESSES_PER_TRANSPORT).collect(),
+            distinct(order.iter().flat_map(|g| g.udp.iter().copied()).collect()),
+            distinct(
+                order
+                    .iter()
+                    .flat_map(|g| g.websocket.iter().copied())
+                    .collect(),
+            ),
         ))
     }
 }
@@ -497,6 +509,17 @@ mod tests {
         assert_eq!(reg.unlink(b), vec![7]);
         assert_eq!(reg.holds(a, 7), Verdict::Ignore);
         assert_eq!(reg.unlink(a), Vec::<u64>::new());
+    }
+
+    #[test]
+    fn gateways_behind_one_address_are_named_once() {
+        let mut reg = GatewayRegistry::default();
+        let lb: SocketAddr = "203.0.113.7:7702".parse().unwrap();
+        for name in ["gw-a", "gw-b"] {
+            let (tx, _rx) = unbounded_channel();
+            reg.link(name.into(), vec![lb], vec![], tx);
+        }
+        assert_eq!(reg.token_servers().unwrap().0, vec![lb]);
     }
 
     #[test]

@@ -28,6 +28,7 @@ use sidereal_core::stream_client::{FeedOptions, FeedStats, SectorFeed};
 use sidereal_core::{Bounds, EntityId, EntitySnapshot, Point, SectorId, ShardId};
 use tracing::{info, warn};
 
+use crate::controls::InputGate;
 use crate::gateway::{FromElsewhere, GatewayConfig, GatewayEvent, GatewayIo, Views};
 use crate::sessions::{SessionGate, SessionLimits};
 use crate::state::GameTraffic;
@@ -66,6 +67,8 @@ pub struct NodeStatus {
     pub feed: FeedStats,
     /// Microseconds the newest step took (subscriptions, views).
     pub step_micros: u64,
+    /// Players' commands by result (`crate::controls::INPUT_RESULTS`).
+    pub inputs: BTreeMap<&'static str, u64>,
 }
 
 /// A started gateway.
@@ -146,6 +149,7 @@ pub fn start(config: GatewayNodeConfig) -> std::io::Result<RunningGateway> {
         elsewhere: elsewhere_tx,
         status: status.clone(),
         tick: 0,
+        inputs: InputGate::new(config.game.tick_hz),
     };
     std::thread::Builder::new()
         .name("gateway-node".into())
@@ -176,6 +180,8 @@ struct Node {
     elsewhere: crossbeam_channel::Sender<FromElsewhere>,
     status: Arc<Mutex<NodeStatus>>,
     tick: u64,
+    /// Commands are checked here (rate, range, NaN) before they cost the authority anything.
+    inputs: InputGate,
 }
 
 impl Node {
@@ -235,12 +241,19 @@ impl Node {
                     thrust,
                     turn,
                     fire,
-                } => GatewayMessage::Input {
-                    player_id,
-                    thrust,
-                    turn,
-                    fire,
-                },
+                } => {
+                    let Ok((thrust, turn, _)) =
+                        self.inputs.admit(player_id, thrust, turn, Instant::now())
+                    else {
+                        continue;
+                    };
+                    GatewayMessage::Input {
+                        player_id,
+                        thrust,
+                        turn,
+                        fire,
+                    }
+                }
                 GatewayEvent::Chat(line) => GatewayMessage::Chat(line),
             };
             // While unlinked, reports are dropped: the relink re-announces every player, and a
@@ -353,6 +366,7 @@ impl Node {
         s.shards = self.feed.connections();
         s.feed = self.feed.stats;
         s.step_micros = took.as_micros() as u64;
+        s.inputs = self.inputs.counts();
     }
 }
 
@@ -624,7 +638,7 @@ impl RunningGateway {
     /// The Prometheus text exposition of this gateway's metrics, as of now.
     pub fn render_metrics(&self) -> String {
         use prometheus::core::Collector;
-        use prometheus::{Encoder, Gauge, IntCounter, IntGauge, Opts};
+        use prometheus::{Encoder, Gauge, IntCounter, IntCounterVec, IntGauge, Opts};
         use std::sync::atomic::Ordering;
         let s = self.status.lock().expect("status lock").clone();
         let mut families = Vec::new();
@@ -676,6 +690,18 @@ impl RunningGateway {
         .expect("valid");
         step.set(s.step_micros as f64 / 1e6);
         families.extend(step.collect());
+        let inputs = IntCounterVec::new(
+            opts(
+                "inputs_total",
+                "Players' ship commands checked here, by result (accepted and clamped go on to the authority)",
+            ),
+            &["result"],
+        )
+        .expect("valid");
+        for (result, n) in &s.inputs {
+            inputs.with_label_values(&[result]).inc_by(*n);
+        }
+        families.extend(inputs.collect());
         let t = &self.traffic;
         families.extend(counter(
             "game_state_bytes_total",

@@ -3,6 +3,7 @@
 use std::collections::HashMap;
 
 use sidereal_core::placement;
+use sidereal_core::sector_view::Source;
 use sidereal_core::{EntityId, SectorId};
 use sidereal_testkit::fleet::{Fleet, TICK_HZ};
 
@@ -303,15 +304,23 @@ fn sector_streams_show_every_entity_once_through_crossings_splits_merges_and_a_k
     fleet.rehome();
     watcher.subscribe(&fleet);
     run(&mut fleet, &mut watcher, 5 * TICK_HZ);
-    assert_eq!(
-        watcher.view.in_transit(),
-        fleet
-            .authority
-            .mirror()
-            .iter()
-            .filter(|(_, r)| r.in_transit)
-            .count()
-    );
+    // Nothing of the dead shard is left waiting: whatever the view holds in transit is in
+    // transit in the mirror too (a handover in flight). The other way round may differ by a
+    // tick: the new owner's frame can show an entity the authority has not yet seen adopted.
+    let stuck: Vec<EntityId> = watcher
+        .view
+        .iter()
+        .filter(|e| matches!(e.source, Source::InTransit { .. }))
+        .map(|e| e.id)
+        .filter(|id| {
+            !fleet
+                .authority
+                .mirror()
+                .get(*id)
+                .is_some_and(|r| r.in_transit)
+        })
+        .collect();
+    assert!(stuck.is_empty(), "waiting in the view only: {stuck:?}");
     let stats = watcher.view.stats;
     assert_eq!(stats.expired, 0, "nothing waited past the transit timeout");
     println!(

@@ -302,6 +302,9 @@ fn players_on_two_gateways_see_the_mirror_hear_each_other_and_move_when_one_dies
     );
     eprintln!("bob flew again {back_in:?} after his gateway was killed");
 
+    // Commands were checked at the gateways and went on.
+    let accepted = metric_at(&a.metrics, "sidereal_inputs_total{result=\"accepted\"}");
+    assert!(accepted > 0.0, "gateway A passed on no command");
     // The gateway's metrics are valid exposition text.
     let text = std::process::Command::new("curl")
         .args(["-sf", &format!("{}/metrics", a.metrics)])

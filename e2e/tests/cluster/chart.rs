@@ -40,7 +40,7 @@ fn helm_ok(args: &[&str]) -> anyhow::Result<String> {
 }
 
 /// Values unlike the defaults: a trial Postgres, a cluster-wide operator, two roots, public
-/// addresses, given secrets, no dashboards, a replication PDB.
+/// addresses, given secrets, no dashboards, a replication PDB, gateways.
 const OTHER_VALUES: &str = r#"
 image: {repository: registry.example/sidereal, tag: "9.9.9", pullPolicy: Always}
 world:
@@ -61,6 +61,7 @@ secrets:
 postgres: {enabled: true}
 shardPool: {name: big, shards: {min: 2, max: 20, warmSpares: 2}}
 dashboards: {enabled: false}
+gateways: {enabled: true, autoscaling: {enabled: true, minReplicas: 2, maxReplicas: 6}}
 "#;
 
 fn values_file(text: &str) -> tempfile_path::TempFile {
@@ -268,6 +269,74 @@ async fn the_chart_lints_renders_and_every_object_passes_a_server_side_dry_run()
             );
         }
     }
+    // With gateways: replication serves no game port and takes gateway links from the gateway
+    // pods alone; the gateways get the game Service, an autoscaler and a disruption budget,
+    // and may subscribe to the shards' streams.
+    ensure!(
+        !kinds(&defaults).contains("HorizontalPodAutoscaler"),
+        "no gateways by default"
+    );
+    let other = values_file(OTHER_VALUES);
+    let with_gateways = objects(&helm_ok(&[
+        "template",
+        "sidereal",
+        &chart(),
+        "-f",
+        other.path(),
+    ])?);
+    let named = |kind: &str, name: &str| {
+        with_gateways
+            .iter()
+            .find(|o| o["kind"] == kind && o["metadata"]["name"] == name)
+            .with_context(|| format!("{kind} {name}"))
+    };
+    let replication =
+        &named("Deployment", "sidereal-replication")?["spec"]["template"]["spec"]["containers"][0];
+    ensure!(
+        replication["args"].to_string().contains("--no-game")
+            && replication["env"]
+                .to_string()
+                .contains("SIDEREAL_GATEWAY_LINK"),
+        "{replication}"
+    );
+    let gateway = &named("Deployment", "sidereal-gateway")?["spec"];
+    ensure!(
+        gateway.get("replicas").is_none(),
+        "the autoscaler owns the replicas: {gateway}"
+    );
+    ensure!(
+        gateway["template"]["spec"]["containers"][0]["env"]
+            .to_string()
+            .contains("203.0.113.7:7702"),
+        "tokens name the public address: {gateway}"
+    );
+    let hpa = named("HorizontalPodAutoscaler", "sidereal-gateway")?;
+    ensure!(hpa["spec"]["maxReplicas"] == 6, "{hpa}");
+    named("PodDisruptionBudget", "sidereal-gateway")?;
+    let game = named("Service", "sidereal-gateway-game")?;
+    ensure!(game["spec"]["ports"].to_string().contains("UDP"), "{game}");
+    let login = named("Service", "sidereal-replication-game")?;
+    ensure!(
+        !login["spec"]["ports"].to_string().contains("UDP"),
+        "replication's Service keeps only login: {login}"
+    );
+    let policy = named("NetworkPolicy", "sidereal-replication")?;
+    let link_rule = policy["spec"]["ingress"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|r| r["ports"][0]["port"] == 7705)
+        .context("a rule for the gateway link")?;
+    ensure!(
+        link_rule["from"][0]["podSelector"]["matchLabels"]["app.kubernetes.io/name"]
+            == "sidereal-gateway",
+        "{link_rule}"
+    );
+    let shards = named("NetworkPolicy", "sidereal-shards")?;
+    ensure!(
+        shards.to_string().contains("sidereal-gateway"),
+        "gateways reach the sector streams: {shards}"
+    );
     let dashboards: Vec<_> = defaults
         .iter()
         .filter(|o| o["metadata"]["labels"]["grafana_dashboard"] == "1")
