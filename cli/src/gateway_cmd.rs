@@ -48,6 +48,10 @@ pub struct GatewayArgs {
     /// WebSocket game addresses of this gateway written into connect tokens, comma-separated.
     #[arg(long, env = "SIDEREAL_PUBLIC_GAME_WS_ADDR", value_delimiter = ',')]
     pub public_game_ws_addr: Vec<SocketAddr>,
+    /// The address players reach this gateway at when no --public-game-addr is given and the
+    /// game ports are bound to an unspecified address (0.0.0.0): the pod's IP under Kubernetes.
+    #[arg(long, env = "SIDEREAL_ADVERTISE_IP")]
+    pub advertise_ip: Option<std::net::IpAddr>,
     /// /metrics and /healthz (healthy while linked to the authority).
     #[arg(
         long,
@@ -103,6 +107,34 @@ pub fn config(args: &GatewayArgs) -> anyhow::Result<GatewayNodeConfig> {
         args.max_sessions_per_address >= 1,
         "--max-sessions-per-address must be at least 1"
     );
+    // Tokens must name an address players can reach: not 0.0.0.0.
+    let advertised = |bound: SocketAddr,
+                      public: &[SocketAddr]|
+     -> anyhow::Result<Vec<SocketAddr>> {
+        if !public.is_empty() {
+            return Ok(public.to_vec());
+        }
+        match args.advertise_ip {
+            Some(ip) if bound.ip().is_unspecified() => {
+                anyhow::ensure!(
+                    bound.port() != 0,
+                    "--advertise-ip needs a fixed game port, not port 0"
+                );
+                Ok(vec![SocketAddr::new(ip, bound.port())])
+            }
+            None if bound.ip().is_unspecified() => anyhow::bail!(
+                "the game port {bound} is bound to an unspecified address: give --public-game-addr \
+                 (and --public-game-ws-addr) or --advertise-ip, the address players reach"
+            ),
+            _ => Ok(Vec::new()),
+        }
+    };
+    let public_udp = advertised(args.game_udp, &args.public_game_addr)?;
+    let public_ws = if args.no_game_ws {
+        Vec::new()
+    } else {
+        advertised(args.game_ws, &args.public_game_ws_addr)?
+    };
     Ok(GatewayNodeConfig {
         name: args.name.clone(),
         authority: args.authority.clone(),
@@ -119,8 +151,8 @@ pub fn config(args: &GatewayArgs) -> anyhow::Result<GatewayNodeConfig> {
             max_clients: args.max_clients,
             command_delay_ticks: args.command_delay_ticks,
         },
-        public_udp: args.public_game_addr.clone(),
-        public_ws: args.public_game_ws_addr.clone(),
+        public_udp,
+        public_ws,
         link_timeout: args.link_timeout,
         sessions: SessionLimits {
             per_address: args.max_sessions_per_address,
@@ -150,4 +182,56 @@ pub fn run(args: GatewayArgs) -> anyhow::Result<()> {
     rt.block_on(crate::replication_cmd::shutdown_signal());
     tracing::info!("shutting down");
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        gateway: GatewayArgs,
+    }
+
+    fn parse(extra: &[&str]) -> GatewayArgs {
+        let mut argv = vec![
+            "gateway",
+            "--name",
+            "gw-0",
+            "--secret",
+            "a-long-enough-secret",
+            "--netcode-key",
+            "00112233445566778899aabbccddeeff00112233445566778899aabbccddeeff",
+        ];
+        argv.extend(extra);
+        Cli::try_parse_from(argv).expect("valid flags").gateway
+    }
+
+    #[test]
+    fn tokens_never_name_an_unspecified_address() {
+        let any = ["--game-udp", "0.0.0.0:7702", "--game-ws", "0.0.0.0:7703"];
+        let err = config(&parse(&any)).unwrap_err().to_string();
+        assert!(err.contains("--advertise-ip"), "{err}");
+        let mut with_ip = any.to_vec();
+        with_ip.extend(["--advertise-ip", "10.1.2.3"]);
+        let c = config(&parse(&with_ip)).unwrap();
+        assert_eq!(c.public_udp, vec!["10.1.2.3:7702".parse().unwrap()]);
+        assert_eq!(c.public_ws, vec!["10.1.2.3:7703".parse().unwrap()]);
+        let mut public = any.to_vec();
+        public.extend(["--public-game-addr", "203.0.113.7:7702", "--no-game-ws"]);
+        let c = config(&parse(&public)).unwrap();
+        assert_eq!(c.public_udp, vec!["203.0.113.7:7702".parse().unwrap()]);
+        assert!(c.public_ws.is_empty());
+        // Bound to a loopback or a real address: that address is what tokens name.
+        let c = config(&parse(&[
+            "--game-udp",
+            "127.0.0.1:0",
+            "--game-ws",
+            "127.0.0.1:0",
+        ]))
+        .unwrap();
+        assert!(c.public_udp.is_empty() && c.public_ws.is_empty());
+    }
 }
