@@ -532,8 +532,11 @@ fn the_chart_sets_only_environment_the_binary_reads() -> anyhow::Result<()> {
                         .split('=')
                         .next()
                         .unwrap_or_default();
+                    // `--flag <VALUE>`, or a switch alone on its line (`--no-game`).
                     ensure!(
-                        help.contains(&format!("{flag} ")) || help.contains(&format!("{flag} <")),
+                        help.contains(&format!("{flag} "))
+                            || help.contains(&format!("{flag} <"))
+                            || help.contains(&format!("{flag}\n")),
                         "the chart passes {flag} to `sidereal {cmd}`, which has no such flag"
                     );
                 }
