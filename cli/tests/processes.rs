@@ -506,8 +506,9 @@ pub(crate) fn metric(r: &Replication, name: &str) -> f64 {
 
 /// The value of the sample `name` (with its labels) on `<base>/metrics`, 0 when absent.
 pub(crate) fn metric_at(base: &str, name: &str) -> f64 {
+    // A server that stops answering (a deadlock) fails the test instead of hanging the suite.
     let m = Command::new("curl")
-        .args(["-sf", &format!("{base}/metrics")])
+        .args(["-sf", "--max-time", "10", &format!("{base}/metrics")])
         .output()
         .unwrap();
     String::from_utf8_lossy(&m.stdout)

@@ -392,8 +392,10 @@ async fn ready(State(s): State<Arc<Shared>>) -> Response {
 
 async fn metrics(State(s): State<Arc<Shared>>) -> Response {
     let health = s.store_health.lock().expect("health lock").clone();
-    let a = s.authority.lock().expect("authority lock");
+    // Never the inputs lock under the authority's: the game port's commands take them one
+    // after the other, and holding both here deadlocked a scrape against a flood of commands.
     let inputs = s.inputs.lock().expect("inputs lock").counts();
+    let a = s.authority.lock().expect("authority lock");
     let text = crate::metrics::render(
         &a,
         &health,

@@ -664,13 +664,22 @@ pub(crate) fn on_gateway_event(s: &Arc<Shared>, event: GatewayEvent) {
             turn,
             fire,
         } => {
-            let mut gate = s.inputs.lock().expect("inputs lock");
-            let Ok((thrust, turn, _)) = gate.admit(player_id, thrust, turn, Instant::now()) else {
+            // One lock at a time: /metrics reads both, and holding the gate while waiting for
+            // the authority deadlocked against it.
+            let admitted = s.inputs.lock().expect("inputs lock").admit(
+                player_id,
+                thrust,
+                turn,
+                Instant::now(),
+            );
+            let Ok((thrust, turn, _)) = admitted else {
                 return;
             };
             let mut a = s.authority.lock().expect("authority lock");
             if !a.pilot(player_id, thrust, turn, fire) {
-                gate.no_ship();
+                drop(a);
+                s.inputs.lock().expect("inputs lock").no_ship();
+                a = s.authority.lock().expect("authority lock");
             }
             a
         }
