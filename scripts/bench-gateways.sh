@@ -20,10 +20,11 @@ cpu_ticks() { # summed utime+stime of the given pids
   done
   echo "$t"
 }
-metric() { # sum of a metric over the given /metrics URLs
-  local sum=0
+metric() { # sum of metric $1 over the /metrics URLs after it
+  local name=$1 sum=0
+  shift
   for u in "$@"; do
-    v=$(curl -sf "$u/metrics" | awk -v m="$1" '$1 == m {print $2}' || true)
+    v=$(curl -sf "$u/metrics" | awk -v m="$name" '$1 == m {print $2}' || true)
     sum=$(awk -v a="$sum" -v b="${v:-0}" 'BEGIN {print a + b}')
   done
   echo "$sum"
@@ -52,6 +53,7 @@ for gateways in 0 1 2; do
   repl=$(pgrep -f "sidereal replication" | head -1)
   gws=$(pgrep -f "sidereal gateway" || true)
   if [ "$gateways" = 0 ]; then src=(http://127.0.0.1:7700); else src=("${urls[@]}"); fi
+  echo "  replication pid $repl, gateway pids: $(echo $gws)"
   r0=$(cpu_ticks "$repl"); g0=$(cpu_ticks $gws)
   u0=$(metric sidereal_game_state_updates_total "${src[@]}")
   e0=$(metric sidereal_game_entity_updates_total "${src[@]}")
