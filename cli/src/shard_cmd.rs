@@ -8,7 +8,9 @@ use clap::Args;
 use sidereal_core::ShardId;
 use sidereal_core::link_socket::parse_link_timeout;
 use sidereal_core::protocol::MAX_FRAME_BYTES;
+use sidereal_core::stream_client::FeedOptions;
 use sidereal_shard::metrics::ShardMetrics;
+use sidereal_shard::shadows::NeighbourFeed;
 use sidereal_shard::status::{StatusBoard, StatusPlugin};
 use sidereal_shard::{Clock, ShardConfig, build_app, stream_server, tcp};
 
@@ -139,6 +141,16 @@ pub fn run(args: ShardArgs) -> anyhow::Result<()> {
     let mut app = build_app(config, link.link, Clock::RealTime);
     if let Some(hub) = hub {
         app.insert_resource(hub);
+        // A shard that publishes streams can take its shadows from its neighbours' (when
+        // replication says every shard publishes).
+        app.insert_resource(NeighbourFeed::new(
+            &shard.0,
+            &args.secret,
+            FeedOptions {
+                timeout: args.link_timeout,
+                max_frame_bytes: args.max_frame_bytes,
+            },
+        ));
     }
     let metrics = app.world().resource::<ShardMetrics>().clone();
     // /healthz answers 503 once the link is down.

@@ -183,7 +183,7 @@ impl Drop for TempDir {
     }
 }
 
-fn start_replication(entities: usize) -> Replication {
+pub(crate) fn start_replication(entities: usize) -> Replication {
     let data = TempDir::new("repl");
     let mut r = start_replication_with(entities, &data.0, None, &[]);
     r._data = Some(data);
@@ -258,6 +258,11 @@ pub(crate) fn start_replication_with(
 }
 
 pub(crate) fn start_shard(r: &Replication, id: &str) -> Proc {
+    start_shard_with(r, id, &["--metrics", "127.0.0.1:0"])
+}
+
+/// A shard with more flags (a later flag overrides an earlier one).
+pub(crate) fn start_shard_with(r: &Replication, id: &str, more: &[&str]) -> Proc {
     Proc(
         sidereal()
             .args([
@@ -266,11 +271,10 @@ pub(crate) fn start_shard(r: &Replication, id: &str) -> Proc {
                 id,
                 "--replication",
                 &r.link.to_string(),
-                "--metrics",
-                "127.0.0.1:0",
                 "--seed",
                 "3",
             ])
+            .args(more)
             .spawn()
             .expect("start shard"),
     )
@@ -338,6 +342,12 @@ pub(crate) fn start_shards_and_place(r: &Replication, shards: usize) -> Vec<Proc
     let procs: Vec<Proc> = (0..shards)
         .map(|i| start_shard(r, &format!("shard-{i}")))
         .collect();
+    place_evenly(r, shards);
+    procs
+}
+
+/// Waits until `shard-0..shards` are linked and places the world evenly on them.
+pub(crate) fn place_evenly(r: &Replication, shards: usize) {
     wait_until("shards linked", Duration::from_secs(30), || {
         connected(r).len() == shards
     });
@@ -347,7 +357,6 @@ pub(crate) fn start_shards_and_place(r: &Replication, shards: usize) -> Vec<Proc
     let world = vec!["s2-xm1-y0".parse().unwrap(), "s2-x0-y0".parse().unwrap()];
     let p = placement::even(&world, &ids, 1);
     r.control.put_placement(&p).expect("the first placement");
-    procs
 }
 
 #[test]

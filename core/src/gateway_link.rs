@@ -19,11 +19,10 @@
 
 use std::net::SocketAddr;
 
-use hmac::Mac;
 use serde::{Deserialize, Serialize};
 
 use crate::geometry::SectorId;
-use crate::handshake::{Nonce, Proof, mac};
+use crate::handshake::{LinkProofs, Nonce, Proof};
 use crate::ids::{EntityId, ShardId};
 
 /// Bumped on any incompatible change of the messages below.
@@ -106,86 +105,14 @@ pub struct ChatLine {
     pub text: String,
 }
 
-const HELLO_LABEL: &[u8] = b"sidereal gateway hello v1";
-const WELCOME_LABEL: &[u8] = b"sidereal gateway welcome v1";
-
-/// What gateway `name` sends to prove it knows `secret`, for the authority's `challenge` and
-/// its own `nonce`.
-pub fn gateway_proof(secret: &str, challenge: &Nonce, nonce: &Nonce, name: &str) -> Proof {
-    mac(secret, HELLO_LABEL, challenge, nonce, name)
-        .finalize()
-        .into_bytes()
-        .into()
-}
-
-/// Whether `proof` is the gateway's proof for these values (in constant time).
-pub fn verify_gateway_proof(
-    secret: &str,
-    challenge: &Nonce,
-    nonce: &Nonce,
-    name: &str,
-    proof: &Proof,
-) -> bool {
-    mac(secret, HELLO_LABEL, challenge, nonce, name)
-        .verify_slice(proof)
-        .is_ok()
-}
-
-/// What the authority sends in its `Welcome` to prove it knows `secret` too.
-pub fn authority_proof(secret: &str, challenge: &Nonce, nonce: &Nonce, name: &str) -> Proof {
-    mac(secret, WELCOME_LABEL, nonce, challenge, name)
-        .finalize()
-        .into_bytes()
-        .into()
-}
-
-/// Whether `proof` is the authority's proof for these values (in constant time).
-pub fn verify_authority_proof(
-    secret: &str,
-    challenge: &Nonce,
-    nonce: &Nonce,
-    name: &str,
-    proof: &Proof,
-) -> bool {
-    mac(secret, WELCOME_LABEL, nonce, challenge, name)
-        .verify_slice(proof)
-        .is_ok()
-}
+/// The gateway link's proofs: a gateway says hello, the authority welcomes it.
+pub const GATEWAY_LINK: LinkProofs =
+    LinkProofs::new(b"sidereal gateway hello v1", b"sidereal gateway welcome v1");
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::handshake::{fresh_nonce, shard_proof};
-    use crate::stream::subscriber_proof;
-
-    #[test]
-    fn gateway_proofs_verify_only_their_own_side_and_not_a_shards_or_a_subscribers() {
-        let (c, n, s) = (fresh_nonce(), fresh_nonce(), "a-long-enough-secret");
-        let hello = gateway_proof(s, &c, &n, "gw-0");
-        assert!(verify_gateway_proof(s, &c, &n, "gw-0", &hello));
-        assert!(!verify_gateway_proof(s, &c, &n, "gw-1", &hello));
-        assert!(!verify_gateway_proof(s, &fresh_nonce(), &n, "gw-0", &hello));
-        assert!(!verify_gateway_proof(
-            "another-long-secret!",
-            &c,
-            &n,
-            "gw-0",
-            &hello
-        ));
-        assert!(
-            !verify_authority_proof(s, &c, &n, "gw-0", &hello),
-            "not reflectable"
-        );
-        for other in [
-            shard_proof(s, &c, &n, "gw-0"),
-            subscriber_proof(s, &c, &n, "gw-0"),
-        ] {
-            assert!(!verify_gateway_proof(s, &c, &n, "gw-0", &other));
-        }
-        let welcome = authority_proof(s, &c, &n, "gw-0");
-        assert!(verify_authority_proof(s, &c, &n, "gw-0", &welcome));
-        assert!(!verify_gateway_proof(s, &c, &n, "gw-0", &welcome));
-    }
+    use crate::handshake::fresh_nonce;
 
     #[test]
     fn messages_survive_the_wire() {

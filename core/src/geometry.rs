@@ -44,6 +44,14 @@ impl Bounds {
         self.max.x - self.min.x
     }
 
+    /// This box with `margin` added on every side.
+    pub fn grown(&self, margin: f64) -> Bounds {
+        Bounds {
+            min: Point::new(self.min.x - margin, self.min.y - margin),
+            max: Point::new(self.max.x + margin, self.max.y + margin),
+        }
+    }
+
     /// Distance from `p` to the box (0 inside), used for border margins.
     pub fn distance_to(&self, p: Point) -> f64 {
         let dx = (self.min.x - p.x).max(p.x - self.max.x).max(0.0);

@@ -26,136 +26,114 @@ pub fn fresh_nonce() -> Nonce {
     n
 }
 
-pub(crate) fn mac(
-    secret: &str,
-    label: &[u8],
-    first: &Nonce,
-    second: &Nonce,
-    shard: &str,
-) -> Hmac<Sha256> {
+/// One link's pair of HMAC labels: the connecting side proves it knows the secret with
+/// `hello`, the accepting side answers with `welcome`. Every link has its own pair, so a proof
+/// made for one link (or one side) is worthless on any other.
+#[derive(Debug, Clone, Copy)]
+pub struct LinkProofs {
+    hello: &'static [u8],
+    welcome: &'static [u8],
+}
+
+/// The shard link: a shard says hello, replication welcomes it.
+pub const SHARD_LINK: LinkProofs = LinkProofs::new(
+    b"sidereal shard hello v1",
+    b"sidereal replication welcome v1",
+);
+
+impl LinkProofs {
+    pub const fn new(hello: &'static [u8], welcome: &'static [u8]) -> Self {
+        Self { hello, welcome }
+    }
+
+    /// What the connecting peer `name` sends for the acceptor's `challenge` and its own `nonce`.
+    pub fn hello(&self, secret: &str, challenge: &Nonce, nonce: &Nonce, name: &str) -> Proof {
+        mac(secret, self.hello, challenge, nonce, name)
+            .finalize()
+            .into_bytes()
+            .into()
+    }
+
+    /// Whether `proof` is the connecting peer's proof for these values (in constant time).
+    pub fn verify_hello(
+        &self,
+        secret: &str,
+        challenge: &Nonce,
+        nonce: &Nonce,
+        name: &str,
+        proof: &Proof,
+    ) -> bool {
+        mac(secret, self.hello, challenge, nonce, name)
+            .verify_slice(proof)
+            .is_ok()
+    }
+
+    /// What the acceptor sends in its welcome to prove it knows `secret` too (the nonces in
+    /// the other order, under the other label).
+    pub fn welcome(&self, secret: &str, challenge: &Nonce, nonce: &Nonce, name: &str) -> Proof {
+        mac(secret, self.welcome, nonce, challenge, name)
+            .finalize()
+            .into_bytes()
+            .into()
+    }
+
+    /// Whether `proof` is the acceptor's proof for these values (in constant time).
+    pub fn verify_welcome(
+        &self,
+        secret: &str,
+        challenge: &Nonce,
+        nonce: &Nonce,
+        name: &str,
+        proof: &Proof,
+    ) -> bool {
+        mac(secret, self.welcome, nonce, challenge, name)
+            .verify_slice(proof)
+            .is_ok()
+    }
+}
+
+fn mac(secret: &str, label: &[u8], first: &Nonce, second: &Nonce, name: &str) -> Hmac<Sha256> {
     let mut m = Hmac::<Sha256>::new_from_slice(secret.as_bytes()).expect("any key length");
     m.update(label);
     m.update(first);
     m.update(second);
-    m.update(shard.as_bytes());
+    m.update(name.as_bytes());
     m
-}
-
-/// What a shard named `shard` sends to prove it knows `secret`, for replication's `challenge`
-/// and its own `nonce`.
-pub fn shard_proof(secret: &str, challenge: &Nonce, nonce: &Nonce, shard: &str) -> Proof {
-    mac(secret, b"sidereal shard hello v1", challenge, nonce, shard)
-        .finalize()
-        .into_bytes()
-        .into()
-}
-
-/// Whether `proof` is the shard's proof for these values (in constant time).
-pub fn verify_shard_proof(
-    secret: &str,
-    challenge: &Nonce,
-    nonce: &Nonce,
-    shard: &str,
-    proof: &Proof,
-) -> bool {
-    mac(secret, b"sidereal shard hello v1", challenge, nonce, shard)
-        .verify_slice(proof)
-        .is_ok()
-}
-
-/// What replication sends in its `Welcome` to prove it knows `secret` too.
-pub fn replication_proof(secret: &str, challenge: &Nonce, nonce: &Nonce, shard: &str) -> Proof {
-    mac(
-        secret,
-        b"sidereal replication welcome v1",
-        nonce,
-        challenge,
-        shard,
-    )
-    .finalize()
-    .into_bytes()
-    .into()
-}
-
-/// Whether `proof` is replication's proof for these values (in constant time).
-pub fn verify_replication_proof(
-    secret: &str,
-    challenge: &Nonce,
-    nonce: &Nonce,
-    shard: &str,
-    proof: &Proof,
-) -> bool {
-    mac(
-        secret,
-        b"sidereal replication welcome v1",
-        nonce,
-        challenge,
-        shard,
-    )
-    .verify_slice(proof)
-    .is_ok()
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::gateway_link::GATEWAY_LINK;
+    use crate::stream::STREAM_LINK;
 
     #[test]
     fn each_side_verifies_the_others_proof_and_nothing_else() {
-        let (c, n) = (fresh_nonce(), fresh_nonce());
+        let (c, n, s) = (fresh_nonce(), fresh_nonce(), "a-long-enough-secret");
         assert_ne!(c, n, "nonces are fresh");
-        let p = shard_proof("a-long-enough-secret", &c, &n, "shard-0");
-        assert!(verify_shard_proof(
-            "a-long-enough-secret",
-            &c,
-            &n,
-            "shard-0",
-            &p
-        ));
-        // Another secret, another challenge (a replay), another name: refused.
-        assert!(!verify_shard_proof(
-            "another-long-secret!",
-            &c,
-            &n,
-            "shard-0",
-            &p
-        ));
-        assert!(!verify_shard_proof(
-            "a-long-enough-secret",
-            &fresh_nonce(),
-            &n,
-            "shard-0",
-            &p
-        ));
-        assert!(!verify_shard_proof(
-            "a-long-enough-secret",
-            &c,
-            &n,
-            "shard-1",
-            &p
-        ));
-        // The shard's proof is not replication's: neither can be reflected to the other side.
-        assert!(!verify_replication_proof(
-            "a-long-enough-secret",
-            &c,
-            &n,
-            "shard-0",
-            &p
-        ));
-        let r = replication_proof("a-long-enough-secret", &c, &n, "shard-0");
-        assert!(verify_replication_proof(
-            "a-long-enough-secret",
-            &c,
-            &n,
-            "shard-0",
-            &r
-        ));
-        assert!(!verify_shard_proof(
-            "a-long-enough-secret",
-            &c,
-            &n,
-            "shard-0",
-            &r
-        ));
+        let links = [SHARD_LINK, GATEWAY_LINK, STREAM_LINK];
+        for (i, link) in links.iter().enumerate() {
+            let hello = link.hello(s, &c, &n, "peer-0");
+            assert!(link.verify_hello(s, &c, &n, "peer-0", &hello));
+            // Another secret, another challenge (a replay), another name: refused.
+            assert!(!link.verify_hello("another-long-secret!", &c, &n, "peer-0", &hello));
+            assert!(!link.verify_hello(s, &fresh_nonce(), &n, "peer-0", &hello));
+            assert!(!link.verify_hello(s, &c, &n, "peer-1", &hello));
+            // Neither side's proof can be reflected to the other.
+            assert!(!link.verify_welcome(s, &c, &n, "peer-0", &hello));
+            let welcome = link.welcome(s, &c, &n, "peer-0");
+            assert!(link.verify_welcome(s, &c, &n, "peer-0", &welcome));
+            assert!(!link.verify_hello(s, &c, &n, "peer-0", &welcome));
+            // No proof made for one link works on another.
+            for (j, other) in links.iter().enumerate() {
+                if i != j {
+                    assert!(
+                        !other.verify_hello(s, &c, &n, "peer-0", &hello),
+                        "{i} on {j}"
+                    );
+                    assert!(!other.verify_welcome(s, &c, &n, "peer-0", &welcome));
+                }
+            }
+        }
     }
 }

@@ -14,12 +14,12 @@
 use serde::{Deserialize, Serialize};
 
 use crate::geometry::SectorId;
-use crate::handshake::{Nonce, Proof, shard_proof};
+use crate::handshake::{Nonce, Proof, SHARD_LINK};
 use crate::ids::{EntityId, EntitySnapshot, Epoch, ShardId};
 use crate::load::ShardLoadReport;
 
 /// Bumped on any incompatible change of the messages below.
-pub const PROTOCOL_VERSION: u32 = 5;
+pub const PROTOCOL_VERSION: u32 = 6;
 /// Largest frame either side accepts by default (`--max-frame-bytes`).
 pub const MAX_FRAME_BYTES: usize = 16 << 20;
 /// The smallest frame limit allowed: a few hundred entries per part.
@@ -170,12 +170,23 @@ pub enum ReplicationMessage {
     Controls {
         controls: Vec<ShipControl>,
     },
+    /// Where this shard takes its shadows from itself, instead of `Shadows`: the leaves other
+    /// shards own within `margin` of its own, and where those shards publish their sector
+    /// streams. Sent when every linked shard publishes streams; replaces the previous
+    /// `Neighbours` (and any `Shadows`); repeated twice a second, so it also keeps the link
+    /// alive.
+    Neighbours {
+        generation: u64,
+        margin: f32,
+        sectors: Vec<(SectorId, ShardId)>,
+        streams: Vec<(ShardId, String)>,
+    },
 }
 
 impl ShardMessage {
     /// The `Hello` of shard `shard` answering `challenge`, with its own fresh `nonce`.
     pub fn hello(secret: &str, challenge: &Nonce, shard: ShardId, nonce: Nonce) -> Self {
-        let proof = shard_proof(secret, challenge, &nonce, &shard.0);
+        let proof = SHARD_LINK.hello(secret, challenge, &nonce, &shard.0);
         ShardMessage::Hello {
             protocol: PROTOCOL_VERSION,
             shard,

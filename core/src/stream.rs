@@ -22,9 +22,8 @@
 use serde::{Deserialize, Serialize};
 
 use crate::geometry::SectorId;
-use hmac::Mac;
 
-use crate::handshake::{Nonce, Proof, mac};
+use crate::handshake::{LinkProofs, Nonce, Proof};
 use crate::ids::{EntityId, EntityKind, Epoch, ShardId};
 
 /// Bumped on any incompatible change of the messages below.
@@ -114,51 +113,11 @@ impl SectorFrame {
     }
 }
 
-const SUBSCRIBE_LABEL: &[u8] = b"sidereal stream subscribe v1";
-const PUBLISH_LABEL: &[u8] = b"sidereal stream welcome v1";
-
-/// What subscriber `name` sends to prove it knows `secret`, for the shard's `challenge` and its
-/// own `nonce`.
-pub fn subscriber_proof(secret: &str, challenge: &Nonce, nonce: &Nonce, name: &str) -> Proof {
-    mac(secret, SUBSCRIBE_LABEL, challenge, nonce, name)
-        .finalize()
-        .into_bytes()
-        .into()
-}
-
-/// Whether `proof` is the subscriber's proof for these values (in constant time).
-pub fn verify_subscriber_proof(
-    secret: &str,
-    challenge: &Nonce,
-    nonce: &Nonce,
-    name: &str,
-    proof: &Proof,
-) -> bool {
-    mac(secret, SUBSCRIBE_LABEL, challenge, nonce, name)
-        .verify_slice(proof)
-        .is_ok()
-}
-
-/// What the shard sends in its `Welcome` to prove it knows `secret` too.
-pub fn publisher_proof(secret: &str, challenge: &Nonce, nonce: &Nonce, name: &str) -> Proof {
-    mac(secret, PUBLISH_LABEL, nonce, challenge, name)
-        .finalize()
-        .into_bytes()
-        .into()
-}
-
-/// Whether `proof` is the shard's proof for these values (in constant time).
-pub fn verify_publisher_proof(
-    secret: &str,
-    challenge: &Nonce,
-    nonce: &Nonce,
-    name: &str,
-    proof: &Proof,
-) -> bool {
-    mac(secret, PUBLISH_LABEL, nonce, challenge, name)
-        .verify_slice(proof)
-        .is_ok()
-}
+/// The stream link's proofs: a subscriber says hello, the shard welcomes it.
+pub const STREAM_LINK: LinkProofs = LinkProofs::new(
+    b"sidereal stream subscribe v1",
+    b"sidereal stream welcome v1",
+);
 
 /// A subscriber name is 1-63 of `[A-Za-z0-9.-]` (it labels logs and metrics).
 pub fn valid_subscriber_name(name: &str) -> bool {
@@ -172,44 +131,6 @@ pub fn valid_subscriber_name(name: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::handshake::{fresh_nonce, shard_proof};
-
-    #[test]
-    fn stream_proofs_verify_only_their_own_side_and_not_the_links() {
-        let (c, n, s) = (fresh_nonce(), fresh_nonce(), "a-long-enough-secret");
-        let sub = subscriber_proof(s, &c, &n, "gw-0");
-        assert!(verify_subscriber_proof(s, &c, &n, "gw-0", &sub));
-        assert!(!verify_subscriber_proof(s, &c, &n, "gw-1", &sub));
-        assert!(!verify_subscriber_proof(
-            s,
-            &fresh_nonce(),
-            &n,
-            "gw-0",
-            &sub
-        ));
-        assert!(!verify_subscriber_proof(
-            "another-long-secret!",
-            &c,
-            &n,
-            "gw-0",
-            &sub
-        ));
-        assert!(
-            !verify_publisher_proof(s, &c, &n, "gw-0", &sub),
-            "not reflectable"
-        );
-        // A shard's link proof is no subscription proof.
-        assert!(!verify_subscriber_proof(
-            s,
-            &c,
-            &n,
-            "gw-0",
-            &shard_proof(s, &c, &n, "gw-0")
-        ));
-        let publ = publisher_proof(s, &c, &n, "gw-0");
-        assert!(verify_publisher_proof(s, &c, &n, "gw-0", &publ));
-        assert!(!verify_subscriber_proof(s, &c, &n, "gw-0", &publ));
-    }
 
     #[test]
     fn subscriber_names_are_short_and_plain() {

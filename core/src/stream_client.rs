@@ -24,8 +24,7 @@ use crate::link_socket::{self, DEFAULT_LINK_TIMEOUT};
 use crate::protocol::{FrameReader, MAX_FRAME_BYTES, MAX_HELLO_FRAME_BYTES, encode_frame};
 use crate::sector_view::{ConnId, SectorView};
 use crate::stream::{
-    PublisherMessage, STREAM_PROTOCOL_VERSION, SectorFrame, SubscriberMessage, subscriber_proof,
-    verify_publisher_proof,
+    PublisherMessage, STREAM_LINK, STREAM_PROTOCOL_VERSION, SectorFrame, SubscriberMessage,
 };
 
 /// How a feed's connections behave.
@@ -343,12 +342,12 @@ fn handshake(
         protocol: STREAM_PROTOCOL_VERSION,
         subscriber: name.to_owned(),
         nonce,
-        proof: subscriber_proof(secret, &challenge, &nonce, name),
+        proof: STREAM_LINK.hello(secret, &challenge, &nonce, name),
     };
     stream.write_all(&encode_frame(&hello))?;
     match read_message(stream, reader, &mut buf)?.0 {
         PublisherMessage::Welcome { shard, proof, .. } => {
-            if verify_publisher_proof(secret, &challenge, &nonce, name, &proof) {
+            if STREAM_LINK.verify_welcome(secret, &challenge, &nonce, name, &proof) {
                 Ok(shard)
             } else {
                 Err(HandshakeError::Impostor)

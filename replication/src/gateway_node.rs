@@ -18,8 +18,7 @@ use std::time::{Duration, Instant};
 
 use lightyear::netcode::Key;
 use sidereal_core::gateway_link::{
-    ALIVE_EVERY, AuthorityMessage, GATEWAY_LINK_VERSION, GatewayMessage, gateway_proof,
-    verify_authority_proof,
+    ALIVE_EVERY, AuthorityMessage, GATEWAY_LINK, GATEWAY_LINK_VERSION, GatewayMessage,
 };
 use sidereal_core::handshake::fresh_nonce;
 use sidereal_core::link_socket;
@@ -87,11 +86,11 @@ const AREA_MARGIN: f64 = 200.0;
 /// Binds the game port and starts the gateway; it links to the authority (and relinks, with
 /// back-off) on its own.
 pub fn start(config: GatewayNodeConfig) -> std::io::Result<RunningGateway> {
-    let udp = crate::server::resolve_udp(config.game.udp)?;
+    let udp = crate::ports::resolve_udp(config.game.udp)?;
     let websocket = config
         .game
         .websocket
-        .map(crate::server::resolve_tcp)
+        .map(crate::ports::resolve_tcp)
         .transpose()?;
     let public_udp = if config.public_udp.is_empty() {
         vec![udp]
@@ -572,7 +571,7 @@ impl Dial {
             protocol: GATEWAY_LINK_VERSION,
             gateway: self.name.clone(),
             nonce,
-            proof: gateway_proof(&self.secret, &challenge, &nonce, &self.name),
+            proof: GATEWAY_LINK.hello(&self.secret, &challenge, &nonce, &self.name),
             udp: self.udp.clone(),
             websocket: self.websocket.clone(),
         };
@@ -581,7 +580,13 @@ impl Dial {
             .map_err(|e| e.to_string())?;
         match read_message(stream, reader)? {
             AuthorityMessage::Welcome { proof }
-                if verify_authority_proof(&self.secret, &challenge, &nonce, &self.name, &proof) =>
+                if GATEWAY_LINK.verify_welcome(
+                    &self.secret,
+                    &challenge,
+                    &nonce,
+                    &self.name,
+                    &proof,
+                ) =>
             {
                 Ok(())
             }

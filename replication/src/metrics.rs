@@ -71,6 +71,11 @@ pub fn render(
         a.live_shards().len() as i64,
     ));
     add(&gauge(
+        "shadows_from_streams",
+        "1 while shards take their shadows from their neighbours' sector streams (every shard publishes); 0 while replication computes them",
+        i64::from(a.shards_shadow_themselves()),
+    ));
+    add(&gauge(
         "leaf_sectors",
         "Leaf sectors in the applied placement",
         placement.len() as i64,

@@ -9,10 +9,8 @@ use std::time::{Duration, Instant};
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
 use sidereal_core::handshake::fresh_nonce;
-use sidereal_core::link_socket::{self, DEFAULT_LINK_TIMEOUT};
-use sidereal_core::protocol::{
-    FrameReader, MAX_FRAME_BYTES, MAX_HELLO_FRAME_BYTES, ShardMessage, encode_frame,
-};
+use sidereal_core::link_socket;
+use sidereal_core::protocol::{FrameReader, MAX_HELLO_FRAME_BYTES, ShardMessage, encode_frame};
 use sidereal_core::{EntityId, EntityKind, EntitySnapshot, EntityState, ShardId};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
@@ -20,36 +18,14 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tracing::{info, warn};
 
 use crate::authority::{Authority, AuthorityConfig, LinkId};
-use crate::gateway::{self, GatewayConfig, GatewayEvent, Views};
+use crate::gateway::{self, GatewayConfig, Views};
 use crate::link_outbox::{LinkOutbox, OutboxFailure};
+pub use crate::link_settings::{HANDSHAKE_TIMEOUT, LinkSettings, MAX_HANDSHAKES_IN_FLIGHT};
 use crate::login::LoginConfig;
+use crate::players::on_gateway_event;
+use crate::ports::{resolve_tcp, resolve_udp};
 use crate::state::Shared;
 use crate::store::{Store, StoreError};
-
-/// A shard must say Hello within this long after connecting.
-pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
-/// Connections still in their handshake, at most; more are closed as soon as they are
-/// accepted, so unauthenticated peers cannot hold unbounded sockets and buffers.
-pub const MAX_HANDSHAKES_IN_FLIGHT: usize = 64;
-
-/// How shard links are kept honest.
-#[derive(Debug, Clone, Copy)]
-pub struct LinkSettings {
-    /// A linked shard silent this long (no load report, no update) is closed as dead, and a
-    /// write that does not complete within it closes the link as stalled.
-    pub timeout: Duration,
-    /// Largest frame sent or accepted once linked; bigger messages are sent in parts.
-    pub max_frame_bytes: usize,
-}
-
-impl Default for LinkSettings {
-    fn default() -> Self {
-        Self {
-            timeout: DEFAULT_LINK_TIMEOUT,
-            max_frame_bytes: MAX_FRAME_BYTES,
-        }
-    }
-}
 
 #[derive(Debug, Clone)]
 pub struct ReplicationConfig {
@@ -634,122 +610,4 @@ async fn read_link(
             return LinkClose::Malformed("more than a Hello before the handshake".into());
         }
     }
-}
-
-/// Applies what the game port reports: players joining and leaving, and their commands, which
-/// pass the input gate before the authority routes them to the ship's shard.
-pub(crate) fn on_gateway_event(s: &Arc<Shared>, event: GatewayEvent) {
-    let mut a = match event {
-        // Gateways relay chat among themselves through the gateway link.
-        GatewayEvent::Chat(_) => return,
-        GatewayEvent::Joined { player_id, ship } => {
-            let mut a = s.authority.lock().expect("authority lock");
-            a.player_joined(player_id, ship);
-            if !a.knows_entity(ship) {
-                let world = a.world().to_vec();
-                drop(a);
-                make_ship_on_first_connection(s, player_id, ship, &world);
-                a = s.authority.lock().expect("authority lock");
-            }
-            a
-        }
-        GatewayEvent::Left { player_id } => {
-            let mut a = s.authority.lock().expect("authority lock");
-            a.player_left(player_id);
-            a
-        }
-        GatewayEvent::Input {
-            player_id,
-            thrust,
-            turn,
-            fire,
-        } => {
-            // One lock at a time: /metrics reads both, and holding the gate while waiting for
-            // the authority deadlocked against it.
-            let admitted = s.inputs.lock().expect("inputs lock").admit(
-                player_id,
-                thrust,
-                turn,
-                Instant::now(),
-            );
-            let Ok((thrust, turn, _)) = admitted else {
-                return;
-            };
-            let mut a = s.authority.lock().expect("authority lock");
-            if !a.pilot(player_id, thrust, turn, fire) {
-                drop(a);
-                s.inputs.lock().expect("inputs lock").no_ship();
-                a = s.authority.lock().expect("authority lock");
-            }
-            a
-        }
-    };
-    s.flush(&mut a);
-}
-
-/// A player's ship is made when the player first connects, not when it registers, so accounts
-/// that never play cost the world nothing. It is stored (one row) before it enters the world;
-/// a store that is failing makes nothing (the next connection tries again).
-fn make_ship_on_first_connection(
-    s: &Arc<Shared>,
-    player_id: u64,
-    ship: EntityId,
-    world: &[sidereal_core::SectorId],
-) {
-    let Some(state) = crate::authority::spawn_point(world, player_id) else {
-        return;
-    };
-    if !s.pending_ships.lock().expect("pending lock").insert(ship) {
-        return;
-    }
-    let snapshot = EntitySnapshot {
-        id: ship,
-        kind: EntityKind::Ship,
-        state,
-        ttl_ticks: None,
-        player: true,
-    };
-    let s = s.clone();
-    tokio::spawn(async move {
-        let stored = match (&s.store, crate::store::EntityRow::new_entity(&snapshot)) {
-            (Some(store), Some(row)) => store
-                .write_checkpoint(&[row], &[])
-                .await
-                .map_err(|e| e.to_string()),
-            (None, _) => Ok(()),
-            (_, None) => Err("the spawn point lies outside the world".into()),
-        };
-        match stored {
-            Ok(()) => {
-                let mut a = s.authority.lock().expect("authority lock");
-                if !a.knows_entity(ship) {
-                    a.spawn_ship_as(snapshot);
-                    s.flush(&mut a);
-                    info!(player_id, %ship, "ship made on the player's first connection");
-                }
-            }
-            Err(e) => {
-                warn!(player_id, %ship, error = %e, "cannot store the player's new ship; it is made on the next connection")
-            }
-        }
-        s.pending_ships.lock().expect("pending lock").remove(&ship);
-    });
-}
-
-/// `addr` with a free port chosen when its port is 0. The socket is released for the game
-/// port to bind; nothing else binds UDP ports in between in practice.
-pub(crate) fn resolve_udp(addr: SocketAddr) -> std::io::Result<SocketAddr> {
-    if addr.port() != 0 {
-        return Ok(addr);
-    }
-    std::net::UdpSocket::bind(addr)?.local_addr()
-}
-
-/// A port of 0 becomes a free port now: tokens must name the real address before the
-/// WebSocket server (which binds later, on the gateway thread) is up.
-pub(crate) fn resolve_tcp(addr: SocketAddr) -> std::io::Result<SocketAddr> {
-    if addr.port() != 0 {
-        return Ok(addr);
-    }
-    std::net::TcpListener::bind(addr)?.local_addr()
 }

@@ -70,7 +70,7 @@ pub struct Shared {
     /// Game-port sessions: minted at login, admitted and ended by the gateway.
     pub sessions: SessionGate,
     /// Gateways linked (`sidereal gateway`) and which one holds each player.
-    pub gateways: Mutex<crate::gateway_link::GatewayRegistry>,
+    pub gateways: Mutex<crate::gateway_registry::GatewayRegistry>,
     /// Players' ships being stored on their first connection.
     pub pending_ships: Mutex<std::collections::HashSet<sidereal_core::EntityId>>,
 }

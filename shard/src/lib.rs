@@ -11,6 +11,7 @@ pub mod load;
 pub mod metrics;
 pub mod ownership;
 pub mod physics;
+pub mod shadows;
 pub mod simulation;
 pub mod status;
 pub mod stream_server;
@@ -81,6 +82,7 @@ pub fn build_app(config: ShardConfig, link: ShardLink, clock: Clock) -> App {
             simulation::SimulationPlugin,
             load::LoadPlugin,
             streams::SectorStreamsPlugin,
+            shadows::ShadowsPlugin,
         ));
     if clock == Clock::Stepped {
         // Ready to `update()` by hand; a real-time app finishes its plugins in `run()`, so the

@@ -31,6 +31,8 @@ pub struct ShardMetrics {
     pub stream_sectors: IntGauge,
     pub stream_bytes: IntCounter,
     pub stream_dropped: IntCounter,
+    pub neighbour_streams: IntGauge,
+    pub neighbour_bytes: IntCounter,
 }
 
 impl ShardMetrics {
@@ -93,6 +95,14 @@ impl ShardMetrics {
             stream_dropped: counter(
                 "stream_subscribers_dropped_total",
                 "Subscribers disconnected for falling behind",
+            ),
+            neighbour_streams: gauge(
+                "neighbour_streams",
+                "Neighbouring shards whose sector streams this shard takes its shadows from",
+            ),
+            neighbour_bytes: counter(
+                "neighbour_stream_bytes_total",
+                "Bytes of neighbours' sector-stream frames received for shadows",
             ),
             registry,
         }

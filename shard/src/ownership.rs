@@ -8,11 +8,10 @@ use sidereal_core::protocol::{ReplicationMessage, ShardMessage};
 use sidereal_core::{Bounds, EntityId, EntitySnapshot, Epoch, Point, SectorId};
 use tracing::{info, warn};
 
-use crate::components::{
-    Owned, Pilot, ShadowOf, TickSet, Ttl, body, radius_of, snapshot, state_of,
-};
+use crate::components::{Owned, Pilot, TickSet, Ttl, body, snapshot, state_of};
 use crate::link::{Encoder, ShardLink};
 use crate::metrics::ShardMetrics;
+use crate::shadows::{NeighbourFeed, NeighbourPlan, ShadowQuery, replace_shadows};
 
 /// The shard's view of what it owns.
 #[derive(Resource, Debug, Default)]
@@ -32,7 +31,7 @@ pub struct Ownership {
     pub entities: HashMap<EntityId, Entity>,
     /// Handed over, not yet confirmed by the new owner.
     pub handed_over: HashMap<EntityId, EntitySnapshot>,
-    shadows: HashMap<EntityId, Entity>,
+    pub(crate) shadows: HashMap<EntityId, Entity>,
     /// The tick of the shadow set being received: parts of one set share it.
     shadow_tick: Option<u64>,
     /// Handovers sent so far (for metrics).
@@ -113,12 +112,6 @@ fn publish_gauges(metrics: Res<ShardMetrics>, own: Res<Ownership>) {
     metrics.sectors.set(own.sectors.len() as i64);
 }
 
-type ShadowState<'a> = (
-    &'a mut Position,
-    &'a mut Rotation,
-    &'a mut LinearVelocity,
-    &'a mut AngularVelocity,
-);
 type OwnedState<'a> = (
     Entity,
     &'a Owned,
@@ -130,13 +123,14 @@ type OwnedState<'a> = (
 );
 
 /// Applies everything replication sent since the last tick, at the tick boundary.
-fn apply_replication_messages(
+pub(crate) fn apply_replication_messages(
     mut commands: Commands,
     link: Res<ShardLink>,
     mut own: ResMut<Ownership>,
     mut encoder: ResMut<Encoder>,
     owned: Query<OwnedState>,
-    mut shadows: Query<ShadowState, (With<ShadowOf>, Without<Owned>)>,
+    mut neighbours: ResMut<NeighbourFeed>,
+    mut shadows: ShadowQuery,
 ) {
     while let Ok(msg) = link.from_replication.try_recv() {
         match msg {
@@ -223,46 +217,28 @@ fn apply_replication_messages(
                 tick,
                 shadows: list,
             } => {
+                // Replication computes the shadows: no neighbours' streams are needed.
+                neighbours.plan = None;
                 // A new tick's set replaces the old one; a further part of the same tick's set
                 // (a set too big for one frame) extends it.
                 let continuing = own.shadow_tick == Some(tick);
                 own.shadow_tick = Some(tick);
-                let mut previous = if continuing {
-                    HashMap::new()
-                } else {
-                    std::mem::take(&mut own.shadows)
-                };
-                for sh in list {
-                    let s = sh.snapshot;
-                    if own.entities.contains_key(&s.id) {
-                        continue;
-                    }
-                    let existing = previous.remove(&s.id).or_else(|| own.shadows.remove(&s.id));
-                    let e = match existing {
-                        Some(e) if shadows.get_mut(e).is_ok() => {
-                            let (mut p, mut r, mut v, mut w) = shadows.get_mut(e).expect("checked");
-                            p.0 = Vec2::from(s.state.pos);
-                            *r = Rotation::radians(s.state.angle);
-                            v.0 = Vec2::from(s.state.vel);
-                            w.0 = s.state.ang_vel;
-                            e
-                        }
-                        _ => commands
-                            .spawn((
-                                ShadowOf(s.id),
-                                RigidBody::Kinematic,
-                                Collider::circle(radius_of(s.kind)),
-                                Position(Vec2::from(s.state.pos)),
-                                Rotation::radians(s.state.angle),
-                                LinearVelocity(Vec2::from(s.state.vel)),
-                            ))
-                            .id(),
-                    };
-                    own.shadows.insert(s.id, e);
-                }
-                for (_, e) in previous.drain() {
-                    commands.entity(e).despawn();
-                }
+                let list = list.into_iter().map(|s| s.snapshot);
+                replace_shadows(&mut commands, &mut own, &mut shadows, continuing, list);
+            }
+            ReplicationMessage::Neighbours {
+                generation,
+                margin,
+                sectors,
+                streams,
+            } => {
+                own.shadow_tick = None;
+                neighbours.plan = Some(NeighbourPlan {
+                    generation,
+                    margin,
+                    sectors: sectors.into_iter().collect(),
+                    streams: streams.into_iter().collect(),
+                });
             }
         }
     }

@@ -16,8 +16,8 @@ use sidereal_core::handshake::fresh_nonce;
 use sidereal_core::link_socket;
 use sidereal_core::protocol::{FrameReader, MAX_HELLO_FRAME_BYTES, encode_frame};
 use sidereal_core::stream::{
-    MAX_SUBSCRIBED_SECTORS, MAX_SUBSCRIBERS, PublisherMessage, STREAM_PROTOCOL_VERSION,
-    SubscriberMessage, publisher_proof, valid_subscriber_name, verify_subscriber_proof,
+    MAX_SUBSCRIBED_SECTORS, MAX_SUBSCRIBERS, PublisherMessage, STREAM_LINK,
+    STREAM_PROTOCOL_VERSION, SubscriberMessage, valid_subscriber_name,
 };
 use tracing::{info, warn};
 
@@ -111,7 +111,7 @@ fn admit(
         } => {
             if !valid_subscriber_name(&subscriber) {
                 "a subscriber name is 1-63 of [A-Za-z0-9.-]".to_owned()
-            } else if !verify_subscriber_proof(
+            } else if !STREAM_LINK.verify_hello(
                 &config.secret,
                 &challenge,
                 &nonce,
@@ -127,7 +127,7 @@ fn admit(
                     &PublisherMessage::Welcome {
                         shard: config.shard.clone(),
                         tick_hz: config.tick_hz,
-                        proof: publisher_proof(&config.secret, &challenge, &nonce, &subscriber),
+                        proof: STREAM_LINK.welcome(&config.secret, &challenge, &nonce, &subscriber),
                     },
                 )?;
                 return Ok(subscriber);
@@ -251,7 +251,7 @@ fn read_subscriptions(
 mod tests {
     use super::*;
     use sidereal_core::SectorId;
-    use sidereal_core::stream::subscriber_proof;
+    use sidereal_core::stream::STREAM_LINK;
 
     const SECRET: &str = "stream-test-secret";
 
@@ -298,7 +298,7 @@ mod tests {
             protocol: STREAM_PROTOCOL_VERSION,
             subscriber: "t".into(),
             nonce,
-            proof: subscriber_proof(secret, &challenge, &nonce, "t"),
+            proof: STREAM_LINK.hello(secret, &challenge, &nonce, "t"),
         };
         s.write_all(&encode_frame(&msg)).unwrap();
         let answer = next(&mut s, &mut r);

@@ -10,7 +10,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use sidereal_core::ShardId;
-use sidereal_core::handshake::{fresh_nonce, verify_replication_proof};
+use sidereal_core::handshake::{SHARD_LINK, fresh_nonce};
 use sidereal_core::link_socket::{self, DEFAULT_LINK_TIMEOUT};
 use sidereal_core::protocol::{
     FrameReader, MAX_FRAME_BYTES, PROTOCOL_VERSION, ReplicationMessage, ShardMessage, encode_frame,
@@ -120,7 +120,7 @@ fn handshake(
         ReplicationMessage::Welcome {
             incarnation, proof, ..
         } => {
-            if verify_replication_proof(secret, &challenge, &nonce, &shard.0, &proof) {
+            if SHARD_LINK.verify_welcome(secret, &challenge, &nonce, &shard.0, &proof) {
                 Ok(incarnation)
             } else {
                 Err(ConnectError::Impostor)

@@ -9,7 +9,10 @@ use sidereal_core::sector_view::Source;
 use sidereal_core::stream_client::{FeedOptions, SectorFeed};
 use sidereal_core::{EntityId, EntityKind, ShardId, placement};
 
-use super::{Replication, SECRET, entities, start_fleet, wait_until};
+use super::{
+    Proc, Replication, SECRET, entities, free_port, metric, metric_at, place_evenly, start_fleet,
+    start_replication, start_shard_with, wait_until,
+};
 
 /// Re-reads placement and the shards' stream addresses, follows them, applies what arrived.
 fn follow(r: &Replication, feed: &mut SectorFeed) {
@@ -178,5 +181,105 @@ fn a_subscriber_following_placement_holds_what_the_mirror_holds_through_split_me
         stats.stale_refused,
         feed.stats.connects - 3,
         stats.expired
+    );
+}
+
+/// What the mirror says shard `shard`'s shadows are: other owners' entities (not in transit)
+/// within `margin` of its leaves.
+fn expected_shadows(r: &Replication, shard: &str, margin: f64) -> usize {
+    let p = r.control.placement();
+    let leaves: Vec<sidereal_core::Bounds> = p
+        .sectors
+        .iter()
+        .filter(|(_, s)| s.0 == shard)
+        .map(|(leaf, _)| leaf.bounds())
+        .collect();
+    entities(r, "")
+        .values()
+        .filter(|e| e.owner.0 != shard && !e.in_transit)
+        .filter(|e| {
+            let at = sidereal_core::Point::new(e.pos[0].into(), e.pos[1].into());
+            leaves.iter().any(|b| b.distance_to(at) <= margin)
+        })
+        .count()
+}
+
+#[test]
+fn shards_shadow_themselves_from_their_neighbours_streams_unless_one_does_not_publish() {
+    let r = start_replication(1500);
+    let ports: Vec<u16> = (0..3).map(|_| free_port()).collect();
+    let _procs: Vec<Proc> = ports
+        .iter()
+        .enumerate()
+        .map(|(i, port)| {
+            let metrics = format!("127.0.0.1:{port}");
+            start_shard_with(&r, &format!("shard-{i}"), &["--metrics", &metrics])
+        })
+        .collect();
+    place_evenly(&r, 3);
+    // Shards label their samples with their name.
+    let shard_metric = |i: usize, name: &str| {
+        metric_at(
+            &format!("http://127.0.0.1:{}", ports[i]),
+            &format!("{name}{{shard=\"shard-{i}\"}} "),
+        )
+    };
+    wait_until(
+        "every shard follows its neighbours' streams and holds shadows",
+        Duration::from_secs(30),
+        || {
+            (0..3).all(|i| {
+                shard_metric(i, "sidereal_shard_neighbour_streams") >= 1.0
+                    && shard_metric(i, "sidereal_shard_shadows") > 0.0
+            })
+        },
+    );
+    assert_eq!(metric(&r, "sidereal_shadows_from_streams "), 1.0);
+    // The shadows are what the mirror says lies near each shard's borders (read a few ticks
+    // apart, so a few entities crossing the band may differ).
+    let mut seen = String::new();
+    wait_until(
+        "each shard's shadows match the mirror's border band",
+        Duration::from_secs(20),
+        || {
+            seen.clear();
+            (0..3).all(|i| {
+                let held = shard_metric(i, "sidereal_shard_shadows");
+                let expected = expected_shadows(&r, &format!("shard-{i}"), 50.0) as f64;
+                seen += &format!("shard-{i}: {held} held, {expected} expected; ");
+                expected > 0.0 && (held - expected).abs() <= 3.0 + 0.15 * expected
+            })
+        },
+    );
+    println!("shadows from neighbours' streams: {seen}");
+    for i in 0..3 {
+        assert!(shard_metric(i, "sidereal_shard_neighbour_stream_bytes_total") > 0.0);
+    }
+
+    // A shard that publishes no streams would be invisible to its neighbours: replication
+    // computes everyone's shadows again, and the shards let their neighbours' streams go.
+    let _silent = start_shard_with(
+        &r,
+        "shard-3",
+        &["--metrics", "127.0.0.1:0", "--stream", "off"],
+    );
+    wait_until(
+        "replication computes the shadows again",
+        Duration::from_secs(30),
+        || {
+            metric(&r, "sidereal_shadows_from_streams ") == 0.0
+                && (0..3).all(|i| shard_metric(i, "sidereal_shard_neighbour_streams") == 0.0)
+        },
+    );
+    wait_until(
+        "shadows from replication match the mirror's border band",
+        Duration::from_secs(20),
+        || {
+            (0..3).all(|i| {
+                let held = shard_metric(i, "sidereal_shard_shadows");
+                let expected = expected_shadows(&r, &format!("shard-{i}"), 50.0) as f64;
+                expected > 0.0 && (held - expected).abs() <= 3.0 + 0.15 * expected
+            })
+        },
     );
 }

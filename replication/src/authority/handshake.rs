@@ -1,9 +1,7 @@
 //! A shard's Hello: version, proof of the secret and name checks, its assignment, and the
 //! entities it gets back.
 
-use sidereal_core::handshake::{
-    Nonce, Proof, RESERVED_SHARD_NAMES, replication_proof, verify_shard_proof,
-};
+use sidereal_core::handshake::{Nonce, Proof, RESERVED_SHARD_NAMES, SHARD_LINK};
 use sidereal_core::protocol::{Adoption, PROTOCOL_VERSION, ReplicationMessage};
 use sidereal_core::{EntityId, SectorId, ShardId};
 use tracing::info;
@@ -23,7 +21,8 @@ impl Authority {
         let challenge = self.links[&link].challenge;
         let result = if protocol != PROTOCOL_VERSION {
             Err(LinkError::WrongVersion { got: protocol })
-        } else if !verify_shard_proof(&self.config.secret, &challenge, nonce, &shard.0, proof) {
+        } else if !SHARD_LINK.verify_hello(&self.config.secret, &challenge, nonce, &shard.0, proof)
+        {
             Err(LinkError::WrongSecret {
                 shard: shard.clone(),
             })
@@ -68,7 +67,7 @@ impl Authority {
             ReplicationMessage::Welcome {
                 incarnation,
                 tick_hz: self.config.tick_hz,
-                proof: replication_proof(&self.config.secret, &challenge, nonce, &shard.0),
+                proof: SHARD_LINK.welcome(&self.config.secret, &challenge, nonce, &shard.0),
             },
         ));
         self.send_assignment(&shard);

@@ -25,7 +25,7 @@ mod updates;
 
 pub(crate) use handshake::constant_time_eq;
 pub use players::spawn_point;
-pub use shadows::shadows_by_shard;
+pub use shadows::{neighbours_of, shadows_by_shard};
 
 pub type LinkId = u64;
 
@@ -181,6 +181,9 @@ pub struct Authority {
     seen: BTreeSet<ShardId>,
     /// Where each shard that said so publishes its sector streams (as of its last `Hello`).
     streams: BTreeMap<ShardId, String>,
+    /// The placement generation and live streams shards were last told as their neighbours
+    /// (`None` while the authority computes shadows itself).
+    neighbours_told: Option<(u64, Vec<(ShardId, String)>)>,
     mirror: Mirror,
     /// The world's roots now: the configured ones until a placement brings its own.
     world: Vec<SectorId>,
@@ -210,6 +213,7 @@ impl Authority {
             live: BTreeMap::new(),
             seen: BTreeSet::new(),
             streams: BTreeMap::new(),
+            neighbours_told: None,
             mirror: Mirror::default(),
             next_link: 1,
             next_incarnation: 1,

@@ -1,11 +1,16 @@
 //! Shadows: each shard's read-only copies of other owners' entities near its sectors' borders.
-//! The query is a pure function over the placement and the mirror, so interest management can
-//! ask the same question for a player's neighbourhood.
+//!
+//! When every linked shard publishes sector streams, shards shadow themselves: each is told its
+//! neighbours (the leaves other shards own within the margin of its own, and where they
+//! publish) and subscribes to their streams, so the authority does no per-entity work for
+//! shadows at all. Otherwise (a shard with `--stream off`) the authority computes every
+//! shard's shadows from its mirror each tick, as before: a pure function over the placement and
+//! the mirror.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use sidereal_core::protocol::{ReplicationMessage, Shadow};
-use sidereal_core::{Bounds, Placement, ShardId};
+use sidereal_core::{Bounds, Placement, SectorId, ShardId};
 
 use super::Authority;
 use crate::mirror::Mirror;
@@ -45,9 +50,58 @@ pub fn shadows_by_shard<'a>(
     per_shard
 }
 
+/// Whether two rectangles come within `margin` of each other (touching counts).
+fn within(a: &Bounds, b: &Bounds, margin: f64) -> bool {
+    let dx = (a.min.x - b.max.x).max(b.min.x - a.max.x).max(0.0);
+    let dy = (a.min.y - b.max.y).max(b.min.y - a.max.y).max(0.0);
+    dx * dx + dy * dy <= margin * margin
+}
+
+/// The leaves other shards own within `margin` of any leaf `shard` owns: where it subscribes
+/// for its shadows.
+pub fn neighbours_of(
+    placement: &Placement,
+    shard: &ShardId,
+    margin: f64,
+) -> Vec<(SectorId, ShardId)> {
+    let own: Vec<Bounds> = placement
+        .sectors
+        .iter()
+        .filter(|(_, s)| *s == shard)
+        .map(|(leaf, _)| leaf.bounds())
+        .collect();
+    placement
+        .sectors
+        .iter()
+        .filter(|(leaf, s)| {
+            *s != shard && {
+                let b = leaf.bounds();
+                own.iter().any(|o| within(o, &b, margin))
+            }
+        })
+        .map(|(leaf, s)| (*leaf, s.clone()))
+        .collect()
+}
+
+/// How often shards that shadow themselves are told their neighbours again (it also keeps
+/// their links alive), in seconds.
+const NEIGHBOURS_EVERY_SECS: f64 = 0.5;
+
 impl Authority {
-    /// Queues each live shard's shadows for this tick.
+    /// Whether shards take their shadows from their neighbours' streams: only when every
+    /// live shard publishes streams (a shard that does not would be invisible to them).
+    pub fn shards_shadow_themselves(&self) -> bool {
+        !self.live.is_empty() && self.live.keys().all(|s| self.streams.contains_key(s))
+    }
+
+    /// Queues each live shard's shadows for this tick, or, when shards shadow themselves,
+    /// their neighbours whenever placement or the streams changed and twice a second.
     pub fn send_shadows(&mut self, tick: u64) {
+        if self.shards_shadow_themselves() {
+            self.send_neighbours(tick);
+            return;
+        }
+        self.neighbours_told = None;
         let per_shard = shadows_by_shard(
             &self.placement,
             &self.mirror,
@@ -58,11 +112,45 @@ impl Authority {
             self.send_to(&shard, ReplicationMessage::Shadows { tick, shadows });
         }
     }
+
+    fn send_neighbours(&mut self, tick: u64) {
+        let streams: Vec<(ShardId, String)> = self
+            .live
+            .keys()
+            .filter_map(|s| self.streams.get(s).map(|a| (s.clone(), a.clone())))
+            .collect();
+        let key = (self.placement.generation, streams);
+        let every = ((f64::from(self.config.tick_hz) * NEIGHBOURS_EVERY_SECS) as u64).max(1);
+        if self.neighbours_told.as_ref() == Some(&key) && !tick.is_multiple_of(every) {
+            return;
+        }
+        let shards: Vec<ShardId> = self.live.keys().cloned().collect();
+        for shard in shards {
+            let sectors = neighbours_of(&self.placement, &shard, self.config.shadow_margin);
+            let named: BTreeSet<&ShardId> = sectors.iter().map(|(_, s)| s).collect();
+            let streams = key
+                .1
+                .iter()
+                .filter(|(s, _)| named.contains(s))
+                .cloned()
+                .collect();
+            self.send_to(
+                &shard,
+                ReplicationMessage::Neighbours {
+                    generation: key.0,
+                    margin: self.config.shadow_margin as f32,
+                    sectors,
+                    streams,
+                },
+            );
+        }
+        self.neighbours_told = Some(key);
+    }
 }
 
 #[cfg(test)]
 mod tests {
-    use sidereal_core::{EntityId, EntitySnapshot, SectorId};
+    use sidereal_core::{EntityId, EntitySnapshot};
 
     use super::*;
     use crate::test_support::asteroid_at;

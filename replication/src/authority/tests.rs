@@ -147,15 +147,9 @@ fn the_welcome_proves_replication_knows_the_secret_for_this_handshake() {
     let Some((_, ReplicationMessage::Welcome { proof, .. })) = out.get(1) else {
         panic!("a Welcome first: {out:?}")
     };
-    use sidereal_core::handshake::verify_replication_proof;
-    assert!(verify_replication_proof(
-        "s3cret",
-        &challenge(1),
-        &[2; 32],
-        "shard-0",
-        proof
-    ));
-    assert!(!verify_replication_proof(
+    use sidereal_core::handshake::SHARD_LINK;
+    assert!(SHARD_LINK.verify_welcome("s3cret", &challenge(1), &[2; 32], "shard-0", proof));
+    assert!(!SHARD_LINK.verify_welcome(
         "another secret",
         &challenge(1),
         &[2; 32],
@@ -697,4 +691,111 @@ fn a_pilots_command_reaches_the_ships_owner_and_follows_the_ship_through_a_hando
         "{out:?}"
     );
     assert!(!a.pilot(7, 1.0, 0.0, false));
+}
+
+fn publishing_hello(a: &mut Authority, name: &str, hint: u8) -> LinkId {
+    let link = challenged(a, hint);
+    a.on_message(
+        link,
+        ShardMessage::hello("s3cret", &challenge(hint), ShardId::new(name), [2; 32])
+            .publishing(Some(format!("10.0.0.{hint}:7704"))),
+    )
+    .unwrap();
+    link
+}
+
+#[test]
+fn shards_that_all_publish_are_told_their_neighbours_and_get_no_shadows() {
+    let mut a = authority();
+    let l0 = publishing_hello(&mut a, "shard-0", 1);
+    let l1 = publishing_hello(&mut a, "shard-1", 2);
+    let kids = SectorId::new(1, 0, 0).unwrap().children().unwrap();
+    let p = Placement {
+        generation: 1,
+        sectors: kids
+            .iter()
+            .enumerate()
+            .map(|(i, k)| (*k, ShardId::new(format!("shard-{}", i % 2))))
+            .collect(),
+        world: None,
+    };
+    a.put_placement(p).unwrap();
+    a.restore_entity(snap(EntityId(1), 100.0, 100.0), ShardId::new("shard-1"));
+    a.take_outbox();
+    assert!(a.shards_shadow_themselves());
+    a.send_shadows(1);
+    let out = a.take_outbox();
+    assert!(
+        !out.iter()
+            .any(|(_, m)| matches!(m, ReplicationMessage::Shadows { .. })),
+        "no shadows computed: {out:?}"
+    );
+    for (link, me, other, addr) in [
+        (l0, "shard-0", "shard-1", "10.0.0.2:7704"),
+        (l1, "shard-1", "shard-0", "10.0.0.1:7704"),
+    ] {
+        let told = out
+            .iter()
+            .find_map(|(l, m)| match m {
+                ReplicationMessage::Neighbours {
+                    sectors, streams, ..
+                } if *l == link => Some((sectors.clone(), streams.clone())),
+                _ => None,
+            })
+            .unwrap_or_else(|| panic!("{me} is told its neighbours"));
+        assert!(!told.0.is_empty());
+        assert!(told.0.iter().all(|(_, s)| s.0 == other), "{told:?}");
+        assert_eq!(told.1, vec![(ShardId::new(other), addr.to_string())]);
+    }
+    // Unchanged, not told again until the half-second repeat (15 ticks at 30 Hz).
+    a.send_shadows(2);
+    assert!(a.take_outbox().is_empty());
+    a.send_shadows(15);
+    assert_eq!(a.take_outbox().len(), 2, "repeated twice a second");
+
+    // A shard that does not publish: replication computes everyone's shadows again.
+    hello(&mut a, "shard-2").unwrap();
+    a.take_outbox();
+    assert!(!a.shards_shadow_themselves());
+    a.send_shadows(16);
+    let out = a.take_outbox();
+    assert_eq!(
+        out.iter()
+            .filter(|(_, m)| matches!(m, ReplicationMessage::Shadows { .. }))
+            .count(),
+        3
+    );
+    assert!(
+        !out.iter()
+            .any(|(_, m)| matches!(m, ReplicationMessage::Neighbours { .. }))
+    );
+}
+
+#[test]
+fn neighbours_are_the_other_owners_leaves_within_the_margin() {
+    let root = SectorId::new(2, 0, 0).unwrap();
+    // The root's grandchildren: a 4x4 grid, the west half a's.
+    let grand: Vec<SectorId> = root
+        .children()
+        .unwrap()
+        .iter()
+        .flat_map(|c| c.children().unwrap())
+        .collect();
+    let mid = (root.bounds().min.x + root.bounds().max.x) / 2.0;
+    let (a, b) = (ShardId::new("a"), ShardId::new("b"));
+    let mut p = Placement::default();
+    for g in &grand {
+        let owner = if g.bounds().max.x <= mid { &a } else { &b };
+        p.sectors.insert(*g, owner.clone());
+    }
+    let n = neighbours_of(&p, &a, 50.0);
+    // The column of b's leaves along the border (4 of them), nothing further east.
+    assert_eq!(n.len(), 4, "{n:?}");
+    assert!(
+        n.iter()
+            .all(|(s, owner)| owner == &b && s.bounds().min.x == mid)
+    );
+    // A margin wider than a leaf reaches the next column too.
+    let edge = grand[0].bounds().edge();
+    assert_eq!(neighbours_of(&p, &a, edge + 1.0).len(), 8);
 }
