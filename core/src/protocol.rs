@@ -174,10 +174,13 @@ pub enum ReplicationMessage {
     /// shards own within `margin` of its own, and where those shards publish their sector
     /// streams. Sent when every linked shard publishes streams; replaces the previous
     /// `Neighbours` (and any `Shadows`); repeated twice a second, so it also keeps the link
-    /// alive.
+    /// alive. `report_every`: send entity updates every this many ticks (1: every tick; more
+    /// when replication needs the state only for checkpoints). A `Shadows` message means every
+    /// tick again.
     Neighbours {
         generation: u64,
         margin: f32,
+        report_every: u32,
         sectors: Vec<(SectorId, ShardId)>,
         streams: Vec<(ShardId, String)>,
     },

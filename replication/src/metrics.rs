@@ -76,6 +76,11 @@ pub fn render(
         i64::from(a.shards_shadow_themselves()),
     ));
     add(&gauge(
+        "shard_report_every_ticks",
+        "Shards send entity updates every this many ticks (1 while replication serves players from its mirror or computes shadows)",
+        i64::from(a.report_every()),
+    ));
+    add(&gauge(
         "leaf_sectors",
         "Leaf sectors in the applied placement",
         placement.len() as i64,

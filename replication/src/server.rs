@@ -171,6 +171,13 @@ pub async fn start(
         (Some(g), Some(_)) => g.websocket.map(resolve_tcp).transpose()?,
         _ => None,
     };
+    if game.is_none() {
+        // No game port serves players from the mirror: the authority needs entity state only
+        // for checkpoints (and the map), so shards that shadow themselves report it twice a
+        // second instead of every tick.
+        let half_second = (config.authority.tick_hz / 2).max(1);
+        authority.set_report_every(half_second);
+    }
     let mut login = config.login.clone();
     if login.servers.is_empty() {
         login.servers.extend(game);

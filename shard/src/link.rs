@@ -55,6 +55,16 @@ pub struct Encoder(pub UpdateEncoder);
 #[derive(Resource, Default, Debug, Clone, Copy)]
 pub struct TickCount(pub u64);
 
+/// Entity updates go to replication every this many ticks (replication says; 1 by default).
+#[derive(Resource, Debug, Clone, Copy)]
+pub struct ReportEvery(pub u32);
+
+impl Default for ReportEvery {
+    fn default() -> Self {
+        Self(1)
+    }
+}
+
 /// Link statistics, for metrics.
 #[derive(Resource, Default, Debug, Clone, Copy)]
 pub struct LinkStats {
@@ -70,14 +80,26 @@ impl Plugin for LinkPlugin {
         app.init_resource::<Encoder>()
             .init_resource::<TickCount>()
             .init_resource::<LinkStats>()
+            .init_resource::<ReportEvery>()
             .add_systems(FixedFirst, count_tick)
-            .add_systems(FixedLast, send_changed_entities.in_set(TickSet::Report));
+            .add_systems(
+                FixedLast,
+                send_changed_entities
+                    .run_if(reporting_tick)
+                    .in_set(TickSet::Report),
+            );
     }
 }
 
 fn count_tick(mut tick: ResMut<TickCount>, metrics: Res<ShardMetrics>) {
     tick.0 += 1;
     metrics.ticks.inc();
+}
+
+/// Whether entity updates go to replication this tick. Handovers, spawns and ends go at once
+/// whatever the cadence.
+fn reporting_tick(tick: Res<TickCount>, every: Res<ReportEvery>) -> bool {
+    tick.0.is_multiple_of(u64::from(every.0.max(1)))
 }
 
 /// Sends every owned entity whose quantized state changed since last sent, as one batch.

@@ -11,7 +11,6 @@ use tracing::{info, warn};
 use crate::components::{Owned, Pilot, TickSet, Ttl, body, snapshot, state_of};
 use crate::link::{Encoder, ShardLink};
 use crate::metrics::ShardMetrics;
-use crate::shadows::{NeighbourFeed, NeighbourPlan, ShadowQuery, replace_shadows};
 
 /// The shard's view of what it owns.
 #[derive(Resource, Debug, Default)]
@@ -31,9 +30,8 @@ pub struct Ownership {
     pub entities: HashMap<EntityId, Entity>,
     /// Handed over, not yet confirmed by the new owner.
     pub handed_over: HashMap<EntityId, EntitySnapshot>,
+    /// Shadows held now (kept by the shadows plugin; owned entities are never among them).
     pub(crate) shadows: HashMap<EntityId, Entity>,
-    /// The tick of the shadow set being received: parts of one set share it.
-    shadow_tick: Option<u64>,
     /// Handovers sent so far (for metrics).
     pub handovers_out: u64,
     /// Entities that left this shard alive this tick (handed over or released), with where
@@ -83,11 +81,16 @@ impl Ownership {
     }
 }
 
+/// `Shadows` and `Neighbours` from replication this tick, for the shadows plugin.
+#[derive(Resource, Default)]
+pub struct ShadowNews(pub Vec<ReplicationMessage>);
+
 pub struct OwnershipPlugin;
 
 impl Plugin for OwnershipPlugin {
     fn build(&self, app: &mut App) {
         app.init_resource::<Ownership>()
+            .init_resource::<ShadowNews>()
             .configure_sets(FixedUpdate, (TickSet::Receive, TickSet::Act).chain())
             .configure_sets(FixedLast, (TickSet::Settle, TickSet::Report).chain())
             .add_systems(
@@ -129,8 +132,7 @@ pub(crate) fn apply_replication_messages(
     mut own: ResMut<Ownership>,
     mut encoder: ResMut<Encoder>,
     owned: Query<OwnedState>,
-    mut neighbours: ResMut<NeighbourFeed>,
-    mut shadows: ShadowQuery,
+    mut shadow_news: ResMut<ShadowNews>,
 ) {
     while let Ok(msg) = link.from_replication.try_recv() {
         match msg {
@@ -213,32 +215,9 @@ pub(crate) fn apply_replication_messages(
                     );
                 }
             }
-            ReplicationMessage::Shadows {
-                tick,
-                shadows: list,
-            } => {
-                // Replication computes the shadows: no neighbours' streams are needed.
-                neighbours.plan = None;
-                // A new tick's set replaces the old one; a further part of the same tick's set
-                // (a set too big for one frame) extends it.
-                let continuing = own.shadow_tick == Some(tick);
-                own.shadow_tick = Some(tick);
-                let list = list.into_iter().map(|s| s.snapshot);
-                replace_shadows(&mut commands, &mut own, &mut shadows, continuing, list);
-            }
-            ReplicationMessage::Neighbours {
-                generation,
-                margin,
-                sectors,
-                streams,
-            } => {
-                own.shadow_tick = None;
-                neighbours.plan = Some(NeighbourPlan {
-                    generation,
-                    margin,
-                    sectors: sectors.into_iter().collect(),
-                    streams: streams.into_iter().collect(),
-                });
+            // Where shadows come from is the shadows plugin's business.
+            msg @ (ReplicationMessage::Shadows { .. } | ReplicationMessage::Neighbours { .. }) => {
+                shadow_news.0.push(msg);
             }
         }
     }

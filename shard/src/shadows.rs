@@ -14,19 +14,22 @@ use std::time::Instant;
 
 use avian2d::prelude::*;
 use bevy::prelude::*;
+use sidereal_core::protocol::ReplicationMessage;
 use sidereal_core::sector_view::Source;
 use sidereal_core::stream_client::{FeedOptions, SectorFeed};
 use sidereal_core::{Bounds, EntitySnapshot, SectorId, ShardId};
 
 use crate::components::{ShadowOf, TickSet, radius_of};
+use crate::link::ReportEvery;
 use crate::metrics::ShardMetrics;
-use crate::ownership::{Ownership, apply_replication_messages};
+use crate::ownership::{Ownership, ShadowNews, apply_replication_messages};
 
 /// What replication said this shard's neighbours are.
 #[derive(Debug, Clone, PartialEq)]
 pub struct NeighbourPlan {
     pub generation: u64,
     pub margin: f32,
+    pub report_every: u32,
     pub sectors: BTreeMap<SectorId, ShardId>,
     pub streams: HashMap<ShardId, String>,
 }
@@ -39,6 +42,8 @@ pub struct NeighbourFeed {
     feed: Option<Mutex<SectorFeed>>,
     /// `None` while replication sends the shadows itself.
     pub plan: Option<NeighbourPlan>,
+    /// The tick of the shadow set replication is sending: parts of one set share it.
+    shadow_tick: Option<u64>,
 }
 
 impl NeighbourFeed {
@@ -47,6 +52,7 @@ impl NeighbourFeed {
         Self {
             feed: Some(Mutex::new(SectorFeed::new(name, secret, options))),
             plan: None,
+            shadow_tick: None,
         }
     }
 }
@@ -57,7 +63,8 @@ impl Plugin for ShadowsPlugin {
     fn build(&self, app: &mut App) {
         app.init_resource::<NeighbourFeed>().add_systems(
             FixedUpdate,
-            shadow_neighbours_streams
+            (take_shadow_news, shadow_neighbours_streams)
+                .chain()
                 .in_set(TickSet::Receive)
                 .after(apply_replication_messages),
         );
@@ -120,6 +127,53 @@ pub(crate) fn replace_shadows(
     }
 }
 
+/// Applies replication's `Shadows` (it computes them; shards report every tick) or
+/// `Neighbours` (this shard takes them from its neighbours' streams).
+fn take_shadow_news(
+    mut commands: Commands,
+    mut news: ResMut<ShadowNews>,
+    mut neighbours: ResMut<NeighbourFeed>,
+    mut report: ResMut<ReportEvery>,
+    mut own: ResMut<Ownership>,
+    mut shadows: ShadowQuery,
+) {
+    for msg in news.0.drain(..) {
+        match msg {
+            ReplicationMessage::Shadows {
+                tick,
+                shadows: list,
+            } => {
+                neighbours.plan = None;
+                report.0 = 1;
+                // A new tick's set replaces the old one; a further part of the same tick's set
+                // (a set too big for one frame) extends it.
+                let continuing = neighbours.shadow_tick == Some(tick);
+                neighbours.shadow_tick = Some(tick);
+                let list = list.into_iter().map(|s| s.snapshot);
+                replace_shadows(&mut commands, &mut own, &mut shadows, continuing, list);
+            }
+            ReplicationMessage::Neighbours {
+                generation,
+                margin,
+                report_every,
+                sectors,
+                streams,
+            } => {
+                neighbours.shadow_tick = None;
+                report.0 = report_every.max(1);
+                neighbours.plan = Some(NeighbourPlan {
+                    generation,
+                    margin,
+                    report_every,
+                    sectors: sectors.into_iter().collect(),
+                    streams: streams.into_iter().collect(),
+                });
+            }
+            _ => {}
+        }
+    }
+}
+
 /// Whether `p` lies within `margin` of any of `bounds`.
 fn near_any(bounds: &[Bounds], p: sidereal_core::Point, margin: f64) -> bool {
     bounds.iter().any(|b| b.distance_to(p) <= margin)
@@ -161,6 +215,7 @@ fn shadow_neighbours_streams(
     let NeighbourFeed {
         feed: Some(feed),
         plan,
+        ..
     } = &mut *neighbours
     else {
         return;

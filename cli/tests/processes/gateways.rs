@@ -18,11 +18,12 @@ use sidereal_core::login::LoginReply;
 
 use super::players::register;
 use super::{
-    Proc, Replication, TempDir, metric_at, sidereal, start_replication_with,
+    Proc, Replication, TempDir, metric, metric_at, sidereal, start_replication_with,
     start_shards_and_place, wait_until,
 };
 
 const RADIUS: f32 = 1500.0;
+const SLACK: f32 = 150.0;
 
 pub(crate) struct Gateway {
     pub(crate) proc_: Proc,
@@ -85,7 +86,8 @@ fn sees_own_ship(p: &mut GameClient) -> bool {
 
 /// What the player's newest update shows, against the mirror around its ship: every ship and
 /// asteroid well inside the radius is shown, nothing shown is well outside it (the update and
-/// the mirror are read a few ticks apart: 100 units of slack either way).
+/// the mirror are read a few ticks apart, and the mirror is up to half a second old: shards
+/// report to it twice a second here; 150 units of slack either way).
 fn view_matches_mirror(r: &Replication, p: &GameClient) -> Result<usize, String> {
     let world = r.control.entities("");
     let ship = world
@@ -99,10 +101,10 @@ fn view_matches_mirror(r: &Replication, p: &GameClient) -> Result<usize, String>
             continue;
         }
         let d = dist(e.pos);
-        if d < RADIUS - 100.0 && !shown.contains(id) {
+        if d < RADIUS - SLACK && !shown.contains(id) {
             return Err(format!("e{id} {d:.0} from the ship is not shown"));
         }
-        if d > RADIUS + 100.0 && shown.contains(id) {
+        if d > RADIUS + SLACK && shown.contains(id) {
             return Err(format!("e{id} {d:.0} from the ship is shown"));
         }
     }
@@ -193,6 +195,16 @@ fn players_on_two_gateways_see_the_mirror_hear_each_other_and_move_when_one_dies
     assert_eq!(metric_at(&a.metrics, "sidereal_gateway_players"), 2.0);
     assert_eq!(metric_at(&b.metrics, "sidereal_gateway_players"), 1.0);
 
+    // Nothing here serves players from the mirror: shards report entity state to it twice a
+    // second (for checkpoints), not every tick.
+    wait_until(
+        "shards report twice a second",
+        Duration::from_secs(10),
+        || metric(&r, "sidereal_shard_report_every_ticks ") == 15.0,
+    );
+    let applied = || metric(&r, "sidereal_entity_updates_total{result=\"applied\"} ");
+    let (applied_before, since) = (applied(), Instant::now());
+
     // Views: what the mirror holds around each ship, over a few seconds of flight.
     let deadline = Instant::now() + Duration::from_secs(6);
     let mut checks = 0;
@@ -215,6 +227,14 @@ fn players_on_two_gateways_see_the_mirror_hear_each_other_and_move_when_one_dies
     // A check reads the mirror and the newest update at different instants: a few may fall on
     // an entity crossing the slack band; 95 % must hold (all did in every run so far).
     eprintln!("{good} of {checks} view checks held; last failure: {last_err}");
+    let per_entity_second = (applied() - applied_before)
+        / r.control.entities("").len() as f64
+        / since.elapsed().as_secs_f64();
+    println!("replication applied {per_entity_second:.2} updates per entity per second");
+    assert!(
+        (1.0..4.0).contains(&per_entity_second),
+        "about 2 updates per entity per second (every tick would be 30): {per_entity_second:.2}"
+    );
     assert!(
         good * 20 >= checks * 19,
         "{good} of {checks} view checks held; last failure: {last_err}"

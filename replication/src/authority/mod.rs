@@ -184,6 +184,8 @@ pub struct Authority {
     /// The placement generation and live streams shards were last told as their neighbours
     /// (`None` while the authority computes shadows itself).
     neighbours_told: Option<(u64, Vec<(ShardId, String)>)>,
+    /// How often shards that shadow themselves report entity updates, in ticks.
+    report_every: u32,
     mirror: Mirror,
     /// The world's roots now: the configured ones until a placement brings its own.
     world: Vec<SectorId>,
@@ -214,6 +216,7 @@ impl Authority {
             seen: BTreeSet::new(),
             streams: BTreeMap::new(),
             neighbours_told: None,
+            report_every: 1,
             mirror: Mirror::default(),
             next_link: 1,
             next_incarnation: 1,

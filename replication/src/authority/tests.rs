@@ -723,6 +723,8 @@ fn shards_that_all_publish_are_told_their_neighbours_and_get_no_shadows() {
     a.restore_entity(snap(EntityId(1), 100.0, 100.0), ShardId::new("shard-1"));
     a.take_outbox();
     assert!(a.shards_shadow_themselves());
+    a.set_report_every(15);
+    assert_eq!(a.report_every(), 15);
     a.send_shadows(1);
     let out = a.take_outbox();
     assert!(
@@ -738,7 +740,10 @@ fn shards_that_all_publish_are_told_their_neighbours_and_get_no_shadows() {
             .iter()
             .find_map(|(l, m)| match m {
                 ReplicationMessage::Neighbours {
-                    sectors, streams, ..
+                    sectors,
+                    streams,
+                    report_every: 15,
+                    ..
                 } if *l == link => Some((sectors.clone(), streams.clone())),
                 _ => None,
             })
@@ -757,6 +762,11 @@ fn shards_that_all_publish_are_told_their_neighbours_and_get_no_shadows() {
     hello(&mut a, "shard-2").unwrap();
     a.take_outbox();
     assert!(!a.shards_shadow_themselves());
+    assert_eq!(
+        a.report_every(),
+        1,
+        "shadows from the mirror need every tick"
+    );
     a.send_shadows(16);
     let out = a.take_outbox();
     assert_eq!(
