@@ -73,10 +73,13 @@ pub struct UpArgs {
     #[arg(long, env = "SIDEREAL_GAME_WS", default_value = "127.0.0.1:7703")]
     pub game_ws: SocketAddr,
     /// Gateway processes (`sidereal gateway`) serving players, fed by the shards' sector
-    /// streams; 0 serves players from replication's own game port. Gateway i takes the game
-    /// ports + 10 x i and serves /metrics on 127.0.0.1:9200 + i.
-    #[arg(long, default_value_t = 0)]
+    /// streams; 0 serves players from replication's own game port instead. Gateway i takes
+    /// the game ports + 10 x i and serves /metrics on --gateway-metrics-base-port + i.
+    #[arg(long, default_value_t = 1)]
     pub gateways: usize,
+    /// Gateway i serves /metrics on this port + i.
+    #[arg(long, default_value_t = 9200)]
+    pub gateway_metrics_base_port: u16,
     /// Where gateways link to replication, with --gateways.
     #[arg(long, default_value = "127.0.0.1:7705")]
     pub gateway_link: SocketAddr,
@@ -213,7 +216,13 @@ impl Fleet {
             .args(["--authority", &self.args.gateway_link.to_string()])
             .args(["--game-udp", &port(self.args.game_udp)?])
             .args(["--game-ws", &port(self.args.game_ws)?])
-            .args(["--metrics", &format!("127.0.0.1:{}", 9200 + i)])
+            .args([
+                "--metrics",
+                &format!(
+                    "127.0.0.1:{}",
+                    usize::from(self.args.gateway_metrics_base_port) + i
+                ),
+            ])
             .args(["--tick-hz", &self.args.tick_hz.to_string()])
             .args([
                 "--link-timeout",

@@ -643,8 +643,7 @@ impl RunningGateway {
     /// The Prometheus text exposition of this gateway's metrics, as of now.
     pub fn render_metrics(&self) -> String {
         use prometheus::core::Collector;
-        use prometheus::{Encoder, Gauge, IntCounter, IntCounterVec, IntGauge, Opts};
-        use std::sync::atomic::Ordering;
+        use prometheus::{Encoder, Gauge, IntCounter, IntGauge, Opts};
         let s = self.status.lock().expect("status lock").clone();
         let mut families = Vec::new();
         let opts = |name: &str, help: &str| Opts::new(name, help).namespace("sidereal");
@@ -695,33 +694,10 @@ impl RunningGateway {
         .expect("valid");
         step.set(s.step_micros as f64 / 1e6);
         families.extend(step.collect());
-        let inputs = IntCounterVec::new(
-            opts(
-                "inputs_total",
-                "Players' ship commands checked here, by result (accepted and clamped go on to the authority)",
-            ),
-            &["result"],
-        )
-        .expect("valid");
-        for (result, n) in &s.inputs {
-            inputs.with_label_values(&[result]).inc_by(*n);
-        }
-        families.extend(inputs.collect());
-        let t = &self.traffic;
-        families.extend(counter(
-            "game_state_bytes_total",
-            "Bytes of encoded world state sent to players (before lightyear's framing)",
-            t.state_bytes.load(Ordering::Relaxed),
-        ));
-        families.extend(counter(
-            "game_state_updates_total",
-            "World state updates sent to players, one per player per tick",
-            t.state_updates.load(Ordering::Relaxed),
-        ));
-        families.extend(gauge(
-            "game_sessions",
-            "Game-port sessions admitted or connected",
-            self.sessions.lock().holding() as i64,
+        families.extend(crate::metrics::game_port_families(
+            &self.traffic,
+            &s.inputs,
+            &self.sessions.lock(),
         ));
         let mut out = Vec::new();
         if let Err(e) = prometheus::TextEncoder::new().encode(&families, &mut out) {

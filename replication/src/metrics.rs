@@ -8,6 +8,7 @@ use std::sync::atomic::Ordering;
 use std::time::SystemTime;
 
 use prometheus::core::Collector;
+use prometheus::proto::MetricFamily;
 use prometheus::{Encoder, Gauge, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts};
 
 use crate::authority::Authority;
@@ -235,6 +236,46 @@ pub fn render(
             ("sent", links.sent.load(Ordering::Relaxed)),
         ],
     ));
+    let logins: Vec<(&str, u64)> = logins.iter().map(|(k, v)| (*k, *v)).collect();
+    add(&labelled_counter(
+        "logins_total",
+        "Registrations and logins, by result (created and ok got a token)",
+        "result",
+        &logins,
+    ));
+    families.extend(game_port_families(game, inputs, sessions));
+
+    // A family without samples (no load reported yet) is not valid exposition text: leave it out.
+    families.retain(|f| !f.get_metric().is_empty());
+    let mut out = Vec::new();
+    if let Err(e) = prometheus::TextEncoder::new().encode(&families, &mut out) {
+        tracing::error!(error = %e, "encoding metrics");
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// The game port's metrics, the same on replication's own port and on a gateway: world state
+/// sent, chat, players' commands, sessions.
+pub fn game_port_families(
+    game: &GameTraffic,
+    inputs: &BTreeMap<&'static str, u64>,
+    sessions: &crate::sessions::SessionTable,
+) -> Vec<MetricFamily> {
+    let mut families = Vec::new();
+    let mut add = |c: &dyn Collector| families.extend(c.collect());
+    let counter = |name: &str, help: &str, v: u64| {
+        let c = IntCounter::with_opts(Opts::new(name, help).namespace("sidereal")).expect("valid");
+        c.inc_by(v);
+        c
+    };
+    let labelled_counter = |name: &str, help: &str, label: &str, values: &[(&str, u64)]| {
+        let v = IntCounterVec::new(Opts::new(name, help).namespace("sidereal"), &[label])
+            .expect("valid");
+        for (l, n) in values {
+            v.with_label_values(&[*l]).inc_by(*n);
+        }
+        v
+    };
     add(&counter(
         "game_state_bytes_total",
         "Bytes of encoded world state sent to players (before lightyear's framing)",
@@ -265,26 +306,23 @@ pub fn render(
         "result",
         &chat,
     ));
-    let logins: Vec<(&str, u64)> = logins.iter().map(|(k, v)| (*k, *v)).collect();
-    add(&labelled_counter(
-        "logins_total",
-        "Registrations and logins, by result (created and ok got a token)",
-        "result",
-        &logins,
-    ));
     let inputs: Vec<(&str, u64)> = inputs.iter().map(|(k, v)| (*k, *v)).collect();
     add(&labelled_counter(
         "inputs_total",
-        "Players' ship commands from the game port, by result (accepted and clamped reach a shard)",
+        "Players' ship commands checked at this game port, by result (accepted and clamped go on to the ship's shard)",
         "result",
         &inputs,
     ));
-
-    add(&gauge(
-        "game_sessions",
-        "Game-port sessions admitted or connected (a player holds at most two while it reconnects)",
-        sessions.holding() as i64,
-    ));
+    let g = IntGauge::with_opts(
+        Opts::new(
+            "game_sessions",
+            "Game-port sessions admitted or connected (a player holds at most two while it reconnects)",
+        )
+        .namespace("sidereal"),
+    )
+    .expect("valid");
+    g.set(sessions.holding() as i64);
+    add(&g);
     let denied: Vec<(&str, u64)> = crate::sessions::SESSION_REFUSALS
         .iter()
         .map(|r| (*r, sessions.denied.get(r).copied().unwrap_or(0)))
@@ -295,12 +333,5 @@ pub fn render(
         "reason",
         &denied,
     ));
-
-    // A family without samples (no load reported yet) is not valid exposition text: leave it out.
-    families.retain(|f| !f.get_metric().is_empty());
-    let mut out = Vec::new();
-    if let Err(e) = prometheus::TextEncoder::new().encode(&families, &mut out) {
-        tracing::error!(error = %e, "encoding metrics");
-    }
-    String::from_utf8_lossy(&out).into_owned()
+    families
 }

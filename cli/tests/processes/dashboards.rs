@@ -1,5 +1,5 @@
 //! The Grafana dashboard, for real: `sidereal up` runs a fleet, Debian's Prometheus scrapes
-//! replication and the shards, and every expression of every panel in
+//! replication, the shards and the gateway, and every expression of every panel in
 //! `charts/sidereal/dashboards/sidereal-fleet.json` evaluates without error and returns data;
 //! the chart's alert rules (`charts/sidereal/alerts/sidereal-alerts.yaml`) load and evaluate.
 
@@ -49,10 +49,14 @@ fn every_dashboard_panel_returns_data_from_a_real_prometheus() {
 
     let data = TempDir::new("dash");
     let (http, link, metrics) = (free_port(), free_port(), free_port());
+    let (gateway_link, gateway_metrics) = (free_port(), free_port());
     let _up = Proc(
         sidereal()
-            // Bots, so the players' panels (bandwidth per player, commands, chat) have data.
+            // Bots, so the players' panels (bandwidth per player, commands, chat) have data;
+            // one gateway (the default) serves them.
             .args(["up", "--shards", "2", "--entities", "300", "--bots", "3"])
+            .args(["--gateway-link", &format!("127.0.0.1:{gateway_link}")])
+            .args(["--gateway-metrics-base-port", &gateway_metrics.to_string()])
             .args(["--http", &format!("127.0.0.1:{http}")])
             .args(["--link", &format!("127.0.0.1:{link}")])
             .args(["--metrics-base-port", &metrics.to_string()])
@@ -74,6 +78,8 @@ scrape_configs:
     static_configs: [{{targets: ['127.0.0.1:{http}']}}]
   - job_name: shards
     static_configs: [{{targets: ['127.0.0.1:{}', '127.0.0.1:{}']}}]
+  - job_name: gateways
+    static_configs: [{{targets: ['127.0.0.1:{gateway_metrics}']}}]
 ",
             concat!(
                 env!("CARGO_MANIFEST_DIR"),
@@ -97,8 +103,8 @@ scrape_configs:
             .spawn()
             .expect("prometheus (Debian's package; make test installs it)"),
     );
-    wait_until("all three targets scraped", Duration::from_secs(60), || {
-        query(prometheus, "up == 1").is_ok_and(|r| r.len() == 3)
+    wait_until("all four targets scraped", Duration::from_secs(60), || {
+        query(prometheus, "up == 1").is_ok_and(|r| r.len() == 4)
     });
     // Every alert rule loads and evaluates against the real series (none is in error).
     let rules_url = format!("http://127.0.0.1:{prometheus}/api/v1/rules");
