@@ -2,8 +2,10 @@
 //! streams, linked to the authority; one of several behind a load balancer.
 
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Duration;
 
+use anyhow::Context;
 use clap::Args;
 use sidereal_core::handshake::MIN_SECRET_LEN;
 use sidereal_core::link_socket::parse_link_timeout;
@@ -12,6 +14,7 @@ use sidereal_replication::gateway::{DEFAULT_COMMAND_DELAY_TICKS, GatewayConfig};
 use sidereal_replication::gateway_node::{self, GatewayNodeConfig};
 use sidereal_replication::login::token::NetcodeKey;
 use sidereal_replication::sessions::SessionLimits;
+use sidereal_replication::tls::{self, ReloadingCert, TlsFiles};
 
 #[derive(Args, Debug, Clone)]
 pub struct GatewayArgs {
@@ -45,6 +48,13 @@ pub struct GatewayArgs {
     /// Serve no WebSocket game port.
     #[arg(long)]
     pub no_game_ws: bool,
+    /// Certificate chain (PEM) for wss:// on the WebSocket game port; reloaded when the files
+    /// change (a renewed kubernetes.io/tls Secret). Without it the WebSocket port is ws://.
+    #[arg(long, env = "SIDEREAL_TLS_CERT", requires = "tls_key")]
+    pub tls_cert: Option<std::path::PathBuf>,
+    /// Private key (PEM) of --tls-cert.
+    #[arg(long, env = "SIDEREAL_TLS_KEY", requires = "tls_cert")]
+    pub tls_key: Option<std::path::PathBuf>,
     /// WebSocket game addresses of this gateway written into connect tokens, comma-separated.
     #[arg(long, env = "SIDEREAL_PUBLIC_GAME_WS_ADDR", value_delimiter = ',')]
     pub public_game_ws_addr: Vec<SocketAddr>,
@@ -161,8 +171,27 @@ pub fn config(args: &GatewayArgs) -> anyhow::Result<GatewayNodeConfig> {
     })
 }
 
+/// wss:// on the WebSocket game port, from --tls-cert and --tls-key: the certificate (to watch
+/// for renewals) and the TLS config the port serves.
+fn websocket_tls(
+    args: &GatewayArgs,
+) -> anyhow::Result<Option<(Arc<ReloadingCert>, Arc<tls::ServerConfig>)>> {
+    let (Some(cert), Some(key)) = (&args.tls_cert, &args.tls_key) else {
+        return Ok(None);
+    };
+    let files = TlsFiles {
+        cert: cert.clone(),
+        key: key.clone(),
+    };
+    let cert = ReloadingCert::open(files).context("loading --tls-cert and --tls-key")?;
+    let config = tls::server_config(cert.clone(), &[])?;
+    Ok(Some((cert, config)))
+}
+
 pub fn run(args: GatewayArgs) -> anyhow::Result<()> {
-    let config = config(&args)?;
+    let mut config = config(&args)?;
+    let tls = websocket_tls(&args)?;
+    config.game.websocket_tls = tls.as_ref().map(|(_, c)| c.clone());
     let running = std::sync::Arc::new(gateway_node::start(config)?);
     let (linked, render) = (running.clone(), running.clone());
     let metrics = crate::metrics_http::serve(
@@ -179,6 +208,9 @@ pub fn run(args: GatewayArgs) -> anyhow::Result<()> {
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
+    if let Some((cert, _)) = tls {
+        rt.spawn(cert.watch());
+    }
     rt.block_on(crate::replication_cmd::shutdown_signal());
     tracing::info!("shutting down");
     Ok(())

@@ -28,16 +28,29 @@ const SLACK: f32 = 150.0;
 pub(crate) struct Gateway {
     pub(crate) proc_: Proc,
     pub(crate) game: SocketAddr,
+    pub(crate) websocket: Option<SocketAddr>,
     /// `/metrics` and `/healthz`, as `http://...`.
     pub(crate) metrics: String,
 }
 
 /// Starts `sidereal gateway` linking to `link`, with the fleet's secret or `secret`.
 pub(crate) fn start_gateway(link: &str, name: &str, secret: Option<&str>, radius: f32) -> Gateway {
+    start_gateway_with(link, name, secret, radius, &[])
+}
+
+/// [`start_gateway`] with more flags.
+pub(crate) fn start_gateway_with(
+    link: &str,
+    name: &str,
+    secret: Option<&str>,
+    radius: f32,
+    more: &[&str],
+) -> Gateway {
     let mut cmd = sidereal();
     cmd.args(["gateway", "--name", name, "--authority", link])
         .args(["--metrics", "127.0.0.1:0", "--link-timeout", "2"])
         .args(["--interest-radius", &radius.to_string()])
+        .args(more)
         .stdout(Stdio::piped());
     if let Some(s) = secret {
         cmd.env("SIDEREAL_SHARD_SECRET", s);
@@ -54,6 +67,10 @@ pub(crate) fn start_gateway(link: &str, name: &str, secret: Option<&str>, radius
     };
     let gateway = Gateway {
         game: field("game=").parse().unwrap(),
+        websocket: ready
+            .split_whitespace()
+            .find_map(|w| w.strip_prefix("ws="))
+            .map(|w| w.parse().unwrap()),
         metrics: format!("http://{}", field("metrics=")),
         proc_: Proc(child),
     };

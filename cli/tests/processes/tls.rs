@@ -7,6 +7,7 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
+use super::gateways::start_gateway_with;
 use super::{TempDir, free_port, sidereal, start_replication_with, wait_until};
 
 /// A self-signed certificate for 127.0.0.1 and localhost, written as `<name>.pem` and
@@ -94,25 +95,7 @@ fn login_and_websocket_speak_tls_and_a_renewed_certificate_is_picked_up() {
     );
 
     // wss:// on the WebSocket game port: a TLS handshake, then the WebSocket upgrade.
-    let upgrade = |ca: &str| {
-        curl(&[
-            "--cacert",
-            ca,
-            "--http1.1",
-            "-o",
-            "/dev/null",
-            "-H",
-            "Connection: Upgrade",
-            "-H",
-            "Upgrade: websocket",
-            "-H",
-            "Sec-WebSocket-Version: 13",
-            "-H",
-            "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==",
-            &format!("https://127.0.0.1:{ws}/"),
-        ])
-        .0
-    };
+    let upgrade = |ca: &str| wss_upgrade(ws, ca);
     wait_until(
         "wss:// answers the upgrade",
         Duration::from_secs(10),
@@ -186,5 +169,68 @@ fn login_and_websocket_speak_tls_and_a_renewed_certificate_is_picked_up() {
     assert!(
         why.contains("--tls-cert") && why.contains("--insecure-public-http"),
         "{why}"
+    );
+}
+
+/// The HTTP status of a WebSocket upgrade over TLS to `127.0.0.1:port`, trusting `ca`
+/// (000: no TLS handshake or no answer).
+fn wss_upgrade(port: u16, ca: &str) -> String {
+    curl(&[
+        "--cacert",
+        ca,
+        "--http1.1",
+        "-o",
+        "/dev/null",
+        "-H",
+        "Connection: Upgrade",
+        "-H",
+        "Upgrade: websocket",
+        "-H",
+        "Sec-WebSocket-Version: 13",
+        "-H",
+        "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==",
+        &format!("https://127.0.0.1:{port}/"),
+    ])
+    .0
+}
+
+/// A gateway serves wss:// with its certificate (the chart gives it replication's); a client
+/// that does not trust it gets no upgrade.
+#[test]
+fn a_gateway_serves_wss_with_its_certificate() {
+    let data = TempDir::new("gateway-tls");
+    let (cert, key) = certificate(&data.0, "gateway");
+    let (other, _) = certificate(&data.0, "other");
+    let r = start_replication_with(
+        100,
+        &data.0,
+        None,
+        &["--no-game", "--gateway-link", "127.0.0.1:0"],
+    );
+    let link = r.gateways.clone().expect("a gateway link");
+    let g = start_gateway_with(
+        &link,
+        "gw-tls",
+        None,
+        1500.0,
+        &[
+            "--game-ws",
+            "127.0.0.1:0",
+            "--tls-cert",
+            &cert,
+            "--tls-key",
+            &key,
+        ],
+    );
+    let ws = g.websocket.expect("a WebSocket port").port();
+    wait_until(
+        "wss:// answers the upgrade",
+        Duration::from_secs(10),
+        || wss_upgrade(ws, &cert) == "101",
+    );
+    assert_eq!(
+        wss_upgrade(ws, &other),
+        "000",
+        "a client that does not trust the certificate gets nothing"
     );
 }

@@ -337,6 +337,30 @@ async fn the_chart_lints_renders_and_every_object_passes_a_server_side_dry_run()
         shards.to_string().contains("sidereal-gateway"),
         "gateways reach the sector streams: {shards}"
     );
+    // wss:// on the gateways too, with replication's certificate.
+    let gateways_tls = objects(&helm_ok(&[
+        "template",
+        "sidereal",
+        &chart(),
+        "--set",
+        "gateways.enabled=true",
+        "--set",
+        "replication.tls.secretName=game-tls",
+    ])?);
+    let pod = &gateways_tls
+        .iter()
+        .find(|o| o["kind"] == "Deployment" && o["metadata"]["name"] == "sidereal-gateway")
+        .context("the gateway Deployment")?["spec"]["template"]["spec"];
+    ensure!(
+        pod["containers"][0]["env"]
+            .to_string()
+            .contains("SIDEREAL_TLS_CERT")
+            && pod["containers"][0]["volumeMounts"]
+                .to_string()
+                .contains("/etc/sidereal/tls")
+            && pod["volumes"].to_string().contains("game-tls"),
+        "{pod}"
+    );
     let dashboards: Vec<_> = defaults
         .iter()
         .filter(|o| o["metadata"]["labels"]["grafana_dashboard"] == "1")
