@@ -80,6 +80,10 @@ pub struct UpArgs {
     /// Gateway i serves /metrics on this port + i.
     #[arg(long, default_value_t = 9200)]
     pub gateway_metrics_base_port: u16,
+    /// Game sessions all players behind one address may hold at once on each game port
+    /// (replication's own or each gateway's); bot swarms from one machine need more.
+    #[arg(long, default_value_t = 64)]
+    pub max_sessions_per_address: usize,
     /// Where gateways link to replication, with --gateways.
     #[arg(long, default_value = "127.0.0.1:7705")]
     pub gateway_link: SocketAddr,
@@ -227,6 +231,8 @@ impl Fleet {
             .args([
                 "--link-timeout",
                 &self.args.link_timeout.as_secs_f64().to_string(),
+                "--max-sessions-per-address",
+                &self.args.max_sessions_per_address.to_string(),
             ])
             .env("SIDEREAL_SHARD_SECRET", &self.secret)
             .env("SIDEREAL_NETCODE_KEY", &self.netcode_key)
@@ -364,6 +370,8 @@ pub fn run(args: UpArgs) -> anyhow::Result<()> {
                 &args.tick_hz.to_string(),
                 "--link-timeout",
                 &args.link_timeout.as_secs_f64().to_string(),
+                "--max-sessions-per-address",
+                &args.max_sessions_per_address.to_string(),
             ])
             .arg("--data")
             .arg(&args.data)

@@ -26,7 +26,7 @@ use crate::handshake::{LinkProofs, Nonce, Proof};
 use crate::ids::{EntityId, ShardId};
 
 /// Bumped on any incompatible change of the messages below.
-pub const GATEWAY_LINK_VERSION: u32 = 1;
+pub const GATEWAY_LINK_VERSION: u32 = 2;
 /// Game addresses one gateway may announce per transport.
 pub const MAX_GATEWAY_ADDRESSES: usize = 8;
 /// A gateway that sends nothing for this long is taken for dead (it sends `Alive` every
@@ -93,6 +93,14 @@ pub enum AuthorityMessage {
     /// would be ignored).
     Superseded {
         player_id: u64,
+    },
+    /// A login minted `session` (netcode's client id in its token) for `player_id` from
+    /// `address`: the gateway admits its connection against the player's and the address's
+    /// session limits. Sent to every gateway, before the login is answered.
+    Minted {
+        session: u64,
+        player_id: u64,
+        address: std::net::IpAddr,
     },
 }
 

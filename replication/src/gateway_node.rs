@@ -125,7 +125,7 @@ pub fn start(config: GatewayNodeConfig) -> std::io::Result<RunningGateway> {
         },
     )?;
     let status = Arc::new(Mutex::new(NodeStatus::default()));
-    let link = AuthorityLink::new(&config, public_udp, public_ws);
+    let link = AuthorityLink::new(&config, sessions.clone(), public_udp, public_ws);
     let feed = SectorFeed::new(
         &config.name,
         &config.secret,
@@ -387,6 +387,7 @@ struct AuthorityLink {
     authority: String,
     name: String,
     secret: String,
+    sessions: SessionGate,
     udp: Vec<SocketAddr>,
     websocket: Vec<SocketAddr>,
     timeout: Duration,
@@ -404,12 +405,18 @@ const RETRY_FIRST: Duration = Duration::from_millis(100);
 const RETRY_MAX: Duration = Duration::from_secs(2);
 
 impl AuthorityLink {
-    fn new(config: &GatewayNodeConfig, udp: Vec<SocketAddr>, websocket: Vec<SocketAddr>) -> Self {
+    fn new(
+        config: &GatewayNodeConfig,
+        sessions: SessionGate,
+        udp: Vec<SocketAddr>,
+        websocket: Vec<SocketAddr>,
+    ) -> Self {
         let (events_tx, events) = mpsc::channel();
         Self {
             authority: config.authority.clone(),
             name: config.name.clone(),
             secret: config.secret.clone(),
+            sessions,
             udp,
             websocket,
             timeout: config.link_timeout,
@@ -476,6 +483,7 @@ impl AuthorityLink {
             authority: self.authority.clone(),
             name: self.name.clone(),
             secret: self.secret.clone(),
+            sessions: self.sessions.clone(),
             udp: self.udp.clone(),
             websocket: self.websocket.clone(),
             timeout: self.timeout,
@@ -502,6 +510,7 @@ struct Dial {
     authority: String,
     name: String,
     secret: String,
+    sessions: SessionGate,
     udp: Vec<SocketAddr>,
     websocket: Vec<SocketAddr>,
     timeout: Duration,
@@ -542,6 +551,19 @@ impl Dial {
                 .next_frame::<AuthorityMessage>()
                 .map_err(|e| format!("bad frame: {e}"))?
             {
+                // A minted session goes into the table at once, here on the reading thread:
+                // its player connects as soon as its login is answered.
+                if let AuthorityMessage::Minted {
+                    session,
+                    player_id,
+                    address,
+                } = m
+                {
+                    self.sessions
+                        .lock()
+                        .minted(session, player_id, address, Instant::now());
+                    continue;
+                }
                 if events.send((id, LinkEvent::Message(m))).is_err() {
                     return Ok(());
                 }

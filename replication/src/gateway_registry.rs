@@ -136,6 +136,13 @@ impl GatewayRegistry {
         v
     }
 
+    /// Sends `msg` to every gateway.
+    pub fn tell_all(&self, msg: &AuthorityMessage) {
+        for g in self.gateways.values() {
+            let _ = g.to_gateway.send(msg.clone());
+        }
+    }
+
     /// Sends `msg` to every gateway but `except`.
     pub(crate) fn broadcast(&self, except: GatewayId, msg: &AuthorityMessage) {
         for (id, g) in &self.gateways {

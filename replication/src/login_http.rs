@@ -15,6 +15,7 @@ use axum::routing::post;
 use axum::{Json, Router};
 use base64::Engine;
 use sidereal_core::EntityId;
+use sidereal_core::gateway_link::AuthorityMessage;
 use sidereal_core::login::{
     Credentials, LoginReply, MAX_LOGIN_BODY_BYTES, validate_credentials, validate_name,
 };
@@ -226,17 +227,13 @@ fn reply(
 ) -> Result<LoginReply, LoginError> {
     let player_id = account.player_id.unwrap_or_default() as u64;
     // Linked gateways serve players when there are any; the embedded game port otherwise.
-    let (servers, websocket) = s
-        .gateways
-        .lock()
-        .expect("gateways lock")
-        .token_servers()
-        .unwrap_or_else(|| {
-            (
-                s.logins.config.servers.clone(),
-                s.logins.config.websocket_servers.clone(),
-            )
-        });
+    let mut gateways = s.gateways.lock().expect("gateways lock");
+    let (servers, websocket) = gateways.token_servers().unwrap_or_else(|| {
+        (
+            s.logins.config.servers.clone(),
+            s.logins.config.websocket_servers.clone(),
+        )
+    });
     // One token for both transports: netcode accepts it at any address it names.
     let all: Vec<SocketAddr> = servers.iter().chain(&websocket).copied().collect();
     let ship = account.ship_id.unwrap_or_default() as u64;
@@ -253,6 +250,13 @@ fn reply(
     s.sessions
         .lock()
         .minted(session, player_id, client, Instant::now());
+    // The gateways admit the session's connection against its player's and address's limits.
+    gateways.tell_all(&AuthorityMessage::Minted {
+        session,
+        player_id,
+        address: client,
+    });
+    drop(gateways);
     Ok(LoginReply {
         name: account.name.clone(),
         player_id,

@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use sidereal_client::GameClient;
 
+use super::gateways::start_gateway_with;
 use super::players::{log_in_as, register};
 use super::{TempDir, metric_at, start_replication_with, start_shards_and_place, wait_until};
 
@@ -132,4 +133,61 @@ fn a_superseded_connection_ends_at_once_and_frees_its_slot() {
     });
     assert_eq!(r.control.status().players_connected, 1);
     eprintln!("superseded connection ended after {:?}", t.elapsed());
+}
+
+/// A gateway knows the sessions replication's logins mint (their player and address) and
+/// admits connections against the same limits as replication's own game port: here one
+/// session per address, so a second player from the same address is refused until the first
+/// leaves.
+#[test]
+fn a_gateway_admits_sessions_against_the_address_limit() {
+    let data = TempDir::new("gateway-sessions");
+    let r = start_replication_with(
+        50,
+        &data.0,
+        None,
+        &["--no-game", "--gateway-link", "127.0.0.1:0"],
+    );
+    let _shards = start_shards_and_place(&r, 1);
+    let link = r.gateways.clone().expect("a gateway link");
+    let g = start_gateway_with(
+        &link,
+        "gw-limits",
+        None,
+        1500.0,
+        &["--max-sessions-per-address", "1"],
+    );
+    wait_until("the gateway linked", Duration::from_secs(20), || {
+        metric_at(&g.metrics, "sidereal_gateway_linked") == 1.0
+    });
+    let mut ada = GameClient::connect(register(&r.http, "ada")).expect("a token");
+    wait_until("ada plays", Duration::from_secs(15), || {
+        ada.update();
+        ada.is_connected() && ada.received().welcome.is_some()
+    });
+    let mut bob = GameClient::connect(register(&r.http, "bob")).expect("a token");
+    wait_until(
+        "bob, from ada's address, is refused",
+        Duration::from_secs(15),
+        || {
+            ada.update();
+            bob.update();
+            bob.is_disconnected()
+        },
+    );
+    assert!(ada.is_connected(), "ada keeps her session");
+    let denied = "sidereal_game_connections_denied_total{reason=\"address_limit\"}";
+    assert_eq!(metric_at(&g.metrics, denied), 1.0);
+
+    // Ada leaves: her slot is free, and bob's next login gets in.
+    ada.disconnect();
+    wait_until("ada's session ended", Duration::from_secs(15), || {
+        ada.update();
+        metric_at(&g.metrics, "sidereal_game_sessions") == 0.0
+    });
+    let mut bob = GameClient::connect(log_in(&r.http, "bob")).expect("a token");
+    wait_until("bob plays", Duration::from_secs(15), || {
+        bob.update();
+        bob.is_connected() && bob.received().welcome.is_some()
+    });
 }
