@@ -58,6 +58,9 @@ struct Conn {
     subscribed: BTreeSet<SectorId>,
     /// Sectors placement took from this shard, still subscribed until it says it let go.
     lingering: BTreeSet<SectorId>,
+    /// Sectors newly subscribed here whose opening frame has not come yet: frames of theirs
+    /// sent before the shard took the subscription (deltas of an earlier one) are ignored.
+    awaiting_open: BTreeSet<SectorId>,
     /// Subscription sets for the writer thread; dropping it closes the connection.
     to_shard: Sender<Vec<SectorId>>,
 }
@@ -77,6 +80,9 @@ pub struct FeedStats {
     pub ticks: u64,
     /// Bytes of frames received.
     pub bytes: u64,
+    /// Frames of sectors let go, or of an earlier subscription of a sector subscribed again
+    /// before its new opening frame, dropped unread.
+    pub ignored_frames: u64,
 }
 
 pub struct SectorFeed {
@@ -161,6 +167,11 @@ impl SectorFeed {
         }
         for (shard, c) in self.conns.iter_mut() {
             let now_wanted = desired.remove(shard).unwrap_or_default();
+            let fresh: Vec<SectorId> = now_wanted
+                .iter()
+                .filter(|s| !c.subscribed.contains(s) && !c.lingering.contains(s))
+                .copied()
+                .collect();
             let gone: Vec<SectorId> = c.subscribed.difference(&now_wanted).copied().collect();
             for s in gone {
                 if area_wanted(&s) {
@@ -171,6 +182,9 @@ impl SectorFeed {
             }
             c.lingering
                 .retain(|s| !now_wanted.contains(s) && area_wanted(s));
+            c.awaiting_open.extend(fresh);
+            let held: BTreeSet<SectorId> = now_wanted.union(&c.lingering).copied().collect();
+            c.awaiting_open.retain(|s| held.contains(s));
             if c.subscribed != now_wanted {
                 c.subscribed = now_wanted;
                 let _ = c.to_shard.send(c.wants());
@@ -202,6 +216,7 @@ impl SectorFeed {
                 Conn {
                     id,
                     addr: addr.clone(),
+                    awaiting_open: sectors.clone(),
                     subscribed: sectors,
                     lingering: BTreeSet::new(),
                     to_shard,
@@ -246,6 +261,9 @@ impl SectorFeed {
             };
             self.stats.bytes += bytes as u64;
             match event {
+                Event::Frame(frame) if !self.expects(&shard, &frame) => {
+                    self.stats.ignored_frames += 1;
+                }
                 Event::Frame(frame) => match self.view.apply(conn, &frame, now) {
                     Ok(()) => applied += 1,
                     Err(e) => {
@@ -273,6 +291,25 @@ impl SectorFeed {
         }
         self.view.expire(now);
         applied
+    }
+
+    /// Whether `frame` belongs to what this feed follows at `shard` now: not a frame of a
+    /// sector it let go, nor one sent for an earlier subscription of a sector it subscribed
+    /// to again (its deltas answer a decoder this feed no longer has) before the new opening.
+    fn expects(&mut self, shard: &ShardId, frame: &SectorFrame) -> bool {
+        let Some(c) = self.conns.get_mut(shard) else {
+            return false;
+        };
+        if !c.subscribed.contains(&frame.sector) && !c.lingering.contains(&frame.sector) {
+            return false;
+        }
+        if c.awaiting_open.contains(&frame.sector) {
+            if !frame.opened {
+                return false;
+            }
+            c.awaiting_open.remove(&frame.sector);
+        }
+        true
     }
 
     fn close(&mut self, shard: &ShardId, now: Instant) {
