@@ -37,15 +37,10 @@ fn hello(a: &mut Authority, name: &str) -> Result<LinkId, LinkError> {
 
 use crate::test_support::asteroid_at as snap;
 
-/// Two shards, the root's children split between them, one entity on each.
-fn two_shards() -> (Authority, LinkId, LinkId) {
-    let mut a = authority();
-    let l0 = hello(&mut a, "shard-0").unwrap();
-    let l1 = hello(&mut a, "shard-1").unwrap();
-    a.restore_entity(snap(EntityId(1), 100.0, 100.0), ShardId::new("unplaced"));
-    a.restore_entity(snap(EntityId(2), 1500.0, 100.0), ShardId::new("unplaced"));
+/// The root's four children placed alternately on shard-0 and shard-1.
+fn children_on_two_shards() -> Placement {
     let kids = SectorId::new(1, 0, 0).unwrap().children().unwrap();
-    let p = Placement {
+    Placement {
         generation: 1,
         sectors: kids
             .iter()
@@ -53,8 +48,17 @@ fn two_shards() -> (Authority, LinkId, LinkId) {
             .map(|(i, k)| (*k, ShardId::new(format!("shard-{}", i % 2))))
             .collect(),
         world: None,
-    };
-    a.put_placement(p).unwrap();
+    }
+}
+
+/// Two shards, the root's children split between them, one entity on each.
+fn two_shards() -> (Authority, LinkId, LinkId) {
+    let mut a = authority();
+    let l0 = hello(&mut a, "shard-0").unwrap();
+    let l1 = hello(&mut a, "shard-1").unwrap();
+    a.restore_entity(snap(EntityId(1), 100.0, 100.0), ShardId::new("unplaced"));
+    a.restore_entity(snap(EntityId(2), 1500.0, 100.0), ShardId::new("unplaced"));
+    a.put_placement(children_on_two_shards()).unwrap();
     for id in [1, 2] {
         let r = a.mirror.get(EntityId(id)).unwrap().clone();
         let link = if r.owner.0 == "shard-0" { l0 } else { l1 };
@@ -709,17 +713,7 @@ fn shards_that_all_publish_are_told_their_neighbours_and_get_no_shadows() {
     let mut a = authority();
     let l0 = publishing_hello(&mut a, "shard-0", 1);
     let l1 = publishing_hello(&mut a, "shard-1", 2);
-    let kids = SectorId::new(1, 0, 0).unwrap().children().unwrap();
-    let p = Placement {
-        generation: 1,
-        sectors: kids
-            .iter()
-            .enumerate()
-            .map(|(i, k)| (*k, ShardId::new(format!("shard-{}", i % 2))))
-            .collect(),
-        world: None,
-    };
-    a.put_placement(p).unwrap();
+    a.put_placement(children_on_two_shards()).unwrap();
     a.restore_entity(snap(EntityId(1), 100.0, 100.0), ShardId::new("shard-1"));
     a.take_outbox();
     assert!(a.shards_shadow_themselves());
