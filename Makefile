@@ -12,6 +12,7 @@ run:
 # Benchmarks print numbers (see docs/benchmarks.md); they never fail.
 bench:
 	source scripts/env.sh && cargo bench -p sidereal-replication --bench fleet
+	source scripts/env.sh && cargo bench -p sidereal-replication --bench control_plane
 	./scripts/bench-store.sh
 
 # Regenerate the committed CRD YAML after changing crds/src.
