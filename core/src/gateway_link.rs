@@ -120,7 +120,40 @@ pub const GATEWAY_LINK: LinkProofs =
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::handshake::fresh_nonce;
+    use crate::handshake::{SHARD_LINK, fresh_nonce};
+    use crate::stream::STREAM_LINK;
+
+    // Here rather than in `handshake`, which knows none of the links that use it: every
+    // link's proofs, checked against each other.
+    #[test]
+    fn each_side_verifies_the_others_proof_and_nothing_else() {
+        let (c, n, s) = (fresh_nonce(), fresh_nonce(), "a-long-enough-secret");
+        assert_ne!(c, n, "nonces are fresh");
+        let links = [SHARD_LINK, GATEWAY_LINK, STREAM_LINK];
+        for (i, link) in links.iter().enumerate() {
+            let hello = link.hello(s, &c, &n, "peer-0");
+            assert!(link.verify_hello(s, &c, &n, "peer-0", &hello));
+            // Another secret, another challenge (a replay), another name: refused.
+            assert!(!link.verify_hello("another-long-secret!", &c, &n, "peer-0", &hello));
+            assert!(!link.verify_hello(s, &fresh_nonce(), &n, "peer-0", &hello));
+            assert!(!link.verify_hello(s, &c, &n, "peer-1", &hello));
+            // Neither side's proof can be reflected to the other.
+            assert!(!link.verify_welcome(s, &c, &n, "peer-0", &hello));
+            let welcome = link.welcome(s, &c, &n, "peer-0");
+            assert!(link.verify_welcome(s, &c, &n, "peer-0", &welcome));
+            assert!(!link.verify_hello(s, &c, &n, "peer-0", &welcome));
+            // No proof made for one link works on another.
+            for (j, other) in links.iter().enumerate() {
+                if i != j {
+                    assert!(
+                        !other.verify_hello(s, &c, &n, "peer-0", &hello),
+                        "{i} on {j}"
+                    );
+                    assert!(!other.verify_welcome(s, &c, &n, "peer-0", &welcome));
+                }
+            }
+        }
+    }
 
     #[test]
     fn messages_survive_the_wire() {
