@@ -19,7 +19,7 @@ use crate::ids::{EntityId, EntitySnapshot, Epoch, ShardId};
 use crate::load::ShardLoadReport;
 
 /// Bumped on any incompatible change of the messages below.
-pub const PROTOCOL_VERSION: u32 = 6;
+pub const PROTOCOL_VERSION: u32 = 7;
 /// Largest frame either side accepts by default (`--max-frame-bytes`).
 pub const MAX_FRAME_BYTES: usize = 16 << 20;
 /// The smallest frame limit allowed: a few hundred entries per part.
@@ -118,6 +118,11 @@ pub enum ShardMessage {
         entities: Vec<(EntitySnapshot, Epoch)>,
     },
     Load(ShardLoadReport),
+    /// Every owned entity's state for replication's checkpoint `round` went out before this
+    /// (the `Updates` ahead of it on the link), answering `Report { round }`.
+    Reported {
+        round: u64,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -174,15 +179,21 @@ pub enum ReplicationMessage {
     /// shards own within `margin` of its own, and where those shards publish their sector
     /// streams. Sent when every linked shard publishes streams; replaces the previous
     /// `Neighbours` (and any `Shadows`); repeated twice a second, so it also keeps the link
-    /// alive. `report_every`: send entity updates every this many ticks (1: every tick; more
-    /// when replication needs the state only for checkpoints). A `Shadows` message means every
-    /// tick again.
+    /// alive. `report_every`: send entity updates every this many ticks (1: every tick; 0: only
+    /// when a `Report` asks, when replication needs the state only for checkpoints). A `Shadows`
+    /// message means every tick again.
     Neighbours {
         generation: u64,
         margin: f32,
         report_every: u32,
         sectors: Vec<(SectorId, ShardId)>,
         streams: Vec<(ShardId, String)>,
+    },
+    /// Send the state of every owned entity that changed since last sent, now (on the next
+    /// tick), then `Reported { round }`: replication is about to checkpoint. Shards that report
+    /// every tick answer it the same way.
+    Report {
+        round: u64,
     },
 }
 

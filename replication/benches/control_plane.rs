@@ -10,7 +10,7 @@
 //! The authority's work per tick with 0, 100 and 500 players commanding ships every tick:
 //! before (updates every tick, shadows computed here), with updates every tick but shards
 //! shadowing themselves (replication serving players from its mirror), and after (no game
-//! port here: updates twice a second).
+//! port here: shards report only for the checkpoint, once a second, on its `Report` round).
 //!
 //! Prints time per tick and the share of a core at 30 Hz; never fails.
 //!   cargo bench -p sidereal-replication --bench control_plane
@@ -153,14 +153,23 @@ fn linked_authority(publishing: bool, players: u64) -> (Authority, Vec<FakeShard
 }
 
 /// Mean authority time per tick over `ticks` ticks: shards' updates (every `report_every`
-/// ticks), every player's command, shadows or neighbours, and the outbox taken. Moving and
-/// encoding (the shards' work) is not counted.
+/// ticks: more than 1 means on the checkpoint's report round, asked and answered here), every
+/// player's command, shadows or neighbours, and the outbox taken. Moving and encoding (the
+/// shards' work) is not counted.
 fn authority_per_tick(publishing: bool, report_every: u64, players: u64, ticks: u64) -> (f64, u64) {
     let (mut a, mut shards) = linked_authority(publishing, players);
-    a.set_report_every(report_every as u32);
+    a.set_report_every(if report_every == 1 { 1 } else { 0 });
     let mut spent = 0.0;
     for tick in 1..=ticks {
         let mut batches = Vec::new();
+        let round = if tick % report_every == 0 && report_every > 1 {
+            let start = Instant::now();
+            let round = a.request_reports();
+            spent += start.elapsed().as_secs_f64();
+            round
+        } else {
+            None
+        };
         if tick % report_every == 0 {
             for s in &mut shards {
                 for (_, _, st) in s.owned.iter_mut() {
@@ -176,6 +185,13 @@ fn authority_per_tick(publishing: bool, report_every: u64, players: u64, ticks: 
         for (link, bytes) in batches {
             a.on_message(link, ShardMessage::Updates(bytes))
                 .expect("valid updates");
+        }
+        if let Some(round) = round {
+            for s in &shards {
+                a.on_message(s.link, ShardMessage::Reported { round })
+                    .expect("valid answer");
+            }
+            assert!(a.reports_in(round));
         }
         for p in 0..players {
             a.pilot(p + 1, 0.5, 0.1, false);
@@ -215,10 +231,10 @@ fn authority_per_tick_table() {
             60,
         ),
         (
-            "after: no game port here, updates twice a second",
+            "after: no game port here, updates on the checkpoint's round (1 s)",
             true,
-            15,
-            60,
+            30,
+            90,
         ),
     ];
     for (mode, publishing, every, ticks) in modes {

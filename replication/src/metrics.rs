@@ -116,6 +116,16 @@ pub fn render(
         "Entities changed or removed since the last successful checkpoint",
         a.mirror().dirty_len() as i64,
     ));
+    let wait = Gauge::with_opts(
+        Opts::new(
+            "checkpoint_report_wait_seconds",
+            "How long the last checkpoint waited for shards' reports",
+        )
+        .namespace("sidereal"),
+    )
+    .expect("valid");
+    wait.set(store.last_report_wait.as_secs_f64());
+    add(&wait);
     if let Some(at) = store.last_checkpoint_at {
         let g = Gauge::with_opts(
             Opts::new(
@@ -178,6 +188,16 @@ pub fn render(
         "checkpoint_rows_total",
         "Entity rows written by checkpoints",
         store.rows_written,
+    ));
+    add(&counter(
+        "checkpoint_report_rounds_total",
+        "Times shards were asked to report their entities' state for a checkpoint",
+        store.report_rounds,
+    ));
+    add(&counter(
+        "checkpoint_report_rounds_late_total",
+        "Report rounds the checkpoint stopped waiting for (a shard slow to answer)",
+        store.report_rounds_late,
     ));
     add(&counter(
         "checkpoint_failures_total",

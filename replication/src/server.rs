@@ -27,6 +27,10 @@ use crate::ports::{resolve_tcp, resolve_udp};
 use crate::state::Shared;
 use crate::store::{Store, StoreError};
 
+/// The longest a checkpoint waits for shards to answer its report round: a shard that is
+/// slower than this (or died) does not hold up everyone else's rows.
+const REPORT_WAIT: Duration = Duration::from_millis(250);
+
 #[derive(Debug, Clone)]
 pub struct ReplicationConfig {
     pub http: SocketAddr,
@@ -173,10 +177,9 @@ pub async fn start(
     };
     if game.is_none() {
         // No game port serves players from the mirror: the authority needs entity state only
-        // for checkpoints (and the map), so shards that shadow themselves report it twice a
-        // second instead of every tick.
-        let half_second = (config.authority.tick_hz / 2).max(1);
-        authority.set_report_every(half_second);
+        // for checkpoints, so shards that shadow themselves report it when a checkpoint asks
+        // instead of every tick.
+        authority.set_report_every(0);
     }
     let mut login = config.login.clone();
     if login.servers.is_empty() {
@@ -325,6 +328,7 @@ pub async fn start(
         let mut wait = interval;
         loop {
             tokio::time::sleep(wait).await;
+            s.gather_reports(REPORT_WAIT).await;
             match s.checkpoint().await {
                 Ok(_) => wait = interval,
                 Err(e) => {
@@ -601,8 +605,12 @@ async fn read_link(
                 Ok(None) => break,
                 Err(e) => return LinkClose::Malformed(e.to_string()),
             };
+            let answered_report = matches!(msg, ShardMessage::Reported { .. });
             let mut a = shared.authority.lock().expect("authority lock");
             let result = a.on_message(link, msg);
+            if answered_report {
+                shared.reports.notify_waiters();
+            }
             if handshake.is_some() && a.shard_of(link).is_some() {
                 // Linked: the handshake slot frees up and frames may be full size.
                 handshake = None;

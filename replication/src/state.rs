@@ -4,7 +4,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, Mutex};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use crate::authority::{Authority, LinkId};
 use crate::controls::InputGate;
@@ -24,6 +24,12 @@ pub struct StoreHealth {
     pub checkpoints: u64,
     pub rows_written: u64,
     pub failures: u64,
+    /// Report rounds asked of shards before checkpoints, and those the wait ran out on (a
+    /// shard slow to answer, or one that linked meanwhile).
+    pub report_rounds: u64,
+    pub report_rounds_late: u64,
+    /// How long the last round took to come in.
+    pub last_report_wait: Duration,
 }
 
 /// Bytes moved on shard links, counted by the link tasks.
@@ -73,6 +79,8 @@ pub struct Shared {
     pub gateways: Mutex<crate::gateway_registry::GatewayRegistry>,
     /// Players' ships being stored on their first connection.
     pub pending_ships: Mutex<std::collections::HashSet<sidereal_core::EntityId>>,
+    /// Woken when a shard answers a report round.
+    pub reports: tokio::sync::Notify,
 }
 
 impl Shared {
@@ -99,11 +107,48 @@ impl Shared {
             pending_ships: Mutex::default(),
             gateways: Mutex::default(),
             checkpointing: tokio::sync::Mutex::new(()),
+            reports: tokio::sync::Notify::new(),
             store_health: Mutex::new(StoreHealth {
                 healthy: true,
                 ..Default::default()
             }),
         })
+    }
+
+    /// Asks shards for their entities' state (when they do not report every tick) and waits
+    /// until all have answered or `max_wait` ran out, so that the checkpoint that follows holds
+    /// what shards simulated a tick or two ago.
+    pub async fn gather_reports(&self, max_wait: Duration) {
+        let round = {
+            let mut a = self.authority.lock().expect("authority lock");
+            let round = a.request_reports();
+            self.flush(&mut a);
+            round
+        };
+        let Some(round) = round else {
+            return;
+        };
+        let started = Instant::now();
+        let deadline = tokio::time::Instant::now() + max_wait;
+        let in_time = loop {
+            // Registered before the check, so an answer between the two still wakes us.
+            let answered = self.reports.notified();
+            if self
+                .authority
+                .lock()
+                .expect("authority lock")
+                .reports_in(round)
+            {
+                break true;
+            }
+            if tokio::time::timeout_at(deadline, answered).await.is_err() {
+                break false;
+            }
+        };
+        let mut h = self.store_health.lock().expect("health lock");
+        h.report_rounds += 1;
+        h.report_rounds_late += u64::from(!in_time);
+        h.last_report_wait = started.elapsed();
     }
 
     /// Writes everything dirty in one transaction. On failure the work goes back into the

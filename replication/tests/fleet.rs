@@ -332,3 +332,72 @@ fn sector_streams_show_every_entity_once_through_crossings_splits_merges_and_a_k
         watcher.bytes
     );
 }
+
+/// Shards that shadow themselves, told to report only when asked, send no entity updates on
+/// their own; asked for a checkpoint's round, each sends every entity's state that tick and
+/// then `Reported`, so the mirror (and the checkpoint written from it) holds what they simulate.
+#[test]
+fn shards_reporting_only_when_asked_answer_a_report_round_with_their_state() {
+    let mut fleet = Fleet::new(world(), 0, 0);
+    fleet.announce_streams = true;
+    fleet.start_shard("shard-0", 1, 0);
+    fleet.start_shard("shard-1", 2, 0);
+    fleet.seed(300, 11);
+    fleet.place_even();
+    for _ in 0..10 {
+        fleet.step();
+    }
+    assert!(fleet.authority.shards_shadow_themselves());
+    fleet.authority.set_report_every(0);
+    fleet.step();
+    let before = fleet.update_entries;
+    for _ in 0..30 {
+        fleet.step();
+        fleet.check_invariants().unwrap();
+    }
+    assert_eq!(fleet.update_entries, before, "no updates unless asked");
+    let drift = |fleet: &Fleet| -> f32 {
+        let mut worst = 0.0f32;
+        for shard in fleet.shards.iter().flatten() {
+            let world = shard.app.world();
+            let mut q = world
+                .try_query::<(
+                    &sidereal_shard::components::Owned,
+                    &avian2d::prelude::Position,
+                )>()
+                .unwrap();
+            for (o, p) in q.iter(world) {
+                let m = fleet
+                    .authority
+                    .mirror()
+                    .get(o.id)
+                    .unwrap()
+                    .snapshot
+                    .state
+                    .pos;
+                worst = worst.max((p.0.x - m[0]).hypot(p.0.y - m[1]));
+            }
+        }
+        worst
+    };
+    assert!(drift(&fleet) > 1.0, "the mirror fell behind the shards");
+
+    let round = fleet.authority.request_reports().expect("a round");
+    assert!(!fleet.authority.reports_in(round));
+    // The request goes out at the end of this step and is answered in the next.
+    fleet.step();
+    assert!(!fleet.authority.reports_in(round));
+    fleet.step();
+    assert!(fleet.authority.reports_in(round), "both shards answered");
+    assert!(
+        fleet.update_entries >= before + 250,
+        "the answers carried (nearly) every entity: {}",
+        fleet.update_entries - before
+    );
+    // Quantization (1/64 unit) aside, the mirror now holds what the shards simulate.
+    let d = drift(&fleet);
+    assert!(
+        d < 0.05,
+        "mirror {d:.3} units from the shards after the round"
+    );
+}

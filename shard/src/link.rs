@@ -55,9 +55,15 @@ pub struct Encoder(pub UpdateEncoder);
 #[derive(Resource, Default, Debug, Clone, Copy)]
 pub struct TickCount(pub u64);
 
-/// Entity updates go to replication every this many ticks (replication says; 1 by default).
+/// Entity updates go to replication every this many ticks (replication says; 1 by default;
+/// 0: only when replication asks with `Report`).
 #[derive(Resource, Debug, Clone, Copy)]
 pub struct ReportEvery(pub u32);
+
+/// Replication's latest unanswered `Report { round }`: this tick reports, whatever the cadence,
+/// and `Reported { round }` follows the updates.
+#[derive(Resource, Debug, Clone, Copy, Default)]
+pub struct ReportRequest(pub Option<u64>);
 
 impl Default for ReportEvery {
     fn default() -> Self {
@@ -81,11 +87,15 @@ impl Plugin for LinkPlugin {
             .init_resource::<TickCount>()
             .init_resource::<LinkStats>()
             .init_resource::<ReportEvery>()
+            .init_resource::<ReportRequest>()
             .add_systems(FixedFirst, count_tick)
             .add_systems(
                 FixedLast,
-                send_changed_entities
-                    .run_if(reporting_tick)
+                (
+                    send_changed_entities.run_if(reporting_tick),
+                    answer_report_request,
+                )
+                    .chain()
                     .in_set(TickSet::Report),
             );
     }
@@ -98,8 +108,12 @@ fn count_tick(mut tick: ResMut<TickCount>, metrics: Res<ShardMetrics>) {
 
 /// Whether entity updates go to replication this tick. Handovers, spawns and ends go at once
 /// whatever the cadence.
-fn reporting_tick(tick: Res<TickCount>, every: Res<ReportEvery>) -> bool {
-    tick.0.is_multiple_of(u64::from(every.0.max(1)))
+fn reporting_tick(
+    tick: Res<TickCount>,
+    every: Res<ReportEvery>,
+    request: Res<ReportRequest>,
+) -> bool {
+    request.0.is_some() || (every.0 > 0 && tick.0.is_multiple_of(u64::from(every.0)))
 }
 
 /// Sends every owned entity whose quantized state changed since last sent, as one batch.
@@ -135,5 +149,12 @@ fn send_changed_entities(
             metrics.updates.inc_by(count);
             link.send(ShardMessage::Updates(bytes));
         }
+    }
+}
+
+/// Answers replication's report round once this tick's updates are on the link ahead of it.
+fn answer_report_request(link: Res<ShardLink>, mut request: ResMut<ReportRequest>) {
+    if let Some(round) = request.0.take() {
+        link.send(ShardMessage::Reported { round });
     }
 }

@@ -9,7 +9,7 @@ use sidereal_core::{Bounds, EntityId, EntitySnapshot, Epoch, Point, SectorId};
 use tracing::{info, warn};
 
 use crate::components::{Owned, Pilot, TickSet, Ttl, body, snapshot, state_of};
-use crate::link::{Encoder, ShardLink};
+use crate::link::{Encoder, ReportRequest, ShardLink};
 use crate::metrics::ShardMetrics;
 
 /// The shard's view of what it owns.
@@ -133,6 +133,7 @@ pub(crate) fn apply_replication_messages(
     mut encoder: ResMut<Encoder>,
     owned: Query<OwnedState>,
     mut shadow_news: ResMut<ShadowNews>,
+    mut report: ResMut<ReportRequest>,
 ) {
     while let Ok(msg) = link.from_replication.try_recv() {
         match msg {
@@ -215,6 +216,8 @@ pub(crate) fn apply_replication_messages(
                     );
                 }
             }
+            // The link plugin answers it after this tick's updates.
+            ReplicationMessage::Report { round } => report.0 = Some(round),
             // Where shadows come from is the shadows plugin's business.
             msg @ (ReplicationMessage::Shadows { .. } | ReplicationMessage::Neighbours { .. }) => {
                 shadow_news.0.push(msg);

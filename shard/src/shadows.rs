@@ -160,7 +160,7 @@ fn take_shadow_news(
                 streams,
             } => {
                 neighbours.shadow_tick = None;
-                report.0 = report_every.max(1);
+                report.0 = report_every;
                 neighbours.plan = Some(NeighbourPlan {
                     generation,
                     margin,

@@ -35,6 +35,9 @@ pub struct Fleet {
     handover_started: HashMap<EntityId, u64>,
     /// Ticks from leaving the old owner to being simulated by the new one, per handover.
     pub handover_ticks: Vec<u64>,
+    /// Shards started from now on say they publish sector streams (at a made-up address: no
+    /// one subscribes in process), so the authority treats them as shadowing themselves.
+    pub announce_streams: bool,
 }
 
 impl Fleet {
@@ -53,6 +56,7 @@ impl Fleet {
             update_entries: 0,
             handover_started: HashMap::new(),
             handover_ticks: Vec::new(),
+            announce_streams: false,
         };
         for i in 0..shards {
             fleet.start_shard(&format!("shard-{i}"), i as u64 + 1, fire_every_ticks);
@@ -80,7 +84,8 @@ impl Fleet {
         self.authority
             .on_message(
                 link,
-                ShardMessage::hello(SECRET, &challenge, id.clone(), [0xa5; 32]),
+                ShardMessage::hello(SECRET, &challenge, id.clone(), [0xa5; 32])
+                    .publishing(self.announce_streams.then(|| format!("in-process/{name}"))),
             )
             .expect("handshake");
         self.shards.push(Some(ShardProc {

@@ -15,7 +15,7 @@ use super::{
 };
 
 /// Re-reads placement and the shards' stream addresses, follows them, applies what arrived.
-fn follow(r: &Replication, feed: &mut SectorFeed) {
+pub(crate) fn follow(r: &Replication, feed: &mut SectorFeed) {
     let p = r.control.placement();
     let shards = r
         .control

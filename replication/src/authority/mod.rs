@@ -20,6 +20,7 @@ mod handover;
 mod handshake;
 mod placement;
 mod players;
+mod reports;
 mod shadows;
 mod updates;
 
@@ -184,8 +185,12 @@ pub struct Authority {
     /// The placement generation and live streams shards were last told as their neighbours
     /// (`None` while the authority computes shadows itself).
     neighbours_told: Option<(u64, Vec<(ShardId, String)>)>,
-    /// How often shards that shadow themselves report entity updates, in ticks.
+    /// How often shards that shadow themselves report entity updates, in ticks (0: only when
+    /// asked, before each checkpoint).
     report_every: u32,
+    /// The last checkpoint round shards were asked to report for, and what each answered.
+    report_round: u64,
+    reported: BTreeMap<ShardId, u64>,
     mirror: Mirror,
     /// The world's roots now: the configured ones until a placement brings its own.
     world: Vec<SectorId>,
@@ -217,6 +222,8 @@ impl Authority {
             streams: BTreeMap::new(),
             neighbours_told: None,
             report_every: 1,
+            report_round: 0,
+            reported: BTreeMap::new(),
             mirror: Mirror::default(),
             next_link: 1,
             next_incarnation: 1,
@@ -312,6 +319,7 @@ impl Authority {
         {
             self.live.remove(&shard);
             self.load.remove(&shard);
+            self.reported.remove(&shard);
             warn!(%shard, "shard link closed; its sectors wait for the next placement");
         }
     }
@@ -384,6 +392,9 @@ impl Authority {
             }
             ShardMessage::Load(report) => {
                 self.load.insert(shard, report);
+            }
+            ShardMessage::Reported { round } => {
+                self.reported.insert(shard, round);
             }
         }
         Ok(())

@@ -88,23 +88,6 @@ pub fn neighbours_of(
 const NEIGHBOURS_EVERY_SECS: f64 = 0.5;
 
 impl Authority {
-    /// Shards that shadow themselves report entity updates every `ticks` ticks (1: every
-    /// tick). More than 1 only when nothing here needs the 30 Hz state: no game port serving
-    /// players from the mirror (gateways take theirs from the shards' streams).
-    pub fn set_report_every(&mut self, ticks: u32) {
-        self.report_every = ticks.max(1);
-        self.neighbours_told = None;
-    }
-
-    /// How often shards report entity updates, in ticks.
-    pub fn report_every(&self) -> u32 {
-        if self.shards_shadow_themselves() {
-            self.report_every
-        } else {
-            1
-        }
-    }
-
     /// Whether shards take their shadows from their neighbours' streams: only when every
     /// live shard publishes streams (a shard that does not would be invisible to them).
     pub fn shards_shadow_themselves(&self) -> bool {

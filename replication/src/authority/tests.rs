@@ -803,3 +803,43 @@ fn neighbours_are_the_other_owners_leaves_within_the_margin() {
     let edge = grand[0].bounds().edge();
     assert_eq!(neighbours_of(&p, &a, edge + 1.0).len(), 8);
 }
+
+#[test]
+fn a_checkpoint_round_asks_every_shard_and_is_in_when_all_answered() {
+    let mut a = authority();
+    let l0 = publishing_hello(&mut a, "shard-0", 1);
+    let l1 = publishing_hello(&mut a, "shard-1", 2);
+    a.take_outbox();
+    // Shards report every tick by default: the mirror is current, nothing to ask.
+    assert_eq!(a.request_reports(), None);
+    a.set_report_every(0);
+    assert_eq!(a.report_every(), 0);
+    let round = a.request_reports().expect("shards report only when asked");
+    let asked: Vec<LinkId> = a
+        .take_outbox()
+        .into_iter()
+        .filter_map(|(l, m)| {
+            matches!(m, ReplicationMessage::Report { round: r } if r == round).then_some(l)
+        })
+        .collect();
+    assert_eq!(asked, vec![l0, l1]);
+    assert!(!a.reports_in(round));
+    a.on_message(l0, ShardMessage::Reported { round }).unwrap();
+    assert!(!a.reports_in(round), "shard-1 has not answered");
+    a.on_message(l1, ShardMessage::Reported { round }).unwrap();
+    assert!(a.reports_in(round));
+
+    // The next round is a new one; a shard that dies is not waited for.
+    let next = a.request_reports().unwrap();
+    assert!(next > round && !a.reports_in(next));
+    a.on_message(l0, ShardMessage::Reported { round: next })
+        .unwrap();
+    a.disconnect(l1);
+    assert!(a.reports_in(next));
+
+    // A shard without streams: the authority computes shadows from the mirror, which needs
+    // every tick again, and asks nothing.
+    hello(&mut a, "shard-2").unwrap();
+    assert_eq!(a.report_every(), 1);
+    assert_eq!(a.request_reports(), None);
+}
