@@ -26,7 +26,7 @@ pub use sidereal_game::{ChatHeard, ChatRefused, SeenEntity, Welcome, WorldUpdate
 use sidereal_game::{
     ChatSend, GameProtocolPlugin, InputChannel, ReliableChannel, StateAck, StateUpdate, Superseded,
 };
-pub use sidereal_game::{Pilot, RemotePose, ShipPose};
+pub use sidereal_game::{PilotCommand, RemotePose, ShipPose};
 
 use prediction::{Command, Remotes};
 pub use prediction::{PredictionStats, RemoteEntity};
@@ -339,7 +339,8 @@ impl GameClient {
             .and_then(|(u, s)| u.get(s))
             .map_or([0.0; 2], |e| e.pos);
         received.turn_latency.commanded(turn, Instant::now(), at);
-        self.app.world_mut().resource_mut::<Command>().0 = Some(Pilot { thrust, turn, fire });
+        self.app.world_mut().resource_mut::<Command>().0 =
+            Some(PilotCommand { thrust, turn, fire });
     }
 
     /// The own ship as predicted: where it is now, commands included, ahead of the newest state

@@ -5,7 +5,7 @@
 //!   tick this client flies it with [`fly`] and the command the fleet will have applied by then:
 //!   the one given `command_delay_ticks` earlier (see `Welcome`). When the server's state for a
 //!   tick differs from the prediction for that tick, lightyear rolls back and replays.
-//! - The pilot's commands go out as lightyear native inputs ([`Pilot`] in `ActionState`).
+//! - The pilot's commands go out as lightyear native inputs ([`PilotCommand`] in `ActionState`).
 //! - Other entities come in our own encoded world updates; each decoded sample goes into
 //!   lightyear's `ConfirmedHistory<RemotePose>` at the gateway's tick, and lightyear's
 //!   interpolation writes [`RemotePose`] between samples.
@@ -18,7 +18,7 @@ use lightyear::prelude::client::input::InputSystems;
 use lightyear::prelude::input::native::{ActionState, InputMarker};
 use lightyear::prelude::*;
 use sidereal_game::ship::fly;
-use sidereal_game::{Pilot, RemotePose, ShipPose, WorldUpdate};
+use sidereal_game::{PilotCommand, RemotePose, ShipPose, WorldUpdate};
 
 use crate::Received;
 
@@ -64,18 +64,18 @@ pub(crate) struct FeedInterpolation;
 
 /// The pilot's current command; `None` until the first one (an unpiloted ship drifts).
 #[derive(Resource, Default)]
-pub(crate) struct Command(pub Option<Pilot>);
+pub(crate) struct Command(pub Option<PilotCommand>);
 
 /// Commands by the tick they were given at, oldest first: the prediction reads the one in
 /// force `command_delay_ticks` ago, in replays too.
 #[derive(Resource, Default)]
-struct CommandLog(VecDeque<(Tick, Pilot)>);
+struct CommandLog(VecDeque<(Tick, PilotCommand)>);
 
 /// More than a rollback can reach back (20 ticks) plus the delay.
 const COMMAND_LOG_TICKS: usize = 128;
 
 impl CommandLog {
-    fn record(&mut self, tick: Tick, pilot: Pilot) {
+    fn record(&mut self, tick: Tick, pilot: PilotCommand) {
         while self.0.back().is_some_and(|(t, _)| *t >= tick) {
             self.0.pop_back();
         }
@@ -86,7 +86,7 @@ impl CommandLog {
     }
 
     /// The command in force at `tick`: the newest given at or before it.
-    fn at(&self, tick: Tick) -> Option<Pilot> {
+    fn at(&self, tick: Tick) -> Option<PilotCommand> {
         self.0
             .iter()
             .rev()
@@ -101,7 +101,7 @@ fn write_command(
     command: Res<Command>,
     timeline: Res<LocalTimeline>,
     mut log: ResMut<CommandLog>,
-    mut ships: Query<(Entity, Option<&mut ActionState<Pilot>>), With<Controlled>>,
+    mut ships: Query<(Entity, Option<&mut ActionState<PilotCommand>>), With<Controlled>>,
     mut commands: Commands,
 ) {
     let Some(pilot) = command.0 else { return };
@@ -115,7 +115,7 @@ fn write_command(
             None => {
                 commands
                     .entity(ship)
-                    .insert(InputMarker::<Pilot>::default());
+                    .insert(InputMarker::<PilotCommand>::default());
             }
         }
     }
@@ -298,8 +298,8 @@ pub(crate) fn stats(world: &World) -> PredictionStats {
 mod tests {
     use super::*;
 
-    fn pilot(turn: f32) -> Pilot {
-        Pilot {
+    fn pilot(turn: f32) -> PilotCommand {
+        PilotCommand {
             thrust: 0.0,
             turn,
             fire: false,

@@ -24,6 +24,7 @@ use serde::{Deserialize, Serialize};
 use crate::geometry::SectorId;
 use crate::handshake::{LinkProofs, Nonce, Proof};
 use crate::ids::{EntityId, ShardId};
+use crate::protocol::PilotCommand;
 
 /// Bumped on any incompatible change of the messages below.
 pub const GATEWAY_LINK_VERSION: u32 = 2;
@@ -50,12 +51,11 @@ pub enum GatewayMessage {
     Joined { player_id: u64, ship: EntityId },
     /// The player's current session on this gateway ended.
     Left { player_id: u64 },
-    /// A player's command as it sent it (the authority's input gate checks it).
+    /// A player's command, checked by the gateway's input gate (the authority checks it again:
+    /// a gateway is trusted with the secret, not with the numbers).
     Input {
         player_id: u64,
-        thrust: f32,
-        turn: f32,
-        fire: bool,
+        command: PilotCommand,
     },
     /// A line of chat a player on this gateway said (admitted by the gateway's chat gate); the
     /// gateway has delivered it to its own players already.

@@ -71,14 +71,48 @@ pub fn steer_ship(vel: [f32; 2], angle: f32, thrust: f32, turn: f32) -> ([f32; 2
     (v, turn * SHIP_TURN_RATE)
 }
 
-/// A pilot's command for one ship, validated by replication: thrust along the ship's heading
-/// and turn rate, each in [-1, 1], and whether to fire. Held until the next one replaces it.
-#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
-pub struct ShipControl {
-    pub ship: EntityId,
+/// What a pilot asks of its ship for a tick: thrust along the heading and turn rate, each in
+/// [-1, 1], and the trigger. The one command type from client to shard: the client sends it as
+/// lightyear's native input (redundantly, one per tick), the gateway checks it
+/// ([`PilotCommand::clamped`], rate limits) and forwards it, the authority routes it with the
+/// ship's id ([`ShipControl`]) to whichever shard simulates the ship, and the shard flies it
+/// with [`steer_ship`] (as the client's prediction does).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "bevy", derive(bevy::reflect::Reflect))]
+pub struct PilotCommand {
     pub thrust: f32,
     pub turn: f32,
     pub fire: bool,
+}
+
+impl PilotCommand {
+    /// This command with thrust and turn clamped into [-1, 1], and whether clamping was needed;
+    /// `None` for NaN or infinities (clamping cannot say what they meant).
+    pub fn clamped(self) -> Option<(Self, bool)> {
+        if !self.thrust.is_finite() || !self.turn.is_finite() {
+            return None;
+        }
+        let c = PilotCommand {
+            thrust: self.thrust.clamp(-1.0, 1.0),
+            turn: self.turn.clamp(-1.0, 1.0),
+            fire: self.fire,
+        };
+        Some((c, c != self))
+    }
+}
+
+/// A command carries no entity reference (lightyear's inputs must say so).
+#[cfg(feature = "bevy")]
+impl bevy::ecs::entity::MapEntities for PilotCommand {
+    fn map_entities<M: bevy::ecs::entity::EntityMapper>(&mut self, _: &mut M) {}
+}
+
+/// A checked command for one ship, as the authority routes it to the ship's shard. Held there
+/// until the next one replaces it, and sent along with the ship on every handover.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct ShipControl {
+    pub ship: EntityId,
+    pub command: PilotCommand,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -466,9 +500,11 @@ mod tests {
                 .len(),
             postcard::to_allocvec(&ShipControl {
                 ship: EntityId(u64::MAX),
-                thrust: 1.0,
-                turn: -1.0,
-                fire: true,
+                command: PilotCommand {
+                    thrust: 1.0,
+                    turn: -1.0,
+                    fire: true,
+                },
             })
             .unwrap()
             .len(),

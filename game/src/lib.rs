@@ -11,7 +11,7 @@ use lightyear::prelude::input::InputConfig;
 use lightyear::prelude::input::native::InputPlugin;
 use lightyear::prelude::*;
 use serde::{Deserialize, Serialize};
-pub use ship::{Pilot, RemotePose, ShipPose};
+pub use ship::{PilotCommand, RemotePose, ShipPose};
 
 /// Messages that must arrive, in order: the welcome and chat.
 pub struct ReliableChannel;
@@ -20,7 +20,7 @@ pub struct ReliableChannel;
 pub struct StateChannel;
 
 /// State acknowledgements, client to server: unreliable (a lost one is replaced by the next
-/// tick's). The pilot's commands take lightyear's own input path ([`Pilot`]).
+/// tick's). The pilot's commands take lightyear's own input path ([`PilotCommand`]).
 pub struct InputChannel;
 
 /// First message to a connected player: who it is and what it flies.
@@ -150,7 +150,7 @@ impl Plugin for GameProtocolPlugin {
             .add_direction(NetworkDirection::ClientToServer);
         // The pilot's commands: lightyear's native inputs, one per tick, not rebroadcast to
         // other players (they see ships move, not their commands).
-        app.add_plugins(InputPlugin::<Pilot> {
+        app.add_plugins(InputPlugin::<PilotCommand> {
             config: InputConfig {
                 rebroadcast_inputs: false,
                 ..Default::default()

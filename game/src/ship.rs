@@ -1,27 +1,13 @@
 //! The player's own ship and what it sees of others, as lightyear's prediction and interpolation
-//! handle them: the pilot's command ([`Pilot`], a native lightyear input), the ship's motion
+//! handle them: the pilot's command ([`PilotCommand`], a native lightyear input), the ship's motion
 //! ([`ShipPose`], replicated to its pilot alone and predicted there) and another entity's motion
 //! ([`RemotePose`], interpolated between the decoded world updates). Pure functions over plain
 //! data: [`fly`] is the motion both ends run, [`lerp_remote`] the interpolation.
 
-use bevy::ecs::entity::{EntityMapper, MapEntities};
 use bevy::prelude::*;
 use serde::{Deserialize, Serialize};
+pub use sidereal_core::protocol::PilotCommand;
 use sidereal_core::protocol::{SHIP_MAX_SPEED, SHIP_THRUST_PER_TICK, SHIP_TURN_RATE, steer_ship};
-
-/// What the player wants its ship to do this tick: thrust along the heading and turn rate, each
-/// in [-1, 1] (replication clamps, and drops non-finite values), and the trigger. Sent through
-/// lightyear's native input path: one value per tick, resent redundantly.
-#[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Reflect)]
-pub struct Pilot {
-    pub thrust: f32,
-    pub turn: f32,
-    pub fire: bool,
-}
-
-impl MapEntities for Pilot {
-    fn map_entities<M: EntityMapper>(&mut self, _: &mut M) {}
-}
 
 /// A piloted ship's motion. The gateway replicates it, from the shard's authoritative state, to
 /// the ship's pilot only; the pilot's client predicts it with [`fly`] and rolls back when the
@@ -46,16 +32,12 @@ pub struct RemotePose {
 
 /// One tick of a piloted ship: the pilot's command sets velocity and spin
 /// ([`steer_ship`], exactly as the shard does), then the ship moves by them.
-pub fn fly(pose: ShipPose, pilot: Option<Pilot>, dt: f32) -> ShipPose {
-    let (vel, spin) = match pilot {
-        Some(p) if p.thrust.is_finite() && p.turn.is_finite() => steer_ship(
-            pose.vel,
-            pose.angle,
-            p.thrust.clamp(-1.0, 1.0),
-            p.turn.clamp(-1.0, 1.0),
-        ),
-        // A ship nobody pilots (yet) drifts on, as on the shard.
-        _ => (pose.vel, pose.spin),
+pub fn fly(pose: ShipPose, pilot: Option<PilotCommand>, dt: f32) -> ShipPose {
+    let (vel, spin) = match pilot.and_then(PilotCommand::clamped) {
+        Some((p, _)) => steer_ship(pose.vel, pose.angle, p.thrust, p.turn),
+        // A ship nobody pilots (yet), or a command that is not a number, drifts on, as on the
+        // shard.
+        None => (pose.vel, pose.spin),
     };
     ShipPose {
         pos: [pose.pos[0] + vel[0] * dt, pose.pos[1] + vel[1] * dt],
@@ -116,7 +98,7 @@ mod tests {
             angle: std::f32::consts::FRAC_PI_2,
             ..Default::default()
         };
-        let thrust = Pilot {
+        let thrust = PilotCommand {
             thrust: 1.0,
             ..Default::default()
         };
@@ -132,7 +114,7 @@ mod tests {
     fn the_rudder_sets_spin_and_an_unpiloted_ship_drifts() {
         let turning = fly(
             ShipPose::default(),
-            Some(Pilot {
+            Some(PilotCommand {
                 turn: -1.0,
                 ..Default::default()
             }),
@@ -143,7 +125,7 @@ mod tests {
         let drifting = fly(turning, None, DT);
         assert_eq!(drifting.spin, turning.spin);
         // Bad commands are clamped or ignored, as replication does.
-        let wild = Pilot {
+        let wild = PilotCommand {
             thrust: f32::NAN,
             turn: 9.0,
             fire: false,
@@ -151,7 +133,7 @@ mod tests {
         assert_eq!(fly(turning, Some(wild), DT), drifting);
         let clamped = fly(
             ShipPose::default(),
-            Some(Pilot {
+            Some(PilotCommand {
                 turn: 9.0,
                 ..Default::default()
             }),

@@ -19,7 +19,7 @@ use std::time::Instant;
 
 use sidereal_core::codec::Quantized;
 use sidereal_core::codec::UpdateEncoder;
-use sidereal_core::protocol::{ReplicationMessage, ShardMessage};
+use sidereal_core::protocol::{PilotCommand, ReplicationMessage, ShardMessage};
 use sidereal_core::sector_view::{Source, ViewedEntity};
 use sidereal_core::{
     Bounds, EntityId, EntityKind, EntitySnapshot, EntityState, Epoch, Placement, SectorId, ShardId,
@@ -194,7 +194,14 @@ fn authority_per_tick(publishing: bool, report_every: u64, players: u64, ticks: 
             assert!(a.reports_in(round));
         }
         for p in 0..players {
-            a.pilot(p + 1, 0.5, 0.1, false);
+            a.pilot(
+                p + 1,
+                PilotCommand {
+                    thrust: 0.5,
+                    turn: 0.1,
+                    fire: false,
+                },
+            );
         }
         a.send_shadows(tick);
         a.take_outbox();

@@ -5,6 +5,8 @@
 use std::collections::BTreeMap;
 use std::time::Instant;
 
+use sidereal_core::protocol::PilotCommand;
+
 use crate::login::limits::RateLimiter;
 
 /// Every `result` label of `sidereal_inputs_total`.
@@ -37,14 +39,10 @@ impl InputRefusal {
     }
 }
 
-/// A command's thrust and turn, each clamped into [-1, 1], and whether clamping was needed.
-/// NaN and infinities are refused: clamping cannot say what they meant.
-pub fn validate_input(thrust: f32, turn: f32) -> Result<(f32, f32, bool), InputRefusal> {
-    if !thrust.is_finite() || !turn.is_finite() {
-        return Err(InputRefusal::NonFinite);
-    }
-    let (t, r) = (thrust.clamp(-1.0, 1.0), turn.clamp(-1.0, 1.0));
-    Ok((t, r, t != thrust || r != turn))
+/// A command with thrust and turn clamped into [-1, 1], and whether clamping was needed. NaN
+/// and infinities are refused: clamping cannot say what they meant.
+pub fn validate_input(command: PilotCommand) -> Result<(PilotCommand, bool), InputRefusal> {
+    command.clamped().ok_or(InputRefusal::NonFinite)
 }
 
 /// Per-player rate limits and the counts of what came in.
@@ -65,25 +63,24 @@ impl InputGate {
         }
     }
 
-    /// Admits or refuses one command of `player`; counts it either way.
+    /// Admits (clamped into range) or refuses one command of `player`; counts it either way.
     pub fn admit(
         &mut self,
         player: u64,
-        thrust: f32,
-        turn: f32,
+        command: PilotCommand,
         now: Instant,
-    ) -> Result<(f32, f32, bool), InputRefusal> {
+    ) -> Result<PilotCommand, InputRefusal> {
         let r = self
             .per_player
             .take(&player, now)
             .map_err(|_| InputRefusal::RateLimited)
-            .and_then(|()| validate_input(thrust, turn));
+            .and_then(|()| validate_input(command));
         match &r {
-            Ok((.., true)) => self.count("clamped"),
+            Ok((_, true)) => self.count("clamped"),
             Ok(_) => self.count("accepted"),
             Err(e) => self.count(e.label()),
         }
-        r
+        r.map(|(command, _)| command)
     }
 
     /// Counts an admitted command that found no ship (it was counted as accepted).
@@ -114,19 +111,35 @@ mod tests {
 
     use super::*;
 
+    fn command(thrust: f32, turn: f32) -> PilotCommand {
+        PilotCommand {
+            thrust,
+            turn,
+            fire: true,
+        }
+    }
+
     #[test]
     fn commands_are_clamped_into_range_and_non_finite_ones_refused() {
-        assert_eq!(validate_input(0.5, -1.0), Ok((0.5, -1.0, false)));
-        assert_eq!(validate_input(7.0, -3.0), Ok((1.0, -1.0, true)));
-        assert_eq!(validate_input(f32::NAN, 0.0), Err(InputRefusal::NonFinite));
         assert_eq!(
-            validate_input(0.0, f32::INFINITY),
-            Err(InputRefusal::NonFinite)
+            validate_input(command(0.5, -1.0)),
+            Ok((command(0.5, -1.0), false))
         );
         assert_eq!(
-            validate_input(f32::NEG_INFINITY, 0.0),
-            Err(InputRefusal::NonFinite)
+            validate_input(command(7.0, -3.0)),
+            Ok((command(1.0, -1.0), true)),
+            "clamped, the trigger kept"
         );
+        for (thrust, turn) in [
+            (f32::NAN, 0.0),
+            (0.0, f32::INFINITY),
+            (f32::NEG_INFINITY, 0.0),
+        ] {
+            assert_eq!(
+                validate_input(command(thrust, turn)),
+                Err(InputRefusal::NonFinite)
+            );
+        }
     }
 
     #[test]
@@ -134,19 +147,19 @@ mod tests {
         let t0 = Instant::now();
         let mut gate = InputGate::new(30);
         let admitted = (0..1000)
-            .filter(|_| gate.admit(1, 1.0, 0.0, t0).is_ok())
+            .filter(|_| gate.admit(1, command(1.0, 0.0), t0).is_ok())
             .count();
         assert_eq!(admitted, 30, "a second's worth at once, then nothing");
         assert_eq!(gate.counts()["rate_limited"], 970);
         assert!(
-            gate.admit(2, 1.0, 0.0, t0).is_ok(),
+            gate.admit(2, command(1.0, 0.0), t0).is_ok(),
             "another player is not limited"
         );
         // At the tick rate, a steady pilot is never refused.
         let mut gate = InputGate::new(30);
         for i in 0..300u64 {
             let now = t0 + Duration::from_secs_f64(i as f64 / 30.0);
-            assert!(gate.admit(1, 1.0, 0.0, now).is_ok(), "command {i}");
+            assert!(gate.admit(1, command(1.0, 0.0), now).is_ok(), "command {i}");
         }
         gate.no_ship();
         assert_eq!(

@@ -21,8 +21,8 @@ use sidereal_core::login::GAME_PROTOCOL_ID;
 use sidereal_core::{EntityId, EntitySnapshot};
 use sidereal_game::codec::StateEncoder;
 use sidereal_game::{
-    ChatHeard, ChatRefused, ChatSend, GameProtocolPlugin, Pilot, ReliableChannel, SeenEntity,
-    ShipPose, StateAck, StateChannel, StateUpdate, Superseded, Welcome,
+    ChatHeard, ChatRefused, ChatSend, GameProtocolPlugin, PilotCommand, ReliableChannel,
+    SeenEntity, ShipPose, StateAck, StateChannel, StateUpdate, Superseded, Welcome,
 };
 use tokio::sync::mpsc::UnboundedSender;
 use tracing::{info, warn};
@@ -72,12 +72,10 @@ pub enum GatewayEvent {
     Left {
         player_id: u64,
     },
-    /// A command as the player sent it (checked by replication, not here).
+    /// A command as the player sent it (checked by whoever receives the event, not here).
     Input {
         player_id: u64,
-        thrust: f32,
-        turn: f32,
-        fire: bool,
+        command: PilotCommand,
     },
     /// A line of chat admitted and delivered here, for the players of other gateways (sent
     /// only by a gateway with [`GatewayIo::elsewhere`]).
@@ -142,7 +140,7 @@ struct PilotedShip {
     player_id: u64,
     link: Entity,
     /// The last command passed on: the authority holds it until another replaces it.
-    forwarded: Option<Pilot>,
+    forwarded: Option<PilotCommand>,
 }
 
 /// Each link's piloted ship entity.
@@ -365,7 +363,7 @@ fn forward_inputs(
     channels: Res<Channels>,
     timeline: Res<LocalTimeline>,
     tick_duration: Res<TickDuration>,
-    mut ships: Query<(&mut PilotedShip, &mut NativeBuffer<Pilot>)>,
+    mut ships: Query<(&mut PilotedShip, &mut NativeBuffer<PilotCommand>)>,
     current: Query<(), Current>,
 ) {
     let tick = timeline.tick();
@@ -384,9 +382,7 @@ fn forward_inputs(
         ship.forwarded = Some(command);
         let _ = channels.events.send(GatewayEvent::Input {
             player_id: ship.player_id,
-            thrust: command.thrust,
-            turn: command.turn,
-            fire: command.fire,
+            command,
         });
     }
 }

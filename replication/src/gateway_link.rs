@@ -201,21 +201,11 @@ fn apply(shared: &Arc<Shared>, id: GatewayId, m: GatewayMessage) {
                 }
                 GatewayEvent::Left { player_id }
             }
-            GatewayMessage::Input {
-                player_id,
-                thrust,
-                turn,
-                fire,
-            } => {
+            GatewayMessage::Input { player_id, command } => {
                 if reg.holds(id, player_id) == Verdict::Ignore {
                     return;
                 }
-                GatewayEvent::Input {
-                    player_id,
-                    thrust,
-                    turn,
-                    fire,
-                }
+                GatewayEvent::Input { player_id, command }
             }
             GatewayMessage::Chat(line) => {
                 if reg.holds(id, line.player_id) == Verdict::Apply {

@@ -235,23 +235,11 @@ impl Node {
                     self.hinted.remove(&player_id);
                     GatewayMessage::Left { player_id }
                 }
-                GatewayEvent::Input {
-                    player_id,
-                    thrust,
-                    turn,
-                    fire,
-                } => {
-                    let Ok((thrust, turn, _)) =
-                        self.inputs.admit(player_id, thrust, turn, Instant::now())
-                    else {
+                GatewayEvent::Input { player_id, command } => {
+                    let Ok(command) = self.inputs.admit(player_id, command, Instant::now()) else {
                         continue;
                     };
-                    GatewayMessage::Input {
-                        player_id,
-                        thrust,
-                        turn,
-                        fire,
-                    }
+                    GatewayMessage::Input { player_id, command }
                 }
                 GatewayEvent::Chat(line) => GatewayMessage::Chat(line),
             };

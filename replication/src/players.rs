@@ -32,25 +32,19 @@ pub(crate) fn on_gateway_event(s: &Arc<Shared>, event: GatewayEvent) {
             a.player_left(player_id);
             a
         }
-        GatewayEvent::Input {
-            player_id,
-            thrust,
-            turn,
-            fire,
-        } => {
+        GatewayEvent::Input { player_id, command } => {
             // One lock at a time: /metrics reads both, and holding the gate while waiting for
             // the authority deadlocked against it.
-            let admitted = s.inputs.lock().expect("inputs lock").admit(
-                player_id,
-                thrust,
-                turn,
-                Instant::now(),
-            );
-            let Ok((thrust, turn, _)) = admitted else {
+            let admitted =
+                s.inputs
+                    .lock()
+                    .expect("inputs lock")
+                    .admit(player_id, command, Instant::now());
+            let Ok(command) = admitted else {
                 return;
             };
             let mut a = s.authority.lock().expect("authority lock");
-            if !a.pilot(player_id, thrust, turn, fire) {
+            if !a.pilot(player_id, command) {
                 drop(a);
                 s.inputs.lock().expect("inputs lock").no_ship();
                 a = s.authority.lock().expect("authority lock");

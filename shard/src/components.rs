@@ -16,7 +16,7 @@ pub struct Owned {
 /// A player's latest command for this ship (from replication), applied every tick until the
 /// next one replaces it.
 #[derive(Component, Debug, Clone, Copy)]
-pub struct Pilot(pub sidereal_core::protocol::ShipControl);
+pub struct Pilot(pub sidereal_core::protocol::PilotCommand);
 
 /// Ticks left to live.
 #[derive(Component, Debug, Clone, Copy)]

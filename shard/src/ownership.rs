@@ -185,7 +185,7 @@ pub(crate) fn apply_replication_messages(
                     // A ship this shard does not simulate (handed over since): its new owner
                     // got the command with the ship.
                     if let Some(&e) = own.entities.get(&c.ship) {
-                        commands.entity(e).insert(Pilot(c));
+                        commands.entity(e).insert(Pilot(c.command));
                     }
                 }
             }

@@ -1,7 +1,7 @@
 //! Players' ships: minted by the authority itself and handed straight to the shard that owns
 //! the leaf they appear in.
 
-use sidereal_core::protocol::{Adoption, ReplicationMessage, ShipControl};
+use sidereal_core::protocol::{Adoption, PilotCommand, ReplicationMessage, ShipControl};
 use sidereal_core::{EntityId, EntityKind, EntitySnapshot, EntityState, SectorId, ShardId};
 
 use super::Authority;
@@ -89,28 +89,21 @@ impl Authority {
             self.controls.remove(&ship);
             self.route(ShipControl {
                 ship,
-                thrust: 0.0,
-                turn: 0.0,
-                fire: false,
+                command: PilotCommand::default(),
             });
         }
     }
 
     /// A connected player's command (validated by the caller) for its ship: kept, and sent to
     /// the shard simulating the ship. `false` if the player has no ship in the world.
-    pub fn pilot(&mut self, player_id: u64, thrust: f32, turn: f32, fire: bool) -> bool {
+    pub fn pilot(&mut self, player_id: u64, command: PilotCommand) -> bool {
         let Some(&ship) = self.players.get(&player_id) else {
             return false;
         };
         if !self.mirror.contains(ship) {
             return false;
         }
-        let control = ShipControl {
-            ship,
-            thrust,
-            turn,
-            fire,
-        };
+        let control = ShipControl { ship, command };
         self.controls.insert(ship, control);
         self.route(control);
         true

@@ -1,6 +1,7 @@
 use super::*;
 use sidereal_core::EntityState;
 use sidereal_core::codec::UpdateEncoder;
+use sidereal_core::protocol::PilotCommand;
 
 fn authority() -> Authority {
     Authority::new(AuthorityConfig {
@@ -652,15 +653,15 @@ fn a_pilots_command_reaches_the_ships_owner_and_follows_the_ship_through_a_hando
     } else {
         (l1, l0)
     };
-    assert!(!a.pilot(7, 1.0, 0.0, false), "no such player yet");
-    a.player_joined(7, ship);
-    assert!(a.pilot(7, 1.0, -0.5, true));
-    let control = ShipControl {
-        ship,
+    let command = PilotCommand {
         thrust: 1.0,
         turn: -0.5,
         fire: true,
     };
+    assert!(!a.pilot(7, command), "no such player yet");
+    a.player_joined(7, ship);
+    assert!(a.pilot(7, command));
+    let control = ShipControl { ship, command };
     let out = a.take_outbox();
     assert!(
         matches!(&out[..], [(l, ReplicationMessage::Controls { controls })] if *l == from && controls == &vec![control]),
@@ -691,10 +692,10 @@ fn a_pilots_command_reaches_the_ships_owner_and_follows_the_ship_through_a_hando
     let out = a.take_outbox();
     assert!(
         matches!(&out[..], [(l, ReplicationMessage::Controls { controls })]
-            if *l == to && controls[0].thrust == 0.0 && !controls[0].fire),
+            if *l == to && controls[0].command == PilotCommand::default()),
         "{out:?}"
     );
-    assert!(!a.pilot(7, 1.0, 0.0, false));
+    assert!(!a.pilot(7, command));
 }
 
 fn publishing_hello(a: &mut Authority, name: &str, hint: u8) -> LinkId {
