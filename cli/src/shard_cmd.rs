@@ -149,6 +149,7 @@ pub fn run(args: ShardArgs) -> anyhow::Result<()> {
             FeedOptions {
                 timeout: args.link_timeout,
                 max_frame_bytes: args.max_frame_bytes,
+                band: None,
             },
         ));
     }

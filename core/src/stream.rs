@@ -16,6 +16,13 @@
 //! the same bytes go to every subscriber of the sector; a subscriber that joins gets the
 //! sector's baselines as keyframes (`opened`) and the shared deltas from the next tick.
 //!
+//! A subscriber that needs only what lies near a sector's edges (a neighbouring shard, for its
+//! border shadows) subscribes with a `band`: each of its sectors then streams only the entities
+//! within `band` units of the sector's edges (encoded once per sector and band, shared by every
+//! subscriber of that band). An entity that goes deeper into the sector leaves the stream with
+//! a departure to its position there, which lies beyond the band: outside anything a shard
+//! following its neighbours' bands wants, so it is let go.
+//!
 //! [`encode_frame`]: crate::protocol::encode_frame
 //! [`FrameReader`]: crate::protocol::FrameReader
 
@@ -27,7 +34,7 @@ use crate::handshake::{LinkProofs, Nonce, Proof};
 use crate::ids::{EntityId, EntityKind, Epoch, ShardId};
 
 /// Bumped on any incompatible change of the messages below.
-pub const STREAM_PROTOCOL_VERSION: u32 = 1;
+pub const STREAM_PROTOCOL_VERSION: u32 = 2;
 /// Most sectors one `Subscribe` may name: a gateway wants the leaves around its players, a
 /// shard the neighbours of its own.
 pub const MAX_SUBSCRIBED_SECTORS: usize = 4096;
@@ -44,8 +51,12 @@ pub enum SubscriberMessage {
         nonce: Nonce,
         proof: Proof,
     },
-    /// Every sector wanted from this shard from now on, replacing the previous set.
-    Subscribe { sectors: Vec<SectorId> },
+    /// Every sector wanted from this shard from now on, replacing the previous set: whole, or
+    /// (`band`) only the entities within that many units of each sector's edges.
+    Subscribe {
+        sectors: Vec<SectorId>,
+        band: Option<f32>,
+    },
 }
 
 /// Shard to subscriber.
@@ -119,6 +130,24 @@ pub const STREAM_LINK: LinkProofs = LinkProofs::new(
     b"sidereal stream welcome v1",
 );
 
+/// A band is a positive, finite width (a shadow margin: tens of units).
+pub fn valid_band(band: Option<f32>) -> bool {
+    band.is_none_or(|b| b.is_finite() && b > 0.0)
+}
+
+/// Whether `p`, in `sector`, is within `band` units of its edges (`None`: the whole sector).
+pub fn in_band(sector: SectorId, band: Option<f32>, p: crate::Point) -> bool {
+    let Some(band) = band else {
+        return true;
+    };
+    let b = sector.bounds();
+    let inside = (p.x - b.min.x)
+        .min(b.max.x - p.x)
+        .min(p.y - b.min.y)
+        .min(b.max.y - p.y);
+    inside <= f64::from(band)
+}
+
 /// A subscriber name is 1-63 of `[A-Za-z0-9.-]` (it labels logs and metrics).
 pub fn valid_subscriber_name(name: &str) -> bool {
     !name.is_empty()
@@ -131,6 +160,32 @@ pub fn valid_subscriber_name(name: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_band_holds_what_lies_near_the_edges_and_must_be_a_positive_width() {
+        let s = SectorId::new(1, 0, 0).unwrap();
+        let b = s.bounds();
+        let (cx, cy) = ((b.min.x + b.max.x) / 2.0, (b.min.y + b.max.y) / 2.0);
+        let at = |x: f64, y: f64| crate::Point::new(x, y);
+        assert!(in_band(s, None, at(cx, cy)), "no band: everything");
+        assert!(
+            !in_band(s, Some(50.0), at(cx, cy)),
+            "the middle is deep inside"
+        );
+        assert!(
+            in_band(s, Some(50.0), at(b.min.x + 49.0, cy)),
+            "near the west edge"
+        );
+        assert!(
+            in_band(s, Some(50.0), at(cx, b.max.y - 50.0)),
+            "on the band's inner line"
+        );
+        assert!(!in_band(s, Some(50.0), at(b.min.x + 51.0, b.max.y - 51.0)));
+        assert!(valid_band(None) && valid_band(Some(50.0)));
+        for bad in [0.0, -1.0, f32::NAN, f32::INFINITY] {
+            assert!(!valid_band(Some(bad)), "{bad}");
+        }
+    }
 
     #[test]
     fn subscriber_names_are_short_and_plain() {

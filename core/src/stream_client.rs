@@ -33,6 +33,9 @@ pub struct FeedOptions {
     /// Silence for this long (a shard sends a `Tick` every tick) ends a connection.
     pub timeout: Duration,
     pub max_frame_bytes: usize,
+    /// Only the entities within this many units of each followed sector's edges (a shard
+    /// following its neighbours for its shadows); `None`: whole sectors.
+    pub band: Option<f32>,
 }
 
 impl Default for FeedOptions {
@@ -40,6 +43,7 @@ impl Default for FeedOptions {
         Self {
             timeout: DEFAULT_LINK_TIMEOUT,
             max_frame_bytes: MAX_FRAME_BYTES,
+            band: None,
         }
     }
 }
@@ -312,6 +316,20 @@ impl SectorFeed {
         true
     }
 
+    /// Follows sectors whole (`None`) or only the band near their edges from now on.
+    /// Connections made for another band close (their entities wait in transit) and the next
+    /// [`SectorFeed::follow`] makes them again.
+    pub fn set_band(&mut self, band: Option<f32>, now: Instant) {
+        if self.options.band == band {
+            return;
+        }
+        self.options.band = band;
+        let shards: Vec<ShardId> = self.conns.keys().cloned().collect();
+        for shard in shards {
+            self.close(&shard, now);
+        }
+    }
+
     fn close(&mut self, shard: &ShardId, now: Instant) {
         if let Some(c) = self.conns.remove(shard) {
             self.stats.disconnects += 1;
@@ -454,7 +472,10 @@ fn run_connection(
                 while let Ok(newer) = subscriptions.try_recv() {
                     sectors = newer;
                 }
-                let msg = SubscriberMessage::Subscribe { sectors };
+                let msg = SubscriberMessage::Subscribe {
+                    sectors,
+                    band: options.band,
+                };
                 if writer.write_all(&encode_frame(&msg)).is_err() {
                     break;
                 }

@@ -650,6 +650,7 @@ fn sector_streams() {
             let _ = shard.streams.send(HubEvent::Subscribe {
                 subscriber: i as u64 + 1,
                 sectors,
+                band: None,
             });
             inboxes.push(inbox);
         }

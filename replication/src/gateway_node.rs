@@ -132,6 +132,7 @@ pub fn start(config: GatewayNodeConfig) -> std::io::Result<RunningGateway> {
         FeedOptions {
             timeout: config.link_timeout,
             max_frame_bytes: MAX_FRAME_BYTES,
+            band: None,
         },
     );
     let mut node = Node {

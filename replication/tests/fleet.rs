@@ -253,15 +253,21 @@ fn sector_streams_show_every_entity_once_through_crossings_splits_merges_and_a_k
     fleet.place(p);
     let mut watcher = StreamWatcher::new();
     watcher.subscribe(&fleet);
-    let run = |fleet: &mut Fleet, watcher: &mut StreamWatcher, ticks: u32| {
+    // A second subscriber takes only the 50-unit band along each sector's edges, as a
+    // neighbouring shard does for its shadows.
+    let mut band = StreamWatcher::of_band(50.0);
+    band.subscribe(&fleet);
+    let run = |fleet: &mut Fleet, watchers: &mut [&mut StreamWatcher], ticks: u32| {
         for _ in 0..ticks {
             fleet.step();
             fleet.check_invariants().unwrap();
-            watcher.pump(fleet).unwrap();
-            watcher.check_against_mirror(fleet).unwrap();
+            watchers[0].pump(fleet).unwrap();
+            watchers[0].check_against_mirror(fleet).unwrap();
+            watchers[1].pump(fleet).unwrap();
+            watchers[1].check_band_against_mirror(fleet).unwrap();
         }
     };
-    run(&mut fleet, &mut watcher, 10 * TICK_HZ);
+    run(&mut fleet, &mut [&mut watcher, &mut band], 10 * TICK_HZ);
     let handovers = fleet.authority.counters.handovers;
     assert!(
         handovers > 100,
@@ -290,21 +296,24 @@ fn sector_streams_show_every_entity_once_through_crossings_splits_merges_and_a_k
     .unwrap();
     fleet.place(split);
     watcher.subscribe(&fleet);
-    run(&mut fleet, &mut watcher, 5 * TICK_HZ);
+    band.subscribe(&fleet);
+    run(&mut fleet, &mut [&mut watcher, &mut band], 5 * TICK_HZ);
     let merged = placement::merge(fleet.authority.placement(), leaf, ids[2].clone()).unwrap();
     fleet.place(merged);
     watcher.subscribe(&fleet);
-    run(&mut fleet, &mut watcher, 5 * TICK_HZ);
+    band.subscribe(&fleet);
+    run(&mut fleet, &mut [&mut watcher, &mut band], 5 * TICK_HZ);
 
     fleet.kill(1);
-    run(&mut fleet, &mut watcher, 10);
+    run(&mut fleet, &mut [&mut watcher, &mut band], 10);
     assert!(
         watcher.view.in_transit() > 0,
         "the dead shard's entities wait in transit"
     );
     fleet.rehome();
     watcher.subscribe(&fleet);
-    run(&mut fleet, &mut watcher, 5 * TICK_HZ);
+    band.subscribe(&fleet);
+    run(&mut fleet, &mut [&mut watcher, &mut band], 5 * TICK_HZ);
     // Nothing of the dead shard is left waiting: whatever the view holds in transit is in
     // transit in the mirror too (a handover in flight). The other way round may differ by a
     // tick: the new owner's frame can show an entity the authority has not yet seen adopted.
@@ -330,6 +339,15 @@ fn sector_streams_show_every_entity_once_through_crossings_splits_merges_and_a_k
         stats.update_bytes as f64 / stats.entity_updates.max(1) as f64,
         stats.stale_refused,
         watcher.bytes
+    );
+    println!(
+        "the 50-unit band of the same sectors: {} bytes ({:.1} % of whole sectors)",
+        band.bytes,
+        band.bytes as f64 * 100.0 / watcher.bytes as f64
+    );
+    assert!(
+        band.bytes * 2 < watcher.bytes,
+        "a band costs a fraction of whole sectors"
     );
 }
 

@@ -203,8 +203,9 @@ pub fn shadows_from_view<'a>(
         .collect()
 }
 
-/// Each tick, while replication says who the neighbours are: follow their streams (the leaves
-/// near this shard's), take in what arrived, and make the shadow set from it.
+/// Each tick, while replication says who the neighbours are: follow their streams (the bands
+/// along the edges of the leaves near this shard's), take in what arrived, and make the shadow
+/// set from it.
 fn shadow_neighbours_streams(
     mut commands: Commands,
     mut neighbours: ResMut<NeighbourFeed>,
@@ -233,6 +234,9 @@ fn shadow_neighbours_streams(
     let margin = f64::from(plan.margin);
     let own_bounds: Vec<Bounds> = own.sectors.iter().map(SectorId::bounds).collect();
     let areas: Vec<Bounds> = own_bounds.iter().map(|b| b.grown(margin)).collect();
+    // Only the band along the neighbours' edges: what lies deeper in their leaves is farther
+    // than the margin from this shard's (and leaves the band, and this view, as it goes in).
+    feed.set_band(Some(plan.margin), now);
     feed.follow(&plan.sectors, &plan.streams, Some(&areas), now);
     feed.pump(now);
     metrics.neighbour_streams.set(feed.connections() as i64);

@@ -17,7 +17,7 @@ use sidereal_core::link_socket;
 use sidereal_core::protocol::{FrameReader, MAX_HELLO_FRAME_BYTES, encode_frame};
 use sidereal_core::stream::{
     MAX_SUBSCRIBED_SECTORS, MAX_SUBSCRIBERS, PublisherMessage, STREAM_LINK,
-    STREAM_PROTOCOL_VERSION, SubscriberMessage, valid_subscriber_name,
+    STREAM_PROTOCOL_VERSION, SubscriberMessage, valid_band, valid_subscriber_name,
 };
 use tracing::{info, warn};
 
@@ -218,13 +218,14 @@ fn read_subscriptions(
     let mut buf = vec![0u8; 16 * 1024];
     loop {
         let reason = match read_frame(stream, reader, &mut buf) {
-            Ok(SubscriberMessage::Subscribe { sectors })
-                if sectors.len() <= MAX_SUBSCRIBED_SECTORS =>
+            Ok(SubscriberMessage::Subscribe { sectors, band })
+                if sectors.len() <= MAX_SUBSCRIBED_SECTORS && valid_band(band) =>
             {
                 if events
                     .send(HubEvent::Subscribe {
                         subscriber: id,
                         sectors,
+                        band,
                     })
                     .is_err()
                 {
@@ -232,7 +233,10 @@ fn read_subscriptions(
                 }
                 continue;
             }
-            Ok(SubscriberMessage::Subscribe { sectors }) => format!(
+            Ok(SubscriberMessage::Subscribe { band, .. }) if !valid_band(band) => {
+                format!("a band of {band:?} units (not a positive width)")
+            }
+            Ok(SubscriberMessage::Subscribe { sectors, .. }) => format!(
                 "subscribed to {} sectors, more than {MAX_SUBSCRIBED_SECTORS}",
                 sectors.len()
             ),
@@ -348,7 +352,10 @@ mod tests {
             "{answer:?}"
         );
         let too_many = vec![SectorId::new(0, 0, 0).unwrap(); MAX_SUBSCRIBED_SECTORS + 1];
-        let msg = SubscriberMessage::Subscribe { sectors: too_many };
+        let msg = SubscriberMessage::Subscribe {
+            sectors: too_many,
+            band: None,
+        };
         s.write_all(&encode_frame(&msg)).unwrap();
         assert!(
             closed(&mut s, &mut r),
@@ -356,6 +363,16 @@ mod tests {
         );
         let events: Vec<HubEvent> = hub.0.iter().take(2).collect();
         assert!(matches!(events[0], HubEvent::Joined { .. }), "{events:?}");
+        assert!(matches!(events[1], HubEvent::Left { .. }), "{events:?}");
+        // A band that is not a positive width: disconnected too.
+        let (mut s, mut r, _) = hello(addr, SECRET);
+        let msg = SubscriberMessage::Subscribe {
+            sectors: vec![SectorId::new(0, 0, 0).unwrap()],
+            band: Some(f32::NAN),
+        };
+        s.write_all(&encode_frame(&msg)).unwrap();
+        assert!(closed(&mut s, &mut r), "a NaN band closes the connection");
+        let events: Vec<HubEvent> = hub.0.iter().take(2).collect();
         assert!(matches!(events[1], HubEvent::Left { .. }), "{events:?}");
         // The server still serves.
         let (_, _, answer) = hello(addr, SECRET);

@@ -13,7 +13,7 @@ use crossbeam_channel::{Receiver, Sender, TrySendError};
 use rustc_hash::FxHashMap;
 use sidereal_core::codec::{UpdateEncoder, batch_entries};
 use sidereal_core::protocol::encode_frame;
-use sidereal_core::stream::{Departure, PublisherMessage, SectorFrame};
+use sidereal_core::stream::{Departure, PublisherMessage, SectorFrame, in_band};
 use sidereal_core::{EntityId, EntityKind, EntityState, Epoch, Point, SectorId};
 use tracing::{info, warn};
 
@@ -36,10 +36,11 @@ pub enum HubEvent {
         name: String,
         frames: Sender<Frame>,
     },
-    /// The whole set of sectors wanted from now on.
+    /// The whole set of sectors wanted from now on, whole or only their edges' `band`.
     Subscribe {
         subscriber: u64,
         sectors: Vec<SectorId>,
+        band: Option<f32>,
     },
     Left {
         subscriber: u64,
@@ -54,8 +55,47 @@ struct Subscriber {
     name: String,
     frames: Sender<Frame>,
     wanted: BTreeSet<SectorId>,
+    /// Whole sectors (`None`) or the band near their edges, for all of them.
+    band: Option<f32>,
     /// Sectors it has had an `opened` frame of and follows.
     open: BTreeSet<SectorId>,
+}
+
+impl Subscriber {
+    /// The stream it takes `sector` from.
+    fn key(&self, sector: SectorId) -> StreamKey {
+        StreamKey {
+            sector,
+            band: self.band.map(f32::to_bits),
+        }
+    }
+}
+
+/// One stream a shard publishes: a whole sector, or the band within `band` units of its edges
+/// (the bits of an `f32`, so keys order and compare exactly). Each is encoded once per tick,
+/// whoever follows it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+struct StreamKey {
+    sector: SectorId,
+    band: Option<u32>,
+}
+
+impl StreamKey {
+    fn band(&self) -> Option<f32> {
+        self.band.map(f32::from_bits)
+    }
+
+    fn holds(&self, p: Point) -> bool {
+        in_band(self.sector, self.band(), p)
+    }
+
+    /// Every key of `sector`, for range queries over maps keyed by it.
+    fn all_of(sector: SectorId) -> std::ops::RangeInclusive<StreamKey> {
+        StreamKey { sector, band: None }..=StreamKey {
+            sector,
+            band: Some(u32::MAX),
+        }
+    }
 }
 
 /// An entity in a sector's stream.
@@ -106,7 +146,7 @@ pub struct StreamStats {
 #[derive(Resource, Default)]
 pub struct SectorStreams {
     subscribers: BTreeMap<u64, Subscriber>,
-    sectors: BTreeMap<SectorId, SectorStream>,
+    sectors: BTreeMap<StreamKey, SectorStream>,
     /// What ended here in the last [`ENDED_MEMORY_TICKS`], with where.
     recently_ended: VecDeque<(u64, Departure, [f32; 2])>,
     pub stats: StreamStats,
@@ -162,6 +202,7 @@ fn take_subscriptions(hub: Option<Res<StreamHub>>, mut streams: ResMut<SectorStr
                         name,
                         frames,
                         wanted: BTreeSet::new(),
+                        band: None,
                         open: BTreeSet::new(),
                     },
                 );
@@ -169,8 +210,14 @@ fn take_subscriptions(hub: Option<Res<StreamHub>>, mut streams: ResMut<SectorStr
             HubEvent::Subscribe {
                 subscriber,
                 sectors,
+                band,
             } => {
                 if let Some(s) = streams.subscribers.get_mut(&subscriber) {
+                    if s.band != band {
+                        // Another stream for every sector: each opens afresh.
+                        s.band = band;
+                        s.open.clear();
+                    }
                     s.wanted = sectors.into_iter().collect();
                     // A sector no longer wanted needs a fresh opening if wanted again.
                     let wanted = &s.wanted;
@@ -211,7 +258,7 @@ fn publish_sector_streams(
     tick: Res<TickCount>,
     owned: Query<StreamedState>,
     positions: Query<&Position, With<Owned>>,
-    mut batches: Local<BTreeMap<SectorId, SectorBatch>>,
+    mut batches: Local<BTreeMap<StreamKey, SectorBatch>>,
 ) {
     let started = std::time::Instant::now();
     let streams = &mut *streams;
@@ -221,11 +268,11 @@ fn publish_sector_streams(
         streams.stats.streamed_sectors = 0;
         return;
     }
-    let wanted: BTreeSet<SectorId> = streams
+    let wanted: BTreeSet<StreamKey> = streams
         .subscribers
         .values()
-        .flat_map(|s| s.wanted.iter().copied())
-        .filter(|s| own.sectors.contains(s))
+        .flat_map(|s| s.wanted.iter().map(|x| s.key(*x)))
+        .filter(|k| own.sectors.contains(&k.sector))
         .collect();
     gather_batches(&own, &wanted, &owned, &mut batches);
     let departed: FxHashMap<EntityId, [f32; 2]> = own.departed.iter().copied().collect();
@@ -237,12 +284,13 @@ fn publish_sector_streams(
     };
     let ended = ended_unstreamed(&own, &wanted, &streams.sectors);
     let mut outgoing: Vec<(u64, Frame)> = Vec::new();
-    for sector in &wanted {
+    for key in &wanted {
+        let sector = &key.sector;
         let batch = batches
-            .get_mut(sector)
-            .expect("gathered for every wanted sector");
-        let stream = streams.sectors.entry(*sector).or_default();
-        let extra = ended.get(sector).map_or(&[][..], Vec::as_slice);
+            .get_mut(key)
+            .expect("gathered for every wanted stream");
+        let stream = streams.sectors.entry(*key).or_default();
+        let extra = ended.get(key).map_or(&[][..], Vec::as_slice);
         let frame = next_frame(stream, *sector, tick.0, batch, extra, where_now);
         streams.stats.frames += 1;
         streams.stats.update_bytes += frame.updates.len() as u64;
@@ -251,7 +299,7 @@ fn publish_sector_streams(
             (!frame.is_empty()).then(|| Arc::new(encode_frame(&PublisherMessage::Sector(frame))));
         let mut opening: Option<Frame> = None;
         for (id, sub) in streams.subscribers.iter_mut() {
-            if !sub.wanted.contains(sector) {
+            if !sub.wanted.contains(sector) || sub.key(*sector) != *key {
                 continue;
             }
             if sub.open.contains(sector) {
@@ -262,7 +310,7 @@ fn publish_sector_streams(
                 let ended = &streams.recently_ended;
                 let f = opening.get_or_insert_with(|| {
                     Arc::new(encode_frame(&PublisherMessage::Sector(opening_frame(
-                        stream, *sector, tick.0, ended,
+                        stream, *key, tick.0, ended,
                     ))))
                 });
                 outgoing.push((*id, f.clone()));
@@ -295,44 +343,51 @@ fn publish_sector_streams(
 /// tick), by the wanted sector they ended in: their departure is sent all the same.
 fn ended_unstreamed(
     own: &Ownership,
-    wanted: &BTreeSet<SectorId>,
-    sectors: &BTreeMap<SectorId, SectorStream>,
-) -> BTreeMap<SectorId, Vec<Departure>> {
-    let mut out: BTreeMap<SectorId, Vec<Departure>> = BTreeMap::new();
+    wanted: &BTreeSet<StreamKey>,
+    sectors: &BTreeMap<StreamKey, SectorStream>,
+) -> BTreeMap<StreamKey, Vec<Departure>> {
+    let mut out: BTreeMap<StreamKey, Vec<Departure>> = BTreeMap::new();
     for &(id, epoch, pos) in &own.ended {
-        let Some(sector) = own.sector_of(Point::new(pos[0].into(), pos[1].into())) else {
+        let p = Point::new(pos[0].into(), pos[1].into());
+        let Some(sector) = own.sector_of(p) else {
             continue;
         };
-        let streamed = sectors.get(&sector).is_some_and(|s| s.member(id).is_some());
-        if wanted.contains(&sector) && !streamed {
-            out.entry(sector).or_default().push(Departure {
-                id,
-                epoch,
-                to: None,
-            });
+        for key in wanted.range(StreamKey::all_of(sector)) {
+            let streamed = sectors.get(key).is_some_and(|s| s.member(id).is_some());
+            if !streamed && key.holds(p) {
+                out.entry(*key).or_default().push(Departure {
+                    id,
+                    epoch,
+                    to: None,
+                });
+            }
         }
     }
     out
 }
 
-/// Sorts this tick's owned entities into the wanted sectors' batches.
+/// Sorts this tick's owned entities into the wanted streams' batches (a sector's whole stream
+/// and its band streams each take those they hold).
 fn gather_batches(
     own: &Ownership,
-    wanted: &BTreeSet<SectorId>,
+    wanted: &BTreeSet<StreamKey>,
     owned: &Query<StreamedState>,
-    batches: &mut BTreeMap<SectorId, SectorBatch>,
+    batches: &mut BTreeMap<StreamKey, SectorBatch>,
 ) {
-    batches.retain(|s, _| wanted.contains(s));
-    for s in wanted {
-        batches.entry(*s).or_default().gathered.clear();
+    batches.retain(|k, _| wanted.contains(k));
+    for k in wanted {
+        batches.entry(*k).or_default().gathered.clear();
     }
     for (o, p, r, v, w) in owned.iter() {
-        let Some(sector) = own.sector_of(Point::new(p.0.x.into(), p.0.y.into())) else {
+        let at = Point::new(p.0.x.into(), p.0.y.into());
+        let Some(sector) = own.sector_of(at) else {
             continue;
         };
-        if let Some(b) = batches.get_mut(&sector) {
-            b.gathered
-                .push((o.id, o.epoch, state_of(p, r, v, w), o.kind));
+        for (key, b) in batches.range_mut(StreamKey::all_of(sector)) {
+            if key.holds(at) {
+                b.gathered
+                    .push((o.id, o.epoch, state_of(p, r, v, w), o.kind));
+            }
         }
     }
 }
@@ -432,14 +487,18 @@ fn remember_endings(memory: &mut VecDeque<(u64, Departure, [f32; 2])>, own: &Own
 /// what ended in it lately (see [`ENDED_MEMORY_TICKS`]).
 fn opening_frame(
     stream: &SectorStream,
-    sector: SectorId,
+    key: StreamKey,
     tick: u64,
     recently_ended: &VecDeque<(u64, Departure, [f32; 2])>,
 ) -> SectorFrame {
+    let sector = key.sector;
     let bounds = sector.bounds();
     let left = recently_ended
         .iter()
-        .filter(|(_, _, pos)| bounds.contains(Point::new(pos[0].into(), pos[1].into())))
+        .filter(|(_, _, pos)| {
+            let p = Point::new(pos[0].into(), pos[1].into());
+            bounds.contains(p) && key.holds(p)
+        })
         .map(|(_, d, _)| *d)
         .collect();
     let entered = stream.members.iter().map(|m| (m.id, m.kind)).collect();
@@ -462,23 +521,24 @@ fn opening_frame(
 fn close_unwanted_sectors(
     streams: &mut SectorStreams,
     own: &Ownership,
-    wanted: &BTreeSet<SectorId>,
+    wanted: &BTreeSet<StreamKey>,
     tick: u64,
     where_now: &impl Fn(EntityId) -> Option<[f32; 2]>,
     outgoing: &mut Vec<(u64, Frame)>,
 ) {
-    let closing: Vec<SectorId> = streams
+    let closing: Vec<StreamKey> = streams
         .sectors
         .keys()
-        .filter(|s| !wanted.contains(s))
+        .filter(|k| !wanted.contains(k))
         .copied()
         .collect();
-    for sector in closing {
-        let stream = streams.sectors.remove(&sector).expect("listed");
+    for key in closing {
+        let sector = key.sector;
+        let stream = streams.sectors.remove(&key).expect("listed");
         let followers: Vec<u64> = streams
             .subscribers
             .iter()
-            .filter(|(_, s)| s.open.contains(&sector))
+            .filter(|(_, s)| s.open.contains(&sector) && s.key(sector) == key)
             .map(|(id, _)| *id)
             .collect();
         if !own.sectors.contains(&sector) && !followers.is_empty() {
