@@ -350,7 +350,19 @@ impl StateEncoder {
     /// Encodes this tick's view for the player. Ticks must increase; a repeated or older one is
     /// sent whole.
     pub fn encode(&mut self, tick: u64, entities: &[SeenEntity]) -> Vec<u8> {
-        let current = Snapshot::quantize(tick, entities);
+        self.encode_snapshot(Snapshot::quantize(tick, entities))
+    }
+
+    /// [`StateEncoder::encode`] of a view already quantized at its tick and in id order (a
+    /// server quantizes each entity once per tick and hands every player its share). Ids must
+    /// be strictly ascending.
+    pub fn encode_snapshot(&mut self, current: Snapshot) -> Vec<u8> {
+        debug_assert!(
+            current.entities.windows(2).all(|w| w[0].id < w[1].id),
+            "a view in strictly ascending id order"
+        );
+        let tick = current.tick;
+        let entities = &current.entities;
         let newer = self.sent.back().is_none_or(|s| s.tick < tick);
         let baseline = self
             .acked

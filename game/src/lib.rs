@@ -89,6 +89,20 @@ pub struct SeenEntity {
     pub spin: f32,
 }
 
+impl From<&sidereal_core::EntitySnapshot> for SeenEntity {
+    /// An entity as a player is sent it.
+    fn from(s: &sidereal_core::EntitySnapshot) -> Self {
+        SeenEntity {
+            id: s.id.0,
+            kind: s.kind as u8,
+            pos: s.state.pos,
+            vel: s.state.vel,
+            angle: s.state.angle,
+            spin: s.state.ang_vel,
+        }
+    }
+}
+
 /// Most characters in one line of chat.
 pub const MAX_CHAT_CHARS: usize = 200;
 

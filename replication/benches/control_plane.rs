@@ -20,8 +20,8 @@ use std::time::Instant;
 use sidereal_core::codec::Quantized;
 use sidereal_core::codec::UpdateEncoder;
 use sidereal_core::protocol::{PilotCommand, ReplicationMessage, ShardMessage};
-use sidereal_core::stream::in_band;
 use sidereal_core::sector_view::{Source, ViewedEntity};
+use sidereal_core::stream::in_band;
 use sidereal_core::{
     Bounds, EntityId, EntityKind, EntitySnapshot, EntityState, Epoch, Placement, SectorId, ShardId,
 };

@@ -21,13 +21,14 @@ use sidereal_core::login::GAME_PROTOCOL_ID;
 use sidereal_core::{EntityId, EntitySnapshot};
 use sidereal_game::codec::StateEncoder;
 use sidereal_game::{
-    ChatHeard, ChatRefused, ChatSend, GameProtocolPlugin, PilotCommand, ReliableChannel,
-    SeenEntity, ShipPose, StateAck, StateChannel, StateUpdate, Superseded, Welcome,
+    ChatHeard, ChatRefused, ChatSend, GameProtocolPlugin, PilotCommand, ReliableChannel, ShipPose,
+    StateAck, StateChannel, StateUpdate, Superseded, Welcome,
 };
 use tokio::sync::mpsc::UnboundedSender;
 use tracing::{info, warn};
 
 use crate::chat::{ChatGate, ChatRefusal, listeners};
+use crate::interest::PlayerView;
 use crate::login::token::{player_of, ship_of};
 use crate::sessions::SessionGate;
 use crate::state::GameTraffic;
@@ -107,7 +108,7 @@ pub struct GatewayIo {
 #[derive(Debug, Clone, Default)]
 pub struct Views {
     pub tick: u64,
-    pub per_player: Vec<(u64, Vec<EntitySnapshot>)>,
+    pub per_player: Vec<(u64, PlayerView)>,
 }
 
 #[derive(Resource)]
@@ -435,20 +436,18 @@ fn send_views(
         }
         return;
     };
-    let by_player: std::collections::HashMap<u64, &Vec<EntitySnapshot>> =
-        views.per_player.iter().map(|(p, v)| (*p, v)).collect();
+    let mut by_player: std::collections::HashMap<u64, PlayerView> =
+        views.per_player.into_iter().collect();
     let (mut bytes, mut updates, mut entities) = (0, 0, 0);
-    let mut seen_buf = Vec::new();
     ships.0.clear();
     let server_tick = timeline.tick().0;
     for (link, player, mut stream, mut sender, body) in &mut clients {
-        let Some(seen) = by_player.get(&player.id) else {
+        let Some(view) = by_player.remove(&player.id) else {
             continue;
         };
-        // The interest views put the player's ship first.
-        if let Some(me) = seen.first().filter(|e| e.id.0 == player.ship) {
+        if let Some(me) = view.ship.filter(|e| e.id.0 == player.ship) {
             ships.0.push((player.id, me.state.pos));
-            let pose = ship_pose(me);
+            let pose = ship_pose(&me);
             match body.map(|b| bodies.get_mut(b.0)) {
                 Some(Ok(mut current)) => *current = pose,
                 Some(Err(_)) => {}
@@ -474,12 +473,10 @@ fn send_views(
                 }
             }
         }
-        seen_buf.clear();
-        seen_buf.extend(seen.iter().map(seen_entity));
-        let encoded = stream.0.encode(views.tick, &seen_buf);
+        entities += view.seen.entities.len() as u64;
+        let encoded = stream.0.encode_snapshot(view.seen);
         bytes += encoded.len() as u64;
         updates += 1;
-        entities += seen.len() as u64;
         sender.send::<StateChannel>(StateUpdate {
             server_tick,
             bytes: encoded,
@@ -620,18 +617,6 @@ fn hear_elsewhere(
 /// A piloted ship's state as lightyear replicates it to its pilot.
 fn ship_pose(s: &EntitySnapshot) -> ShipPose {
     ShipPose {
-        pos: s.state.pos,
-        vel: s.state.vel,
-        angle: s.state.angle,
-        spin: s.state.ang_vel,
-    }
-}
-
-/// An entity as a player is sent it.
-pub fn seen_entity(s: &EntitySnapshot) -> SeenEntity {
-    SeenEntity {
-        id: s.id.0,
-        kind: s.kind as u8,
         pos: s.state.pos,
         vel: s.state.vel,
         angle: s.state.angle,

@@ -327,21 +327,22 @@ impl Node {
                 player: false,
             })
             .collect();
-        let by_id: HashMap<EntityId, usize> = entities
-            .iter()
-            .enumerate()
-            .map(|(i, e)| (e.id, i))
-            .collect();
-        let per_player = crate::interest::views_over(
-            &entities,
-            |id| by_id.get(&id).map(|i| &entities[*i]),
-            &self.players,
-            self.radius,
-        );
+        let view = &self.feed.view;
+        let find = |id| {
+            view.get(id).map(|e| EntitySnapshot {
+                id: e.id,
+                kind: e.kind,
+                state: e.state(),
+                ttl_ticks: None,
+                player: false,
+            })
+        };
+        let per_player =
+            crate::interest::views_over(&entities, find, &self.players, self.radius, self.tick);
         // A full queue means the game port is behind: it skips to the newest anyway.
         let _ = self.views.try_send(Views {
             tick: self.tick,
-            per_player: per_player.into_iter().collect(),
+            per_player,
         });
     }
 

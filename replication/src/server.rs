@@ -312,13 +312,10 @@ pub async fn start(
             a.send_shadows(tick);
             s.flush(&mut a);
             if let Some((to_gateway, radius)) = &views {
-                let per_player = crate::interest::views(a.mirror(), a.players(), *radius);
+                let per_player = crate::interest::views(a.mirror(), a.players(), *radius, tick);
                 drop(a);
                 // A full queue means the gateway is behind: it skips to the newest anyway.
-                let _ = to_gateway.try_send(Views {
-                    tick,
-                    per_player: per_player.into_iter().collect(),
-                });
+                let _ = to_gateway.try_send(Views { tick, per_player });
             }
         }
     });
