@@ -4,10 +4,12 @@
 //! `Left` and commands for that player are ignored from then on.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 
 use sidereal_core::gateway_link::AuthorityMessage;
 use tokio::sync::mpsc::UnboundedSender;
+
+use crate::sessions::address_key;
 
 /// Addresses of each transport written into one connect token (netcode takes 32 in all).
 const TOKEN_ADDRESSES_PER_TRANSPORT: usize = 16;
@@ -30,6 +32,9 @@ pub struct GatewayRegistry {
     next: GatewayId,
     gateways: BTreeMap<GatewayId, LinkedGateway>,
     holder: HashMap<u64, GatewayId>,
+    /// Where each player last logged in from (its address as limits see it), for the fleet-wide
+    /// per-address limit.
+    logged_in_from: HashMap<u64, IpAddr>,
     /// Turns among gateways holding equally many players (a burst of logins comes before
     /// any of them joins).
     turn: usize,
@@ -136,6 +141,27 @@ impl GatewayRegistry {
         v
     }
 
+    /// A login minted a session for `player` from `address`.
+    pub fn minted(&mut self, player: u64, address: IpAddr) {
+        // Players who left keep their entry until the table outgrows the players held.
+        if self.logged_in_from.len() > 2 * self.holder.len() + 1024 {
+            let holder = &self.holder;
+            self.logged_in_from.retain(|p, _| holder.contains_key(p));
+        }
+        self.logged_in_from.insert(player, address_key(address));
+    }
+
+    /// Players other than `except` playing now, on any gateway, who logged in from `address`
+    /// (as limits see it): each gateway counts only its own sessions, so a login checks this
+    /// against the per-address limit for the whole fleet.
+    pub fn playing_from(&self, address: IpAddr, except: u64) -> usize {
+        let key = address_key(address);
+        self.holder
+            .keys()
+            .filter(|p| **p != except && self.logged_in_from.get(p) == Some(&key))
+            .count()
+    }
+
     /// Sends `msg` to every gateway.
     pub fn tell_all(&self, msg: &AuthorityMessage) {
         for g in self.gateways.values() {
@@ -227,6 +253,35 @@ mod tests {
         assert_eq!(reg.unlink(b), vec![7]);
         assert_eq!(reg.holds(a, 7), Verdict::Ignore);
         assert_eq!(reg.unlink(a), Vec::<u64>::new());
+    }
+
+    #[test]
+    fn players_from_one_address_are_counted_across_gateways_while_they_play() {
+        let mut reg = GatewayRegistry::default();
+        let (a, _a_rx) = gateway(&mut reg, 1);
+        let (b, _b_rx) = gateway(&mut reg, 2);
+        let home: IpAddr = "198.51.100.4".parse().unwrap();
+        let v6a: IpAddr = "2001:db8:1:2::10".parse().unwrap();
+        let v6b: IpAddr = "2001:db8:1:2::99".parse().unwrap();
+        for (player, addr) in [(1, home), (2, home), (3, v6a), (4, v6b)] {
+            reg.minted(player, addr);
+        }
+        assert_eq!(reg.playing_from(home, 0), 0, "minted is not playing");
+        reg.joined(a, 1);
+        reg.joined(b, 2);
+        reg.joined(b, 3);
+        reg.joined(a, 4);
+        assert_eq!(reg.playing_from(home, 0), 2, "one on each gateway");
+        assert_eq!(reg.playing_from(home, 1), 1, "a player's own session aside");
+        assert_eq!(reg.playing_from(v6b, 0), 2, "an IPv6 /64 is one address");
+        reg.left(b, 2);
+        assert_eq!(reg.playing_from(home, 0), 1);
+        reg.unlink(a);
+        assert_eq!(
+            reg.playing_from(home, 0),
+            0,
+            "a dead gateway's players are gone"
+        );
     }
 
     #[test]

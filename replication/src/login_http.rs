@@ -228,6 +228,13 @@ fn reply(
     let player_id = account.player_id.unwrap_or_default() as u64;
     // Linked gateways serve players when there are any; the embedded game port otherwise.
     let mut gateways = s.gateways.lock().expect("gateways lock");
+    // Each gateway holds an address to the limit for its own sessions; across the fleet, a
+    // login is refused while the address has that many players in the world already (this
+    // player's own session aside: logging in again replaces it).
+    let per_address = s.sessions.lock().limits().per_address;
+    if !gateways.is_empty() && gateways.playing_from(client, player_id) >= per_address {
+        return Err(LoginError::AddressFull(per_address));
+    }
     let (servers, websocket) = gateways.token_servers().unwrap_or_else(|| {
         (
             s.logins.config.servers.clone(),
@@ -251,6 +258,7 @@ fn reply(
         .lock()
         .minted(session, player_id, client, Instant::now());
     // The gateways admit the session's connection against its player's and address's limits.
+    gateways.minted(player_id, client);
     gateways.tell_all(&AuthorityMessage::Minted {
         session,
         player_id,

@@ -191,3 +191,87 @@ fn a_gateway_admits_sessions_against_the_address_limit() {
         bob.is_connected() && bob.received().welcome.is_some()
     });
 }
+
+/// Each gateway counts only its own sessions, so an address could hold its limit on every
+/// gateway. Logins close that: with replication's `--max-sessions-per-address 1` and two
+/// gateways that would each admit 64, a second player from ada's address gets no token while
+/// ada plays (429, counted as `address_full`), and gets one once she has left.
+#[test]
+fn a_login_is_refused_while_its_address_holds_the_limit_across_gateways() {
+    let data = TempDir::new("fleet-address-limit");
+    let r = start_replication_with(
+        50,
+        &data.0,
+        None,
+        &[
+            "--no-game",
+            "--gateway-link",
+            "127.0.0.1:0",
+            "--max-sessions-per-address",
+            "1",
+        ],
+    );
+    let _shards = start_shards_and_place(&r, 1);
+    let link = r.gateways.clone().expect("a gateway link");
+    let gateways = [
+        start_gateway_with(&link, "gw-a", None, 1500.0, &[]),
+        start_gateway_with(&link, "gw-b", None, 1500.0, &[]),
+    ];
+    wait_until("both gateways linked", Duration::from_secs(20), || {
+        gateways
+            .iter()
+            .all(|g| metric_at(&g.metrics, "sidereal_gateway_linked") == 1.0)
+    });
+    let ada_login = register(&r.http, "ada");
+    // Bob's account is made while nobody plays; his logins are what is limited.
+    let _ = register(&r.http, "bob");
+    let mut ada = GameClient::connect(ada_login).expect("a token");
+    wait_until("ada plays", Duration::from_secs(15), || {
+        ada.update();
+        ada.is_connected() && ada.received().welcome.is_some()
+    });
+    wait_until("replication counts ada", Duration::from_secs(10), || {
+        r.control.status().players_connected == 1
+    });
+    let try_bob = || {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap()
+            .block_on(sidereal_client::login(
+                &reqwest::Client::new(),
+                &r.http,
+                &sidereal_core::login::Credentials {
+                    name: "bob".into(),
+                    password: "correct horse battery".into(),
+                },
+                false,
+            ))
+    };
+    match try_bob() {
+        Err(sidereal_client::ClientError::Refused { status, message }) => {
+            assert_eq!(status, 429, "{message}");
+            assert!(message.contains("from this address"), "{message}");
+        }
+        other => panic!("bob got {other:?} while ada plays from his address"),
+    }
+    assert_eq!(
+        super::metric(&r, "sidereal_logins_total{result=\"address_full\"}"),
+        1.0
+    );
+    // Ada logging in again is not refused: her new session replaces her own.
+    let again = log_in(&r.http, "ada");
+    assert_eq!(again.player_id, ada.login.player_id);
+
+    ada.disconnect();
+    wait_until("ada has left", Duration::from_secs(15), || {
+        ada.update();
+        r.control.status().players_connected == 0
+    });
+    let mut bob =
+        GameClient::connect(try_bob().expect("bob's login once ada left")).expect("a token");
+    wait_until("bob plays", Duration::from_secs(15), || {
+        bob.update();
+        bob.is_connected() && bob.received().welcome.is_some()
+    });
+}

@@ -69,7 +69,7 @@ impl Default for LoginConfig {
 }
 
 /// Every `result` label of `sidereal_logins_total`.
-pub const LOGIN_RESULTS: [&str; 13] = [
+pub const LOGIN_RESULTS: [&str; 14] = [
     "created",
     "ok",
     "malformed",
@@ -82,6 +82,7 @@ pub const LOGIN_RESULTS: [&str; 13] = [
     "busy",
     "in_progress",
     "budget",
+    "address_full",
     "unavailable",
 ];
 
@@ -110,6 +111,11 @@ pub enum LoginError {
     /// Guesses for one account are answered one at a time, so the lockout counts each.
     #[error("another login for this account is in progress; retry shortly")]
     InProgress,
+    /// The address has this many players in the world already (on any gateway).
+    #[error(
+        "{0} players are in the world from this address already (its limit); retry when one leaves"
+    )]
+    AddressFull(usize),
     #[error("login unavailable: {0}")]
     Unavailable(String),
 }
@@ -143,6 +149,7 @@ impl LoginError {
             LoginError::Busy => "busy",
             LoginError::InProgress => "in_progress",
             LoginError::Budget(_) => "budget",
+            LoginError::AddressFull(_) => "address_full",
             LoginError::Unavailable(_) => "unavailable",
         }
     }
@@ -158,7 +165,8 @@ impl LoginError {
             | LoginError::Locked(_)
             | LoginError::Busy
             | LoginError::InProgress
-            | LoginError::Budget(_) => StatusCode::TOO_MANY_REQUESTS,
+            | LoginError::Budget(_)
+            | LoginError::AddressFull(_) => StatusCode::TOO_MANY_REQUESTS,
             LoginError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
         }
     }
