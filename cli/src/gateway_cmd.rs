@@ -62,6 +62,11 @@ pub struct GatewayArgs {
     /// game ports are bound to an unspecified address (0.0.0.0): the pod's IP under Kubernetes.
     #[arg(long, env = "SIDEREAL_ADVERTISE_IP")]
     pub advertise_ip: Option<std::net::IpAddr>,
+    /// Players' registration and login here (POST /v1/accounts, /v1/login), passed on to the
+    /// authority over the gateway link and answered as replication's own login endpoint
+    /// answers: any gateway takes logins. HTTPS with --tls-cert. Off when not given.
+    #[arg(long, env = "SIDEREAL_GATEWAY_LOGIN")]
+    pub login: Option<SocketAddr>,
     /// /metrics and /healthz (healthy while linked to the authority).
     #[arg(
         long,
@@ -204,10 +209,45 @@ pub fn run(args: GatewayArgs) -> anyhow::Result<()> {
         .websocket
         .map(|w| format!(" ws={w}"))
         .unwrap_or_default();
-    println!("SIDEREAL_READY game={}{ws} metrics={metrics}", running.udp);
+    let login = args
+        .login
+        .map(|addr| {
+            let l = std::net::TcpListener::bind(addr)
+                .with_context(|| format!("binding the login endpoint on {addr}"))?;
+            l.set_nonblocking(true)?;
+            anyhow::Ok(l)
+        })
+        .transpose()?;
+    let login_field = match &login {
+        Some(l) => format!(" login={}", l.local_addr()?),
+        None => String::new(),
+    };
+    println!(
+        "SIDEREAL_READY game={}{ws} metrics={metrics}{login_field}",
+        running.udp
+    );
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
+    if let Some(listener) = login {
+        let router = sidereal_replication::gateway_login::router(running.logins.clone());
+        let tls_config = tls.as_ref().map(|(_, c)| c.clone());
+        rt.spawn(async move {
+            let listener = match tokio::net::TcpListener::from_std(listener) {
+                Ok(l) => l,
+                Err(e) => return tracing::warn!(error = %e, "login endpoint unusable"),
+            };
+            match tls_config {
+                Some(c) => sidereal_replication::server::serve_https(listener, router, c).await,
+                None => {
+                    let app = router.into_make_service_with_connect_info::<SocketAddr>();
+                    if let Err(e) = axum::serve(listener, app).await {
+                        tracing::warn!(error = %e, "login endpoint stopped");
+                    }
+                }
+            }
+        });
+    }
     if let Some((cert, _)) = tls {
         rt.spawn(cert.watch());
     }

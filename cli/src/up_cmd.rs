@@ -80,6 +80,10 @@ pub struct UpArgs {
     /// Gateway i serves /metrics on this port + i.
     #[arg(long, default_value_t = 9200)]
     pub gateway_metrics_base_port: u16,
+    /// Gateway i takes players' logins (POST /v1/accounts, /v1/login, passed on to
+    /// replication) on this port + i, on the --http address.
+    #[arg(long, default_value_t = 7790)]
+    pub gateway_login_base_port: u16,
     /// Game sessions all players behind one address may hold at once on each game port
     /// (replication's own or each gateway's); bot swarms from one machine need more.
     #[arg(long, default_value_t = 64)]
@@ -226,6 +230,17 @@ impl Fleet {
                     "127.0.0.1:{}",
                     usize::from(self.args.gateway_metrics_base_port) + i
                 ),
+            ])
+            .args([
+                "--login",
+                &SocketAddr::new(
+                    self.args.http.ip(),
+                    self.args
+                        .gateway_login_base_port
+                        .checked_add(u16::try_from(i).context("gateway port overflow")?)
+                        .context("gateway port overflow")?,
+                )
+                .to_string(),
             ])
             .args(["--tick-hz", &self.args.tick_hz.to_string()])
             .args([
@@ -463,6 +478,13 @@ async fn supervise(fleet: &mut Fleet) -> anyhow::Result<()> {
     println!(
         "  players      POST {base}/v1/accounts or {base}/v1/login with {{\"name\":..,\"password\":..}}"
     );
+    if fleet.args.gateways > 0 {
+        println!(
+            "               or the same at any gateway: http://{}:{}.. (one port per gateway)",
+            fleet.args.http.ip(),
+            fleet.args.gateway_login_base_port
+        );
+    }
     println!(
         "  metrics      {base}/metrics, shards on 127.0.0.1:{}..",
         fleet.args.metrics_base_port

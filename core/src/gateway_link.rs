@@ -27,7 +27,7 @@ use crate::ids::{EntityId, ShardId};
 use crate::protocol::PilotCommand;
 
 /// Bumped on any incompatible change of the messages below.
-pub const GATEWAY_LINK_VERSION: u32 = 2;
+pub const GATEWAY_LINK_VERSION: u32 = 3;
 /// Game addresses one gateway may announce per transport.
 pub const MAX_GATEWAY_ADDRESSES: usize = 8;
 /// A gateway that sends nothing for this long is taken for dead (it sends `Alive` every
@@ -62,6 +62,16 @@ pub enum GatewayMessage {
     Chat(ChatLine),
     /// Nothing else to say this second.
     Alive,
+    /// A registration (`register`) or login a player sent this gateway from `client`, passed
+    /// on as it came (the JSON body, at most `MAX_LOGIN_BODY_BYTES`): the authority answers it
+    /// as its own login endpoint would, with `LoginAnswer { request }`.
+    Login {
+        request: u64,
+        client: std::net::IpAddr,
+        register: bool,
+        #[serde(with = "crate::wire_bytes")]
+        body: Vec<u8>,
+    },
 }
 
 /// Authority to gateway.
@@ -101,6 +111,15 @@ pub enum AuthorityMessage {
         session: u64,
         player_id: u64,
         address: std::net::IpAddr,
+    },
+    /// The answer to this gateway's `Login { request }`: the HTTP status, `Retry-After`
+    /// seconds if any, and the JSON body, for the gateway to give the player as they are.
+    LoginAnswer {
+        request: u64,
+        status: u16,
+        retry_after: Option<u32>,
+        #[serde(with = "crate::wire_bytes")]
+        body: Vec<u8>,
     },
 }
 

@@ -213,10 +213,45 @@ fn apply(shared: &Arc<Shared>, id: GatewayId, m: GatewayMessage) {
                 }
                 return;
             }
+            GatewayMessage::Login {
+                request,
+                client,
+                register,
+                body,
+            } => {
+                answer_login(shared.clone(), id, request, client, register, body);
+                return;
+            }
             GatewayMessage::Alive | GatewayMessage::Hello { .. } => return,
         }
     };
     on_gateway_event(shared, event);
+}
+
+/// Answers a login a gateway passed on, as the login endpoint here would (the same limits,
+/// counted against the player's own address), without holding up the gateway's reports.
+fn answer_login(
+    shared: Arc<Shared>,
+    id: GatewayId,
+    request: u64,
+    client: std::net::IpAddr,
+    register: bool,
+    body: Vec<u8>,
+) {
+    tokio::spawn(async move {
+        let (status, retry_after, body) =
+            crate::login_http::answer_for_gateway(&shared, client, register, &body).await;
+        let reg = shared.gateways.lock().expect("gateways lock");
+        reg.tell(
+            id,
+            AuthorityMessage::LoginAnswer {
+                request,
+                status,
+                retry_after,
+                body,
+            },
+        );
+    });
 }
 
 async fn write_gateway(

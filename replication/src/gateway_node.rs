@@ -29,6 +29,7 @@ use tracing::{info, warn};
 
 use crate::controls::InputGate;
 use crate::gateway::{FromElsewhere, GatewayConfig, GatewayEvent, GatewayIo, Views};
+use crate::gateway_login::{LoginAnswer, LoginDesk};
 use crate::sessions::{SessionGate, SessionLimits};
 use crate::state::GameTraffic;
 
@@ -77,6 +78,8 @@ pub struct RunningGateway {
     pub traffic: Arc<GameTraffic>,
     pub status: Arc<Mutex<NodeStatus>>,
     pub sessions: SessionGate,
+    /// Players' logins here, passed on to the authority (`crate::gateway_login::router`).
+    pub logins: LoginDesk,
 }
 
 /// Margin around a player's interest circle subscribed as well, so entities coming into view
@@ -125,7 +128,14 @@ pub fn start(config: GatewayNodeConfig) -> std::io::Result<RunningGateway> {
         },
     )?;
     let status = Arc::new(Mutex::new(NodeStatus::default()));
-    let link = AuthorityLink::new(&config, sessions.clone(), public_udp, public_ws);
+    let logins = LoginDesk::default();
+    let link = AuthorityLink::new(
+        &config,
+        sessions.clone(),
+        logins.clone(),
+        public_udp,
+        public_ws,
+    );
     let feed = SectorFeed::new(
         &config.name,
         &config.secret,
@@ -150,6 +160,7 @@ pub fn start(config: GatewayNodeConfig) -> std::io::Result<RunningGateway> {
         status: status.clone(),
         tick: 0,
         inputs: InputGate::new(config.game.tick_hz),
+        logins: logins.clone(),
     };
     std::thread::Builder::new()
         .name("gateway-node".into())
@@ -161,6 +172,7 @@ pub fn start(config: GatewayNodeConfig) -> std::io::Result<RunningGateway> {
         traffic,
         status,
         sessions,
+        logins,
     })
 }
 
@@ -182,6 +194,7 @@ struct Node {
     tick: u64,
     /// Commands are checked here (rate, range, NaN) before they cost the authority anything.
     inputs: InputGate,
+    logins: LoginDesk,
 }
 
 impl Node {
@@ -212,6 +225,7 @@ impl Node {
         if !self.pass_on_player_events() {
             return false;
         }
+        self.pass_on_logins();
         self.take_authority_news(now);
         self.follow_players(now);
         self.feed.pump(now);
@@ -247,6 +261,24 @@ impl Node {
             // While unlinked, reports are dropped: the relink re-announces every player, and a
             // command is repeated by the next one.
             self.link.send(msg);
+        }
+    }
+
+    /// Players' logins go to the authority; while there is none to ask, they are refused at
+    /// once (the client retries).
+    fn pass_on_logins(&mut self) {
+        for msg in self.logins.take_queued() {
+            if self.link.linked {
+                self.link.send(msg);
+            } else if let GatewayMessage::Login { request, .. } = msg {
+                self.logins.answer(
+                    request,
+                    LoginAnswer::refusal(
+                        axum::http::StatusCode::SERVICE_UNAVAILABLE,
+                        "this gateway is not linked to the authority; retry shortly",
+                    ),
+                );
+            }
         }
     }
 
@@ -378,6 +410,7 @@ struct AuthorityLink {
     name: String,
     secret: String,
     sessions: SessionGate,
+    logins: LoginDesk,
     udp: Vec<SocketAddr>,
     websocket: Vec<SocketAddr>,
     timeout: Duration,
@@ -398,6 +431,7 @@ impl AuthorityLink {
     fn new(
         config: &GatewayNodeConfig,
         sessions: SessionGate,
+        logins: LoginDesk,
         udp: Vec<SocketAddr>,
         websocket: Vec<SocketAddr>,
     ) -> Self {
@@ -407,6 +441,7 @@ impl AuthorityLink {
             name: config.name.clone(),
             secret: config.secret.clone(),
             sessions,
+            logins,
             udp,
             websocket,
             timeout: config.link_timeout,
@@ -474,6 +509,7 @@ impl AuthorityLink {
             name: self.name.clone(),
             secret: self.secret.clone(),
             sessions: self.sessions.clone(),
+            logins: self.logins.clone(),
             udp: self.udp.clone(),
             websocket: self.websocket.clone(),
             timeout: self.timeout,
@@ -501,6 +537,7 @@ struct Dial {
     name: String,
     secret: String,
     sessions: SessionGate,
+    logins: LoginDesk,
     udp: Vec<SocketAddr>,
     websocket: Vec<SocketAddr>,
     timeout: Duration,
@@ -552,6 +589,22 @@ impl Dial {
                     self.sessions
                         .lock()
                         .minted(session, player_id, address, Instant::now());
+                    continue;
+                }
+                // So is a login's answer: its player is waiting on the HTTP endpoint.
+                if let AuthorityMessage::LoginAnswer {
+                    request,
+                    status,
+                    retry_after,
+                    body,
+                } = m
+                {
+                    let answer = LoginAnswer {
+                        status,
+                        retry_after,
+                        body,
+                    };
+                    self.logins.answer(request, answer);
                     continue;
                 }
                 if events.send((id, LinkEvent::Message(m))).is_err() {

@@ -162,6 +162,13 @@ impl GatewayRegistry {
             .count()
     }
 
+    /// Sends `msg` to gateway `id`, if it is still linked.
+    pub(crate) fn tell(&self, id: GatewayId, msg: AuthorityMessage) {
+        if let Some(g) = self.gateways.get(&id) {
+            let _ = g.to_gateway.send(msg);
+        }
+    }
+
     /// Sends `msg` to every gateway.
     pub fn tell_all(&self, msg: &AuthorityMessage) {
         for g in self.gateways.values() {

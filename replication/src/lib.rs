@@ -7,6 +7,7 @@ pub mod chat;
 pub mod controls;
 pub mod gateway;
 pub mod gateway_link;
+pub mod gateway_login;
 pub mod gateway_node;
 pub mod gateway_registry;
 pub mod interest;

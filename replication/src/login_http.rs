@@ -38,6 +38,7 @@ async fn register(
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     body: Result<Json<Credentials>, JsonRejection>,
 ) -> Response {
+    let body = body.map(|Json(c)| c).map_err(LoginError::from);
     answer(
         &s,
         StatusCode::CREATED,
@@ -51,12 +52,47 @@ async fn login(
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     body: Result<Json<Credentials>, JsonRejection>,
 ) -> Response {
+    let body = body.map(|Json(c)| c).map_err(LoginError::from);
     answer(
         &s,
         StatusCode::OK,
         "ok",
         try_login(&s, peer.ip(), body).await,
     )
+}
+
+/// A registration (`register`) or login that a gateway received from `client` and passed on
+/// over its link, answered exactly as this process's own endpoints answer it: the status, the
+/// `Retry-After` seconds if any, and the JSON body.
+pub(crate) async fn answer_for_gateway(
+    s: &Shared,
+    client: IpAddr,
+    register: bool,
+    body: &[u8],
+) -> (u16, Option<u32>, Vec<u8>) {
+    let credentials = if body.len() > MAX_LOGIN_BODY_BYTES {
+        Err(LoginError::TooLarge)
+    } else {
+        serde_json::from_slice::<Credentials>(body)
+            .map_err(|e| LoginError::Malformed(StatusCode::BAD_REQUEST, e.to_string()))
+    };
+    let response = if register {
+        let r = try_register(s, client, credentials).await;
+        answer(s, StatusCode::CREATED, "created", r)
+    } else {
+        let r = try_login(s, client, credentials).await;
+        answer(s, StatusCode::OK, "ok", r)
+    };
+    let status = response.status().as_u16();
+    let retry_after = response
+        .headers()
+        .get(axum::http::header::RETRY_AFTER)
+        .and_then(|v| v.to_str().ok()?.parse().ok());
+    let body = axum::body::to_bytes(response.into_body(), 64 << 10)
+        .await
+        .map(|b| b.to_vec())
+        .unwrap_or_default();
+    (status, retry_after, body)
 }
 
 fn answer(
@@ -82,19 +118,19 @@ fn answer(
 fn admit_request(
     s: &Shared,
     client: IpAddr,
-    body: Result<Json<Credentials>, JsonRejection>,
+    body: Result<Credentials, LoginError>,
 ) -> Result<(NetcodeKey, &crate::store::Store, Credentials), LoginError> {
     let key = s.logins.config.netcode_key.clone().ok_or_else(no_key)?;
     let store = s.store.as_ref().ok_or_else(no_store)?;
     s.logins.admit(client)?;
-    let Json(c) = body?;
+    let c = body?;
     Ok((key, store, c))
 }
 
 async fn try_register(
     s: &Shared,
     client: IpAddr,
-    body: Result<Json<Credentials>, JsonRejection>,
+    body: Result<Credentials, LoginError>,
 ) -> Result<LoginReply, LoginError> {
     let (key, store, c) = admit_request(s, client, body)?;
     validate_credentials(&c)?;
@@ -135,7 +171,7 @@ async fn try_register(
 async fn try_login(
     s: &Shared,
     client: IpAddr,
-    body: Result<Json<Credentials>, JsonRejection>,
+    body: Result<Credentials, LoginError>,
 ) -> Result<LoginReply, LoginError> {
     let (key, store, c) = admit_request(s, client, body)?;
     validate_name(&c.name)?;

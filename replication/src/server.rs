@@ -481,7 +481,12 @@ impl PublicTls {
 
 /// Serves `router` over HTTPS: a TLS handshake (10 s at most) per connection, then HTTP/1.1,
 /// with the client's address for the login limits.
-async fn serve_https(listener: TcpListener, router: axum::Router, tls: Arc<rustls::ServerConfig>) {
+/// Serves `router` over HTTPS on `listener` (the client's address as `ConnectInfo`).
+pub async fn serve_https(
+    listener: TcpListener,
+    router: axum::Router,
+    tls: Arc<rustls::ServerConfig>,
+) {
     let acceptor = tokio_rustls::TlsAcceptor::from(tls);
     loop {
         let (tcp, peer) = match listener.accept().await {

@@ -31,6 +31,8 @@ pub(crate) struct Gateway {
     pub(crate) websocket: Option<SocketAddr>,
     /// `/metrics` and `/healthz`, as `http://...`.
     pub(crate) metrics: String,
+    /// Its login endpoint (`--login`), as `http://...`.
+    pub(crate) login: Option<String>,
 }
 
 /// Starts `sidereal gateway` linking to `link`, with the fleet's secret or `secret`.
@@ -72,6 +74,10 @@ pub(crate) fn start_gateway_with(
             .find_map(|w| w.strip_prefix("ws="))
             .map(|w| w.parse().unwrap()),
         metrics: format!("http://{}", field("metrics=")),
+        login: ready
+            .split_whitespace()
+            .find_map(|w| w.strip_prefix("login="))
+            .map(|l| format!("http://{l}")),
         proc_: Proc(child),
     };
     std::thread::spawn(move || for _ in lines {});
@@ -579,4 +585,100 @@ fn three_gateways_and_three_shards_conserve_entities_and_views_through_splits_me
         assert!(p.is_connected(), "{} is connected", p.login.name);
         assert_eq!(p.reconnects(), 0, "{} never had to reconnect", p.login.name);
     }
+}
+
+/// Registers or logs in `name` with `password` at `http` (a gateway's login endpoint or
+/// replication's), as the client library does.
+fn try_login(
+    http: &str,
+    name: &str,
+    password: &str,
+    register: bool,
+) -> Result<LoginReply, sidereal_client::ClientError> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+        .block_on(sidereal_client::login(
+            &reqwest::Client::new(),
+            http,
+            &sidereal_core::login::Credentials {
+                name: name.into(),
+                password: password.into(),
+            },
+            register,
+        ))
+}
+
+/// Any gateway takes logins (`--login`): it passes each to the authority over its link, with
+/// the player's address, and answers with the authority's answer. A player registers at one
+/// gateway and plays; a wrong password at another gets the authority's own refusal; a gateway
+/// with no authority to ask refuses at once (503) rather than hang.
+#[test]
+fn any_gateway_answers_login_with_the_authoritys_answer() {
+    let data = TempDir::new("gateway-login");
+    let r = start_replication_with(
+        100,
+        &data.0,
+        None,
+        &["--no-game", "--gateway-link", "127.0.0.1:0"],
+    );
+    let _shards = start_shards_and_place(&r, 1);
+    let link = r.gateways.clone().expect("a gateway link");
+    let login = ["--login", "127.0.0.1:0"];
+    let a = start_gateway_with(&link, "gw-a", None, RADIUS, &login);
+    let b = start_gateway_with(&link, "gw-b", None, RADIUS, &login);
+    wait_until("both gateways linked", Duration::from_secs(20), || {
+        [&a, &b]
+            .iter()
+            .all(|g| metric_at(&g.metrics, "sidereal_gateway_linked") == 1.0)
+    });
+    let (at_a, at_b) = (a.login.clone().unwrap(), b.login.clone().unwrap());
+
+    // Registered at gateway A: a token naming both gateways, and the player plays.
+    let reply = try_login(&at_a, "ada", "correct horse battery", true).expect("registered at A");
+    assert_eq!(reply.servers.len(), 2, "{:?}", reply.servers);
+    let mut ada = GameClient::connect(reply).expect("a token");
+    wait_until("ada plays", Duration::from_secs(15), || {
+        sees_own_ship(&mut ada)
+    });
+    assert_eq!(
+        metric(&r, "sidereal_logins_total{result=\"created\"}"),
+        1.0,
+        "the authority made the account"
+    );
+
+    // At gateway B: the right password logs in (the same player), a wrong one is refused with
+    // the authority's status and words.
+    let again = try_login(&at_b, "ada", "correct horse battery", false).expect("logged in at B");
+    assert_eq!(again.player_id, ada.login.player_id);
+    match try_login(&at_b, "ada", "wrong horse battery", false) {
+        Err(sidereal_client::ClientError::Refused { status, message }) => {
+            assert_eq!(status, 401);
+            assert_eq!(message, "wrong name or password");
+        }
+        other => panic!("a wrong password at gateway B got {other:?}"),
+    }
+    assert_eq!(
+        metric(&r, "sidereal_logins_total{result=\"wrong_credentials\"}"),
+        1.0
+    );
+
+    // A gateway that cannot reach the authority refuses logins at once.
+    let lonely = start_gateway_with("127.0.0.1:1", "gw-lonely", None, RADIUS, &login);
+    let asked = Instant::now();
+    match try_login(
+        lonely.login.as_ref().unwrap(),
+        "bob",
+        "correct horse battery",
+        true,
+    ) {
+        Err(sidereal_client::ClientError::Refused { status, .. }) => assert_eq!(status, 503),
+        other => panic!("an unlinked gateway answered {other:?}"),
+    }
+    assert!(
+        asked.elapsed() < Duration::from_secs(2),
+        "refused at once, not after a timeout: {:?}",
+        asked.elapsed()
+    );
 }

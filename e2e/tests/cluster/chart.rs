@@ -315,6 +315,14 @@ async fn the_chart_lints_renders_and_every_object_passes_a_server_side_dry_run()
     named("PodDisruptionBudget", "sidereal-gateway")?;
     let game = named("Service", "sidereal-gateway-game")?;
     ensure!(game["spec"]["ports"].to_string().contains("UDP"), "{game}");
+    // Players may log in at any gateway: the game Service carries login too.
+    ensure!(
+        game["spec"]["ports"].to_string().contains("\"login\"")
+            && gateway["template"]["spec"]["containers"][0]["env"]
+                .to_string()
+                .contains("SIDEREAL_GATEWAY_LOGIN"),
+        "gateways take logins: {game}"
+    );
     let login = named("Service", "sidereal-replication-game")?;
     ensure!(
         !login["spec"]["ports"].to_string().contains("UDP"),
