@@ -13,7 +13,7 @@ use sidereal_core::stream::valid_subscriber_name;
 use sidereal_replication::gateway::{DEFAULT_COMMAND_DELAY_TICKS, GatewayConfig};
 use sidereal_replication::gateway_node::{self, GatewayNodeConfig};
 use sidereal_replication::login::token::NetcodeKey;
-use sidereal_replication::sessions::SessionLimits;
+use sidereal_replication::rules::sessions::SessionLimits;
 use sidereal_replication::tls::{self, ReloadingCert, TlsFiles};
 
 #[derive(Args, Debug, Clone)]
@@ -230,7 +230,7 @@ pub fn run(args: GatewayArgs) -> anyhow::Result<()> {
         .enable_all()
         .build()?;
     if let Some(listener) = login {
-        let router = sidereal_replication::gateway_login::router(running.logins.clone());
+        let router = sidereal_replication::http::gateway_login::router(running.logins.clone());
         let tls_config = tls.as_ref().map(|(_, c)| c.clone());
         rt.spawn(async move {
             let listener = match tokio::net::TcpListener::from_std(listener) {

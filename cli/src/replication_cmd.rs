@@ -12,8 +12,8 @@ use sidereal_core::link_socket::parse_link_timeout;
 use sidereal_core::protocol::{MAX_FRAME_BYTES, MIN_FRAME_BYTES};
 use sidereal_replication::gateway::{DEFAULT_COMMAND_DELAY_TICKS, GatewayConfig};
 use sidereal_replication::login::token::NetcodeKey;
+use sidereal_replication::rules::sessions::SessionLimits;
 use sidereal_replication::server::LinkSettings;
-use sidereal_replication::sessions::SessionLimits;
 use sidereal_replication::tls::TlsFiles;
 use sidereal_replication::{AuthorityConfig, LoginConfig, ReplicationConfig};
 

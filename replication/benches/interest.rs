@@ -18,7 +18,7 @@ use sidereal_core::{EntityId, EntityKind, EntitySnapshot, EntityState, ShardId};
 use sidereal_game::SeenEntity;
 use sidereal_game::codec::StateEncoder;
 use sidereal_replication::Mirror;
-use sidereal_replication::interest::{SpatialIndex, views};
+use sidereal_replication::rules::interest::{SpatialIndex, views};
 
 const HZ: u32 = 30;
 

@@ -8,7 +8,7 @@ use std::time::Instant;
 
 use sidereal_core::load::{SectorCounts, ShardLoadReport};
 use sidereal_core::{EntityKind, Placement, SectorId, ShardId};
-use sidereal_replication::map::{MAX_MAP_ENTITIES, frame};
+use sidereal_replication::http::map::{MAX_MAP_ENTITIES, frame};
 
 fn main() {
     let mut placement = Placement::default();

@@ -27,10 +27,10 @@ use sidereal_game::{
 use tokio::sync::mpsc::UnboundedSender;
 use tracing::{info, warn};
 
-use crate::chat::{ChatGate, ChatRefusal, listeners};
-use crate::interest::PlayerView;
 use crate::login::token::{player_of, ship_of};
-use crate::sessions::SessionGate;
+use crate::rules::chat::{ChatGate, ChatRefusal, listeners};
+use crate::rules::interest::PlayerView;
+use crate::rules::sessions::SessionGate;
 use crate::state::GameTraffic;
 pub use sidereal_core::gateway_link::ChatLine;
 

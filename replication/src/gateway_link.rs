@@ -3,7 +3,7 @@
 //! leaves and commands as it does the embedded game port's, relays chat between gateways, and
 //! tells each gateway where the sectors are and where its players' ships are.
 //!
-//! Which gateway holds a player is decided here, in [`crate::gateway_registry`] (pure): the newest
+//! Which gateway holds a player is decided here, in [`crate::rules::gateway_registry`] (pure): the newest
 //! `Joined` wins, the gateway it left is told `Superseded`, and the old gateway's `Left` and
 //! commands for that player are ignored from then on.
 
@@ -25,9 +25,9 @@ use tokio::sync::mpsc::{UnboundedReceiver, UnboundedSender, unbounded_channel};
 use tracing::{info, warn};
 
 use crate::gateway::GatewayEvent;
-use crate::gateway_registry::{GatewayId, Verdict};
 use crate::link_settings::{HANDSHAKE_TIMEOUT, LinkSettings};
 use crate::players::on_gateway_event;
+use crate::rules::gateway_registry::{GatewayId, Verdict};
 use crate::state::Shared;
 
 /// How often a gateway is told where its players' ships are, and checked for placement news.
@@ -240,7 +240,7 @@ fn answer_login(
 ) {
     tokio::spawn(async move {
         let (status, retry_after, body) =
-            crate::login_http::answer_for_gateway(&shared, client, register, &body).await;
+            crate::http::login_http::answer_for_gateway(&shared, client, register, &body).await;
         let reg = shared.gateways.lock().expect("gateways lock");
         reg.tell(
             id,

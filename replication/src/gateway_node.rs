@@ -27,10 +27,10 @@ use sidereal_core::stream_client::{FeedOptions, FeedStats, SectorFeed};
 use sidereal_core::{Bounds, EntityId, EntitySnapshot, Point, SectorId, ShardId};
 use tracing::{info, warn};
 
-use crate::controls::InputGate;
 use crate::gateway::{FromElsewhere, GatewayConfig, GatewayEvent, GatewayIo, Views};
-use crate::gateway_login::{LoginAnswer, LoginDesk};
-use crate::sessions::{SessionGate, SessionLimits};
+use crate::http::gateway_login::{LoginAnswer, LoginDesk};
+use crate::rules::controls::InputGate;
+use crate::rules::sessions::{SessionGate, SessionLimits};
 use crate::state::GameTraffic;
 
 /// Settings of a gateway process.
@@ -67,7 +67,7 @@ pub struct NodeStatus {
     pub feed: FeedStats,
     /// Microseconds the newest step took (subscriptions, views).
     pub step_micros: u64,
-    /// Players' commands by result (`crate::controls::INPUT_RESULTS`).
+    /// Players' commands by result (`crate::rules::controls::INPUT_RESULTS`).
     pub inputs: BTreeMap<&'static str, u64>,
 }
 
@@ -78,7 +78,7 @@ pub struct RunningGateway {
     pub traffic: Arc<GameTraffic>,
     pub status: Arc<Mutex<NodeStatus>>,
     pub sessions: SessionGate,
-    /// Players' logins here, passed on to the authority (`crate::gateway_login::router`).
+    /// Players' logins here, passed on to the authority (`crate::http::gateway_login::router`).
     pub logins: LoginDesk,
 }
 
@@ -369,8 +369,13 @@ impl Node {
                 player: false,
             })
         };
-        let per_player =
-            crate::interest::views_over(&entities, find, &self.players, self.radius, self.tick);
+        let per_player = crate::rules::interest::views_over(
+            &entities,
+            find,
+            &self.players,
+            self.radius,
+            self.tick,
+        );
         // A full queue means the game port is behind: it skips to the newest anyway.
         let _ = self.views.try_send(Views {
             tick: self.tick,
@@ -759,7 +764,7 @@ impl RunningGateway {
         .expect("valid");
         step.set(s.step_micros as f64 / 1e6);
         families.extend(step.collect());
-        families.extend(crate::metrics::game_port_families(
+        families.extend(crate::http::metrics::game_port_families(
             &self.traffic,
             &s.inputs,
             &self.sessions.lock(),

@@ -1,27 +1,22 @@
 //! Sidereal replication: the authority on which shard owns which sector and entity, the shard
-//! link server and the control API.
+//! link server and the control API; and the gateway (`sidereal gateway`), the game port for
+//! players. Folders: `authority/` (the control plane's decisions), `rules/` (players' rules),
+//! `login/` (accounts' limits, passwords, tokens) are pure; `http/` is the HTTP face; the
+//! files at the top are the I/O shell (links, game ports, the store, the server's state).
 
-pub mod api;
 pub mod authority;
-pub mod chat;
-pub mod controls;
 pub mod gateway;
 pub mod gateway_link;
-pub mod gateway_login;
 pub mod gateway_node;
-pub mod gateway_registry;
-pub mod interest;
+pub mod http;
 pub mod link_outbox;
 pub mod link_settings;
 pub mod login;
-pub mod login_http;
-pub mod map;
-pub mod metrics;
 pub mod mirror;
 pub mod players;
 pub mod ports;
+pub mod rules;
 pub mod server;
-pub mod sessions;
 pub mod state;
 pub mod store;
 pub mod tls;

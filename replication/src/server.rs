@@ -57,7 +57,7 @@ pub struct ReplicationConfig {
     /// The game port; `None` serves no players (tests of the shard side).
     pub gateway: Option<GatewayConfig>,
     /// Game-port sessions per player and per address.
-    pub sessions: crate::sessions::SessionLimits,
+    pub sessions: crate::rules::sessions::SessionLimits,
     /// Where `sidereal gateway` processes link; `None` takes none.
     pub gateway_link: Option<SocketAddr>,
 }
@@ -312,7 +312,8 @@ pub async fn start(
             a.send_shadows(tick);
             s.flush(&mut a);
             if let Some((to_gateway, radius)) = &views {
-                let per_player = crate::interest::views(a.mirror(), a.players(), *radius, tick);
+                let per_player =
+                    crate::rules::interest::views(a.mirror(), a.players(), *radius, tick);
                 drop(a);
                 // A full queue means the gateway is behind: it skips to the newest anyway.
                 let _ = to_gateway.try_send(Views { tick, per_player });
@@ -341,7 +342,7 @@ pub async fn start(
             }
         }
     });
-    let app = crate::api::router(shared.clone());
+    let app = crate::http::api::router(shared.clone());
     let http = tokio::spawn(async move {
         // Client addresses feed the login rate limits.
         let app = app.into_make_service_with_connect_info::<SocketAddr>();
@@ -350,7 +351,7 @@ pub async fn start(
         }
     });
     let public = public_listener.map(|listener| {
-        let router = crate::api::public_router(shared.clone());
+        let router = crate::http::api::public_router(shared.clone());
         match &tls {
             Some(tls) => tokio::spawn(serve_https(listener, router, tls.login.clone())),
             None => {

@@ -7,10 +7,10 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use crate::authority::{Authority, LinkId};
-use crate::controls::InputGate;
 use crate::link_outbox::LinkOutbox;
 use crate::login::{LoginConfig, Logins};
-use crate::sessions::{SessionGate, SessionLimits};
+use crate::rules::controls::InputGate;
+use crate::rules::sessions::{SessionGate, SessionLimits};
 use crate::store::{EntityRow, Store, StoreError};
 
 /// How the store is doing, for /readyz, /v1/status and /metrics.
@@ -49,7 +49,7 @@ pub struct GameTraffic {
     pub state_updates: AtomicU64,
     /// Entities the state updates described, sent or left to the client's prediction.
     pub entity_updates: AtomicU64,
-    /// Chat lines by result (`crate::chat::CHAT_RESULTS`).
+    /// Chat lines by result (`crate::rules::chat::CHAT_RESULTS`).
     pub chat: Mutex<BTreeMap<&'static str, u64>>,
 }
 
@@ -72,11 +72,11 @@ pub struct Shared {
     /// Players' commands: rate limits and counts.
     pub inputs: Mutex<InputGate>,
     /// The live map's newest frame, shared by every page watching.
-    pub map_frames: crate::map::FrameCache,
+    pub map_frames: crate::http::map::FrameCache,
     /// Game-port sessions: minted at login, admitted and ended by the gateway.
     pub sessions: SessionGate,
     /// Gateways linked (`sidereal gateway`) and which one holds each player.
-    pub gateways: Mutex<crate::gateway_registry::GatewayRegistry>,
+    pub gateways: Mutex<crate::rules::gateway_registry::GatewayRegistry>,
     /// Players' ships being stored on their first connection.
     pub pending_ships: Mutex<std::collections::HashSet<sidereal_core::EntityId>>,
     /// Woken when a shard answers a report round.
@@ -102,7 +102,7 @@ impl Shared {
             control_token,
             logins: Logins::new(login),
             inputs: Mutex::new(InputGate::new(tick_hz)),
-            map_frames: crate::map::FrameCache::default(),
+            map_frames: crate::http::map::FrameCache::default(),
             sessions: SessionGate::new(sessions),
             pending_ships: Mutex::default(),
             gateways: Mutex::default(),

@@ -22,7 +22,7 @@ use tracing::warn;
 
 use self::limits::{FailureLock, RateLimiter};
 use self::token::NetcodeKey;
-use crate::sessions::address_key;
+use crate::rules::sessions::address_key;
 use crate::store::StoreError;
 
 /// Settings of the login API.

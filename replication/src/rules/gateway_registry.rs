@@ -9,7 +9,7 @@ use std::net::{IpAddr, SocketAddr};
 use sidereal_core::gateway_link::AuthorityMessage;
 use tokio::sync::mpsc::UnboundedSender;
 
-use crate::sessions::address_key;
+use crate::rules::sessions::address_key;
 
 /// Addresses of each transport written into one connect token (netcode takes 32 in all).
 const TOKEN_ADDRESSES_PER_TRANSPORT: usize = 16;

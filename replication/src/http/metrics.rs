@@ -22,7 +22,7 @@ pub fn render(
     game: &GameTraffic,
     logins: &BTreeMap<&'static str, u64>,
     inputs: &BTreeMap<&'static str, u64>,
-    sessions: &crate::sessions::SessionTable,
+    sessions: &crate::rules::sessions::SessionTable,
 ) -> String {
     let mut families = Vec::new();
     let mut add = |c: &dyn Collector| families.extend(c.collect());
@@ -279,7 +279,7 @@ pub fn render(
 pub fn game_port_families(
     game: &GameTraffic,
     inputs: &BTreeMap<&'static str, u64>,
-    sessions: &crate::sessions::SessionTable,
+    sessions: &crate::rules::sessions::SessionTable,
 ) -> Vec<MetricFamily> {
     let mut families = Vec::new();
     let mut add = |c: &dyn Collector| families.extend(c.collect());
@@ -311,7 +311,10 @@ pub fn game_port_families(
         "Entities described by the world state updates sent (each costs bytes only if it moved off its prediction)",
         game.entity_updates.load(Ordering::Relaxed),
     ));
-    let mut chat: BTreeMap<&str, u64> = crate::chat::CHAT_RESULTS.iter().map(|r| (*r, 0)).collect();
+    let mut chat: BTreeMap<&str, u64> = crate::rules::chat::CHAT_RESULTS
+        .iter()
+        .map(|r| (*r, 0))
+        .collect();
     chat.extend(
         game.chat
             .lock()
@@ -343,7 +346,7 @@ pub fn game_port_families(
     .expect("valid");
     g.set(sessions.holding() as i64);
     add(&g);
-    let denied: Vec<(&str, u64)> = crate::sessions::SESSION_REFUSALS
+    let denied: Vec<(&str, u64)> = crate::rules::sessions::SESSION_REFUSALS
         .iter()
         .map(|r| (*r, sessions.denied.get(r).copied().unwrap_or(0)))
         .collect();

@@ -21,7 +21,7 @@ use sidereal_core::control::{
 use sidereal_core::{Placement, SectorId, ShardId};
 
 use crate::authority::PutPlacementError;
-use crate::map::{self, MAP_INTERVAL, MAX_MAP_ENTITIES};
+use crate::http::map::{self, MAP_INTERVAL, MAX_MAP_ENTITIES};
 use crate::state::Shared;
 
 pub fn router(shared: Arc<Shared>) -> Router {
@@ -38,7 +38,7 @@ pub fn router(shared: Arc<Shared>) -> Router {
         ));
     Router::new()
         .merge(control)
-        .merge(crate::login_http::router())
+        .merge(crate::http::login_http::router())
         .route("/healthz", get(|| async { "ok" }))
         .route("/readyz", get(ready))
         .route("/metrics", get(metrics))
@@ -54,7 +54,7 @@ pub fn router(shared: Arc<Shared>) -> Router {
 /// of the control API.
 pub fn public_router(shared: Arc<Shared>) -> Router {
     Router::new()
-        .merge(crate::login_http::router())
+        .merge(crate::http::login_http::router())
         .route("/healthz", get(|| async { "ok" }))
         .with_state(shared)
 }
@@ -396,7 +396,7 @@ async fn metrics(State(s): State<Arc<Shared>>) -> Response {
     // after the other, and holding both here deadlocked a scrape against a flood of commands.
     let inputs = s.inputs.lock().expect("inputs lock").counts();
     let a = s.authority.lock().expect("authority lock");
-    let text = crate::metrics::render(
+    let text = crate::http::metrics::render(
         &a,
         &health,
         &s.link_bytes,
