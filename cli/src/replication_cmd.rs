@@ -317,6 +317,7 @@ pub fn run(args: ReplicationArgs) -> anyhow::Result<()> {
         tokio::select! {
             _ = all => {}
             _ = shutdown_signal() => tracing::info!("shutting down"),
+            why = running.shared.deposed() => anyhow::bail!("stepped down: {why}"),
         }
         anyhow::Ok(())
     })

@@ -124,7 +124,15 @@ pub async fn start(
     config: ReplicationConfig,
 ) -> Result<(Running, tokio::task::JoinHandle<()>), StartError> {
     let store = Store::open(config.database_url.as_deref(), &config.data_dir).await?;
-    info!(backend = store.backend(), "store open");
+    // This replication leads the store from now on: one that took it before is deposed, and
+    // its writes are refused (it steps down at its next checkpoint).
+    let holder = format!(
+        "{}/{}",
+        std::env::var("HOSTNAME").unwrap_or_else(|_| "replication".into()),
+        std::process::id()
+    );
+    let epoch = store.take_leadership(&holder).await?;
+    info!(backend = store.backend(), epoch, %holder, "store open; leading it");
     let mut authority = Authority::new(config.authority.clone());
     let t0 = Instant::now();
     let loaded = store.load(&config.authority.world).await?;
@@ -329,6 +337,12 @@ pub async fn start(
             s.gather_reports(REPORT_WAIT).await;
             match s.checkpoint().await {
                 Ok(_) => wait = interval,
+                Err(e) if e.is_deposed() => {
+                    // Another replication leads the store: nothing here may be written again.
+                    tracing::error!(error = %e, "deposed; stepping down");
+                    s.step_down(e.to_string());
+                    return;
+                }
                 Err(e) => {
                     let backlog = s
                         .authority

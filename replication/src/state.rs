@@ -81,6 +81,10 @@ pub struct Shared {
     pub pending_ships: Mutex<std::collections::HashSet<sidereal_core::EntityId>>,
     /// Woken when a shard answers a report round.
     pub reports: tokio::sync::Notify,
+    /// Why this replication stepped down (another took the store), once it did; the process
+    /// waits on [`Shared::deposed`] and exits.
+    pub stepped_down: Mutex<Option<String>>,
+    deposed_signal: tokio::sync::Notify,
 }
 
 impl Shared {
@@ -108,11 +112,30 @@ impl Shared {
             gateways: Mutex::default(),
             checkpointing: tokio::sync::Mutex::new(()),
             reports: tokio::sync::Notify::new(),
+            stepped_down: Mutex::new(None),
+            deposed_signal: tokio::sync::Notify::new(),
             store_health: Mutex::new(StoreHealth {
                 healthy: true,
                 ..Default::default()
             }),
         })
+    }
+
+    /// Another replication leads the store: remember why and wake whoever waits on
+    /// [`Shared::deposed`].
+    pub fn step_down(&self, why: String) {
+        *self.stepped_down.lock().expect("step-down lock") = Some(why);
+        self.deposed_signal.notify_one();
+    }
+
+    /// Resolves once this replication has stepped down, with why.
+    pub async fn deposed(&self) -> String {
+        loop {
+            if let Some(why) = self.stepped_down.lock().expect("step-down lock").clone() {
+                return why;
+            }
+            self.deposed_signal.notified().await;
+        }
     }
 
     /// Asks shards for their entities' state (when they do not report every tick) and waits
@@ -167,7 +190,9 @@ impl Shared {
         let rows: Vec<EntityRow> = changed.iter().filter_map(EntityRow::from_record).collect();
         let removed_ids: Vec<i64> = removed.iter().map(|id| id.0 as i64).collect();
         let result = if rows.is_empty() && removed_ids.is_empty() {
-            Ok(())
+            // Nothing to write: still make sure nobody took the store meanwhile, so an idle
+            // deposed leader steps down too.
+            store.check_leading().await
         } else {
             store.write_checkpoint(&rows, &removed_ids).await
         };

@@ -7,13 +7,15 @@
 
 use std::path::Path;
 use std::str::FromStr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use sidereal_core::{
     EntityId, EntityKind, EntitySnapshot, EntityState, Epoch, Placement, SectorId,
 };
 use sqlx::migrate::Migrator;
-use sqlx::postgres::{PgPool, PgPoolOptions};
+use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
 use sqlx::sqlite::{
     SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
 };
@@ -39,6 +41,39 @@ pub enum StoreError {
         path: String,
         source: std::io::Error,
     },
+    /// Another replication took the store after this one (a standby that took over): this
+    /// one's writes are refused, and it must stop.
+    #[error(
+        "deposed: {holder} leads the store at epoch {current}, this replication took epoch {mine}; its writes are refused"
+    )]
+    Deposed {
+        mine: u64,
+        current: u64,
+        holder: String,
+    },
+}
+
+impl StoreError {
+    pub fn is_deposed(&self) -> bool {
+        matches!(self, StoreError::Deposed { .. })
+    }
+}
+
+/// `Ok` while the leadership row says epoch `mine`.
+fn still_leading(mine: u64, row: Option<(i64, String)>) -> Result<(), StoreError> {
+    match row {
+        Some((epoch, _)) if epoch as u64 == mine => Ok(()),
+        Some((epoch, holder)) => Err(StoreError::Deposed {
+            mine,
+            current: epoch as u64,
+            holder,
+        }),
+        None => Err(StoreError::Deposed {
+            mine,
+            current: 0,
+            holder: "nobody".into(),
+        }),
+    }
 }
 
 /// One stored entity, as written and read.
@@ -163,10 +198,19 @@ pub struct Account {
     pub player_id: Option<i64>,
 }
 
+/// The database behind a [`Store`].
 #[derive(Debug, Clone)]
-pub enum Store {
+pub enum Db {
     Postgres(PgPool),
     Sqlite(SqlitePool),
+}
+
+/// The world's store, and the leadership epoch its writes are fenced with (0: not taken, as in
+/// tools and tests that write alone).
+#[derive(Debug, Clone)]
+pub struct Store {
+    db: Db,
+    fence: Arc<AtomicU64>,
 }
 
 const COLUMNS: &str =
@@ -176,6 +220,18 @@ const UPDATE_SET: &str = "kind = EXCLUDED.kind, sector = EXCLUDED.sector, pos_x 
     player = EXCLUDED.player, owner_epoch = EXCLUDED.owner_epoch, version = EXCLUDED.version";
 
 impl Store {
+    fn new(db: Db) -> Self {
+        Self {
+            db,
+            fence: Arc::default(),
+        }
+    }
+
+    /// The database, for tools and tests that read it directly.
+    pub fn db(&self) -> &Db {
+        &self.db
+    }
+
     /// `DATABASE_URL` (Postgres) if given, else the SQLite file `sidereal.db` in `data_dir`.
     pub async fn open(database_url: Option<&str>, data_dir: &Path) -> Result<Self, StoreError> {
         match database_url {
@@ -201,35 +257,40 @@ impl Store {
                 .journal_mode(SqliteJournalMode::Wal)
                 .synchronous(SqliteSynchronous::Normal)
                 .busy_timeout(Duration::from_secs(5));
-            Store::Sqlite(
+            Store::new(Db::Sqlite(
                 SqlitePoolOptions::new()
                     .max_connections(4)
                     .connect_with(opts)
                     .await?,
-            )
+            ))
         } else {
+            // A leader stopped inside a transaction (a frozen pod, SIGSTOP) would hold the
+            // leadership row's lock and keep a standby from taking over: Postgres ends such a
+            // session after a few idle seconds.
+            let opts = PgConnectOptions::from_str(url)?
+                .options([("idle_in_transaction_session_timeout", "5s")]);
             let pool = PgPoolOptions::new()
                 .max_connections(4)
                 .acquire_timeout(Duration::from_secs(3))
-                .connect(url)
+                .connect_with(opts)
                 .await?;
-            Store::Postgres(pool)
+            Store::new(Db::Postgres(pool))
         };
         store.migrate().await?;
         Ok(store)
     }
 
     pub fn backend(&self) -> &'static str {
-        match self {
-            Store::Postgres(_) => "postgres",
-            Store::Sqlite(_) => "sqlite",
+        match &self.db {
+            Db::Postgres(_) => "postgres",
+            Db::Sqlite(_) => "sqlite",
         }
     }
 
     /// Applies migrations; refuses a database migrated by a newer binary.
     async fn migrate(&self) -> Result<(), StoreError> {
-        let (migrator, applied): (&Migrator, Option<i64>) = match self {
-            Store::Postgres(p) => {
+        let (migrator, applied): (&Migrator, Option<i64>) = match &self.db {
+            Db::Postgres(p) => {
                 let exists: Option<String> =
                     sqlx::query_scalar("SELECT to_regclass('_sqlx_migrations')::text")
                         .fetch_one(p)
@@ -243,7 +304,7 @@ impl Store {
                 };
                 (&PG_MIGRATOR, v)
             }
-            Store::Sqlite(p) => {
+            Db::Sqlite(p) => {
                 let exists: Option<String> = sqlx::query_scalar("SELECT name FROM sqlite_master WHERE type = 'table' AND name = '_sqlx_migrations'").fetch_optional(p).await?;
                 let v = if exists.is_some() {
                     sqlx::query_scalar("SELECT MAX(version) FROM _sqlx_migrations")
@@ -261,17 +322,17 @@ impl Store {
         {
             return Err(StoreError::SchemaTooNew { found, known });
         }
-        match self {
-            Store::Postgres(p) => migrator.run(p).await?,
-            Store::Sqlite(p) => migrator.run(p).await?,
+        match &self.db {
+            Db::Postgres(p) => migrator.run(p).await?,
+            Db::Sqlite(p) => migrator.run(p).await?,
         }
         Ok(())
     }
 
     pub async fn ping(&self) -> Result<(), StoreError> {
-        match self {
-            Store::Postgres(p) => sqlx::query("SELECT 1").execute(p).await?,
-            Store::Sqlite(p) => {
+        match &self.db {
+            Db::Postgres(p) => sqlx::query("SELECT 1").execute(p).await?,
+            Db::Sqlite(p) => {
                 sqlx::query("SELECT 1").execute(p).await?;
                 return Ok(());
             }
@@ -295,9 +356,10 @@ impl Store {
         rows: &[EntityRow],
         removed: &[i64],
     ) -> Result<(), StoreError> {
-        match self {
-            Store::Postgres(p) => {
+        match &self.db {
+            Db::Postgres(p) => {
                 let mut tx = p.begin().await?;
+                self.fence_pg(&mut tx).await?;
                 match mode {
                     WriteMode::Fast => pg_copy_upsert(&mut tx, rows).await?,
                     WriteMode::MultiRow => {
@@ -325,8 +387,9 @@ impl Store {
                 }
                 tx.commit().await?;
             }
-            Store::Sqlite(p) => {
+            Db::Sqlite(p) => {
                 let mut tx = p.begin().await?;
+                self.fence_sqlite(&mut tx).await?;
                 let chunk = if mode == WriteMode::PerRow { 1 } else { 2000 };
                 for c in rows.chunks(chunk) {
                     multi_row_upsert::<sqlx::Sqlite>(c)
@@ -360,14 +423,14 @@ impl Store {
             .and_then(|p| p.world.clone())
             .unwrap_or_else(|| world.to_vec());
         let sql = format!("SELECT {COLUMNS} FROM entities ORDER BY id");
-        let decoded: Vec<(i64, Result<EntityRow, sqlx::Error>)> = match self {
-            Store::Postgres(p) => sqlx::query(&sql)
+        let decoded: Vec<(i64, Result<EntityRow, sqlx::Error>)> = match &self.db {
+            Db::Postgres(p) => sqlx::query(&sql)
                 .fetch_all(p)
                 .await?
                 .iter()
                 .map(|r| (r.try_get("id").unwrap_or(-1), pg_row(r)))
                 .collect(),
-            Store::Sqlite(p) => sqlx::query(&sql)
+            Db::Sqlite(p) => sqlx::query(&sql)
                 .fetch_all(p)
                 .await?
                 .iter()
@@ -424,40 +487,40 @@ impl Store {
                 tx.commit().await?;
             }};
         }
-        match self {
-            Store::Postgres(p) => move_rows!(p),
-            Store::Sqlite(p) => move_rows!(p),
+        match &self.db {
+            Db::Postgres(p) => move_rows!(p),
+            Db::Sqlite(p) => move_rows!(p),
         }
         Ok(())
     }
 
     pub async fn quarantined(&self) -> Result<Vec<(i64, String)>, StoreError> {
         let sql = "SELECT id, reason FROM quarantine ORDER BY id";
-        Ok(match self {
-            Store::Postgres(p) => sqlx::query_as(sql).fetch_all(p).await?,
-            Store::Sqlite(p) => sqlx::query_as(sql).fetch_all(p).await?,
+        Ok(match &self.db {
+            Db::Postgres(p) => sqlx::query_as(sql).fetch_all(p).await?,
+            Db::Sqlite(p) => sqlx::query_as(sql).fetch_all(p).await?,
         })
     }
 
     pub async fn count_entities(&self) -> Result<i64, StoreError> {
         let sql = "SELECT COUNT(*) FROM entities";
-        Ok(match self {
-            Store::Postgres(p) => sqlx::query_scalar(sql).fetch_one(p).await?,
-            Store::Sqlite(p) => sqlx::query_scalar(sql).fetch_one(p).await?,
+        Ok(match &self.db {
+            Db::Postgres(p) => sqlx::query_scalar(sql).fetch_one(p).await?,
+            Db::Sqlite(p) => sqlx::query_scalar(sql).fetch_one(p).await?,
         })
     }
 
     /// Every stored entity row (tests and tools).
     pub async fn entity_rows(&self) -> Result<Vec<EntityRow>, StoreError> {
         let sql = format!("SELECT {COLUMNS} FROM entities ORDER BY id");
-        Ok(match self {
-            Store::Postgres(p) => sqlx::query(&sql)
+        Ok(match &self.db {
+            Db::Postgres(p) => sqlx::query(&sql)
                 .fetch_all(p)
                 .await?
                 .iter()
                 .map(pg_row)
                 .collect::<Result<_, _>>()?,
-            Store::Sqlite(p) => sqlx::query(&sql)
+            Db::Sqlite(p) => sqlx::query(&sql)
                 .fetch_all(p)
                 .await?
                 .iter()
@@ -469,26 +532,98 @@ impl Store {
     pub async fn save_placement(&self, p: &Placement) -> Result<(), StoreError> {
         let json = serde_json::to_string(p).expect("placement serialises");
         let sql = "INSERT INTO world_state (key, value) VALUES ('placement', $1) ON CONFLICT (key) DO UPDATE SET value = EXCLUDED.value";
-        match self {
-            Store::Postgres(pool) => sqlx::query(sql)
-                .bind(json)
-                .execute(pool)
-                .await
-                .map(|_| ())?,
-            Store::Sqlite(pool) => sqlx::query(sql)
-                .bind(json)
-                .execute(pool)
-                .await
-                .map(|_| ())?,
+        match &self.db {
+            Db::Postgres(pool) => {
+                let mut tx = pool.begin().await?;
+                self.fence_pg(&mut tx).await?;
+                sqlx::query(sql).bind(json).execute(&mut *tx).await?;
+                tx.commit().await?;
+            }
+            Db::Sqlite(pool) => {
+                let mut tx = pool.begin().await?;
+                self.fence_sqlite(&mut tx).await?;
+                sqlx::query(sql).bind(json).execute(&mut *tx).await?;
+                tx.commit().await?;
+            }
         }
         Ok(())
     }
 
+    /// Takes the store's leadership for `holder`: the epoch goes up by one and is returned,
+    /// and from now on this store's world writes (checkpoints, placement) go through only while
+    /// it is still the epoch: a replication that took the store later deposes this one.
+    pub async fn take_leadership(&self, holder: &str) -> Result<u64, StoreError> {
+        let sql = "INSERT INTO leadership (id, epoch, holder) VALUES (1, 1, $1) \
+            ON CONFLICT (id) DO UPDATE SET epoch = leadership.epoch + 1, holder = EXCLUDED.holder, \
+            since = CURRENT_TIMESTAMP RETURNING epoch";
+        let epoch: i64 = match &self.db {
+            Db::Postgres(p) => sqlx::query_scalar(sql).bind(holder).fetch_one(p).await?,
+            Db::Sqlite(p) => sqlx::query_scalar(sql).bind(holder).fetch_one(p).await?,
+        };
+        let epoch = epoch as u64;
+        self.fence.store(epoch, Ordering::SeqCst);
+        Ok(epoch)
+    }
+
+    /// Who leads the store now, (epoch, holder); `None` before anyone took it.
+    pub async fn leadership(&self) -> Result<Option<(u64, String)>, StoreError> {
+        let sql = "SELECT epoch, holder FROM leadership WHERE id = 1";
+        let row: Option<(i64, String)> = match &self.db {
+            Db::Postgres(p) => sqlx::query_as(sql).fetch_optional(p).await?,
+            Db::Sqlite(p) => sqlx::query_as(sql).fetch_optional(p).await?,
+        };
+        Ok(row.map(|(e, h)| (e as u64, h)))
+    }
+
+    /// `Ok` while this store still leads (or never took the leadership).
+    pub async fn check_leading(&self) -> Result<(), StoreError> {
+        let mine = self.epoch();
+        if mine == 0 {
+            return Ok(());
+        }
+        let row = self.leadership().await?;
+        still_leading(mine, row.map(|(e, h)| (e as i64, h)))
+    }
+
+    /// The epoch this store took (0: none).
+    pub fn epoch(&self) -> u64 {
+        self.fence.load(Ordering::SeqCst)
+    }
+
+    /// Refuses the write in `tx` unless the store is still this one's. The leadership row is
+    /// share-locked until the transaction ends, so a takeover waits for a write in flight and
+    /// every write after it sees the new epoch.
+    async fn fence_pg(&self, tx: &mut sqlx::PgConnection) -> Result<(), StoreError> {
+        let mine = self.epoch();
+        if mine == 0 {
+            return Ok(());
+        }
+        let row: Option<(i64, String)> =
+            sqlx::query_as("SELECT epoch, holder FROM leadership WHERE id = 1 FOR SHARE")
+                .fetch_optional(&mut *tx)
+                .await?;
+        still_leading(mine, row)
+    }
+
+    /// [`Store::fence_pg`] on SQLite: a write after a takeover that began before it fails to
+    /// upgrade its read (SQLITE_BUSY_SNAPSHOT), and its retry reads the new epoch.
+    async fn fence_sqlite(&self, tx: &mut sqlx::SqliteConnection) -> Result<(), StoreError> {
+        let mine = self.epoch();
+        if mine == 0 {
+            return Ok(());
+        }
+        let row: Option<(i64, String)> =
+            sqlx::query_as("SELECT epoch, holder FROM leadership WHERE id = 1")
+                .fetch_optional(&mut *tx)
+                .await?;
+        still_leading(mine, row)
+    }
+
     pub async fn load_placement(&self) -> Result<Option<Placement>, StoreError> {
         let sql = "SELECT value FROM world_state WHERE key = 'placement'";
-        let v: Option<String> = match self {
-            Store::Postgres(p) => sqlx::query_scalar(sql).fetch_optional(p).await?,
-            Store::Sqlite(p) => sqlx::query_scalar(sql).fetch_optional(p).await?,
+        let v: Option<String> = match &self.db {
+            Db::Postgres(p) => sqlx::query_scalar(sql).fetch_optional(p).await?,
+            Db::Sqlite(p) => sqlx::query_scalar(sql).fetch_optional(p).await?,
         };
         Ok(v.and_then(|s| serde_json::from_str(&s).ok()))
     }
@@ -497,8 +632,8 @@ impl Store {
     /// returning.
     pub async fn create_account(&self, account: &Account) -> Result<bool, StoreError> {
         let sql = "INSERT INTO accounts (name, password_hash, ship_id, player_id) VALUES ($1, $2, $3, $4) ON CONFLICT DO NOTHING";
-        let n = match self {
-            Store::Postgres(p) => sqlx::query(sql)
+        let n = match &self.db {
+            Db::Postgres(p) => sqlx::query(sql)
                 .bind(&account.name)
                 .bind(&account.password_hash)
                 .bind(account.ship_id)
@@ -506,7 +641,7 @@ impl Store {
                 .execute(p)
                 .await?
                 .rows_affected(),
-            Store::Sqlite(p) => sqlx::query(sql)
+            Db::Sqlite(p) => sqlx::query(sql)
                 .bind(&account.name)
                 .bind(&account.password_hash)
                 .bind(account.ship_id)
@@ -522,14 +657,14 @@ impl Store {
     /// or the id is taken. Committed before returning.
     pub async fn set_player_id(&self, name: &str, player_id: i64) -> Result<bool, StoreError> {
         let sql = "UPDATE accounts SET player_id = $1 WHERE name = $2 AND player_id IS NULL AND NOT EXISTS (SELECT 1 FROM accounts WHERE player_id = $1)";
-        let n = match self {
-            Store::Postgres(p) => sqlx::query(sql)
+        let n = match &self.db {
+            Db::Postgres(p) => sqlx::query(sql)
                 .bind(player_id)
                 .bind(name)
                 .execute(p)
                 .await?
                 .rows_affected(),
-            Store::Sqlite(p) => sqlx::query(sql)
+            Db::Sqlite(p) => sqlx::query(sql)
                 .bind(player_id)
                 .bind(name)
                 .execute(p)
@@ -541,9 +676,9 @@ impl Store {
 
     pub async fn account(&self, name: &str) -> Result<Option<Account>, StoreError> {
         let sql = "SELECT name, password_hash, ship_id, player_id FROM accounts WHERE name = $1";
-        let row: Option<(String, String, Option<i64>, Option<i64>)> = match self {
-            Store::Postgres(p) => sqlx::query_as(sql).bind(name).fetch_optional(p).await?,
-            Store::Sqlite(p) => sqlx::query_as(sql).bind(name).fetch_optional(p).await?,
+        let row: Option<(String, String, Option<i64>, Option<i64>)> = match &self.db {
+            Db::Postgres(p) => sqlx::query_as(sql).bind(name).fetch_optional(p).await?,
+            Db::Sqlite(p) => sqlx::query_as(sql).bind(name).fetch_optional(p).await?,
         };
         Ok(
             row.map(|(name, password_hash, ship_id, player_id)| Account {
@@ -559,23 +694,23 @@ impl Store {
     /// first connection, so some exist only here): ids minted after a restart stay above it.
     pub async fn max_account_ship(&self) -> Result<Option<i64>, StoreError> {
         let sql = "SELECT MAX(ship_id) FROM accounts";
-        Ok(match self {
-            Store::Postgres(p) => sqlx::query_scalar(sql).fetch_one(p).await?,
-            Store::Sqlite(p) => sqlx::query_scalar(sql).fetch_one(p).await?,
+        Ok(match &self.db {
+            Db::Postgres(p) => sqlx::query_scalar(sql).fetch_one(p).await?,
+            Db::Sqlite(p) => sqlx::query_scalar(sql).fetch_one(p).await?,
         })
     }
 
     /// Changes which ship an account owns. Committed before returning.
     pub async fn set_ship(&self, name: &str, ship_id: Option<i64>) -> Result<bool, StoreError> {
         let sql = "UPDATE accounts SET ship_id = $1 WHERE name = $2";
-        let n = match self {
-            Store::Postgres(p) => sqlx::query(sql)
+        let n = match &self.db {
+            Db::Postgres(p) => sqlx::query(sql)
                 .bind(ship_id)
                 .bind(name)
                 .execute(p)
                 .await?
                 .rows_affected(),
-            Store::Sqlite(p) => sqlx::query(sql)
+            Db::Sqlite(p) => sqlx::query(sql)
                 .bind(ship_id)
                 .bind(name)
                 .execute(p)

@@ -7,7 +7,7 @@ use sidereal_core::{
     EntityId, EntityKind, EntitySnapshot, EntityState, Placement, SectorId, ShardId,
 };
 use sidereal_replication::mirror::EntityRecord;
-use sidereal_replication::store::{Account, EntityRow, Store, StoreError, WriteMode};
+use sidereal_replication::store::{Account, Db, EntityRow, Store, StoreError, WriteMode};
 
 fn world() -> Vec<SectorId> {
     vec![SectorId::new(2, 0, 0).unwrap()]
@@ -156,16 +156,16 @@ async fn bad_rows_are_quarantined_not_loaded() {
             bad.push((6, insert(6, "s0-x0-y0", "'garbage'", 1), "does not decode"));
         }
         for (_, sql, _) in &bad {
-            match &store {
-                Store::Postgres(p) => sqlx::query(sql).execute(p).await.map(|_| ()).unwrap(),
-                Store::Sqlite(p) => sqlx::query(sql).execute(p).await.map(|_| ()).unwrap(),
+            match store.db() {
+                Db::Postgres(p) => sqlx::query(sql).execute(p).await.map(|_| ()).unwrap(),
+                Db::Sqlite(p) => sqlx::query(sql).execute(p).await.map(|_| ()).unwrap(),
             }
         }
         // Valid, but outside every root (its root was removed): archived, kept, not live.
         let outside = insert(5, "s0-x9000-y0", "9000500", 1);
-        match &store {
-            Store::Postgres(p) => sqlx::query(&outside).execute(p).await.map(|_| ()).unwrap(),
-            Store::Sqlite(p) => sqlx::query(&outside).execute(p).await.map(|_| ()).unwrap(),
+        match store.db() {
+            Db::Postgres(p) => sqlx::query(&outside).execute(p).await.map(|_| ()).unwrap(),
+            Db::Sqlite(p) => sqlx::query(&outside).execute(p).await.map(|_| ()).unwrap(),
         }
         let loaded = store.load(&world()).await.unwrap();
         assert_eq!(loaded.entities.len(), 1, "{url}: only the good row is live");
@@ -297,13 +297,13 @@ async fn the_highest_reserved_ship_id_is_known() {
 async fn a_schema_newer_than_the_binary_is_refused() {
     for (store, url) in stores().await {
         let sql = "INSERT INTO _sqlx_migrations (version, description, success, checksum, execution_time) VALUES (99999, 'from the future', true, X'00', 0)";
-        match &store {
-            Store::Postgres(p) => sqlx::query(&sql.replace("X'00'", "'\\x00'::bytea"))
+        match store.db() {
+            Db::Postgres(p) => sqlx::query(&sql.replace("X'00'", "'\\x00'::bytea"))
                 .execute(p)
                 .await
                 .map(|_| ())
                 .unwrap(),
-            Store::Sqlite(p) => sqlx::query(sql).execute(p).await.map(|_| ()).unwrap(),
+            Db::Sqlite(p) => sqlx::query(sql).execute(p).await.map(|_| ()).unwrap(),
         }
         match Store::open_url(&url).await {
             Err(e @ StoreError::SchemaTooNew { found: 99999, .. }) => {
@@ -311,5 +311,68 @@ async fn a_schema_newer_than_the_binary_is_refused() {
             }
             other => panic!("{url}: expected SchemaTooNew, got {other:?}"),
         }
+    }
+}
+
+/// Two replications on one store (a standby that took over while the leader was stopped): the
+/// first's writes are refused once the second took the store, whatever it tries, and the rows
+/// show only the second's.
+#[tokio::test]
+async fn a_deposed_leaders_writes_are_refused_and_the_rows_show_it() {
+    for (first, url) in stores().await {
+        let mine = first.take_leadership("replication-a").await.unwrap();
+        first
+            .write_checkpoint(&rows(&[record(1, 100.0, 1)]), &[])
+            .await
+            .unwrap();
+        let second = Store::open_url(&url).await.unwrap();
+        let theirs = second.take_leadership("replication-b").await.unwrap();
+        assert_eq!(theirs, mine + 1, "{url}");
+        assert_eq!(
+            second.leadership().await.unwrap(),
+            Some((theirs, "replication-b".into()))
+        );
+        // The deposed leader comes back and tries to write: refused, nothing applied.
+        match first
+            .write_checkpoint(&rows(&[record(1, 999.0, 2), record(2, 5.0, 1)]), &[])
+            .await
+        {
+            Err(StoreError::Deposed {
+                mine: m,
+                current,
+                holder,
+            }) => assert_eq!(
+                (m, current, holder.as_str()),
+                (mine, theirs, "replication-b")
+            ),
+            other => panic!("{url}: a deposed leader's checkpoint gave {other:?}"),
+        }
+        let p = Placement {
+            generation: 9,
+            sectors: Default::default(),
+            world: Some(world()),
+        };
+        let refused = first.save_placement(&p).await;
+        assert!(
+            refused.as_ref().is_err_and(StoreError::is_deposed),
+            "{url}: {refused:?}"
+        );
+        // The new leader writes as usual.
+        second
+            .write_checkpoint(&rows(&[record(1, 300.0, 3)]), &[])
+            .await
+            .unwrap();
+        let stored = second.entity_rows().await.unwrap();
+        assert_eq!(
+            stored.len(),
+            1,
+            "{url}: the deposed leader's new entity never landed"
+        );
+        assert_eq!(
+            (stored[0].pos[0], stored[0].version),
+            (300.0, 3),
+            "{url}: only the leader's write is there"
+        );
+        assert_eq!(second.load_placement().await.unwrap(), None, "{url}");
     }
 }

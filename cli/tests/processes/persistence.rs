@@ -538,3 +538,101 @@ fn a_removed_root_is_archived_across_a_crash_and_comes_back_whole() {
     let back: HashSet<u64> = long_lived(&r2).into_keys().collect();
     assert_eq!(back, everyone, "the same entities, none lost, none new");
 }
+
+/// Stored entities as (id, x, version).
+type StoredRows = Vec<(i64, f32, i64)>;
+
+/// The rows of the store at `url` (Postgres) or under `data` (SQLite), read directly, and who
+/// leads it.
+fn stored(url: Option<&str>, data: &std::path::Path) -> (StoredRows, Option<(u64, String)>) {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let store = sidereal_replication::Store::open(url, data).await.unwrap();
+        let mut rows: StoredRows = store
+            .entity_rows()
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|r| (r.id, r.pos[0], r.version))
+            .collect();
+        rows.sort_by_key(|r| r.0);
+        (rows, store.leadership().await.unwrap())
+    })
+}
+
+fn signal(p: &Proc, sig: &str) {
+    let ok = Command::new("kill")
+        .args([sig, &p.0.id().to_string()])
+        .status()
+        .expect("kill");
+    assert!(ok.success(), "kill {sig}");
+}
+
+/// Issue 21's fencing: the leader is stopped (SIGSTOP) while a second replication takes the
+/// same store; let go (SIGCONT), the first finds its writes refused and steps down (exits,
+/// saying why), and the store's rows are exactly what they were when the second took over:
+/// nothing the deposed leader had left to write landed. Postgres and SQLite.
+#[test]
+fn a_deposed_replication_cannot_write_and_steps_down() {
+    let _pg = PG.lock().unwrap_or_else(|e| e.into_inner());
+    for backend in ["postgres", "sqlite"] {
+        let data = TempDir::new("fence");
+        let url = (backend == "postgres").then(|| fresh_database("fence"));
+        let extra = ["--checkpoint-interval", "0.5"];
+        let mut a = start_replication_with(400, &data.0, url.as_deref(), &extra);
+        let _shards: Vec<Proc> = (0..2)
+            .map(|i| start_shard(&a, &format!("shard-{i}")))
+            .collect();
+        wait_until("shards linked", Duration::from_secs(30), || {
+            connected(&a).len() == 2
+        });
+        place(&a, 2);
+        wait_until("updates flowing", Duration::from_secs(20), || {
+            applied(&a) > 1000.0
+        });
+        let first = stored(url.as_deref(), &data.0).1.expect("a leader");
+
+        // The leader stops mid-flight; a second replication takes the store.
+        signal(&a.proc_, "-STOP");
+        let b = start_replication_with(400, &data.0, url.as_deref(), &extra);
+        let (rows_at_takeover, leader) = stored(url.as_deref(), &data.0);
+        let leader = leader.expect("a leader");
+        assert_eq!(
+            leader.0,
+            first.0 + 1,
+            "{backend}: the second took the next epoch"
+        );
+        assert_ne!(leader.1, first.1, "{backend}: held by another process");
+        assert!(!rows_at_takeover.is_empty());
+
+        // Let go, the first is deposed: it steps down on its next checkpoint.
+        signal(&a.proc_, "-CONT");
+        let resumed = Instant::now();
+        wait_until(
+            "the deposed replication exits",
+            Duration::from_secs(10),
+            || a.proc_.0.try_wait().unwrap().is_some(),
+        );
+        let status = a.proc_.0.wait().unwrap();
+        assert!(!status.success(), "{backend}: it exits with an error");
+        println!(
+            "{backend}: the deposed replication stepped down {:?} after it was let go",
+            resumed.elapsed()
+        );
+        let (rows_after, leader_after) = stored(url.as_deref(), &data.0);
+        assert_eq!(
+            rows_after, rows_at_takeover,
+            "{backend}: not one row changed by the deposed leader"
+        );
+        assert_eq!(
+            leader_after,
+            Some(leader),
+            "{backend}: the second still leads"
+        );
+        // The new leader is in charge: it serves, and writes.
+        assert!(b.control.status().leaf_sectors > 0, "{backend}");
+    }
+}

@@ -268,6 +268,9 @@ async fn put_placement(
             if let Some(store) = &s.store
                 && let Err(e) = store.save_placement(&applied).await
             {
+                if e.is_deposed() {
+                    s.step_down(e.to_string());
+                }
                 let msg =
                     format!("placement {generation} applied but not yet durable ({e}); retry");
                 return error(StatusCode::SERVICE_UNAVAILABLE, msg);

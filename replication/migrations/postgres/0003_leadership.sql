@@ -1,0 +1,9 @@
+-- Who may write: each replication that takes the store bumps the epoch, and every write checks,
+-- in its own transaction, that the epoch is still the one it took. A deposed leader's writes
+-- are refused.
+CREATE TABLE leadership (
+    id     INTEGER PRIMARY KEY CHECK (id = 1),
+    epoch  BIGINT NOT NULL,
+    holder TEXT NOT NULL,
+    since  TIMESTAMPTZ NOT NULL DEFAULT now()
+);
