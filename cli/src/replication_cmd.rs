@@ -105,6 +105,15 @@ pub struct ReplicationArgs {
     /// Seconds between write-behind checkpoints of moving state.
     #[arg(long, default_value_t = 1.0)]
     pub checkpoint_interval: f64,
+    /// Start as a standby: bind nothing and wait until the store's leader is gone (killed,
+    /// hung, or stopped), then take the store over and serve on the same addresses. Needs a
+    /// store both can reach: Postgres, or the same SQLite file on one machine.
+    #[arg(long, env = "SIDEREAL_STANDBY")]
+    pub standby: bool,
+    /// Seconds a leader's lease on the store lasts without renewal (it renews every second):
+    /// how long a standby waits after the leader stops answering.
+    #[arg(long, default_value_t = 3.0, value_parser = parse_leader_lease)]
+    pub leader_lease: f64,
     /// Netcode private key that signs players' connect tokens: 64 hex characters (generate
     /// one: openssl rand -hex 32). Without it, logins answer 503.
     #[arg(long, env = "SIDEREAL_NETCODE_KEY", hide_env_values = true)]
@@ -253,6 +262,8 @@ pub fn config(args: &ReplicationArgs) -> anyhow::Result<ReplicationConfig> {
         database_url: args.database_url.clone().filter(|u| !u.is_empty()),
         data_dir: args.data.clone(),
         checkpoint_interval: std::time::Duration::from_secs_f64(args.checkpoint_interval),
+        standby: args.standby,
+        leader_lease: std::time::Duration::from_secs_f64(args.leader_lease),
         control_token: args.control_token.clone(),
         login: LoginConfig {
             netcode_key: args.netcode_key.clone(),
@@ -316,7 +327,15 @@ pub fn run(args: ReplicationArgs) -> anyhow::Result<()> {
         );
         tokio::select! {
             _ = all => {}
-            _ = shutdown_signal() => tracing::info!("shutting down"),
+            _ = shutdown_signal() => {
+                tracing::info!("shutting down");
+                // A standby takes over at once instead of waiting out the lease.
+                if let Some(store) = &running.shared.store
+                    && let Err(e) = store.release_leadership().await
+                {
+                    tracing::warn!(error = %e, "could not release the store's leadership");
+                }
+            }
             why = running.shared.deposed() => anyhow::bail!("stepped down: {why}"),
         }
         anyhow::Ok(())
@@ -330,6 +349,19 @@ pub async fn shutdown_signal() {
     tokio::select! {
         _ = tokio::signal::ctrl_c() => {}
         _ = term.recv() => {}
+    }
+}
+
+/// A leader's lease: 1.5 to 60 seconds (it renews every second, so less would lapse).
+fn parse_leader_lease(s: &str) -> Result<f64, String> {
+    let v: f64 = s.parse().map_err(|e| format!("{e}"))?;
+    if v.is_finite() && (1.5..=60.0).contains(&v) {
+        Ok(v)
+    } else {
+        Err(
+            "the leader lease must be within 1.5..=60 seconds (the leader renews every second)"
+                .into(),
+        )
     }
 }
 

@@ -80,6 +80,12 @@ pub struct UpArgs {
     /// Gateway i serves /metrics on this port + i.
     #[arg(long, default_value_t = 9200)]
     pub gateway_metrics_base_port: u16,
+    /// Run a standby replication beside the leader, on the same store and addresses: if the
+    /// leader dies, the standby takes the store over within the lease (3 s) plus its start,
+    /// shards restart onto it, gateways re-link and their players stay connected; a new
+    /// standby then waits behind it.
+    #[arg(long)]
+    pub standby: bool,
     /// Gateway i takes players' logins (POST /v1/accounts, /v1/login, passed on to
     /// replication) on this port + i, on the --http address.
     #[arg(long, default_value_t = 7790)]
@@ -171,6 +177,9 @@ struct Fleet {
     secret: String,
     control_token: String,
     replication: Child,
+    /// A replication waiting to take over (`--standby`).
+    standby: Option<Child>,
+    keys: Keys,
     /// The bot swarm, with `--bots`.
     bots: Option<Child>,
     /// Shard `shard-i` by its index i (its metrics port is the base port + i).
@@ -356,55 +365,25 @@ pub fn run(args: UpArgs) -> anyhow::Result<()> {
     let exe = std::env::current_exe().context("locating the sidereal binary")?;
     let rt = tokio::runtime::Runtime::new()?;
     rt.block_on(async move {
-        let world: Vec<String> = args.world.iter().map(|s| s.to_string()).collect();
-        let mut replication = child_command(&exe);
-        replication.arg("replication");
-        if args.gateways > 0 {
-            replication.args([
-                "--no-game",
-                "--gateway-link",
-                &args.gateway_link.to_string(),
-            ]);
-        }
-        let replication = replication
-            .args([
-                "--http",
-                &args.http.to_string(),
-                "--link",
-                &args.link.to_string(),
-                "--game-udp",
-                &args.game_udp.to_string(),
-                "--game-ws",
-                &args.game_ws.to_string(),
-            ])
-            .args(["--world", &world.join(",")])
-            .args([
-                "--seed-entities",
-                &args.entities.to_string(),
-                "--tick-hz",
-                &args.tick_hz.to_string(),
-                "--link-timeout",
-                &args.link_timeout.as_secs_f64().to_string(),
-                "--max-sessions-per-address",
-                &args.max_sessions_per_address.to_string(),
-            ])
-            .arg("--data")
-            .arg(&args.data)
-            .env("SIDEREAL_SHARD_SECRET", &secret)
-            .env("SIDEREAL_CONTROL_TOKEN", &control_token)
-            .env("SIDEREAL_NETCODE_KEY", &netcode_key)
-            .stdin(Stdio::null())
-            // Its ready line is for supervisors that bind port 0; `up` knows its ports.
-            .stdout(Stdio::null())
-            .kill_on_drop(true)
-            .spawn()
-            .context("starting replication")?;
+        let keys = Keys {
+            secret: secret.clone(),
+            control_token: control_token.clone(),
+            netcode_key: netcode_key.clone(),
+        };
+        let replication = spawn_replication(&exe, &args, &keys, false)?;
+        // A standby waits on the same store and addresses, and takes over if replication dies.
+        let standby = args
+            .standby
+            .then(|| spawn_replication(&exe, &args, &keys, true))
+            .transpose()?;
         let mut fleet = Fleet {
             exe: exe.clone(),
             args: args.clone(),
             secret,
             control_token,
             replication,
+            standby,
+            keys,
             bots: None,
             shards: BTreeMap::new(),
             gateways: BTreeMap::new(),
@@ -414,6 +393,68 @@ pub fn run(args: UpArgs) -> anyhow::Result<()> {
         fleet.stop().await;
         result
     })
+}
+
+/// The fleet's keys, as every process gets them.
+struct Keys {
+    secret: String,
+    control_token: String,
+    netcode_key: String,
+}
+
+/// Starts replication (or, `standby`, a replication that waits for the leader to go).
+fn spawn_replication(
+    exe: &std::path::Path,
+    args: &UpArgs,
+    keys: &Keys,
+    standby: bool,
+) -> anyhow::Result<Child> {
+    let world: Vec<String> = args.world.iter().map(|s| s.to_string()).collect();
+    let mut replication = child_command(exe);
+    replication.arg("replication");
+    if args.gateways > 0 {
+        replication.args([
+            "--no-game",
+            "--gateway-link",
+            &args.gateway_link.to_string(),
+        ]);
+    }
+    if standby {
+        replication.arg("--standby");
+    }
+    replication
+        .args([
+            "--http",
+            &args.http.to_string(),
+            "--link",
+            &args.link.to_string(),
+            "--game-udp",
+            &args.game_udp.to_string(),
+            "--game-ws",
+            &args.game_ws.to_string(),
+        ])
+        .args(["--world", &world.join(",")])
+        .args([
+            "--seed-entities",
+            &args.entities.to_string(),
+            "--tick-hz",
+            &args.tick_hz.to_string(),
+            "--link-timeout",
+            &args.link_timeout.as_secs_f64().to_string(),
+            "--max-sessions-per-address",
+            &args.max_sessions_per_address.to_string(),
+        ])
+        .arg("--data")
+        .arg(&args.data)
+        .env("SIDEREAL_SHARD_SECRET", &keys.secret)
+        .env("SIDEREAL_CONTROL_TOKEN", &keys.control_token)
+        .env("SIDEREAL_NETCODE_KEY", &keys.netcode_key)
+        .stdin(Stdio::null())
+        // Its ready line is for supervisors that bind port 0; `up` knows its ports.
+        .stdout(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .context("starting replication")
 }
 
 /// Conflicting placement writes are retried this many times in a row before the supervisor
@@ -505,7 +546,19 @@ async fn supervise(fleet: &mut Fleet) -> anyhow::Result<()> {
             _ = every.tick() => {}
         }
         if let Some(status) = fleet.replication.try_wait()? {
-            bail!("replication exited ({status}); stopping the fleet");
+            let Some(standby) = fleet.standby.take() else {
+                bail!("replication exited ({status}); stopping the fleet");
+            };
+            // The standby takes the store over and binds the same addresses: shards that lost
+            // their link restart and find it there; a new standby waits behind it.
+            warn!(%status, "replication exited; the standby takes over");
+            fleet.replication = standby;
+            fleet.standby = Some(spawn_replication(
+                &fleet.exe,
+                &fleet.args,
+                &fleet.keys,
+                true,
+            )?);
         }
         let indices: Vec<usize> = fleet.shards.keys().copied().collect();
         for i in indices {

@@ -198,14 +198,14 @@ pub(crate) fn start_replication_with(
     extra: &[&str],
 ) -> Replication {
     let mut cmd = sidereal();
+    cmd.arg("replication");
+    // Free ports unless the caller names them.
+    for flag in ["--http", "--link"] {
+        if !extra.contains(&flag) {
+            cmd.args([flag, "127.0.0.1:0"]);
+        }
+    }
     cmd.args([
-        "replication",
-        "--http",
-        "127.0.0.1:0",
-        "--link",
-        "127.0.0.1:0",
-    ])
-    .args([
         "--seed-entities",
         &entities.to_string(),
         "--world",
@@ -848,6 +848,60 @@ fn sidereal_up_runs_supervises_and_stops_the_fleet() {
     wait_until("children gone", Duration::from_secs(10), || {
         pids_matching(&format!("127.0.0.1:{link}")).is_empty()
     });
+}
+
+/// `sidereal up --standby`: a standby replication waits beside the leader; kill -9 of the
+/// leader and the standby takes the store and the same addresses, the shards restart onto it,
+/// the whole world is back, `up` keeps running and a new standby waits behind the new leader.
+#[test]
+fn sidereal_up_with_a_standby_survives_the_leader_s_kill_9() {
+    let data = TempDir::new("up-standby");
+    let (up, _banner, base, _link) = start_up_with(&data, 2, 300, &["--standby"]);
+    let control = Control::with_token(&base, Some(&token_of(&data)));
+    let settled = || {
+        control
+            .run(control.client.status())
+            .is_ok_and(|s| s.shards_connected == 2 && s.entities >= 300)
+    };
+    wait_until("the fleet is up", Duration::from_secs(30), settled);
+    let (all, standbys) = (
+        pids_matching(&format!("replication.*--data {}", data.0.display())),
+        pids_matching(&format!(
+            "replication.*--standby.*--data {}",
+            data.0.display()
+        )),
+    );
+    assert_eq!((all.len(), standbys.len()), (2, 1), "{all:?} {standbys:?}");
+    let leader = *all.iter().find(|p| !standbys.contains(p)).unwrap();
+    Command::new("kill")
+        .args(["-9", &leader.to_string()])
+        .status()
+        .unwrap();
+    let killed = Instant::now();
+    wait_until("the standby leads", Duration::from_secs(30), settled);
+    println!(
+        "the standby led the fleet again {:?} after the kill",
+        killed.elapsed()
+    );
+    let durable = control
+        .entities("")
+        .values()
+        .filter(|e| e.kind != EntityKind::Projectile)
+        .count();
+    assert_eq!(durable, 300, "the whole world, from the store");
+    wait_until("a new standby waits", Duration::from_secs(10), || {
+        pids_matching(&format!(
+            "replication.*--standby.*--data {}",
+            data.0.display()
+        ))
+        .len()
+            == 2
+    });
+    let mut up = up;
+    assert!(
+        up.0.try_wait().unwrap().is_none(),
+        "sidereal up keeps running"
+    );
 }
 
 /// Splits and merges driven through `PUT /v1/placement` on real processes: every entity of the

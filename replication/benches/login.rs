@@ -69,6 +69,8 @@ async fn main() {
         database_url: None,
         data_dir: data.clone(),
         checkpoint_interval: Duration::from_secs(1),
+        standby: false,
+        leader_lease: Duration::from_secs(3),
         control_token: "bench-control-token".into(),
         login: LoginConfig {
             netcode_key: Some(NetcodeKey(random_bytes())),

@@ -27,6 +27,9 @@ use crate::ports::{resolve_tcp, resolve_udp};
 use crate::state::Shared;
 use crate::store::{Store, StoreError};
 
+/// How often the leader renews its lease on the store.
+const LEASE_RENEW_EVERY: Duration = Duration::from_secs(1);
+
 /// The longest a checkpoint waits for shards to answer its report round: a shard that is
 /// slower than this (or died) does not hold up everyone else's rows.
 const REPORT_WAIT: Duration = Duration::from_millis(250);
@@ -50,6 +53,11 @@ pub struct ReplicationConfig {
     pub database_url: Option<String>,
     pub data_dir: std::path::PathBuf,
     pub checkpoint_interval: Duration,
+    /// Start as a standby: wait (before binding anything) until the store's leader is gone,
+    /// then take the store over and serve.
+    pub standby: bool,
+    /// How long a leader's lease on the store lasts unrenewed (it renews every second).
+    pub leader_lease: Duration,
     /// Bearer token every control endpoint requires (`/v1/...`).
     pub control_token: String,
     /// The players' login API.
@@ -131,6 +139,11 @@ pub async fn start(
         std::env::var("HOSTNAME").unwrap_or_else(|_| "replication".into()),
         std::process::id()
     );
+    if config.standby {
+        info!(lease = ?config.leader_lease, "standby: waiting for the store's leader to go");
+        store.await_vacancy(config.leader_lease).await?;
+        info!("the store's leader is gone; taking over");
+    }
     let epoch = store.take_leadership(&holder).await?;
     info!(backend = store.backend(), epoch, %holder, "store open; leading it");
     let mut authority = Authority::new(config.authority.clone());
@@ -329,6 +342,23 @@ pub async fn start(
         }
     });
     let s = shared.clone();
+    let lease = tokio::spawn(async move {
+        let Some(store) = s.store.clone() else { return };
+        let mut every = tokio::time::interval(LEASE_RENEW_EVERY);
+        loop {
+            every.tick().await;
+            match store.renew_leadership().await {
+                Ok(()) => {}
+                Err(e) if e.is_deposed() => {
+                    tracing::error!(error = %e, "deposed; stepping down");
+                    s.step_down(e.to_string());
+                    return;
+                }
+                Err(e) => warn!(error = %e, "cannot renew the lease on the store"),
+            }
+        }
+    });
+    let s = shared.clone();
     let interval = config.checkpoint_interval;
     let checkpoints = tokio::spawn(async move {
         let mut wait = interval;
@@ -384,7 +414,7 @@ pub async fn start(
                 let _ = p.await;
             }
         };
-        let _ = tokio::join!(accept, ticker, http, checkpoints, public);
+        let _ = tokio::join!(accept, ticker, http, checkpoints, lease, public);
     });
     Ok((running, all))
 }

@@ -23,6 +23,10 @@ use sqlx::{QueryBuilder, Row};
 
 use crate::mirror::EntityRecord;
 
+/// The database's clock in milliseconds since 1970: leases are judged by one clock.
+const PG_NOW_MS: &str = "(extract(epoch from clock_timestamp()) * 1000)::bigint";
+const SQLITE_NOW_MS: &str = "CAST((julianday('now') - 2440587.5) * 86400000 AS INTEGER)";
+
 static PG_MIGRATOR: Migrator = sqlx::migrate!("migrations/postgres");
 static SQLITE_MIGRATOR: Migrator = sqlx::migrate!("migrations/sqlite");
 
@@ -553,16 +557,111 @@ impl Store {
     /// and from now on this store's world writes (checkpoints, placement) go through only while
     /// it is still the epoch: a replication that took the store later deposes this one.
     pub async fn take_leadership(&self, holder: &str) -> Result<u64, StoreError> {
-        let sql = "INSERT INTO leadership (id, epoch, holder) VALUES (1, 1, $1) \
-            ON CONFLICT (id) DO UPDATE SET epoch = leadership.epoch + 1, holder = EXCLUDED.holder, \
-            since = CURRENT_TIMESTAMP RETURNING epoch";
+        let sql = |now: &str| {
+            format!(
+                "INSERT INTO leadership (id, epoch, holder, renewed_ms) VALUES (1, 1, $1, {now}) \
+                 ON CONFLICT (id) DO UPDATE SET epoch = leadership.epoch + 1, \
+                 holder = EXCLUDED.holder, renewed_ms = EXCLUDED.renewed_ms, \
+                 since = CURRENT_TIMESTAMP RETURNING epoch"
+            )
+        };
         let epoch: i64 = match &self.db {
-            Db::Postgres(p) => sqlx::query_scalar(sql).bind(holder).fetch_one(p).await?,
-            Db::Sqlite(p) => sqlx::query_scalar(sql).bind(holder).fetch_one(p).await?,
+            Db::Postgres(p) => {
+                sqlx::query_scalar(&sql(PG_NOW_MS))
+                    .bind(holder)
+                    .fetch_one(p)
+                    .await?
+            }
+            Db::Sqlite(p) => {
+                sqlx::query_scalar(&sql(SQLITE_NOW_MS))
+                    .bind(holder)
+                    .fetch_one(p)
+                    .await?
+            }
         };
         let epoch = epoch as u64;
         self.fence.store(epoch, Ordering::SeqCst);
         Ok(epoch)
+    }
+
+    /// Renews this store's lease on the leadership (the leader, every second), or fails with
+    /// `Deposed` if another took it.
+    pub async fn renew_leadership(&self) -> Result<(), StoreError> {
+        let mine = self.epoch();
+        if mine == 0 {
+            return Ok(());
+        }
+        let sql = |now: &str| {
+            format!("UPDATE leadership SET renewed_ms = {now} WHERE id = 1 AND epoch = $1")
+        };
+        let n = match &self.db {
+            Db::Postgres(p) => sqlx::query(&sql(PG_NOW_MS))
+                .bind(mine as i64)
+                .execute(p)
+                .await?
+                .rows_affected(),
+            Db::Sqlite(p) => sqlx::query(&sql(SQLITE_NOW_MS))
+                .bind(mine as i64)
+                .execute(p)
+                .await?
+                .rows_affected(),
+        };
+        if n == 1 {
+            return Ok(());
+        }
+        self.check_leading().await
+    }
+
+    /// Lets the leadership go at once (a graceful stop): a standby need not wait out the lease.
+    pub async fn release_leadership(&self) -> Result<(), StoreError> {
+        let mine = self.epoch();
+        let sql = "UPDATE leadership SET renewed_ms = 0 WHERE id = 1 AND epoch = $1";
+        match &self.db {
+            Db::Postgres(p) => sqlx::query(sql).bind(mine as i64).execute(p).await?,
+            Db::Sqlite(p) => {
+                sqlx::query(sql).bind(mine as i64).execute(p).await?;
+                return Ok(());
+            }
+        };
+        Ok(())
+    }
+
+    /// Waits, as a standby, until nobody leads the store or its leader's lease is older than
+    /// `lease` (the leader died, hangs, or let go), checking four times a second.
+    pub async fn await_vacancy(&self, lease: Duration) -> Result<(), StoreError> {
+        let sql = |now: &str| {
+            format!("SELECT epoch, holder, {now} - renewed_ms FROM leadership WHERE id = 1")
+        };
+        let mut told = None;
+        // A store nobody leads yet (a fleet starting: its leader has not taken it) is given a
+        // lease's time to be taken before the standby takes it itself.
+        let mut unled_since: Option<std::time::Instant> = None;
+        loop {
+            let row: Option<(i64, String, i64)> = match &self.db {
+                Db::Postgres(p) => sqlx::query_as(&sql(PG_NOW_MS)).fetch_optional(p).await?,
+                Db::Sqlite(p) => {
+                    sqlx::query_as(&sql(SQLITE_NOW_MS))
+                        .fetch_optional(p)
+                        .await?
+                }
+            };
+            match row {
+                Some((epoch, holder, age)) if i128::from(age) < lease.as_millis() as i128 => {
+                    if told != Some(epoch) {
+                        tracing::info!(epoch, %holder, "standing by: the store has a live leader");
+                        told = Some(epoch);
+                    }
+                }
+                Some(_) => return Ok(()),
+                None => {
+                    let since = *unled_since.get_or_insert_with(std::time::Instant::now);
+                    if since.elapsed() >= lease {
+                        return Ok(());
+                    }
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
     }
 
     /// Who leads the store now, (epoch, holder); `None` before anyone took it.
@@ -605,11 +704,20 @@ impl Store {
         still_leading(mine, row)
     }
 
-    /// [`Store::fence_pg`] on SQLite: a write after a takeover that began before it fails to
-    /// upgrade its read (SQLITE_BUSY_SNAPSHOT), and its retry reads the new epoch.
+    /// [`Store::fence_pg`] on SQLite. The check is itself a write (of nothing), so the
+    /// transaction takes the write lock first, waiting its turn: a read first would pin a
+    /// snapshot that another writer's commit makes stale (SQLITE_BUSY_SNAPSHOT).
     async fn fence_sqlite(&self, tx: &mut sqlx::SqliteConnection) -> Result<(), StoreError> {
         let mine = self.epoch();
         if mine == 0 {
+            return Ok(());
+        }
+        let held = sqlx::query("UPDATE leadership SET epoch = epoch WHERE id = 1 AND epoch = $1")
+            .bind(mine as i64)
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
+        if held == 1 {
             return Ok(());
         }
         let row: Option<(i64, String)> =

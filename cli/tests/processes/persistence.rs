@@ -636,3 +636,109 @@ fn a_deposed_replication_cannot_write_and_steps_down() {
         assert!(b.control.status().leaf_sectors > 0, "{backend}");
     }
 }
+
+/// Issue 21's takeover: a standby (`--standby`, the same store and addresses) binds nothing
+/// while the leader lives; kill -9 of the leader and the standby leads within 5 s: it serves
+/// the world the store holds, accepts a placement, and shards link to it at the same address.
+/// Postgres and SQLite. Prints the takeover time (killed to placement accepted again).
+#[test]
+fn a_standby_takes_over_within_5_s_of_the_leader_s_kill_9() {
+    let _pg = PG.lock().unwrap_or_else(|e| e.into_inner());
+    for backend in ["postgres", "sqlite"] {
+        let data = TempDir::new("standby");
+        let url = (backend == "postgres").then(|| fresh_database("standby"));
+        let (http, link) = (
+            format!("127.0.0.1:{}", super::free_port()),
+            format!("127.0.0.1:{}", super::free_port()),
+        );
+        let same = [
+            "--http",
+            http.as_str(),
+            "--link",
+            link.as_str(),
+            "--checkpoint-interval",
+            "0.5",
+        ];
+        let mut leader = start_replication_with(300, &data.0, url.as_deref(), &same);
+        let _shards: Vec<Proc> = (0..2)
+            .map(|i| start_shard(&leader, &format!("shard-{i}")))
+            .collect();
+        wait_until("shards linked", Duration::from_secs(30), || {
+            connected(&leader).len() == 2
+        });
+        place(&leader, 2);
+        wait_until("updates flowing", Duration::from_secs(20), || {
+            applied(&leader) > 1000.0
+        });
+        let durable: HashSet<u64> = entity_list(&leader)
+            .iter()
+            .filter(|e| e.kind != EntityKind::Projectile)
+            .map(|e| e.id.0)
+            .collect();
+        let generation = placement_of(&leader).generation;
+
+        // The standby: it says it is ready only once it leads.
+        let (tx, rx) = std::sync::mpsc::channel();
+        let (data_dir, standby_url) = (data.0.clone(), url.clone());
+        let standby_args: Vec<String> = same
+            .iter()
+            .map(|s| s.to_string())
+            .chain(["--standby".to_string()])
+            .collect();
+        std::thread::spawn(move || {
+            let args: Vec<&str> = standby_args.iter().map(String::as_str).collect();
+            let r = start_replication_with(300, &data_dir, standby_url.as_deref(), &args);
+            let _ = tx.send(r);
+        });
+        assert!(
+            rx.recv_timeout(Duration::from_secs(2)).is_err(),
+            "{backend}: the standby stays back while the leader lives"
+        );
+
+        leader.proc_.0.kill().expect("kill -9 the leader");
+        let killed = Instant::now();
+        let _ = leader.proc_.0.wait();
+        let standby = rx
+            .recv_timeout(Duration::from_secs(10))
+            .expect("the standby took over");
+        let led_in = killed.elapsed();
+        let mut next = placement_of(&standby);
+        assert_eq!(
+            next.generation, generation,
+            "{backend}: the stored placement"
+        );
+        next.generation += 1;
+        standby
+            .control
+            .put_placement(&next)
+            .expect("the new leader accepts a placement");
+        let takeover = killed.elapsed();
+        println!(
+            "{backend}: the standby led {led_in:?} after the kill; placement accepted again after {takeover:?}"
+        );
+        assert!(
+            takeover <= Duration::from_secs(5),
+            "{backend}: took {takeover:?}"
+        );
+        let restored: HashSet<u64> = entity_list(&standby)
+            .iter()
+            .filter(|e| e.kind != EntityKind::Projectile)
+            .map(|e| e.id.0)
+            .collect();
+        assert_eq!(restored, durable, "{backend}: the whole world, once");
+        // Shards find the new leader at the same address.
+        let _again: Vec<Proc> = (0..2)
+            .map(|i| start_shard(&standby, &format!("shard-{i}")))
+            .collect();
+        wait_until(
+            "shards link to the new leader",
+            Duration::from_secs(20),
+            || connected(&standby).len() == 2,
+        );
+        let (_, lead) = stored(url.as_deref(), &data.0);
+        assert!(
+            lead.is_some_and(|(epoch, _)| epoch == 2),
+            "{backend}: the standby took the next epoch"
+        );
+    }
+}
