@@ -371,18 +371,14 @@ pub fn run(args: UpArgs) -> anyhow::Result<()> {
             netcode_key: netcode_key.clone(),
         };
         let replication = spawn_replication(&exe, &args, &keys, false)?;
-        // A standby waits on the same store and addresses, and takes over if replication dies.
-        let standby = args
-            .standby
-            .then(|| spawn_replication(&exe, &args, &keys, true))
-            .transpose()?;
         let mut fleet = Fleet {
             exe: exe.clone(),
             args: args.clone(),
             secret,
             control_token,
             replication,
-            standby,
+            // Started once the fleet is up (not racing replication for a fresh store).
+            standby: None,
             keys,
             bots: None,
             shards: BTreeMap::new(),
@@ -553,12 +549,22 @@ async fn supervise(fleet: &mut Fleet) -> anyhow::Result<()> {
             // their link restart and find it there; a new standby waits behind it.
             warn!(%status, "replication exited; the standby takes over");
             fleet.replication = standby;
-            fleet.standby = Some(spawn_replication(
-                &fleet.exe,
-                &fleet.args,
-                &fleet.keys,
-                true,
-            )?);
+        }
+        // A standby waits on the same store and addresses (`--standby`): started, and started
+        // again whenever it exits or took over.
+        if fleet.args.standby {
+            let gone = match &mut fleet.standby {
+                None => true,
+                Some(s) => s.try_wait()?.is_some(),
+            };
+            if gone {
+                fleet.standby = Some(spawn_replication(
+                    &fleet.exe,
+                    &fleet.args,
+                    &fleet.keys,
+                    true,
+                )?);
+            }
         }
         let indices: Vec<usize> = fleet.shards.keys().copied().collect();
         for i in indices {

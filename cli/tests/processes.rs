@@ -864,15 +864,19 @@ fn sidereal_up_with_a_standby_survives_the_leader_s_kill_9() {
             .is_ok_and(|s| s.shards_connected == 2 && s.entities >= 300)
     };
     wait_until("the fleet is up", Duration::from_secs(30), settled);
-    let (all, standbys) = (
-        pids_matching(&format!("replication.*--data {}", data.0.display())),
+    let replications = || pids_matching(&format!("replication.*--data {}", data.0.display()));
+    let standbys = || {
         pids_matching(&format!(
             "replication.*--standby.*--data {}",
             data.0.display()
-        )),
-    );
-    assert_eq!((all.len(), standbys.len()), (2, 1), "{all:?} {standbys:?}");
-    let leader = *all.iter().find(|p| !standbys.contains(p)).unwrap();
+        ))
+    };
+    // `up` starts the standby once the fleet is up.
+    wait_until("a standby waits", Duration::from_secs(10), || {
+        standbys().len() == 1 && replications().len() == 2
+    });
+    let (all, standbys_now) = (replications(), standbys());
+    let leader = *all.iter().find(|p| !standbys_now.contains(p)).unwrap();
     Command::new("kill")
         .args(["-9", &leader.to_string()])
         .status()
@@ -890,12 +894,7 @@ fn sidereal_up_with_a_standby_survives_the_leader_s_kill_9() {
         .count();
     assert_eq!(durable, 300, "the whole world, from the store");
     wait_until("a new standby waits", Duration::from_secs(10), || {
-        pids_matching(&format!(
-            "replication.*--standby.*--data {}",
-            data.0.display()
-        ))
-        .len()
-            == 2
+        standbys().len() == 2
     });
     let mut up = up;
     assert!(

@@ -84,6 +84,23 @@ pub(crate) fn start_gateway_with(
     gateway
 }
 
+/// Replication as the control plane: no game port of its own, a gateway link, checkpoints (and
+/// so the shards' report rounds) every 0.5 s.
+fn start_control_plane(entities: usize, data: &TempDir) -> Replication {
+    start_replication_with(
+        entities,
+        &data.0,
+        None,
+        &[
+            "--no-game",
+            "--gateway-link",
+            "127.0.0.1:0",
+            "--checkpoint-interval",
+            "0.5",
+        ],
+    )
+}
+
 /// `login` with `gateway` first among its UDP servers (a token names every gateway; the
 /// client connects to the first).
 fn via(mut login: LoginReply, gateway: SocketAddr) -> LoginReply {
@@ -146,18 +163,7 @@ fn view_matches_mirror(r: &Replication, p: &GameClient) -> Result<usize, String>
 #[test]
 fn players_on_two_gateways_see_the_mirror_hear_each_other_and_move_when_one_dies() {
     let data = TempDir::new("gateways");
-    let r = start_replication_with(
-        600,
-        &data.0,
-        None,
-        &[
-            "--no-game",
-            "--gateway-link",
-            "127.0.0.1:0",
-            "--checkpoint-interval",
-            "0.5",
-        ],
-    );
+    let r = start_control_plane(600, &data);
     assert!(r.game.is_none(), "replication serves no game port");
     let link = r.gateways.clone().expect("a gateway link");
     let _shards = start_shards_and_place(&r, 2);
@@ -465,18 +471,7 @@ fn fly_and_check(
 fn three_gateways_and_three_shards_conserve_entities_and_views_through_splits_merges_moves_and_a_kill()
  {
     let data = TempDir::new("churn");
-    let r = start_replication_with(
-        1200,
-        &data.0,
-        None,
-        &[
-            "--no-game",
-            "--gateway-link",
-            "127.0.0.1:0",
-            "--checkpoint-interval",
-            "0.5",
-        ],
-    );
+    let r = start_control_plane(1200, &data);
     let link = r.gateways.clone().expect("a gateway link");
     let mut shards = start_shards_and_place(&r, 3);
     let gateways: Vec<Gateway> = (0..3)
@@ -518,20 +513,7 @@ fn three_gateways_and_three_shards_conserve_entities_and_views_through_splits_me
     let (mut checks, mut good) = fly_and_check(&r, &mut players, &durable, 3.0);
 
     // A split of one of shard-0's leaves over all three shards.
-    let p = r.control.placement();
-    let leaf = *p
-        .sectors
-        .iter()
-        .find(|(s, shard)| s.scale > 0 && shard.0 == "shard-0")
-        .expect("shard-0 owns a splittable leaf")
-        .0;
-    let split = placement::split(
-        &p,
-        leaf,
-        ["shard-0", "shard-1", "shard-2", "shard-1"].map(ShardId::new),
-    )
-    .unwrap();
-    r.control.put_placement(&split).expect("the split");
+    let (leaf, split) = super::streams::split_a_leaf_of_shard_0(&r);
     settle("the split settles");
     let (c, g) = fly_and_check(&r, &mut players, &durable, 3.0);
     (checks, good) = (checks + c, good + g);
@@ -589,7 +571,7 @@ fn three_gateways_and_three_shards_conserve_entities_and_views_through_splits_me
 
 /// Registers or logs in `name` with `password` at `http` (a gateway's login endpoint or
 /// replication's), as the client library does.
-fn try_login(
+pub(crate) fn try_login(
     http: &str,
     name: &str,
     password: &str,

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use sidereal_client::GameClient;
 
-use super::gateways::start_gateway_with;
+use super::gateways::{start_gateway_with, try_login};
 use super::players::{log_in_as, register};
 use super::{TempDir, metric_at, start_replication_with, start_shards_and_place, wait_until};
 
@@ -233,21 +233,7 @@ fn a_login_is_refused_while_its_address_holds_the_limit_across_gateways() {
     wait_until("replication counts ada", Duration::from_secs(10), || {
         r.control.status().players_connected == 1
     });
-    let try_bob = || {
-        tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap()
-            .block_on(sidereal_client::login(
-                &reqwest::Client::new(),
-                &r.http,
-                &sidereal_core::login::Credentials {
-                    name: "bob".into(),
-                    password: "correct horse battery".into(),
-                },
-                false,
-            ))
-    };
+    let try_bob = || try_login(&r.http, "bob", "correct horse battery", false);
     match try_bob() {
         Err(sidereal_client::ClientError::Refused { status, message }) => {
             assert_eq!(status, 429, "{message}");

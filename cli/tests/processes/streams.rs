@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use sidereal_core::sector_view::Source;
 use sidereal_core::stream_client::{FeedOptions, SectorFeed};
-use sidereal_core::{EntityId, EntityKind, ShardId, placement};
+use sidereal_core::{EntityId, EntityKind, Placement, ShardId, placement};
 
 use super::{
     Proc, Replication, SECRET, entities, free_port, metric, metric_at, place_evenly, start_fleet,
@@ -29,6 +29,26 @@ pub(crate) fn follow(r: &Replication, feed: &mut SectorFeed) {
         .collect();
     feed.follow(&p.sectors, &streams, None, Instant::now());
     feed.pump(Instant::now());
+}
+
+/// Splits a leaf of shard-0 over shard-0, shard-1, shard-2 and shard-1 through the control
+/// API: (the leaf, the placement written).
+pub(crate) fn split_a_leaf_of_shard_0(r: &Replication) -> (sidereal_core::SectorId, Placement) {
+    let p = r.control.placement();
+    let leaf = *p
+        .sectors
+        .iter()
+        .find(|(s, shard)| s.scale > 0 && shard.0 == "shard-0")
+        .expect("shard-0 owns a splittable leaf")
+        .0;
+    let split = placement::split(
+        &p,
+        leaf,
+        ["shard-0", "shard-1", "shard-2", "shard-1"].map(ShardId::new),
+    )
+    .unwrap();
+    r.control.put_placement(&split).expect("the split");
+    (leaf, split)
 }
 
 /// Ships and asteroids are never created or destroyed here (projectiles are): the view must
@@ -113,20 +133,7 @@ fn a_subscriber_following_placement_holds_what_the_mirror_holds_through_split_me
     let mut compared = run_for(&r, &mut feed, 4.0);
 
     // Split a leaf of shard-0 onto all three shards, then merge it back onto shard-2.
-    let p = r.control.placement();
-    let leaf = *p
-        .sectors
-        .iter()
-        .find(|(s, shard)| s.scale > 0 && shard.0 == "shard-0")
-        .expect("shard-0 owns a splittable leaf")
-        .0;
-    let split = placement::split(
-        &p,
-        leaf,
-        ["shard-0", "shard-1", "shard-2", "shard-1"].map(ShardId::new),
-    )
-    .unwrap();
-    r.control.put_placement(&split).expect("the split");
+    let (leaf, split) = split_a_leaf_of_shard_0(&r);
     compared += run_for(&r, &mut feed, 4.0);
     let merged = placement::merge(&split, leaf, ShardId::new("shard-2")).unwrap();
     r.control.put_placement(&merged).expect("the merge");
