@@ -741,22 +741,34 @@ impl Store {
     pub async fn create_account(&self, account: &Account) -> Result<bool, StoreError> {
         let sql = "INSERT INTO accounts (name, password_hash, ship_id, player_id) VALUES ($1, $2, $3, $4) ON CONFLICT DO NOTHING";
         let n = match &self.db {
-            Db::Postgres(p) => sqlx::query(sql)
-                .bind(&account.name)
-                .bind(&account.password_hash)
-                .bind(account.ship_id)
-                .bind(account.player_id)
-                .execute(p)
-                .await?
-                .rows_affected(),
-            Db::Sqlite(p) => sqlx::query(sql)
-                .bind(&account.name)
-                .bind(&account.password_hash)
-                .bind(account.ship_id)
-                .bind(account.player_id)
-                .execute(p)
-                .await?
-                .rows_affected(),
+            Db::Postgres(p) => {
+                let mut tx = p.begin().await?;
+                self.fence_pg(&mut tx).await?;
+                let n = sqlx::query(sql)
+                    .bind(&account.name)
+                    .bind(&account.password_hash)
+                    .bind(account.ship_id)
+                    .bind(account.player_id)
+                    .execute(&mut *tx)
+                    .await?
+                    .rows_affected();
+                tx.commit().await?;
+                n
+            }
+            Db::Sqlite(p) => {
+                let mut tx = p.begin().await?;
+                self.fence_sqlite(&mut tx).await?;
+                let n = sqlx::query(sql)
+                    .bind(&account.name)
+                    .bind(&account.password_hash)
+                    .bind(account.ship_id)
+                    .bind(account.player_id)
+                    .execute(&mut *tx)
+                    .await?
+                    .rows_affected();
+                tx.commit().await?;
+                n
+            }
         };
         Ok(n == 1)
     }
@@ -766,18 +778,30 @@ impl Store {
     pub async fn set_player_id(&self, name: &str, player_id: i64) -> Result<bool, StoreError> {
         let sql = "UPDATE accounts SET player_id = $1 WHERE name = $2 AND player_id IS NULL AND NOT EXISTS (SELECT 1 FROM accounts WHERE player_id = $1)";
         let n = match &self.db {
-            Db::Postgres(p) => sqlx::query(sql)
-                .bind(player_id)
-                .bind(name)
-                .execute(p)
-                .await?
-                .rows_affected(),
-            Db::Sqlite(p) => sqlx::query(sql)
-                .bind(player_id)
-                .bind(name)
-                .execute(p)
-                .await?
-                .rows_affected(),
+            Db::Postgres(p) => {
+                let mut tx = p.begin().await?;
+                self.fence_pg(&mut tx).await?;
+                let n = sqlx::query(sql)
+                    .bind(player_id)
+                    .bind(name)
+                    .execute(&mut *tx)
+                    .await?
+                    .rows_affected();
+                tx.commit().await?;
+                n
+            }
+            Db::Sqlite(p) => {
+                let mut tx = p.begin().await?;
+                self.fence_sqlite(&mut tx).await?;
+                let n = sqlx::query(sql)
+                    .bind(player_id)
+                    .bind(name)
+                    .execute(&mut *tx)
+                    .await?
+                    .rows_affected();
+                tx.commit().await?;
+                n
+            }
         };
         Ok(n == 1)
     }
@@ -812,18 +836,30 @@ impl Store {
     pub async fn set_ship(&self, name: &str, ship_id: Option<i64>) -> Result<bool, StoreError> {
         let sql = "UPDATE accounts SET ship_id = $1 WHERE name = $2";
         let n = match &self.db {
-            Db::Postgres(p) => sqlx::query(sql)
-                .bind(ship_id)
-                .bind(name)
-                .execute(p)
-                .await?
-                .rows_affected(),
-            Db::Sqlite(p) => sqlx::query(sql)
-                .bind(ship_id)
-                .bind(name)
-                .execute(p)
-                .await?
-                .rows_affected(),
+            Db::Postgres(p) => {
+                let mut tx = p.begin().await?;
+                self.fence_pg(&mut tx).await?;
+                let n = sqlx::query(sql)
+                    .bind(ship_id)
+                    .bind(name)
+                    .execute(&mut *tx)
+                    .await?
+                    .rows_affected();
+                tx.commit().await?;
+                n
+            }
+            Db::Sqlite(p) => {
+                let mut tx = p.begin().await?;
+                self.fence_sqlite(&mut tx).await?;
+                let n = sqlx::query(sql)
+                    .bind(ship_id)
+                    .bind(name)
+                    .execute(&mut *tx)
+                    .await?
+                    .rows_affected();
+                tx.commit().await?;
+                n
+            }
         };
         Ok(n == 1)
     }

@@ -357,6 +357,22 @@ async fn a_deposed_leaders_writes_are_refused_and_the_rows_show_it() {
             refused.as_ref().is_err_and(StoreError::is_deposed),
             "{url}: {refused:?}"
         );
+        let account = Account {
+            name: "late".into(),
+            password_hash: "argon2:...".into(),
+            ship_id: None,
+            player_id: Some(77),
+        };
+        let refused = first.create_account(&account).await;
+        assert!(
+            refused.as_ref().is_err_and(StoreError::is_deposed),
+            "{url}: {refused:?}"
+        );
+        assert_eq!(
+            second.account("late").await.unwrap(),
+            None,
+            "{url}: no account made by the deposed leader"
+        );
         // The new leader writes as usual.
         second
             .write_checkpoint(&rows(&[record(1, 300.0, 3)]), &[])
