@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Takeover by a standby replication: a leader and a standby (`--standby`) on one SQLite store
-# and the same addresses; kill -9 the leader, time until the standby accepts a placement change
-# (PUT /v1/placement). The standby then leads, a new standby starts, and again, N times.
+# and the same addresses, and a shard kept running (restarted when it exits, as `sidereal up`
+# does); kill -9 the leader, time until the standby accepts a placement change
+# (PUT /v1/placement: the shard has linked to it again). The standby then leads, a new standby
+# starts, and again, N times.
 # Prints each takeover and p50/max; reports, never fails on a slow machine. SIDEREAL_BIN picks
 # the binary (the release build by default). Usage: scripts/bench-takeover.sh [kills] [entities]
 set -euo pipefail
@@ -13,7 +15,7 @@ bin="${SIDEREAL_BIN:-$CARGO_TARGET_DIR/release/sidereal}"
 [ -x "$bin" ] || cargo build --release --locked --bin sidereal
 data=$(mktemp -d)
 pids=()
-trap 'kill -9 "${pids[@]}" 2>/dev/null || true; rm -rf "$data"' EXIT
+trap 'kill -9 "${pids[@]}" 2>/dev/null || true; pkill -9 -f "shard --id shard-0 --replication 127.0.0.1:$link" || true; rm -rf "$data"' EXIT
 port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 http=$(port); link=$(port)
 export SIDEREAL_SHARD_SECRET=bench-takeover-secret-0123456789 SIDEREAL_CONTROL_TOKEN=bench-takeover-token RUST_LOG=warn
@@ -39,6 +41,12 @@ accepted() {
     "http://127.0.0.1:$http/v1/placement" >/dev/null 2>&1
 }
 leader=$(start)
+( while true; do
+    "$bin" shard --id shard-0 --replication "127.0.0.1:$link" --metrics 127.0.0.1:0 \
+      >/dev/null 2>>"$data/log" || true
+    sleep 0.1
+  done ) &
+pids+=($!)
 until accepted; do sleep 0.05; done
 times=()
 for i in $(seq 1 "$kills"); do
