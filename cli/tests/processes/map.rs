@@ -220,6 +220,20 @@ fn the_sector_map_shows_leaves_shards_and_entities_and_follows_a_split() {
     let sampled = live[2]["entities"].as_array().unwrap().len();
     assert!(sampled >= 1000, "{sampled} entities in a frame");
     assert_ne!(live[0]["entities"], live[2]["entities"], "entities move");
+    // `up` runs replication as the control plane: shards report entity state only when asked.
+    // A watched map asks before each frame, so it moves four times a second, not once per
+    // checkpoint: about 4 updates per entity per second reach replication while it is watched.
+    let applied = || super::metric_at(&base, "sidereal_entity_updates_total{result=\"applied\"}");
+    let (before, since) = (applied(), Instant::now());
+    let watched = frames(&base, &token, 12);
+    let rate = (applied() - before)
+        / watched[11]["total_entities"].as_f64().unwrap()
+        / since.elapsed().as_secs_f64();
+    println!("while the map is watched: {rate:.2} updates per entity per second");
+    assert!(
+        rate > 2.0,
+        "the watched map gets fresh state about four times a second, not once: {rate:.2}"
+    );
 
     // The page in a browser: leaves tinted by shard and load, entities drawn.
     let dir = TempDir::new("map-shots");

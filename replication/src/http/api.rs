@@ -122,9 +122,9 @@ async fn map_ticket(State(s): State<Arc<Shared>>) -> Json<serde_json::Value> {
 
 fn current_map_frame(s: &Shared) -> Arc<String> {
     s.map_frames.get_or_build(|| {
-        let a = s.authority.lock().expect("authority lock");
+        let mut a = s.authority.lock().expect("authority lock");
         let mirror = a.mirror();
-        map::frame(
+        let frame = map::frame(
             a.placement(),
             a.load(),
             mirror
@@ -132,7 +132,13 @@ fn current_map_frame(s: &Shared) -> Arc<String> {
                 .map(|(_, r)| (r.snapshot.kind, r.snapshot.state.pos)),
             mirror.len(),
             MAX_MAP_ENTITIES,
-        )
+        );
+        // While a page watches, shards that report only for checkpoints are asked for their
+        // state before each next frame too, so the map moves four times a second, not once.
+        if a.request_reports().is_some() {
+            s.flush(&mut a);
+        }
+        frame
     })
 }
 
