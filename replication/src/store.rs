@@ -23,6 +23,18 @@ use sqlx::{QueryBuilder, Row};
 
 use crate::mirror::EntityRecord;
 
+/// Runs `query` in a transaction on `pool` that `fence` checks first (see
+/// [`Store::fence_pg`]), and returns the rows it affected.
+macro_rules! fenced_rows {
+    ($store:ident, $pool:expr, $fence:ident, $query:expr) => {{
+        let mut tx = $pool.begin().await?;
+        $store.$fence(&mut tx).await?;
+        let n = $query.execute(&mut *tx).await?.rows_affected();
+        tx.commit().await?;
+        n
+    }};
+}
+
 /// The database's clock in milliseconds since 1970: leases are judged by one clock.
 const PG_NOW_MS: &str = "(extract(epoch from clock_timestamp()) * 1000)::bigint";
 const SQLITE_NOW_MS: &str = "CAST((julianday('now') - 2440587.5) * 86400000 AS INTEGER)";
@@ -537,19 +549,11 @@ impl Store {
         let json = serde_json::to_string(p).expect("placement serialises");
         let sql = "INSERT INTO world_state (key, value) VALUES ('placement', $1) ON CONFLICT (key) DO UPDATE SET value = EXCLUDED.value";
         match &self.db {
-            Db::Postgres(pool) => {
-                let mut tx = pool.begin().await?;
-                self.fence_pg(&mut tx).await?;
-                sqlx::query(sql).bind(json).execute(&mut *tx).await?;
-                tx.commit().await?;
-            }
+            Db::Postgres(pool) => fenced_rows!(self, pool, fence_pg, sqlx::query(sql).bind(json)),
             Db::Sqlite(pool) => {
-                let mut tx = pool.begin().await?;
-                self.fence_sqlite(&mut tx).await?;
-                sqlx::query(sql).bind(json).execute(&mut *tx).await?;
-                tx.commit().await?;
+                fenced_rows!(self, pool, fence_sqlite, sqlx::query(sql).bind(json))
             }
-        }
+        };
         Ok(())
     }
 
@@ -741,34 +745,26 @@ impl Store {
     pub async fn create_account(&self, account: &Account) -> Result<bool, StoreError> {
         let sql = "INSERT INTO accounts (name, password_hash, ship_id, player_id) VALUES ($1, $2, $3, $4) ON CONFLICT DO NOTHING";
         let n = match &self.db {
-            Db::Postgres(p) => {
-                let mut tx = p.begin().await?;
-                self.fence_pg(&mut tx).await?;
-                let n = sqlx::query(sql)
+            Db::Postgres(p) => fenced_rows!(
+                self,
+                p,
+                fence_pg,
+                sqlx::query(sql)
                     .bind(&account.name)
                     .bind(&account.password_hash)
                     .bind(account.ship_id)
                     .bind(account.player_id)
-                    .execute(&mut *tx)
-                    .await?
-                    .rows_affected();
-                tx.commit().await?;
-                n
-            }
-            Db::Sqlite(p) => {
-                let mut tx = p.begin().await?;
-                self.fence_sqlite(&mut tx).await?;
-                let n = sqlx::query(sql)
+            ),
+            Db::Sqlite(p) => fenced_rows!(
+                self,
+                p,
+                fence_sqlite,
+                sqlx::query(sql)
                     .bind(&account.name)
                     .bind(&account.password_hash)
                     .bind(account.ship_id)
                     .bind(account.player_id)
-                    .execute(&mut *tx)
-                    .await?
-                    .rows_affected();
-                tx.commit().await?;
-                n
-            }
+            ),
         };
         Ok(n == 1)
     }
@@ -778,30 +774,18 @@ impl Store {
     pub async fn set_player_id(&self, name: &str, player_id: i64) -> Result<bool, StoreError> {
         let sql = "UPDATE accounts SET player_id = $1 WHERE name = $2 AND player_id IS NULL AND NOT EXISTS (SELECT 1 FROM accounts WHERE player_id = $1)";
         let n = match &self.db {
-            Db::Postgres(p) => {
-                let mut tx = p.begin().await?;
-                self.fence_pg(&mut tx).await?;
-                let n = sqlx::query(sql)
-                    .bind(player_id)
-                    .bind(name)
-                    .execute(&mut *tx)
-                    .await?
-                    .rows_affected();
-                tx.commit().await?;
-                n
-            }
-            Db::Sqlite(p) => {
-                let mut tx = p.begin().await?;
-                self.fence_sqlite(&mut tx).await?;
-                let n = sqlx::query(sql)
-                    .bind(player_id)
-                    .bind(name)
-                    .execute(&mut *tx)
-                    .await?
-                    .rows_affected();
-                tx.commit().await?;
-                n
-            }
+            Db::Postgres(p) => fenced_rows!(
+                self,
+                p,
+                fence_pg,
+                sqlx::query(sql).bind(player_id).bind(name)
+            ),
+            Db::Sqlite(p) => fenced_rows!(
+                self,
+                p,
+                fence_sqlite,
+                sqlx::query(sql).bind(player_id).bind(name)
+            ),
         };
         Ok(n == 1)
     }
@@ -837,29 +821,14 @@ impl Store {
         let sql = "UPDATE accounts SET ship_id = $1 WHERE name = $2";
         let n = match &self.db {
             Db::Postgres(p) => {
-                let mut tx = p.begin().await?;
-                self.fence_pg(&mut tx).await?;
-                let n = sqlx::query(sql)
-                    .bind(ship_id)
-                    .bind(name)
-                    .execute(&mut *tx)
-                    .await?
-                    .rows_affected();
-                tx.commit().await?;
-                n
+                fenced_rows!(self, p, fence_pg, sqlx::query(sql).bind(ship_id).bind(name))
             }
-            Db::Sqlite(p) => {
-                let mut tx = p.begin().await?;
-                self.fence_sqlite(&mut tx).await?;
-                let n = sqlx::query(sql)
-                    .bind(ship_id)
-                    .bind(name)
-                    .execute(&mut *tx)
-                    .await?
-                    .rows_affected();
-                tx.commit().await?;
-                n
-            }
+            Db::Sqlite(p) => fenced_rows!(
+                self,
+                p,
+                fence_sqlite,
+                sqlx::query(sql).bind(ship_id).bind(name)
+            ),
         };
         Ok(n == 1)
     }
