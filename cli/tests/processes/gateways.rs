@@ -646,6 +646,40 @@ fn any_gateway_answers_login_with_the_authoritys_answer() {
         1.0
     );
 
+    // Bad bodies get the authority's own refusals: malformed JSON passed on and refused there
+    // (400), a body over 1 KiB refused at the gateway (413), both as JSON with an error.
+    let post = |body: String| {
+        let out = std::process::Command::new("curl")
+            .args(["-s", "-o", "-", "-w", "\n%{http_code}", "-X", "POST"])
+            .args([
+                "-H",
+                "content-type: application/json",
+                "--data-binary",
+                &body,
+            ])
+            .arg(format!("{at_b}/v1/login"))
+            .output()
+            .expect("curl");
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        let (body, code) = text.rsplit_once('\n').expect("a status line");
+        let error = serde_json::from_str::<serde_json::Value>(body).expect("a JSON body")["error"]
+            .as_str()
+            .unwrap_or_default()
+            .to_owned();
+        (code.to_owned(), error)
+    };
+    let (code, error) = post("{\"name\":".into());
+    assert_eq!(code, "400", "{error}");
+    assert!(error.starts_with("malformed request"), "{error}");
+    let (code, error) = post(format!("{{\"name\":\"{}\"}}", "a".repeat(5000)));
+    assert_eq!(code, "413", "{error}");
+    assert!(error.contains("larger than 1024 bytes"), "{error}");
+    assert_eq!(
+        metric(&r, "sidereal_logins_total{result=\"malformed\"}"),
+        1.0,
+        "the authority judged the malformed one; the huge one never reached it"
+    );
+
     // A gateway that cannot reach the authority refuses logins at once.
     let lonely = start_gateway_with("127.0.0.1:1", "gw-lonely", None, RADIUS, &login);
     let asked = Instant::now();

@@ -11,6 +11,7 @@ use std::time::Duration;
 
 use axum::Router;
 use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
 use axum::extract::{ConnectInfo, DefaultBodyLimit, State};
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
@@ -31,11 +32,20 @@ pub struct LoginAnswer {
 }
 
 impl LoginAnswer {
-    /// An answer the gateway gives itself (`{"error": why}`), when there is no authority's.
+    /// An answer the gateway gives itself (`{"error": why}`, as the authority words its
+    /// own), when there is no authority's: worth a retry in a second.
     pub fn refusal(status: StatusCode, why: &str) -> Self {
         Self {
-            status: status.as_u16(),
             retry_after: Some(1),
+            ..Self::bad_request(status, why)
+        }
+    }
+
+    /// A request the gateway refuses itself, before it costs the authority anything.
+    fn bad_request(status: StatusCode, why: &str) -> Self {
+        Self {
+            status: status.as_u16(),
+            retry_after: None,
             body: serde_json::json!({ "error": why }).to_string().into_bytes(),
         }
     }
@@ -119,10 +129,12 @@ pub fn router(desk: LoginDesk) -> Router {
         .with_state(desk)
 }
 
+type Body = Result<Bytes, BytesRejection>;
+
 async fn register(
     State(desk): State<LoginDesk>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
-    body: Bytes,
+    body: Body,
 ) -> Response {
     pass_on(&desk, peer.ip(), true, body).await
 }
@@ -130,14 +142,32 @@ async fn register(
 async fn login(
     State(desk): State<LoginDesk>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
-    body: Bytes,
+    body: Body,
 ) -> Response {
     pass_on(&desk, peer.ip(), false, body).await
 }
 
-async fn pass_on(desk: &LoginDesk, client: IpAddr, register: bool, body: Bytes) -> Response {
+async fn pass_on(desk: &LoginDesk, client: IpAddr, register: bool, body: Body) -> Response {
+    let answer = match body {
+        Ok(body) => ask_authority(desk, client, register, body).await,
+        // Too big (or unreadable): refused here, in the authority's words, never passed on.
+        Err(r) if r.status() == StatusCode::PAYLOAD_TOO_LARGE => LoginAnswer::bad_request(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            &format!("request body larger than {MAX_LOGIN_BODY_BYTES} bytes"),
+        ),
+        Err(r) => LoginAnswer::bad_request(r.status(), &r.body_text()),
+    };
+    reply(answer)
+}
+
+async fn ask_authority(
+    desk: &LoginDesk,
+    client: IpAddr,
+    register: bool,
+    body: Bytes,
+) -> LoginAnswer {
     let (request, answer) = desk.ask(client, register, body.to_vec());
-    let answer = match tokio::time::timeout(LOGIN_ANSWER_WITHIN, answer).await {
+    match tokio::time::timeout(LOGIN_ANSWER_WITHIN, answer).await {
         Ok(Ok(a)) => a,
         _ => {
             desk.give_up(request);
@@ -146,7 +176,11 @@ async fn pass_on(desk: &LoginDesk, client: IpAddr, register: bool, body: Bytes) 
                 "the authority did not answer in time; retry shortly",
             )
         }
-    };
+    }
+}
+
+/// The answer as the player gets it.
+fn reply(answer: LoginAnswer) -> Response {
     let status = StatusCode::from_u16(answer.status).unwrap_or(StatusCode::BAD_GATEWAY);
     let mut response = (
         status,
