@@ -174,8 +174,6 @@ fn load_or_create_key(dir: &Path, name: &str) -> anyhow::Result<String> {
 struct Fleet {
     exe: PathBuf,
     args: UpArgs,
-    secret: String,
-    control_token: String,
     replication: Child,
     /// A replication waiting to take over (`--standby`).
     standby: Option<Child>,
@@ -186,7 +184,6 @@ struct Fleet {
     shards: BTreeMap<usize, Child>,
     /// Gateway `gateway-i` by its index i.
     gateways: BTreeMap<usize, Child>,
-    netcode_key: String,
 }
 
 fn shard_id(i: usize) -> ShardId {
@@ -211,7 +208,7 @@ impl Fleet {
                 "--link-timeout",
                 &self.args.link_timeout.as_secs_f64().to_string(),
             ])
-            .env("SIDEREAL_SHARD_SECRET", &self.secret)
+            .env("SIDEREAL_SHARD_SECRET", &self.keys.secret)
             .stdin(Stdio::null())
             .kill_on_drop(true)
             .spawn()
@@ -258,8 +255,8 @@ impl Fleet {
                 "--max-sessions-per-address",
                 &self.args.max_sessions_per_address.to_string(),
             ])
-            .env("SIDEREAL_SHARD_SECRET", &self.secret)
-            .env("SIDEREAL_NETCODE_KEY", &self.netcode_key)
+            .env("SIDEREAL_SHARD_SECRET", &self.keys.secret)
+            .env("SIDEREAL_NETCODE_KEY", &self.keys.netcode_key)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .kill_on_drop(true)
@@ -366,16 +363,14 @@ pub fn run(args: UpArgs) -> anyhow::Result<()> {
     let rt = tokio::runtime::Runtime::new()?;
     rt.block_on(async move {
         let keys = Keys {
-            secret: secret.clone(),
-            control_token: control_token.clone(),
-            netcode_key: netcode_key.clone(),
+            secret,
+            control_token,
+            netcode_key,
         };
         let replication = spawn_replication(&exe, &args, &keys, false)?;
         let mut fleet = Fleet {
             exe: exe.clone(),
             args: args.clone(),
-            secret,
-            control_token,
             replication,
             // Started once the fleet is up (not racing replication for a fresh store).
             standby: None,
@@ -383,7 +378,6 @@ pub fn run(args: UpArgs) -> anyhow::Result<()> {
             bots: None,
             shards: BTreeMap::new(),
             gateways: BTreeMap::new(),
-            netcode_key,
         };
         let result = supervise(&mut fleet).await;
         fleet.stop().await;
@@ -459,7 +453,7 @@ const PLACEMENT_ATTEMPTS: u32 = 10;
 
 async fn supervise(fleet: &mut Fleet) -> anyhow::Result<()> {
     let base = format!("http://{}", fleet.args.http);
-    let control = ControlClient::new(base.clone(), Some(fleet.control_token.clone()));
+    let control = ControlClient::new(base.clone(), Some(fleet.keys.control_token.clone()));
     wait_for("replication's /healthz", Duration::from_secs(30), || {
         control.healthy()
     })
@@ -500,7 +494,10 @@ async fn supervise(fleet: &mut Fleet) -> anyhow::Result<()> {
         fleet.args.data.join("control-token").display()
     );
     // The token rides in the fragment, which the browser keeps to itself.
-    println!("  sector map   {base}/map#token={}", fleet.control_token);
+    println!(
+        "  sector map   {base}/map#token={}",
+        fleet.keys.control_token
+    );
     if fleet.args.gateways == 0 {
         println!(
             "  game port    udp://{} and ws://{} (lightyear, netcode)",
