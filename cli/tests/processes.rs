@@ -735,12 +735,13 @@ pub(crate) fn start_up_with(
     extra: &[&str],
 ) -> (Proc, Vec<String>, String, u16) {
     let (http, link, metrics) = (free_port(), free_port(), free_port());
-    let (gateway_link, gateway_metrics) = (free_port(), free_port());
+    let (gateway_link, gateway_metrics, gateway_login) = (free_port(), free_port(), free_port());
     let mut child = sidereal()
         .env_remove("SIDEREAL_CONTROL_TOKEN")
         .args(["up", "--shards", &shards.to_string()])
         .args(["--gateway-link", &format!("127.0.0.1:{gateway_link}")])
         .args(["--gateway-metrics-base-port", &gateway_metrics.to_string()])
+        .args(["--gateway-login-base-port", &gateway_login.to_string()])
         .args(extra)
         .args(["--entities", &entities.to_string()])
         .args(["--http", &format!("127.0.0.1:{http}")])

@@ -49,7 +49,7 @@ fn every_dashboard_panel_returns_data_from_a_real_prometheus() {
 
     let data = TempDir::new("dash");
     let (http, link, metrics) = (free_port(), free_port(), free_port());
-    let (gateway_link, gateway_metrics) = (free_port(), free_port());
+    let (gateway_link, gateway_metrics, gateway_login) = (free_port(), free_port(), free_port());
     let _up = Proc(
         sidereal()
             // Bots, so the players' panels (bandwidth per player, commands, chat) have data;
@@ -57,6 +57,7 @@ fn every_dashboard_panel_returns_data_from_a_real_prometheus() {
             .args(["up", "--shards", "2", "--entities", "300", "--bots", "3"])
             .args(["--gateway-link", &format!("127.0.0.1:{gateway_link}")])
             .args(["--gateway-metrics-base-port", &gateway_metrics.to_string()])
+            .args(["--gateway-login-base-port", &gateway_login.to_string()])
             .args(["--http", &format!("127.0.0.1:{http}")])
             .args(["--link", &format!("127.0.0.1:{link}")])
             .args(["--metrics-base-port", &metrics.to_string()])
