@@ -114,6 +114,12 @@ pub struct ReplicationArgs {
     /// how long a standby waits after the leader stops answering.
     #[arg(long, default_value_t = 3.0, value_parser = parse_leader_lease)]
     pub leader_lease: f64,
+    /// Seconds a replication that found a placement in the store (a standby that took over, a
+    /// restart) waits for that placement's shards to link again before accepting placement
+    /// changes; it stops waiting as soon as all are back. Shards that kept simulating resume
+    /// with their entities; one still missing then has its leaves re-homed from the store.
+    #[arg(long, default_value_t = 10.0, value_parser = parse_takeover_grace)]
+    pub takeover_grace: f64,
     /// Netcode private key that signs players' connect tokens: 64 hex characters (generate
     /// one: openssl rand -hex 32). Without it, logins answer 503.
     #[arg(long, env = "SIDEREAL_NETCODE_KEY", hide_env_values = true)]
@@ -264,6 +270,7 @@ pub fn config(args: &ReplicationArgs) -> anyhow::Result<ReplicationConfig> {
         checkpoint_interval: std::time::Duration::from_secs_f64(args.checkpoint_interval),
         standby: args.standby,
         leader_lease: std::time::Duration::from_secs_f64(args.leader_lease),
+        takeover_grace: std::time::Duration::from_secs_f64(args.takeover_grace),
         control_token: args.control_token.clone(),
         login: LoginConfig {
             netcode_key: args.netcode_key.clone(),
@@ -362,6 +369,16 @@ fn parse_leader_lease(s: &str) -> Result<f64, String> {
             "the leader lease must be within 1.5..=60 seconds (the leader renews every second)"
                 .into(),
         )
+    }
+}
+
+/// The takeover grace: 0 to 300 seconds.
+fn parse_takeover_grace(s: &str) -> Result<f64, String> {
+    let v: f64 = s.parse().map_err(|e| format!("{e}"))?;
+    if v.is_finite() && (0.0..=300.0).contains(&v) {
+        Ok(v)
+    } else {
+        Err("the takeover grace must be within 0..=300 seconds".into())
     }
 }
 

@@ -39,8 +39,8 @@ pub struct ShardArgs {
     #[arg(long, default_value_t = 90)]
     pub fire_every_ticks: u32,
     /// Seconds of silence from replication (it sends every shard its shadows each tick) after
-    /// which this shard takes its link for dead and exits; also the longest a write may take.
-    /// Set the same on replication.
+    /// which this shard takes its link for dead and dials again; also the longest a write may
+    /// take. Set the same on replication.
     #[arg(long, env = "SIDEREAL_LINK_TIMEOUT", default_value = "3", value_parser = parse_link_timeout)]
     pub link_timeout: Duration,
     /// Largest shard-link frame in bytes, sent or accepted; longer messages are sent in parts.
@@ -58,6 +58,11 @@ pub struct ShardArgs {
     /// Keep retrying to reach replication for this long at start.
     #[arg(long, default_value = "30", value_parser = parse_secs)]
     pub connect_timeout: Duration,
+    /// After a link dies, keep simulating and dialling replication again (a standby that takes
+    /// over binds the same address) for this long before exiting. Each new link resumes: the
+    /// shard's entities are kept, not reloaded from the store.
+    #[arg(long, env = "SIDEREAL_RELINK_TIMEOUT", default_value = "30", value_parser = parse_secs)]
+    pub relink_timeout: Duration,
 }
 
 /// Starts the sector streams' server unless `--stream off`: the address to advertise and the
@@ -104,20 +109,21 @@ pub fn run(args: ShardArgs) -> anyhow::Result<()> {
     );
     let shard = ShardId::new(args.id.clone());
     let (publishing, hub) = serve_streams(&args, &shard)?;
+    let dialer = tcp::Dialer {
+        addr: args.replication.clone(),
+        shard: shard.clone(),
+        secret: args.secret.clone(),
+        options: tcp::LinkOptions {
+            timeout: args.link_timeout,
+            max_frame_bytes: args.max_frame_bytes,
+        },
+        publishing,
+        relink_timeout: args.relink_timeout,
+    };
     let deadline = Instant::now() + args.connect_timeout;
     let mut backoff = Duration::from_millis(100);
     let link = loop {
-        let options = tcp::LinkOptions {
-            timeout: args.link_timeout,
-            max_frame_bytes: args.max_frame_bytes,
-        };
-        match tcp::connect(
-            &args.replication,
-            &shard,
-            &args.secret,
-            options,
-            publishing.clone(),
-        ) {
+        match tcp::connect(dialer.clone()) {
             Ok(l) => break l,
             // A rejection will not change by retrying.
             Err(e @ tcp::ConnectError::Rejected(_)) => return Err(e.into()),
@@ -130,7 +136,7 @@ pub fn run(args: ShardArgs) -> anyhow::Result<()> {
         }
     };
     let board = StatusBoard {
-        alive: link.alive.clone(),
+        health: link.health.clone(),
     };
     let config = ShardConfig {
         name: shard.0.clone(),
@@ -154,11 +160,11 @@ pub fn run(args: ShardArgs) -> anyhow::Result<()> {
         ));
     }
     let metrics = app.world().resource::<ShardMetrics>().clone();
-    // /healthz answers 503 once the link is down.
-    let alive = board.clone();
+    // /healthz answers 503 once the link is given up (not while dialling again).
+    let health = board.health.clone();
     crate::metrics_http::serve(
         args.metrics,
-        move || alive.alive.load(std::sync::atomic::Ordering::SeqCst),
+        move || !health.given_up.load(std::sync::atomic::Ordering::SeqCst),
         move || metrics.render(),
     )?;
     app.add_plugins(StatusPlugin(board));

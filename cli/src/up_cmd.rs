@@ -82,8 +82,8 @@ pub struct UpArgs {
     pub gateway_metrics_base_port: u16,
     /// Run a standby replication beside the leader, on the same store and addresses: if the
     /// leader dies, the standby takes the store over within the lease (3 s) plus its start,
-    /// shards restart onto it, gateways re-link and their players stay connected; a new
-    /// standby then waits behind it.
+    /// shards simulate on and resume onto it, gateways re-link and their players stay
+    /// connected; a new standby then waits behind it.
     #[arg(long)]
     pub standby: bool,
     /// Gateway i takes players' logins (POST /v1/accounts, /v1/login, passed on to
@@ -472,12 +472,26 @@ async fn supervise(fleet: &mut Fleet) -> anyhow::Result<()> {
     .await?;
     let ids: Vec<ShardId> = fleet.shards.keys().map(|i| shard_id(*i)).collect();
     let world = fleet.args.world.clone();
-    control
-        .update_placement(PLACEMENT_ATTEMPTS, |_| {
-            Some(placement::even(&world, &ids, 0))
-        })
-        .await
-        .context("placing the world on the shards")?;
+    // A store that already held a placement makes replication wait (its takeover grace) for
+    // that placement's shards before it takes a new one: 503 until then.
+    let placing_deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        match control
+            .update_placement(PLACEMENT_ATTEMPTS, |_| {
+                Some(placement::even(&world, &ids, 0))
+            })
+            .await
+        {
+            Err(ControlError::Unavailable(why)) if Instant::now() < placing_deadline => {
+                info!(%why, "replication is not taking placements yet; waiting");
+                tokio::time::sleep(Duration::from_millis(250)).await;
+            }
+            other => {
+                other.context("placing the world on the shards")?;
+                break;
+            }
+        }
+    }
     if fleet.args.bots > 0 {
         fleet.start_bots()?;
     }
@@ -543,7 +557,7 @@ async fn supervise(fleet: &mut Fleet) -> anyhow::Result<()> {
                 bail!("replication exited ({status}); stopping the fleet");
             };
             // The standby takes the store over and binds the same addresses: shards that lost
-            // their link restart and find it there; a new standby waits behind it.
+            // their link simulate on, find it there and resume; a new standby waits behind it.
             warn!(%status, "replication exited; the standby takes over");
             fleet.replication = standby;
         }

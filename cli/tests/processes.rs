@@ -29,6 +29,8 @@ mod sessions;
 mod streams;
 #[path = "processes/swarm.rs"]
 mod swarm;
+#[path = "processes/takeover.rs"]
+mod takeover;
 #[path = "processes/tls.rs"]
 mod tls;
 #[path = "processes/up_autoscale.rs"]
@@ -852,12 +854,13 @@ fn sidereal_up_runs_supervises_and_stops_the_fleet() {
 }
 
 /// `sidereal up --standby`: a standby replication waits beside the leader; kill -9 of the
-/// leader and the standby takes the store and the same addresses, the shards restart onto it,
-/// the whole world is back, `up` keeps running and a new standby waits behind the new leader.
+/// leader and the standby takes the store and the same addresses, the shards (the same
+/// processes: they simulate on) resume onto it, the whole world is back, `up` keeps running and
+/// a new standby waits behind the new leader.
 #[test]
 fn sidereal_up_with_a_standby_survives_the_leader_s_kill_9() {
     let data = TempDir::new("up-standby");
-    let (up, _banner, base, _link) = start_up_with(&data, 2, 300, &["--standby"]);
+    let (up, _banner, base, link) = start_up_with(&data, 2, 300, &["--standby"]);
     let control = Control::with_token(&base, Some(&token_of(&data)));
     let settled = || {
         control
@@ -878,6 +881,12 @@ fn sidereal_up_with_a_standby_survives_the_leader_s_kill_9() {
     });
     let (all, standbys_now) = (replications(), standbys());
     let leader = *all.iter().find(|p| !standbys_now.contains(p)).unwrap();
+    let shard_procs = || {
+        pids_matching(&format!(
+            "shard --id shard-.* --replication 127.0.0.1:{link} "
+        ))
+    };
+    let shards_before = shard_procs();
     Command::new("kill")
         .args(["-9", &leader.to_string()])
         .status()
@@ -893,7 +902,12 @@ fn sidereal_up_with_a_standby_survives_the_leader_s_kill_9() {
         .values()
         .filter(|e| e.kind != EntityKind::Projectile)
         .count();
-    assert_eq!(durable, 300, "the whole world, from the store");
+    assert_eq!(durable, 300, "the whole world, once");
+    assert_eq!(
+        shard_procs(),
+        shards_before,
+        "the same shard processes: they resumed, nobody restarted them"
+    );
     wait_until("a new standby waits", Duration::from_secs(10), || {
         standbys().len() == 2
     });

@@ -115,6 +115,8 @@ pub struct BotReport {
     pub distance: f32,
     /// Times it was connected and then was not.
     pub disconnects: u32,
+    /// The longest wait between two world updates after the first: the pause it saw.
+    pub longest_gap: Duration,
     /// Bytes of encoded world state received.
     pub state_bytes: u64,
     /// Input-to-state latency of each turn command that showed.
@@ -218,6 +220,7 @@ struct Bot {
     seen_updates: u64,
     visible_sum: u64,
     last_pos: Option<[f32; 2]>,
+    last_update: Option<Instant>,
 }
 
 /// A bot's running totals, to export what one tick added.
@@ -297,6 +300,7 @@ pub fn run_swarm(config: &SwarmConfig) -> Result<SwarmReport, ClientError> {
             seen_updates: 0,
             visible_sum: 0,
             last_pos: None,
+            last_update: None,
         });
     }
     let tick = Duration::from_secs_f64(1.0 / f64::from(config.tick_hz.max(1)));
@@ -388,6 +392,11 @@ fn step(bot: &mut Bot, i: usize, t: f64) {
     {
         let new = received.updates - bot.seen_updates;
         bot.seen_updates = received.updates;
+        let now = Instant::now();
+        if let Some(last) = bot.last_update {
+            bot.report.longest_gap = bot.report.longest_gap.max(now - last);
+        }
+        bot.last_update = Some(now);
         bot.report.updates += new;
         bot.visible_sum += new * update.entities.len() as u64;
         let ship = bot.client.login.ship;

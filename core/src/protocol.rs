@@ -19,7 +19,7 @@ use crate::ids::{EntityId, EntitySnapshot, Epoch, ShardId};
 use crate::load::ShardLoadReport;
 
 /// Bumped on any incompatible change of the messages below.
-pub const PROTOCOL_VERSION: u32 = 7;
+pub const PROTOCOL_VERSION: u32 = 8;
 /// Largest frame either side accepts by default (`--max-frame-bytes`).
 pub const MAX_FRAME_BYTES: usize = 16 << 20;
 /// The smallest frame limit allowed: a few hundred entries per part.
@@ -126,6 +126,19 @@ pub enum ShardMessage {
         proof: Proof,
         /// Where the shard publishes its sector streams (`stream.rs`), if it does.
         stream: Option<String>,
+        /// The shard kept simulating through a lost link (a takeover, a network cut) and has
+        /// entities of its own: it sends them in `Resume` next, and replication must not hand
+        /// it the stored copies.
+        resuming: bool,
+    },
+    /// After a resuming `Hello`'s `Welcome` (the first message on that link, tagged with its
+    /// incarnation): every entity the shard simulates, and every one it handed over that no
+    /// new owner confirmed, each at its epoch. Sent in parts; `last` ends it.
+    Resume {
+        incarnation: u32,
+        owned: Vec<(EntitySnapshot, Epoch)>,
+        handed_over: Vec<(EntitySnapshot, Epoch)>,
+        last: bool,
     },
     /// Compact batch of changed entities (see `codec`).
     Updates(#[serde(with = "crate::wire_bytes")] Vec<u8>),
@@ -241,7 +254,16 @@ impl ShardMessage {
             nonce,
             proof,
             stream: None,
+            resuming: false,
         }
+    }
+
+    /// This `Hello` saying whether the shard resumes with entities of its own.
+    pub fn resuming(mut self, resume: bool) -> Self {
+        if let ShardMessage::Hello { resuming, .. } = &mut self {
+            *resuming = resume;
+        }
+        self
     }
 
     /// This `Hello` announcing that the shard publishes its sector streams at `addr`.
@@ -330,6 +352,37 @@ impl ShardMessage {
                 .into_iter()
                 .map(|ids| ShardMessage::Adopted { ids })
                 .collect(),
+            ShardMessage::Resume {
+                incarnation,
+                owned,
+                handed_over,
+                last,
+            } if owned.len() + handed_over.len() > per => {
+                // The owned entities first, then the handed-over ones; `last` on the final part.
+                let mut out: Vec<ShardMessage> = parts(owned, per)
+                    .into_iter()
+                    .map(|owned| ShardMessage::Resume {
+                        incarnation,
+                        owned,
+                        handed_over: Vec::new(),
+                        last: false,
+                    })
+                    .collect();
+                if !handed_over.is_empty() {
+                    out.extend(parts(handed_over, per).into_iter().map(|handed_over| {
+                        ShardMessage::Resume {
+                            incarnation,
+                            owned: Vec::new(),
+                            handed_over,
+                            last: false,
+                        }
+                    }));
+                }
+                if let Some(ShardMessage::Resume { last: l, .. }) = out.last_mut() {
+                    *l = last;
+                }
+                out
+            }
             other => vec![other],
         }
     }
@@ -570,6 +623,53 @@ mod tests {
         }
         assert_eq!(ids.len(), n as usize);
         assert!(ids.windows(2).all(|w| w[0] != w[1]));
+    }
+
+    /// A resuming shard's whole world goes out in parts within the frame limit, owned entities
+    /// before handed-over ones, every part tagged with the link's incarnation, and only the
+    /// final part says `last`.
+    #[test]
+    fn a_resume_goes_out_in_parts_with_last_only_on_the_final_one() {
+        let owned: Vec<_> = (0..900u64).map(|i| (biggest_snapshot(i), i)).collect();
+        let handed: Vec<_> = (900..1000u64).map(|i| (biggest_snapshot(i), i)).collect();
+        let parts = ShardMessage::Resume {
+            incarnation: 5,
+            owned: owned.clone(),
+            handed_over: handed.clone(),
+            last: true,
+        }
+        .split(MIN_FRAME_BYTES);
+        assert!(parts.len() >= 4, "{} parts", parts.len());
+        let (mut got_owned, mut got_handed, mut lasts) = (Vec::new(), Vec::new(), Vec::new());
+        for p in parts {
+            assert!(encode_frame(&p).len() - 4 <= MIN_FRAME_BYTES);
+            match p {
+                ShardMessage::Resume {
+                    incarnation,
+                    owned,
+                    handed_over,
+                    last,
+                } => {
+                    assert_eq!(incarnation, 5);
+                    assert!(handed_over.is_empty() || got_owned.len() == 900);
+                    got_owned.extend(owned);
+                    got_handed.extend(handed_over);
+                    lasts.push(last);
+                }
+                other => panic!("{other:?}"),
+            }
+        }
+        assert_eq!((got_owned, got_handed), (owned, handed));
+        assert_eq!(lasts.iter().filter(|l| **l).count(), 1);
+        assert_eq!(lasts.last(), Some(&true));
+        // A small one stays whole.
+        let small = ShardMessage::Resume {
+            incarnation: 1,
+            owned: Vec::new(),
+            handed_over: Vec::new(),
+            last: true,
+        };
+        assert_eq!(small.clone().split(MIN_FRAME_BYTES), vec![small]);
     }
 
     #[test]

@@ -71,6 +71,7 @@ async fn main() {
         checkpoint_interval: Duration::from_secs(1),
         standby: false,
         leader_lease: Duration::from_secs(3),
+        takeover_grace: Duration::from_secs(10),
         control_token: "bench-control-token".into(),
         login: LoginConfig {
             netcode_key: Some(NetcodeKey(random_bytes())),

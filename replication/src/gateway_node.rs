@@ -430,7 +430,7 @@ struct AuthorityLink {
 }
 
 const RETRY_FIRST: Duration = Duration::from_millis(100);
-const RETRY_MAX: Duration = Duration::from_secs(2);
+const RETRY_MAX: Duration = Duration::from_millis(500);
 
 impl AuthorityLink {
     fn new(

@@ -104,6 +104,26 @@ impl Mirror {
         self.entities.insert(snapshot.id, record);
     }
 
+    /// Inserts an entity a resuming shard holds that this mirror never saw (spawned or handed
+    /// to it since the last checkpoint), owned by it at `epoch`. Dirty.
+    pub fn insert_claimed(&mut self, snapshot: EntitySnapshot, owner: ShardId, epoch: Epoch) {
+        self.insert_restored(snapshot, owner, epoch, 1);
+        self.dirty.insert(snapshot.id);
+    }
+
+    /// A resuming shard's copy replaces the record: owned and simulated by it at `epoch`.
+    pub fn set_claimed(&mut self, snapshot: EntitySnapshot, owner: ShardId, epoch: Epoch) {
+        if let Some(r) = self.entities.get_mut(&snapshot.id) {
+            r.snapshot = snapshot;
+            r.owner = owner;
+            r.epoch = epoch;
+            r.in_transit = false;
+            r.previous_owner = None;
+            r.version += 1;
+            self.dirty.insert(snapshot.id);
+        }
+    }
+
     /// Marks an entity changed (its next checkpoint writes it).
     pub fn touch(&mut self, id: EntityId) {
         if self.entities.contains_key(&id) {

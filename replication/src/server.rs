@@ -58,6 +58,9 @@ pub struct ReplicationConfig {
     pub standby: bool,
     /// How long a leader's lease on the store lasts unrenewed (it renews every second).
     pub leader_lease: Duration,
+    /// How long a replication that found a placement in the store waits for its shards to
+    /// link again (resuming with what they simulated) before accepting placement changes.
+    pub takeover_grace: Duration,
     /// Bearer token every control endpoint requires (`/v1/...`).
     pub control_token: String,
     /// The players' login API.
@@ -126,6 +129,41 @@ pub enum StartError {
     Bind(#[from] std::io::Error),
 }
 
+/// Link incarnations a leader reserves in the store at a time (it reserves more once half are
+/// used; a block lasts thousands of shard links).
+pub const INCARNATION_BLOCK: u32 = 4096;
+
+/// Reserves the next block of incarnations in the store and lets the authority hand them out.
+async fn reserve_incarnations(store: &Store, authority: &mut Authority) -> Result<(), StoreError> {
+    let limit = authority
+        .next_incarnation()
+        .saturating_add(INCARNATION_BLOCK);
+    store.reserve_incarnations(limit).await?;
+    authority.set_incarnation_limit(limit);
+    Ok(())
+}
+
+/// Reserves another block once half the current one is used.
+async fn top_up_incarnations(
+    store: &Store,
+    authority: &std::sync::Mutex<Authority>,
+) -> Result<(), StoreError> {
+    let (next, limit) = {
+        let a = authority.lock().expect("authority lock");
+        (a.next_incarnation(), a.incarnation_limit())
+    };
+    if next.saturating_add(INCARNATION_BLOCK / 2) < limit {
+        return Ok(());
+    }
+    let limit = next.saturating_add(INCARNATION_BLOCK);
+    store.reserve_incarnations(limit).await?;
+    authority
+        .lock()
+        .expect("authority lock")
+        .set_incarnation_limit(limit);
+    Ok(())
+}
+
 /// Opens the store, restores the world (or seeds a new one, durably), binds both listeners and
 /// serves.
 pub async fn start(
@@ -186,6 +224,12 @@ pub async fn start(
         .await?
         .map_or(0, |id| (id as u64 >> EntityId::COUNTER_BITS) as u32);
     authority.reserve_incarnations_above(authority.max_incarnation().max(reserved_ships));
+    // Shards that kept simulating under a former leader mint ids under the incarnations it gave
+    // them: start above every one any leader reserved, and reserve a block ahead.
+    let reserved = store.reserved_incarnations().await?;
+    authority.reserve_incarnations_above(reserved.saturating_sub(1));
+    reserve_incarnations(&store, &mut authority).await?;
+    let taking_over = authority.begin_takeover();
     // The game port's real address (a port of 0 picks a free one) goes into connect tokens
     // unless public addresses are configured.
     let game = match (&config.gateway, &config.login.netcode_key) {
@@ -358,6 +402,17 @@ pub async fn start(
             }
         }
     });
+    if taking_over {
+        let (s, grace) = (shared.clone(), config.takeover_grace);
+        tokio::spawn(async move {
+            tokio::time::sleep(grace).await;
+            let mut a = s.authority.lock().expect("authority lock");
+            if let Some(outcome) = a.end_takeover() {
+                warn!(?outcome, grace = ?grace, "takeover grace over");
+            }
+            s.flush(&mut a);
+        });
+    }
     let s = shared.clone();
     let interval = config.checkpoint_interval;
     let checkpoints = tokio::spawn(async move {
@@ -365,7 +420,11 @@ pub async fn start(
         loop {
             tokio::time::sleep(wait).await;
             s.gather_reports(REPORT_WAIT).await;
-            match s.checkpoint().await {
+            let reserved = match &s.store {
+                Some(store) => top_up_incarnations(store, &s.authority).await,
+                None => Ok(()),
+            };
+            match reserved.and(s.checkpoint().await.map(|_| ())) {
                 Ok(_) => wait = interval,
                 Err(e) if e.is_deposed() => {
                     // Another replication leads the store: nothing here may be written again.

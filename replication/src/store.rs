@@ -616,6 +616,51 @@ impl Store {
         self.check_leading().await
     }
 
+    /// Incarnations below this may have been handed out by some leader (0: none reserved).
+    pub async fn reserved_incarnations(&self) -> Result<u32, StoreError> {
+        let sql = "SELECT incarnations_below FROM leadership WHERE id = 1";
+        let below: Option<i64> = match &self.db {
+            Db::Postgres(p) => sqlx::query_scalar(sql).fetch_optional(p).await?,
+            Db::Sqlite(p) => sqlx::query_scalar(sql).fetch_optional(p).await?,
+        };
+        Ok(below.unwrap_or(0).clamp(0, i64::from(u32::MAX)) as u32)
+    }
+
+    /// Reserves every incarnation below `below` for this leader (never lowering the mark), or
+    /// fails with `Deposed` if another took the store.
+    pub async fn reserve_incarnations(&self, below: u32) -> Result<(), StoreError> {
+        let mine = self.epoch();
+        let sql = |max: &str| {
+            format!(
+                "UPDATE leadership SET incarnations_below = {max}(incarnations_below, $2) \
+                 WHERE id = 1 AND epoch = $1"
+            )
+        };
+        let n = match &self.db {
+            Db::Postgres(p) => sqlx::query(&sql("GREATEST"))
+                .bind(mine as i64)
+                .bind(i64::from(below))
+                .execute(p)
+                .await?
+                .rows_affected(),
+            Db::Sqlite(p) => sqlx::query(&sql("MAX"))
+                .bind(mine as i64)
+                .bind(i64::from(below))
+                .execute(p)
+                .await?
+                .rows_affected(),
+        };
+        if n == 1 {
+            return Ok(());
+        }
+        self.check_leading().await?;
+        Err(StoreError::Deposed {
+            mine,
+            current: 0,
+            holder: "nobody (no leadership row)".into(),
+        })
+    }
+
     /// Lets the leadership go at once (a graceful stop): a standby need not wait out the lease.
     pub async fn release_leadership(&self) -> Result<(), StoreError> {
         let mine = self.epoch();

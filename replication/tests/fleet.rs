@@ -1,11 +1,14 @@
-//! In-process fleet tests: conservation of entities through crossings, splits, merges, kills.
+//! In-process fleet tests: conservation of entities through crossings, splits, merges, kills
+//! and a takeover by a new leader.
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 
 use sidereal_core::placement;
 use sidereal_core::sector_view::Source;
-use sidereal_core::{EntityId, SectorId};
-use sidereal_testkit::fleet::{Fleet, TICK_HZ};
+use sidereal_core::{EntityId, EntityKind, SectorId, ShardId};
+use sidereal_replication::PutPlacementError;
+use sidereal_shard::ownership::Ownership;
+use sidereal_testkit::fleet::{Fleet, Stored, TICK_HZ};
 
 fn world() -> Vec<SectorId> {
     vec![SectorId::new(2, 0, 0).unwrap()]
@@ -417,5 +420,228 @@ fn shards_reporting_only_when_asked_answer_a_report_round_with_their_state() {
     assert!(
         d < 0.05,
         "mirror {d:.3} units from the shards after the round"
+    );
+}
+
+/// The durable (non-projectile) ids among `ids`, by the mirror's or the store's kinds.
+fn durable(
+    ids: impl IntoIterator<Item = EntityId>,
+    kinds: &HashMap<EntityId, EntityKind>,
+) -> BTreeSet<EntityId> {
+    ids.into_iter()
+        .filter(|id| kinds.get(id).is_some_and(|k| *k != EntityKind::Projectile))
+        .collect()
+}
+
+fn kinds_of(fleet: &Fleet, stored: &Stored) -> HashMap<EntityId, EntityKind> {
+    let mut kinds: HashMap<EntityId, EntityKind> = stored
+        .entities
+        .iter()
+        .map(|(s, ..)| (s.id, s.kind))
+        .collect();
+    kinds.extend(
+        fleet
+            .authority
+            .mirror()
+            .iter()
+            .map(|(id, r)| (*id, r.snapshot.kind)),
+    );
+    kinds
+}
+
+/// Positions of what each shard simulates now.
+fn simulated(fleet: &Fleet) -> HashMap<EntityId, [f32; 2]> {
+    let mut out = HashMap::new();
+    for shard in fleet.shards.iter().flatten() {
+        let world = shard.app.world();
+        let mut q = world
+            .try_query::<(
+                &sidereal_shard::components::Owned,
+                &avian2d::prelude::Position,
+            )>()
+            .unwrap();
+        for (o, p) in q.iter(world) {
+            out.insert(o.id, [p.0.x, p.0.y]);
+        }
+    }
+    out
+}
+
+/// Issue 21's takeover in process. Replication dies a second after its last checkpoint, and a
+/// new leader starts from that checkpoint. The shards simulate on alone through the gap
+/// (crossing borders, firing, handing over into the void), link again and resume. Nothing they
+/// simulated is lost, rewound or duplicated: every entity they hold is in the new mirror once,
+/// at their state, owned by the shard that simulates it; stored entities that ended since the
+/// checkpoint are gone; placement changes wait until every shard is back.
+#[test]
+fn a_new_leader_keeps_what_shards_simulated_since_the_last_checkpoint() {
+    let mut fleet = Fleet::new(world(), 3, 20);
+    fleet.seed(1500, 5);
+    fleet.place_even();
+    for _ in 0..60 {
+        fleet.step();
+    }
+    let stored = fleet.stored();
+    let handovers_at_checkpoint = fleet.authority.counters.handovers;
+    for _ in 0..30 {
+        fleet.step();
+    }
+    assert!(
+        fleet.authority.counters.handovers > handovers_at_checkpoint + 20,
+        "entities crossed borders after the checkpoint"
+    );
+    // The leader is killed: for half a second the shards simulate alone.
+    for _ in 0..15 {
+        fleet.step_shards_only();
+    }
+    let held: BTreeSet<EntityId> = fleet.held().into_iter().flat_map(|(_, ids)| ids).collect();
+    let in_flight: usize = fleet
+        .shards
+        .iter()
+        .flatten()
+        .map(|s| s.app.world().resource::<Ownership>().handed_over.len())
+        .sum();
+    fleet.take_over(&stored);
+    assert_eq!(fleet.authority.awaiting_shards().map(|w| w.len()), Some(3));
+    let mut next = fleet.authority.placement().clone();
+    next.generation += 1;
+    assert!(
+        matches!(
+            fleet.authority.put_placement(next.clone()),
+            Err(PutPlacementError::TakingOver { .. })
+        ),
+        "no placement change while shards are away"
+    );
+    fleet.step();
+    assert_eq!(
+        fleet.authority.awaiting_shards(),
+        None,
+        "every shard resumed in one tick"
+    );
+    let outcome = fleet.authority.take_takeover_outcome().expect("done");
+    assert!(outcome.all_back);
+    // Right after the resume the mirror holds the shards' state, not the store's.
+    let now = simulated(&fleet);
+    let stored_pos: HashMap<EntityId, [f32; 2]> = stored
+        .entities
+        .iter()
+        .map(|(s, ..)| (s.id, s.state.pos))
+        .collect();
+    let (mut moved_since_store, mut worst) = (0, 0.0f32);
+    for (id, p) in &now {
+        let m = fleet
+            .authority
+            .mirror()
+            .get(*id)
+            .expect("in the mirror")
+            .snapshot
+            .state
+            .pos;
+        worst = worst.max((p[0] - m[0]).hypot(p[1] - m[1]));
+        if let Some(s) = stored_pos.get(id)
+            && (s[0] - m[0]).hypot(s[1] - m[1]) > 1.0
+        {
+            moved_since_store += 1;
+        }
+    }
+    assert!(
+        worst < 2.0,
+        "the mirror is {worst:.2} units from a shard's entity"
+    );
+    let kinds = kinds_of(&fleet, &stored);
+    for _ in 0..60 {
+        fleet.step();
+        fleet.check_invariants().unwrap();
+    }
+    let mirror: BTreeSet<EntityId> = fleet.authority.mirror().iter().map(|(id, _)| *id).collect();
+    let stored_ids = stored.entities.iter().map(|(s, ..)| s.id);
+    assert_eq!(
+        durable(mirror.iter().copied(), &kinds),
+        durable(held.iter().copied(), &kinds),
+        "every durable entity the shards held, once, and no other"
+    );
+    assert_eq!(
+        durable(held.iter().copied(), &kinds),
+        durable(stored_ids, &kinds),
+        "ships and asteroids never end: the store had the same ones"
+    );
+    let unplaced = fleet
+        .authority
+        .mirror()
+        .iter()
+        .filter(|(_, r)| !fleet.authority.live_shards().contains(&r.owner))
+        .count();
+    assert_eq!(unplaced, 0, "everything is simulated by a live shard");
+    assert!(
+        fleet.authority.put_placement(next).is_ok(),
+        "placements again"
+    );
+    let c = &fleet.authority.counters;
+    println!(
+        "takeover: {} entities kept from 3 resumes ({moved_since_store} moved since the checkpoint, {in_flight} handovers in flight), {} stored ones that ended meanwhile dropped, worst {worst:.3} units from the shards",
+        c.resumed_entities, outcome.dropped
+    );
+    assert_eq!(c.resumes, 3);
+    assert!(
+        moved_since_store > 1000,
+        "{moved_since_store} entities moved since the checkpoint"
+    );
+    assert!(
+        outcome.dropped > 0,
+        "projectiles that expired since the checkpoint stay gone"
+    );
+}
+
+/// A shard dies with the leader: the others resume, the new leader waits out its grace, then
+/// takes placements again; the lost shard's leaves are re-homed from the store, and nothing is
+/// duplicated or lost (what the survivors hold, plus the store's copies of the rest).
+#[test]
+fn a_shard_lost_with_the_leader_has_its_leaves_rehomed_from_the_store_after_the_grace() {
+    let mut fleet = Fleet::new(world(), 3, 0);
+    fleet.seed(1200, 9);
+    fleet.place_even();
+    for _ in 0..60 {
+        fleet.step();
+    }
+    let stored = fleet.stored();
+    for _ in 0..20 {
+        fleet.step();
+    }
+    fleet.kill(1);
+    for _ in 0..10 {
+        fleet.step_shards_only();
+    }
+    let held: BTreeSet<EntityId> = fleet.held().into_iter().flat_map(|(_, ids)| ids).collect();
+    fleet.take_over(&stored);
+    for _ in 0..5 {
+        fleet.step();
+    }
+    assert_eq!(
+        fleet.authority.awaiting_shards(),
+        Some(vec![ShardId::new("shard-1")]),
+        "still waiting for the lost shard"
+    );
+    let outcome = fleet.authority.end_takeover().expect("the grace ran out");
+    assert!(!outcome.all_back);
+    fleet.rehome();
+    for _ in 0..60 {
+        fleet.step();
+        fleet.check_invariants().unwrap();
+    }
+    let mirror: BTreeSet<EntityId> = fleet.authority.mirror().iter().map(|(id, _)| *id).collect();
+    let stored_ids: BTreeSet<EntityId> = stored.entities.iter().map(|(s, ..)| s.id).collect();
+    assert_eq!(
+        mirror, stored_ids,
+        "no projectiles here: the same world, once"
+    );
+    assert!(held.is_subset(&mirror));
+    assert_eq!(fleet.authority.mirror().len(), stored_ids.len());
+    let live = fleet.authority.live_shards();
+    assert!(
+        fleet
+            .authority
+            .mirror()
+            .iter()
+            .all(|(_, r)| live.contains(&r.owner))
     );
 }

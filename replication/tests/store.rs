@@ -392,3 +392,31 @@ async fn a_deposed_leaders_writes_are_refused_and_the_rows_show_it() {
         assert_eq!(second.load_placement().await.unwrap(), None, "{url}");
     }
 }
+
+/// Link incarnations reserved by one leader stay reserved for the next (a new leader starts
+/// above them, so ids minted by shards that outlived the old leader never collide), the mark
+/// never goes down, and a deposed leader cannot move it.
+#[tokio::test]
+async fn reserved_incarnations_outlive_their_leader_and_only_the_leader_reserves() {
+    for (first, url) in stores().await {
+        assert_eq!(first.reserved_incarnations().await.unwrap(), 0, "{url}");
+        first.take_leadership("replication-a").await.unwrap();
+        first.reserve_incarnations(4097).await.unwrap();
+        first.reserve_incarnations(100).await.unwrap();
+        assert_eq!(
+            first.reserved_incarnations().await.unwrap(),
+            4097,
+            "{url}: never lowered"
+        );
+        let second = Store::open_url(&url).await.unwrap();
+        second.take_leadership("replication-b").await.unwrap();
+        assert_eq!(second.reserved_incarnations().await.unwrap(), 4097, "{url}");
+        let refused = first.reserve_incarnations(9000).await;
+        assert!(
+            refused.as_ref().is_err_and(StoreError::is_deposed),
+            "{url}: {refused:?}"
+        );
+        second.reserve_incarnations(8193).await.unwrap();
+        assert_eq!(second.reserved_incarnations().await.unwrap(), 8193, "{url}");
+    }
+}

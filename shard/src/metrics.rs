@@ -33,6 +33,7 @@ pub struct ShardMetrics {
     pub stream_dropped: IntCounter,
     pub neighbour_streams: IntGauge,
     pub neighbour_bytes: IntCounter,
+    pub resumes: IntCounter,
 }
 
 impl ShardMetrics {
@@ -103,6 +104,10 @@ impl ShardMetrics {
             neighbour_bytes: counter(
                 "neighbour_stream_bytes_total",
                 "Bytes of neighbours' sector-stream frames received for shadows",
+            ),
+            resumes: counter(
+                "resumes_total",
+                "Times this shard linked to replication again with its entities kept (a takeover, a cut link)",
             ),
             registry,
         }

@@ -28,8 +28,9 @@ pub struct Ownership {
     world_bounds: Vec<Bounds>,
     /// Owned entity ids to their Bevy entities.
     pub entities: HashMap<EntityId, Entity>,
-    /// Handed over, not yet confirmed by the new owner.
-    pub handed_over: HashMap<EntityId, EntitySnapshot>,
+    /// Handed over (or released), not yet confirmed by the new owner, at the epoch this shard
+    /// held it: a resume after a lost link offers these again, so none is lost in between.
+    pub handed_over: HashMap<EntityId, (EntitySnapshot, Epoch)>,
     /// Shadows held now (kept by the shadows plugin; owned entities are never among them).
     pub(crate) shadows: HashMap<EntityId, Entity>,
     /// Handovers sent so far (for metrics).
@@ -130,16 +131,23 @@ pub(crate) fn apply_replication_messages(
     mut commands: Commands,
     link: Res<ShardLink>,
     mut own: ResMut<Ownership>,
-    mut encoder: ResMut<Encoder>,
+    (mut encoder, mut report): (ResMut<Encoder>, ResMut<ReportRequest>),
     owned: Query<OwnedState>,
     mut shadow_news: ResMut<ShadowNews>,
-    mut report: ResMut<ReportRequest>,
+    metrics: Res<ShardMetrics>,
 ) {
     while let Ok(msg) = link.from_replication.try_recv() {
         match msg {
             ReplicationMessage::Welcome { incarnation, .. } => {
+                let relinked = own.incarnation != 0;
                 own.incarnation = incarnation;
-                info!(incarnation, "linked to replication");
+                // Ids minted from here on carry the new incarnation: their counter starts over.
+                own.next_counter = 0;
+                if relinked {
+                    resume(&link, &own, &mut encoder, &mut report, &owned, &metrics);
+                } else {
+                    info!(incarnation, "linked to replication");
+                }
             }
             ReplicationMessage::Rejected { reason } => {
                 warn!(%reason, "replication rejected this shard")
@@ -226,6 +234,41 @@ pub(crate) fn apply_replication_messages(
     }
 }
 
+/// Linked again after a lost link (to a new leader, or the same one after a cut): replication
+/// knows nothing of this link's past, so the delta baseline and any report request start over,
+/// and it gets everything this shard simulates and every handover not yet confirmed, each at
+/// its epoch, before anything else on the new link.
+fn resume(
+    link: &ShardLink,
+    own: &Ownership,
+    encoder: &mut Encoder,
+    report: &mut ReportRequest,
+    owned: &Query<OwnedState>,
+    metrics: &ShardMetrics,
+) {
+    *encoder = Encoder::default();
+    report.0 = None;
+    let entities: Vec<(EntitySnapshot, Epoch)> = owned
+        .iter()
+        .filter(|(e, o, ..)| own.entities.get(&o.id) == Some(e))
+        .map(|(_, o, p, r, v, w, ttl)| (snapshot(o, state_of(p, r, v, w), ttl), o.epoch))
+        .collect();
+    let handed_over: Vec<(EntitySnapshot, Epoch)> = own.handed_over.values().copied().collect();
+    info!(
+        incarnation = own.incarnation,
+        entities = entities.len(),
+        handed_over = handed_over.len(),
+        "linked to replication again; resuming with this shard's entities"
+    );
+    metrics.resumes.inc();
+    link.send(ShardMessage::Resume {
+        incarnation: own.incarnation,
+        owned: entities,
+        handed_over,
+        last: true,
+    });
+}
+
 /// After a new assignment: entities in sectors this shard no longer owns go back to
 /// replication in one `Released` message, at this tick boundary.
 fn release_unowned(
@@ -239,7 +282,9 @@ fn release_unowned(
     for (e, o, p, r, v, w, ttl) in owned.iter() {
         let state = state_of(p, r, v, w);
         if !own.owns_point(state.point()) && own.entities.get(&o.id) == Some(&e) {
-            released.push((snapshot(o, state, ttl), o.epoch));
+            let snap = snapshot(o, state, ttl);
+            released.push((snap, o.epoch));
+            own.handed_over.insert(o.id, (snap, o.epoch));
             own.departed.push((o.id, state.pos));
             own.entities.remove(&o.id);
             encoder.0.forget(o.id);
@@ -283,7 +328,7 @@ fn hand_over_leavers(
         }
         let snap = snapshot(o, state_of(p, r, v, w), ttl);
         own.entities.remove(&o.id);
-        own.handed_over.insert(o.id, snap);
+        own.handed_over.insert(o.id, (snap, o.epoch));
         own.departed.push((o.id, snap.state.pos));
         own.handovers_out += 1;
         metrics.handovers_out.inc();

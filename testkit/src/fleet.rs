@@ -6,9 +6,10 @@ use std::collections::{HashMap, HashSet};
 use bevy::app::App;
 use crossbeam_channel::{Receiver, Sender};
 use sidereal_core::protocol::{ReplicationMessage, ShardMessage};
-use sidereal_core::{EntityId, Placement, SectorId, ShardId};
+use sidereal_core::{EntityId, EntitySnapshot, Epoch, Placement, SectorId, ShardId};
 use sidereal_replication::{Authority, AuthorityConfig, LinkId};
 use sidereal_shard::ownership::Ownership;
+use sidereal_shard::tcp::ResumeGate;
 use sidereal_shard::{Clock, ShardConfig, ShardLink, build_app};
 
 pub const SECRET: &str = "test-secret";
@@ -22,6 +23,19 @@ pub struct ShardProc {
     from_shard: Receiver<ShardMessage>,
     /// The shard's sector-stream hub: subscribers join through it.
     pub streams: Sender<sidereal_shard::streams::HubEvent>,
+    /// After a re-link: what the shard's transport lets through (nothing before its `Resume`).
+    gate: Option<ResumeGate>,
+    welcomed: bool,
+}
+
+/// What a store held at one checkpoint: every entity at its epoch and version, and the
+/// placement.
+#[derive(Debug, Clone)]
+pub struct Stored {
+    pub entities: Vec<(EntitySnapshot, Epoch, u64)>,
+    pub placement: Placement,
+    /// Incarnations reserved up to then (a new leader starts above them).
+    pub incarnations_below: u32,
 }
 
 pub struct Fleet {
@@ -95,6 +109,8 @@ impl Fleet {
             to_shard,
             from_shard,
             streams,
+            gate: None,
+            welcomed: false,
         }));
         self.deliver();
         self.shards.len() - 1
@@ -132,7 +148,16 @@ impl Fleet {
             .collect();
         for (link, msg) in out {
             if let Some(&i) = by_link.get(&link) {
-                let _ = self.shards[i].as_ref().expect("live").to_shard.send(msg);
+                let s = self.shards[i].as_mut().expect("live");
+                // A second Welcome is a new link: as the TCP transport does, let nothing the
+                // shard queued before its `Resume` for that link through.
+                if let ReplicationMessage::Welcome { incarnation, .. } = &msg {
+                    if s.welcomed {
+                        s.gate = Some(ResumeGate::new(*incarnation));
+                    }
+                    s.welcomed = true;
+                }
+                let _ = s.to_shard.send(msg);
             }
         }
     }
@@ -150,8 +175,14 @@ impl Fleet {
     fn pump(&mut self) {
         for i in 0..self.shards.len() {
             let Some(s) = &self.shards[i] else { continue };
-            let msgs: Vec<ShardMessage> = s.from_shard.try_iter().collect();
+            let mut gate = s.gate;
+            let msgs: Vec<ShardMessage> = s
+                .from_shard
+                .try_iter()
+                .filter(|m| gate.as_mut().is_none_or(|g| g.admit(m)))
+                .collect();
             let link = s.link;
+            self.shards[i].as_mut().expect("checked").gate = gate;
             for m in msgs {
                 match &m {
                     ShardMessage::Updates(b) => {
@@ -180,6 +211,34 @@ impl Fleet {
         self.deliver();
     }
 
+    /// One tick of the shards alone: replication is gone, what they send waits in their
+    /// transport (and is dropped when they link again, as TCP's is).
+    pub fn step_shards_only(&mut self) {
+        self.tick += 1;
+        for s in self.shards.iter_mut().flatten() {
+            s.app.update();
+        }
+    }
+
+    /// Every entity each live shard holds: those it simulates and those it handed over that no
+    /// new owner confirmed yet.
+    pub fn held(&self) -> Vec<(ShardId, HashSet<EntityId>)> {
+        self.shards
+            .iter()
+            .flatten()
+            .map(|s| {
+                let own = s.app.world().resource::<Ownership>();
+                let ids = own
+                    .entities
+                    .keys()
+                    .chain(own.handed_over.keys())
+                    .copied()
+                    .collect();
+                (s.id.clone(), ids)
+            })
+            .collect()
+    }
+
     /// The replication half of `step` (the shards were updated by the caller).
     pub fn step_replication_only(&mut self) {
         self.tick += 1;
@@ -191,6 +250,56 @@ impl Fleet {
         let s = self.shards[i].take().expect("alive");
         self.authority.disconnect(s.link);
         s.id
+    }
+
+    /// What a checkpoint now would store (everything, as if every entity were dirty).
+    pub fn stored(&self) -> Stored {
+        let a = &self.authority;
+        Stored {
+            entities: a
+                .mirror()
+                .iter()
+                .map(|(_, r)| (r.snapshot, r.epoch, r.version))
+                .collect(),
+            placement: a.placement().clone(),
+            incarnations_below: a.next_incarnation(),
+        }
+    }
+
+    /// A takeover: replication dies (kill -9: nothing more is sent or received) and a new
+    /// leader starts from `stored`. Every shard kept simulating and links to it again,
+    /// resuming; messages it queued meanwhile are dropped as its transport drops them.
+    pub fn take_over(&mut self, stored: &Stored) {
+        let mut a = Authority::new(self.authority.config().clone());
+        for (snapshot, epoch, version) in &stored.entities {
+            a.load_entity(*snapshot, *epoch, *version);
+        }
+        a.load_placement(stored.placement.clone());
+        a.reserve_incarnations_above(stored.incarnations_below.saturating_sub(1));
+        a.reserve_incarnations_above(a.max_incarnation());
+        a.set_report_every(self.authority.report_every());
+        a.begin_takeover();
+        self.authority = a;
+        self.handover_started.clear();
+        for i in 0..self.shards.len() {
+            if self.shards[i].is_some() {
+                self.relink(i);
+            }
+        }
+    }
+
+    /// Shard `i` links again (a new connection), resuming with what it simulates.
+    pub fn relink(&mut self, i: usize) {
+        let announce = self.announce_streams;
+        let s = self.shards[i].as_mut().expect("alive");
+        let challenge = [0x40 + i as u8; 32];
+        let link = self.authority.connect(challenge);
+        let hello = ShardMessage::hello(SECRET, &challenge, s.id.clone(), [0xa5; 32])
+            .publishing(announce.then(|| format!("in-process/{}", s.id)))
+            .resuming(true);
+        self.authority.on_message(link, hello).expect("handshake");
+        s.link = link;
+        self.deliver();
     }
 
     /// Re-homes dead shards' leaves onto live shards (what the operator or `sidereal up` does).

@@ -67,6 +67,11 @@ impl TcpRelay {
     pub fn stall(&self) {
         self.stalled.store(true, Ordering::SeqCst);
     }
+
+    /// Forwards again (the partition heals): connections still open carry on.
+    pub fn heal(&self) {
+        self.stalled.store(false, Ordering::SeqCst);
+    }
 }
 
 impl Drop for TcpRelay {

@@ -22,7 +22,7 @@ use super::{
     start_shards_and_place, wait_until,
 };
 
-const RADIUS: f32 = 1500.0;
+pub(crate) const RADIUS: f32 = 1500.0;
 const SLACK: f32 = 150.0;
 
 pub(crate) struct Gateway {

@@ -21,15 +21,16 @@ use super::{
 };
 
 /// A shard process linked to `link` (replication itself or a relay in front of it).
+/// A shard linking to `link`, with `extra` flags (its metrics on a free port unless they say).
 fn shard_at(link: SocketAddr, id: &str, extra: &[&str]) -> Proc {
-    Proc(
-        sidereal()
-            .args(["shard", "--id", id, "--replication", &link.to_string()])
-            .args(["--metrics", "127.0.0.1:0", "--seed", "5"])
-            .args(extra)
-            .spawn()
-            .expect("start shard"),
-    )
+    let mut cmd = sidereal();
+    cmd.args(["shard", "--id", id, "--replication", &link.to_string()])
+        .args(["--seed", "5"])
+        .args(extra);
+    if !extra.contains(&"--metrics") {
+        cmd.args(["--metrics", "127.0.0.1:0"]);
+    }
+    Proc(cmd.spawn().expect("start shard"))
 }
 
 fn world() -> Vec<SectorId> {
@@ -71,8 +72,9 @@ fn settle(
 
 /// A stopped shard (SIGSTOP: its kernel still ACKs, so only the link's own silence timeout can
 /// tell) is dropped by replication, `sidereal up` moves its leaves, and its entities are
-/// simulated by the others within 5 s, none lost. On SIGCONT it finds its link closed, exits,
-/// is restarted, and links again as a shard that owns nothing: never two owners.
+/// simulated by the others within 5 s, none lost. On SIGCONT it finds its link closed, dials
+/// again and resumes (the same process), and its copies of the entities simulated elsewhere
+/// since are disowned: never two owners.
 #[test]
 fn a_stopped_shard_is_dropped_and_its_sectors_simulated_elsewhere_within_5_s() {
     let data = TempDir::new("sigstop");
@@ -139,14 +141,17 @@ fn a_stopped_shard_is_dropped_and_its_sectors_simulated_elsewhere_within_5_s() {
         .status()
         .unwrap();
     wait_until(
-        "shard-1 exits, is restarted and links again",
+        "shard-1 links again and resumes",
         Duration::from_secs(30),
         || {
-            pids_matching(&victim)
-                .first()
-                .is_some_and(|p| *p != pids[0])
-                && control.connected().contains("shard-1")
+            control.connected().contains("shard-1")
+                && metric_at(&base, "sidereal_shard_resumes_total") >= 1.0
         },
+    );
+    assert_eq!(
+        pids_matching(&victim),
+        pids,
+        "the same process, not a restart"
     );
     let after = control.entities("");
     for id in &orphans {
@@ -162,15 +167,27 @@ fn a_stopped_shard_is_dropped_and_its_sectors_simulated_elsewhere_within_5_s() {
 }
 
 /// A relay between a shard and replication that silently stops forwarding (a partition: no
-/// FIN, no RST): replication drops the link within its timeout, the shard notices the silence
-/// and exits on its own, and a rehome puts its entities on the other shard, none lost.
+/// FIN, no RST): replication drops the link within its timeout and a rehome puts the shard's
+/// entities on the other shard, none lost. The cut-off shard notices the silence too, but
+/// simulates on and dials again; when the partition heals it resumes, and its copies of the
+/// entities simulated elsewhere since (at newer epochs) are disowned: never two owners.
 #[test]
 fn a_relay_that_stops_forwarding_drops_the_link_on_both_ends() {
     let data = TempDir::new("relay");
     let r = start_replication_with(1200, &data.0, None, &["--link-timeout", "2"]);
     let relay = TcpRelay::start(r.link).expect("relay");
     let _s0 = shard_at(r.link, "shard-0", &["--link-timeout", "2"]);
-    let mut s1 = shard_at(relay.addr(), "shard-1", &["--link-timeout", "2"]);
+    let s1_metrics = format!("http://127.0.0.1:{}", super::free_port());
+    let mut s1 = shard_at(
+        relay.addr(),
+        "shard-1",
+        &[
+            "--link-timeout",
+            "2",
+            "--metrics",
+            s1_metrics.trim_start_matches("http://"),
+        ],
+    );
     wait_until("both linked", Duration::from_secs(30), || {
         connected(&r).len() == 2
     });
@@ -214,13 +231,39 @@ fn a_relay_that_stops_forwarding_drops_the_link_on_both_ends() {
             &connected(&r),
         )
     });
-    wait_until(
-        "shard-1 takes the silence for death and exits",
-        Duration::from_secs(5),
-        || s1.0.try_wait().unwrap().is_some(),
+    assert!(
+        metric_at(&s1_metrics, "sidereal_shard_entities{shard=\"shard-1\"}") > 0.0,
+        "the cut-off shard simulates on"
     );
-    assert!(!s1.0.try_wait().unwrap().unwrap().success());
-    assert_eq!(bodies(&entities(&r, "")).len(), bodies(&before).len());
+    assert!(s1.0.try_wait().unwrap().is_none(), "and does not exit");
+
+    relay.heal();
+    wait_until(
+        "shard-1 links again and resumes",
+        Duration::from_secs(10),
+        || metric(&r, "sidereal_shard_resumes_total") == 1.0,
+    );
+    wait_until(
+        "its stale copies are disowned",
+        Duration::from_secs(5),
+        || metric_at(&s1_metrics, "sidereal_shard_entities{shard=\"shard-1\"}") == 0.0,
+    );
+    assert_eq!(
+        metric_at(
+            &s1_metrics,
+            "sidereal_shard_resumes_total{shard=\"shard-1\"}"
+        ),
+        1.0
+    );
+    assert_eq!(
+        bodies(&entities(&r, "")),
+        bodies(&before),
+        "none lost, none doubled"
+    );
+    assert!(
+        entities(&r, "owner=shard-1").is_empty(),
+        "shard-1 owns no leaf now, and so nothing"
+    );
     eprintln!("stalled relay: link dropped after {dropped_after:?}");
 }
 

@@ -15,7 +15,7 @@ use super::streams::follow;
 use super::*;
 
 /// The outage test stops the shared Postgres; nothing else here may use it meanwhile.
-static PG: Mutex<()> = Mutex::new(());
+pub(crate) static PG: Mutex<()> = Mutex::new(());
 
 fn admin_url() -> String {
     std::env::var("SIDEREAL_TEST_DATABASE_URL")
@@ -35,7 +35,7 @@ fn psql(url: &str, sql: &str) -> String {
     String::from_utf8_lossy(&out.stdout).trim().to_owned()
 }
 
-fn fresh_database(tag: &str) -> String {
+pub(crate) fn fresh_database(tag: &str) -> String {
     static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
     let admin = admin_url();
     let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
@@ -120,8 +120,16 @@ fn replication_killed_at_random_moments_restores_the_world() {
             extra.push("--no-game");
         }
         let r = start_replication_with(600, &data.0, url.as_deref(), &extra);
+        // Shards that do not wait for a new leader (they would resume with what they hold):
+        // this is the store's restore, as when the shards die too.
         let mut shards: Vec<Proc> = (0..2)
-            .map(|i| start_shard(&r, &format!("shard-{i}")))
+            .map(|i| {
+                start_shard_with(
+                    &r,
+                    &format!("shard-{i}"),
+                    &["--metrics", "127.0.0.1:0", "--relink-timeout", "0"],
+                )
+            })
             .collect();
         wait_until("shards linked", Duration::from_secs(30), || {
             connected(&r).len() == 2
@@ -199,7 +207,7 @@ fn replication_killed_at_random_moments_restores_the_world() {
         r.proc_.0.kill().expect("SIGKILL replication");
         let killed_at = Instant::now();
         r.proc_.0.wait().unwrap();
-        // Shards without replication stop by themselves.
+        // Shards that give up at once on their link stop by themselves.
         for s in &mut shards {
             wait_until(
                 "shard exits after losing its link",
@@ -639,8 +647,9 @@ fn a_deposed_replication_cannot_write_and_steps_down() {
 
 /// Issue 21's takeover: a standby (`--standby`, the same store and addresses) binds nothing
 /// while the leader lives; kill -9 of the leader and the standby leads within 5 s: it serves
-/// the world the store holds, accepts a placement, and shards link to it at the same address.
-/// Postgres and SQLite. Prints the takeover time (killed to placement accepted again).
+/// the world the store holds, the shards (which simulate on) link to it at the same address and
+/// resume, and it accepts a placement once they are back. Postgres and SQLite. Prints the
+/// takeover time (killed to placement accepted again).
 #[test]
 fn a_standby_takes_over_within_5_s_of_the_leader_s_kill_9() {
     let _pg = PG.lock().unwrap_or_else(|e| e.into_inner());
@@ -660,7 +669,7 @@ fn a_standby_takes_over_within_5_s_of_the_leader_s_kill_9() {
             "0.5",
         ];
         let mut leader = start_replication_with(300, &data.0, url.as_deref(), &same);
-        let _shards: Vec<Proc> = (0..2)
+        let mut shards: Vec<Proc> = (0..2)
             .map(|i| start_shard(&leader, &format!("shard-{i}")))
             .collect();
         wait_until("shards linked", Duration::from_secs(30), || {
@@ -708,10 +717,17 @@ fn a_standby_takes_over_within_5_s_of_the_leader_s_kill_9() {
             "{backend}: the stored placement"
         );
         next.generation += 1;
-        standby
-            .control
-            .put_placement(&next)
-            .expect("the new leader accepts a placement");
+        // Refused (503) until both shards are back; they dial again every second at most.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            match standby.control.put_placement(&next) {
+                Ok(_) => break,
+                Err(ControlError::Unavailable(_)) if Instant::now() < deadline => {
+                    std::thread::sleep(Duration::from_millis(50));
+                }
+                Err(e) => panic!("{backend}: the new leader takes a placement: {e}"),
+            }
+        }
         let takeover = killed.elapsed();
         println!(
             "{backend}: the standby led {led_in:?} after the kill; placement accepted again after {takeover:?}"
@@ -720,20 +736,28 @@ fn a_standby_takes_over_within_5_s_of_the_leader_s_kill_9() {
             takeover <= Duration::from_secs(5),
             "{backend}: took {takeover:?}"
         );
-        let restored: HashSet<u64> = entity_list(&standby)
+        for s in &mut shards {
+            assert!(
+                s.0.try_wait().unwrap().is_none(),
+                "{backend}: the shards simulated on"
+            );
+        }
+        assert_eq!(metric(&standby, "sidereal_shard_resumes_total"), 2.0);
+        assert_eq!(metric(&standby, "sidereal_takeover_waiting_shards"), 0.0);
+        let now: HashSet<u64> = entity_list(&standby)
             .iter()
             .filter(|e| e.kind != EntityKind::Projectile)
             .map(|e| e.id.0)
             .collect();
-        assert_eq!(restored, durable, "{backend}: the whole world, once");
-        // Shards find the new leader at the same address.
-        let _again: Vec<Proc> = (0..2)
-            .map(|i| start_shard(&standby, &format!("shard-{i}")))
-            .collect();
+        assert_eq!(now, durable, "{backend}: the whole world, once");
         wait_until(
-            "shards link to the new leader",
-            Duration::from_secs(20),
-            || connected(&standby).len() == 2,
+            "every entity owned by a shard again",
+            Duration::from_secs(10),
+            || {
+                entity_list(&standby)
+                    .iter()
+                    .all(|e| e.owner.0.starts_with("shard-") && !e.in_transit)
+            },
         );
         let (_, lead) = stored(url.as_deref(), &data.0);
         assert!(

@@ -1,23 +1,28 @@
 //! A shard's Hello: version, proof of the secret and name checks, its assignment, and the
 //! entities it gets back.
 
-use sidereal_core::handshake::{Nonce, Proof, RESERVED_SHARD_NAMES, SHARD_LINK};
-use sidereal_core::protocol::{Adoption, PROTOCOL_VERSION, ReplicationMessage};
+use sidereal_core::handshake::{RESERVED_SHARD_NAMES, SHARD_LINK};
+use sidereal_core::protocol::{Adoption, PROTOCOL_VERSION, ReplicationMessage, ShardMessage};
 use sidereal_core::{EntityId, SectorId, ShardId};
 use tracing::info;
 
 use super::{Authority, LinkError, LinkId};
 
 impl Authority {
-    pub(super) fn hello(
-        &mut self,
-        link: LinkId,
-        protocol: u32,
-        shard: ShardId,
-        nonce: &Nonce,
-        proof: &Proof,
-        stream: Option<String>,
-    ) -> Result<(), LinkError> {
+    /// A shard's `Hello` (any other message first is refused by the caller).
+    pub(super) fn hello(&mut self, link: LinkId, hello: ShardMessage) -> Result<(), LinkError> {
+        let ShardMessage::Hello {
+            protocol,
+            shard,
+            nonce,
+            proof,
+            stream,
+            resuming,
+        } = hello
+        else {
+            return Err(LinkError::NoHello);
+        };
+        let (nonce, proof) = (&nonce, &proof);
         let challenge = self.links[&link].challenge;
         let result = if protocol != PROTOCOL_VERSION {
             Err(LinkError::WrongVersion { got: protocol })
@@ -38,6 +43,8 @@ impl Authority {
             Err(LinkError::BadName(shard.0.clone()))
         } else if self.live.contains_key(&shard) {
             Err(LinkError::AlreadyConnected(shard.clone()))
+        } else if self.next_incarnation >= self.incarnation_limit {
+            Err(LinkError::NoIncarnation)
         } else {
             Ok(())
         };
@@ -55,13 +62,14 @@ impl Authority {
         let l = self.links.get_mut(&link).expect("checked by caller");
         l.shard = Some(shard.clone());
         l.incarnation = incarnation;
+        l.resuming = resuming;
         self.live.insert(shard.clone(), link);
         self.seen.insert(shard.clone());
         match stream {
             Some(addr) => self.streams.insert(shard.clone(), addr),
             None => self.streams.remove(&shard),
         };
-        info!(%shard, incarnation, "shard linked");
+        info!(%shard, incarnation, resuming, "shard linked");
         self.outbox.push((
             link,
             ReplicationMessage::Welcome {
@@ -71,6 +79,11 @@ impl Authority {
             },
         ));
         self.send_assignment(&shard);
+        if resuming {
+            // It keeps what it simulates: its `Resume` says what that is, and what it does not
+            // claim it gets then.
+            return Ok(());
+        }
         // A shard that comes back (restarted pod) gets back whatever the mirror says it owns,
         // and whatever lies in its leaves with no live owner (a restored world, a dead shard).
         let mine: Vec<EntityId> = self
@@ -86,6 +99,7 @@ impl Authority {
             .map(|(id, _)| *id)
             .collect();
         self.readopt(&shard, mine);
+        self.arrived(&shard, false);
         Ok(())
     }
 

@@ -21,11 +21,13 @@ mod handshake;
 mod placement;
 mod players;
 mod reports;
+mod resume;
 mod shadows;
 mod updates;
 
 pub(crate) use handshake::constant_time_eq;
 pub use players::spawn_point;
+pub use resume::TakeoverOutcome;
 pub use shadows::{neighbours_of, shadows_by_shard};
 
 pub type LinkId = u64;
@@ -59,6 +61,9 @@ pub enum LinkError {
     ReservedName(String),
     #[error("shard {0} is already connected")]
     AlreadyConnected(ShardId),
+    /// Every incarnation reserved in the store is taken; the next checkpoint reserves more.
+    #[error("no link incarnation is reserved in the store yet; retry in a second")]
+    NoIncarnation,
     #[error("second Hello on an established link")]
     DuplicateHello,
     #[error("malformed update batch: {0}")]
@@ -69,13 +74,14 @@ pub enum LinkError {
 
 /// Every `reason` label of `sidereal_links_rejected_total`: the authority's refusals
 /// ([`LinkError::label`]) and the I/O shell's (`handshake_timeout`, `handshake_limit`).
-pub const LINK_REJECTION_REASONS: [&str; 11] = [
+pub const LINK_REJECTION_REASONS: [&str; 12] = [
     "no_hello",
     "wrong_version",
     "wrong_secret",
     "bad_name",
     "reserved_name",
     "already_connected",
+    "no_incarnation",
     "duplicate_hello",
     "malformed_update",
     "malformed_frame",
@@ -97,6 +103,7 @@ impl LinkError {
             LinkError::BadName(_) => "bad_name",
             LinkError::ReservedName(_) => "reserved_name",
             LinkError::AlreadyConnected(_) => "already_connected",
+            LinkError::NoIncarnation => "no_incarnation",
             LinkError::DuplicateHello => "duplicate_hello",
             LinkError::Codec(_) => "malformed_update",
             LinkError::Frame(_) => "malformed_frame",
@@ -122,6 +129,13 @@ pub enum PutPlacementError {
     Jump { given: u64, current: u64 },
     #[error(transparent)]
     Invalid(#[from] PlacementError),
+    /// A new leader waits for the shards of the stored placement to link again; moving their
+    /// leaves now would take the entities they simulated since the checkpoint from them.
+    #[error(
+        "taking over: waiting for shards {} to link again (or the takeover grace to run out); retry shortly",
+        waiting.iter().map(|s| s.0.as_str()).collect::<Vec<_>>().join(", ")
+    )]
+    TakingOver { waiting: Vec<ShardId> },
 }
 
 #[derive(Debug)]
@@ -131,6 +145,10 @@ struct Link {
     shard: Option<ShardId>,
     incarnation: u32,
     decoder: UpdateDecoder,
+    /// Linked with `Hello { resuming: true }` and its `Resume` not finished yet.
+    resuming: bool,
+    /// The entities this link's `Resume` kept so far.
+    resumed: std::collections::HashSet<EntityId>,
 }
 
 /// Counters the metrics endpoint exports.
@@ -148,6 +166,9 @@ pub struct Counters {
     /// Entities taken out of the world with their root, and brought back with it.
     pub archived: u64,
     pub restored: u64,
+    /// Shards that linked again and kept their entities, and how many entities they kept.
+    pub resumes: u64,
+    pub resumed_entities: u64,
     /// Links closed for bad input (handshake refused, malformed data), by reason label. A
     /// link that merely closes or breaks (a killed shard) is not counted.
     pub links_rejected: BTreeMap<&'static str, u64>,
@@ -204,6 +225,12 @@ pub struct Authority {
     controls: BTreeMap<EntityId, ShipControl>,
     outbox: Vec<(LinkId, ReplicationMessage)>,
     load: BTreeMap<ShardId, ShardLoadReport>,
+    /// A new leader's wait for the stored placement's shards (see `resume.rs`).
+    takeover: Option<resume::Takeover>,
+    takeover_outcome: Option<TakeoverOutcome>,
+    /// Incarnations below this are reserved in the store; none at or above it is handed out
+    /// (a leader that took over starts above every one a former leader may have used).
+    incarnation_limit: u32,
     pub counters: Counters,
 }
 
@@ -232,6 +259,9 @@ impl Authority {
             controls: BTreeMap::new(),
             outbox: Vec::new(),
             load: BTreeMap::new(),
+            takeover: None,
+            takeover_outcome: None,
+            incarnation_limit: u32::MAX,
             counters: Counters::default(),
         }
     }
@@ -273,7 +303,22 @@ impl Authority {
     /// Entity ids are minted with incarnations above everything already in the mirror
     /// (restored worlds keep their ids unique).
     pub fn reserve_incarnations_above(&mut self, incarnation: u32) {
-        self.next_incarnation = self.next_incarnation.max(incarnation + 1);
+        self.next_incarnation = self.next_incarnation.max(incarnation.saturating_add(1));
+    }
+
+    /// The next incarnation a link or this authority's own ids would get.
+    pub fn next_incarnation(&self) -> u32 {
+        self.next_incarnation
+    }
+
+    /// Incarnations from `limit` on are not reserved in the store: links that would need one
+    /// are refused (and retry) until the shell reserves more.
+    pub fn set_incarnation_limit(&mut self, limit: u32) {
+        self.incarnation_limit = limit;
+    }
+
+    pub fn incarnation_limit(&self) -> u32 {
+        self.incarnation_limit
     }
 
     pub fn take_outbox(&mut self) -> Vec<(LinkId, ReplicationMessage)> {
@@ -305,6 +350,8 @@ impl Authority {
                 shard: None,
                 incarnation: 0,
                 decoder: UpdateDecoder::default(),
+                resuming: false,
+                resumed: Default::default(),
             },
         );
         id
@@ -343,16 +390,7 @@ impl Authority {
             return Ok(());
         };
         let Some(shard) = state.shard.clone() else {
-            return match msg {
-                ShardMessage::Hello {
-                    protocol,
-                    shard,
-                    nonce,
-                    proof,
-                    stream,
-                } => self.hello(link, protocol, shard, &nonce, &proof, stream),
-                _ => Err(LinkError::NoHello),
-            };
+            return self.hello(link, msg);
         };
         match msg {
             ShardMessage::Hello { .. } => return Err(LinkError::DuplicateHello),
@@ -377,14 +415,27 @@ impl Authority {
                 self.handover_out(link, &shard, snapshot, epoch)
             }
             ShardMessage::Adopted { ids } => self.adopted(&shard, &ids),
+            ShardMessage::Resume {
+                incarnation: _,
+                owned,
+                handed_over,
+                last,
+            } => self.resume(link, &shard, owned, handed_over, last),
             ShardMessage::Released {
                 generation: _,
                 entities,
             } => {
                 for (snapshot, epoch) in entities {
-                    // Released because its root left the world: it is archived already.
+                    // Released because its root left the world: it is archived already, and
+                    // the shard may drop the copy it keeps until a release is confirmed.
                     if self.mirror.is_archived(snapshot.id) {
                         self.forget_on_link(link, snapshot.id);
+                        self.send_to(
+                            &shard,
+                            ReplicationMessage::Forget {
+                                ids: vec![snapshot.id],
+                            },
+                        );
                         continue;
                     }
                     self.handover_out(link, &shard, snapshot, epoch);

@@ -24,6 +24,9 @@ impl Authority {
         &mut self,
         desired: Placement,
     ) -> Result<bool, PutPlacementError> {
+        if let Some(waiting) = self.awaiting_shards() {
+            return Err(PutPlacementError::TakingOver { waiting });
+        }
         let current = self.placement.generation;
         if desired.generation < current {
             return Err(PutPlacementError::Stale {

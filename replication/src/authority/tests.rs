@@ -844,3 +844,214 @@ fn a_checkpoint_round_asks_every_shard_and_is_in_when_all_answered() {
     assert_eq!(a.report_every(), 1);
     assert_eq!(a.request_reports(), None);
 }
+
+/// shard-0 links again after a cut (the same authority), resuming.
+fn resume_link(a: &mut Authority, name: &str, hint: u8) -> LinkId {
+    let link = challenged(a, hint);
+    a.on_message(
+        link,
+        ShardMessage::hello("s3cret", &challenge(hint), ShardId::new(name), [2; 32]).resuming(true),
+    )
+    .unwrap();
+    link
+}
+
+fn resume(
+    a: &mut Authority,
+    link: LinkId,
+    owned: Vec<(EntitySnapshot, Epoch)>,
+    handed_over: Vec<(EntitySnapshot, Epoch)>,
+) {
+    a.on_message(
+        link,
+        ShardMessage::Resume {
+            incarnation: 0,
+            owned,
+            handed_over,
+            last: true,
+        },
+    )
+    .unwrap();
+}
+
+fn sent_to(out: &[(LinkId, ReplicationMessage)], link: LinkId) -> Vec<&ReplicationMessage> {
+    out.iter()
+        .filter(|(l, _)| *l == link)
+        .map(|(_, m)| m)
+        .collect()
+}
+
+#[test]
+fn a_resuming_shard_is_not_handed_the_mirror_s_copies_and_its_own_state_wins() {
+    let (mut a, l0, _l1) = two_shards();
+    let e1 = a.mirror.get(EntityId(1)).unwrap().clone();
+    a.disconnect(l0);
+    let l0 = resume_link(&mut a, "shard-0", 9);
+    let out = a.take_outbox();
+    assert!(
+        !sent_to(&out, l0)
+            .iter()
+            .any(|m| matches!(m, ReplicationMessage::Adopt { .. })),
+        "nothing adopted before the resume"
+    );
+    // It moved on while unlinked, and minted a projectile replication never heard of.
+    let moved = snap(EntityId(1), 130.0, 100.0);
+    let minted = snap(EntityId::minted(7, 1), 140.0, 100.0);
+    resume(&mut a, l0, vec![(moved, e1.epoch), (minted, 1)], vec![]);
+    let r = a.mirror.get(EntityId(1)).unwrap();
+    assert_eq!(
+        (r.snapshot.state.pos, r.epoch, &r.owner),
+        (moved.state.pos, e1.epoch, &e1.owner)
+    );
+    assert!(
+        a.mirror
+            .get(minted.id)
+            .is_some_and(|r| r.owner.0 == "shard-0")
+    );
+    assert_eq!(a.counters.resumes, 1);
+    assert_eq!(a.counters.resumed_entities, 2);
+}
+
+#[test]
+fn a_resumed_copy_older_than_the_mirror_s_is_disowned_and_an_unclaimed_one_has_ended() {
+    let (mut a, l0, l1) = two_shards();
+    let e1 = a.mirror.get(EntityId(1)).unwrap().clone();
+    // shard-0 is cut off; its leaves (and entity 1) go to shard-1 at a newer epoch.
+    a.disconnect(l0);
+    let mut p = a.placement().clone();
+    for s in p.sectors.values_mut() {
+        *s = ShardId::new("shard-1");
+    }
+    p.generation += 1;
+    a.put_placement(p).unwrap();
+    let now = a.mirror.get(EntityId(1)).unwrap().clone();
+    assert_eq!((now.owner.0.as_str(), now.epoch), ("shard-1", e1.epoch + 1));
+    a.on_message(
+        l1,
+        ShardMessage::Adopted {
+            ids: vec![(EntityId(1), now.epoch)],
+        },
+    )
+    .unwrap();
+    // A third entity shard-0 owned and despawned while cut off (its Despawned was lost).
+    a.restore_entity(snap(EntityId(3), 900.0, 900.0), ShardId::new("shard-0"));
+    a.take_outbox();
+    let l0 = resume_link(&mut a, "shard-0", 9);
+    resume(
+        &mut a,
+        l0,
+        vec![(snap(EntityId(1), 120.0, 100.0), e1.epoch)],
+        vec![],
+    );
+    let out = a.take_outbox();
+    assert!(
+        sent_to(&out, l0)
+            .iter()
+            .any(|m| matches!(m, ReplicationMessage::Disown { ids } if ids == &vec![EntityId(1)])),
+        "its stale copy goes"
+    );
+    assert_eq!(
+        a.mirror.get(EntityId(1)).unwrap().owner.0,
+        "shard-1",
+        "the newer copy stays"
+    );
+    assert!(
+        a.mirror.get(EntityId(3)).is_none(),
+        "what it no longer holds has ended"
+    );
+}
+
+#[test]
+fn an_unconfirmed_handover_is_handed_on_again_and_one_adopted_since_is_forgotten() {
+    let (mut a, l0, l1) = two_shards();
+    let e1 = a.mirror.get(EntityId(1)).unwrap().clone();
+    let e2 = a.mirror.get(EntityId(2)).unwrap().clone();
+    a.disconnect(l0);
+    a.take_outbox();
+    let l0 = resume_link(&mut a, "shard-0", 9);
+    // Entity 1 crossed into shard-1's leaf while unlinked; entity 2 is shard-1's already at a
+    // newer epoch than the copy shard-0 still keeps of an old handover.
+    let crossed = snap(EntityId(1), 1100.0, 100.0);
+    resume(
+        &mut a,
+        l0,
+        vec![],
+        vec![
+            (crossed, e1.epoch),
+            (snap(EntityId(2), 1400.0, 100.0), e2.epoch - 1),
+        ],
+    );
+    let out = a.take_outbox();
+    let r = a.mirror.get(EntityId(1)).unwrap();
+    assert_eq!(
+        (r.owner.0.as_str(), r.epoch, r.in_transit),
+        ("shard-1", e1.epoch + 1, true)
+    );
+    assert!(
+        sent_to(&out, l1)
+            .iter()
+            .any(|m| matches!(m, ReplicationMessage::Adopt { entities } if entities[0].snapshot.id == EntityId(1))),
+        "handed on to the leaf's owner"
+    );
+    assert!(
+        sent_to(&out, l0)
+            .iter()
+            .any(|m| matches!(m, ReplicationMessage::Forget { ids } if ids == &vec![EntityId(2)])),
+        "adopted elsewhere since: forgotten"
+    );
+    a.on_message(
+        l1,
+        ShardMessage::Adopted {
+            ids: vec![(EntityId(1), e1.epoch + 1)],
+        },
+    )
+    .unwrap();
+    assert!(
+        sent_to(&a.take_outbox(), l0)
+            .iter()
+            .any(|m| matches!(m, ReplicationMessage::Forget { ids } if ids == &vec![EntityId(1)])),
+        "and forgotten once adopted"
+    );
+}
+
+#[test]
+fn a_takeover_refuses_placements_until_every_shard_is_back_and_drops_what_none_claimed() {
+    let mut a = authority();
+    a.load_placement(children_on_two_shards());
+    a.load_entity(snap(EntityId(1), 100.0, 100.0), 4, 9);
+    a.load_entity(snap(EntityId(2), 1500.0, 100.0), 2, 9);
+    a.load_entity(snap(EntityId(3), 120.0, 100.0), 1, 9);
+    assert!(a.begin_takeover());
+    let mut next = a.placement().clone();
+    next.generation += 1;
+    assert!(matches!(
+        a.put_placement(next.clone()),
+        Err(PutPlacementError::TakingOver { waiting }) if waiting.len() == 2
+    ));
+    let l0 = resume_link(&mut a, "shard-0", 3);
+    resume(
+        &mut a,
+        l0,
+        vec![(snap(EntityId(1), 105.0, 100.0), 4)],
+        vec![],
+    );
+    assert_eq!(a.awaiting_shards(), Some(vec![ShardId::new("shard-1")]));
+    assert!(
+        a.mirror.get(EntityId(3)).is_some(),
+        "kept while a shard is away"
+    );
+    // shard-1 was restarted meanwhile: a fresh Hello adopts its leaf's stored entities.
+    let l1 = hello(&mut a, "shard-1").unwrap();
+    let out = a.take_outbox();
+    assert!(sent_to(&out, l1).iter().any(
+        |m| matches!(m, ReplicationMessage::Adopt { entities } if entities[0].snapshot.id == EntityId(2) && entities[0].epoch == 3)
+    ));
+    let outcome = a.take_takeover_outcome().expect("every shard is back");
+    assert_eq!((outcome.all_back, outcome.dropped), (true, 1));
+    assert!(
+        a.mirror.get(EntityId(3)).is_none(),
+        "shard-0 came back without it"
+    );
+    assert_eq!(a.awaiting_shards(), None);
+    assert!(a.put_placement(next).is_ok());
+}

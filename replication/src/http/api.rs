@@ -293,6 +293,14 @@ async fn put_placement(
         Err(e @ (PutPlacementError::Invalid(_) | PutPlacementError::Jump { .. })) => {
             error(StatusCode::UNPROCESSABLE_ENTITY, e)
         }
+        Err(e @ PutPlacementError::TakingOver { .. }) => {
+            let mut r = error(StatusCode::SERVICE_UNAVAILABLE, e);
+            r.headers_mut().insert(
+                axum::http::header::RETRY_AFTER,
+                axum::http::HeaderValue::from_static("1"),
+            );
+            r
+        }
     }
 }
 

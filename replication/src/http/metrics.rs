@@ -82,6 +82,11 @@ pub fn render(
         i64::from(a.report_every()),
     ));
     add(&gauge(
+        "takeover_waiting_shards",
+        "Shards of the stored placement a new leader still waits for to link again (placement changes are refused while above 0)",
+        a.awaiting_shards().map_or(0, |w| w.len() as i64),
+    ));
+    add(&gauge(
         "leaf_sectors",
         "Leaf sectors in the applied placement",
         placement.len() as i64,
@@ -168,6 +173,16 @@ pub fn render(
         "refusals_total",
         "Shard messages refused (non-owner, stale epoch, unowned sector)",
         c.refusals,
+    ));
+    add(&counter(
+        "shard_resumes_total",
+        "Shards that linked again with the entities they kept simulating (after a takeover or a cut link)",
+        c.resumes,
+    ));
+    add(&counter(
+        "resumed_entities_total",
+        "Entities kept from resuming shards' own state rather than the store's",
+        c.resumed_entities,
     ));
     add(&counter(
         "archived_total",
