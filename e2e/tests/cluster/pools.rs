@@ -325,8 +325,9 @@ async fn shard_pods_follow_the_load_through_a_split_a_lost_pod_and_a_merge() -> 
 }
 
 /// Replication killed with SIGKILL and started again on the same addresses: it reloads the
-/// world and placement from its store, the shard processes (their links broken) exit and are
-/// started again in the same pods, and every entity is simulated again.
+/// world and placement from its store, the shard processes (their links broken) simulate on,
+/// dial again and resume in the same pods without a restart, and every entity is simulated
+/// again.
 #[tokio::test]
 async fn a_replication_restart_loses_nothing_and_the_same_pods_carry_on() -> anyhow::Result<()> {
     in_namespace("restart", |client, ns| async move {
@@ -356,10 +357,21 @@ async fn a_replication_restart_loses_nothing_and_the_same_pods_carry_on() -> any
             },
         )
         .await?;
-        assert!(
-            kubelet.starts() >= starts + 2,
-            "both shard processes were started again"
+        assert_eq!(
+            kubelet.starts(),
+            starts,
+            "the same shard processes carried on: none was started again"
         );
+        let text = tokio::process::Command::new("curl")
+            .args(["-sf", &format!("{}/metrics", control.base())])
+            .output()
+            .await?
+            .stdout;
+        let resumes = String::from_utf8_lossy(&text)
+            .lines()
+            .find_map(|l| l.strip_prefix("sidereal_shard_resumes_total "))
+            .map(str::to_owned);
+        assert_eq!(resumes.as_deref(), Some("2"), "both shards resumed");
         let status = control.status().await?;
         assert_eq!(
             (status.roots, status.entities, status.archived_entities),
