@@ -105,11 +105,18 @@ pub struct ReplicationArgs {
     /// Seconds between write-behind checkpoints of moving state.
     #[arg(long, default_value_t = 1.0)]
     pub checkpoint_interval: f64,
-    /// Start as a standby: bind nothing and wait until the store's leader is gone (killed,
-    /// hung, or stopped), then take the store over and serve on the same addresses. Needs a
-    /// store both can reach: Postgres, or the same SQLite file on one machine.
+    /// Start as a standby: bind nothing (but see --standby-probes) and wait until the store's
+    /// leader is gone (killed, hung, or stopped), then take the store over (unless another
+    /// standby took it first) and serve on the same addresses. Needs a store both can reach:
+    /// Postgres, or the same SQLite file on one machine.
     #[arg(long, env = "SIDEREAL_STANDBY")]
     pub standby: bool,
+    /// While standing by, serve /healthz, /readyz (both 200: alive and ready to take over) and
+    /// /metrics (`sidereal_leading 0`) on the --http address, for a pod's probes. Only where
+    /// each replica has an address of its own (Kubernetes), never beside the leader on one
+    /// machine: the standby must find the address free when it takes over.
+    #[arg(long, requires = "standby")]
+    pub standby_probes: bool,
     /// Seconds a leader's lease on the store lasts without renewal (it renews every second):
     /// how long a standby waits after the leader stops answering.
     #[arg(long, default_value_t = 3.0, value_parser = parse_leader_lease)]
@@ -120,6 +127,18 @@ pub struct ReplicationArgs {
     /// with their entities; one still missing then has its leaves re-homed from the store.
     #[arg(long, default_value_t = 10.0, value_parser = parse_takeover_grace)]
     pub takeover_grace: f64,
+    /// Under Kubernetes: label this pod `sidereal.dev/role=standby` while it waits and
+    /// `sidereal.dev/role=leader` once it leads, through the API server with the pod's service
+    /// account (needs --pod-name, --pod-namespace and `patch` on pods). The chart's Services
+    /// select the leader by that label.
+    #[arg(long, env = "SIDEREAL_LABEL_POD", requires_all = ["pod_name", "pod_namespace"])]
+    pub label_pod: bool,
+    /// This pod's name, for --label-pod (the downward API's metadata.name).
+    #[arg(long, env = "POD_NAME")]
+    pub pod_name: Option<String>,
+    /// This pod's namespace, for --label-pod (the downward API's metadata.namespace).
+    #[arg(long, env = "POD_NAMESPACE")]
+    pub pod_namespace: Option<String>,
     /// Netcode private key that signs players' connect tokens: 64 hex characters (generate
     /// one: openssl rand -hex 32). Without it, logins answer 503.
     #[arg(long, env = "SIDEREAL_NETCODE_KEY", hide_env_values = true)]
@@ -271,6 +290,14 @@ pub fn config(args: &ReplicationArgs) -> anyhow::Result<ReplicationConfig> {
         standby: args.standby,
         leader_lease: std::time::Duration::from_secs_f64(args.leader_lease),
         takeover_grace: std::time::Duration::from_secs_f64(args.takeover_grace),
+        standby_probes: args.standby_probes,
+        label_pod: match (args.label_pod, &args.pod_name, &args.pod_namespace) {
+            (true, Some(name), Some(namespace)) => Some(sidereal_replication::pod_role::PodRef {
+                name: name.clone(),
+                namespace: namespace.clone(),
+            }),
+            _ => None,
+        },
         control_token: args.control_token.clone(),
         login: LoginConfig {
             netcode_key: args.netcode_key.clone(),

@@ -72,6 +72,8 @@ async fn main() {
         standby: false,
         leader_lease: Duration::from_secs(3),
         takeover_grace: Duration::from_secs(10),
+        label_pod: None,
+        standby_probes: false,
         control_token: "bench-control-token".into(),
         login: LoginConfig {
             netcode_key: Some(NetcodeKey(random_bytes())),

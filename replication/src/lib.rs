@@ -14,6 +14,7 @@ pub mod link_settings;
 pub mod login;
 pub mod mirror;
 pub mod players;
+pub mod pod_role;
 pub mod ports;
 pub mod rules;
 pub mod server;

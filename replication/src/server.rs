@@ -56,11 +56,17 @@ pub struct ReplicationConfig {
     /// Start as a standby: wait (before binding anything) until the store's leader is gone,
     /// then take the store over and serve.
     pub standby: bool,
+    /// While standing by, serve /healthz, /readyz and /metrics on the `http` address: only
+    /// where each replica has its own address (a pod), never beside the leader on one machine.
+    pub standby_probes: bool,
     /// How long a leader's lease on the store lasts unrenewed (it renews every second).
     pub leader_lease: Duration,
     /// How long a replication that found a placement in the store waits for its shards to
     /// link again (resuming with what they simulated) before accepting placement changes.
     pub takeover_grace: Duration,
+    /// Label this pod `sidereal.dev/role=standby|leader` through the Kubernetes API (the
+    /// chart's Services select the leader by it).
+    pub label_pod: Option<crate::pod_role::PodRef>,
     /// Bearer token every control endpoint requires (`/v1/...`).
     pub control_token: String,
     /// The players' login API.
@@ -127,6 +133,18 @@ pub enum StartError {
     Tls(#[from] crate::tls::TlsError),
     #[error("cannot bind: {0}")]
     Bind(#[from] std::io::Error),
+    #[error("--label-pod: {0}")]
+    PodRole(#[from] crate::pod_role::PodRoleError),
+}
+
+/// Labels the pod with `role` where it labels itself; a failure is logged, not fatal (the
+/// Services then keep routing as they did).
+async fn set_pod_role(role: Option<&Arc<crate::pod_role::PodRole>>, name: &str) {
+    if let Some(r) = role
+        && let Err(e) = r.set(name).await
+    {
+        warn!(error = %e, role = name, "cannot label this pod");
+    }
 }
 
 /// Link incarnations a leader reserves in the store at a time (it reserves more once half are
@@ -169,6 +187,12 @@ async fn top_up_incarnations(
 pub async fn start(
     config: ReplicationConfig,
 ) -> Result<(Running, tokio::task::JoinHandle<()>), StartError> {
+    let pod_role = config
+        .label_pod
+        .as_ref()
+        .map(crate::pod_role::PodRole::new)
+        .transpose()?
+        .map(Arc::new);
     let store = Store::open(config.database_url.as_deref(), &config.data_dir).await?;
     // This replication leads the store from now on: one that took it before is deposed, and
     // its writes are refused (it steps down at its next checkpoint).
@@ -177,12 +201,24 @@ pub async fn start(
         std::env::var("HOSTNAME").unwrap_or_else(|_| "replication".into()),
         std::process::id()
     );
-    if config.standby {
+    let epoch = if config.standby {
+        // A standby takes the store only once its leader is gone, and only if no other standby
+        // took it first (compare-and-set on the lease).
         info!(lease = ?config.leader_lease, "standby: waiting for the store's leader to go");
-        store.await_vacancy(config.leader_lease).await?;
+        let probes = match config.standby_probes {
+            true => crate::http::standby::StandbyHttp::serve(config.http).await,
+            false => None,
+        };
+        set_pod_role(pod_role.as_ref(), "standby").await;
+        let epoch = store.await_leadership(&holder, config.leader_lease).await?;
+        if let Some(p) = probes {
+            p.stop().await;
+        }
         info!("the store's leader is gone; taking over");
-    }
-    let epoch = store.take_leadership(&holder).await?;
+        epoch
+    } else {
+        store.take_leadership(&holder).await?
+    };
     info!(backend = store.backend(), epoch, %holder, "store open; leading it");
     let mut authority = Authority::new(config.authority.clone());
     let t0 = Instant::now();
@@ -338,6 +374,10 @@ pub async fn start(
         _ => None,
     };
     info!(http = %running.http, link = %running.link, "replication listening");
+    if let Some(role) = pod_role {
+        // Only now: the Services send everyone to the pod labelled leader.
+        tokio::spawn(async move { role.set_until_done("leader").await });
+    }
 
     let s = shared.clone();
     let settings = config.link_settings;

@@ -675,9 +675,51 @@ impl Store {
         Ok(())
     }
 
+    /// Takes the leadership for `holder` only if nobody holds it: no leader yet, or its lease
+    /// older than `lease` (it died, hangs, or let go). Compare-and-set in one statement, so of
+    /// two standbys that see the same vacancy exactly one gets it. The new epoch, or `None`.
+    pub async fn take_vacant_leadership(
+        &self,
+        holder: &str,
+        lease: Duration,
+    ) -> Result<Option<u64>, StoreError> {
+        let lease_ms = lease.as_millis().min(i64::MAX as u128) as i64;
+        let sql = |now: &str| {
+            format!(
+                "INSERT INTO leadership (id, epoch, holder, renewed_ms) VALUES (1, 1, $1, {now}) \
+                 ON CONFLICT (id) DO UPDATE SET epoch = leadership.epoch + 1, \
+                 holder = EXCLUDED.holder, renewed_ms = EXCLUDED.renewed_ms, \
+                 since = CURRENT_TIMESTAMP \
+                 WHERE EXCLUDED.renewed_ms - leadership.renewed_ms >= $2 RETURNING epoch"
+            )
+        };
+        let epoch: Option<i64> = match &self.db {
+            Db::Postgres(p) => {
+                sqlx::query_scalar(&sql(PG_NOW_MS))
+                    .bind(holder)
+                    .bind(lease_ms)
+                    .fetch_optional(p)
+                    .await?
+            }
+            Db::Sqlite(p) => {
+                sqlx::query_scalar(&sql(SQLITE_NOW_MS))
+                    .bind(holder)
+                    .bind(lease_ms)
+                    .fetch_optional(p)
+                    .await?
+            }
+        };
+        let epoch = epoch.map(|e| e as u64);
+        if let Some(e) = epoch {
+            self.fence.store(e, Ordering::SeqCst);
+        }
+        Ok(epoch)
+    }
+
     /// Waits, as a standby, until nobody leads the store or its leader's lease is older than
-    /// `lease` (the leader died, hangs, or let go), checking four times a second.
-    pub async fn await_vacancy(&self, lease: Duration) -> Result<(), StoreError> {
+    /// `lease` (the leader died, hangs, or let go), checking four times a second, and takes it
+    /// then: the epoch. Another standby that takes it first is waited out like any leader.
+    pub async fn await_leadership(&self, holder: &str, lease: Duration) -> Result<u64, StoreError> {
         let sql = |now: &str| {
             format!("SELECT epoch, holder, {now} - renewed_ms FROM leadership WHERE id = 1")
         };
@@ -694,20 +736,22 @@ impl Store {
                         .await?
                 }
             };
-            match row {
+            let vacant = match row {
                 Some((epoch, holder, age)) if i128::from(age) < lease.as_millis() as i128 => {
                     if told != Some(epoch) {
                         tracing::info!(epoch, %holder, "standing by: the store has a live leader");
                         told = Some(epoch);
                     }
+                    false
                 }
-                Some(_) => return Ok(()),
+                Some(_) => true,
                 None => {
                     let since = *unled_since.get_or_insert_with(std::time::Instant::now);
-                    if since.elapsed() >= lease {
-                        return Ok(());
-                    }
+                    since.elapsed() >= lease
                 }
+            };
+            if vacant && let Some(epoch) = self.take_vacant_leadership(holder, lease).await? {
+                return Ok(epoch);
             }
             tokio::time::sleep(Duration::from_millis(250)).await;
         }

@@ -420,3 +420,34 @@ async fn reserved_incarnations_outlive_their_leader_and_only_the_leader_reserves
         assert_eq!(second.reserved_incarnations().await.unwrap(), 8193, "{url}");
     }
 }
+
+/// Standbys take the store by compare-and-set: never while a leader's lease is fresh, at once
+/// once it let go, and of two racing for the same vacancy exactly one wins (the other waits on
+/// as a standby). The first leader is then deposed.
+#[tokio::test]
+async fn only_one_standby_takes_a_vacant_store_and_never_a_live_leaders() {
+    let lease = std::time::Duration::from_secs(3);
+    for (first, url) in stores().await {
+        assert_eq!(
+            first.take_vacant_leadership("a", lease).await.unwrap(),
+            Some(1),
+            "{url}: nobody led it"
+        );
+        let b = Store::open_url(&url).await.unwrap();
+        let c = Store::open_url(&url).await.unwrap();
+        assert_eq!(
+            b.take_vacant_leadership("b", lease).await.unwrap(),
+            None,
+            "{url}: a live leader's lease keeps a standby out"
+        );
+        first.release_leadership().await.unwrap();
+        let (rb, rc) = tokio::join!(
+            b.take_vacant_leadership("b", lease),
+            c.take_vacant_leadership("c", lease)
+        );
+        let won: Vec<u64> = [rb.unwrap(), rc.unwrap()].into_iter().flatten().collect();
+        assert_eq!(won, vec![2], "{url}: exactly one of two racing standbys");
+        let refused = first.check_leading().await;
+        assert!(refused.is_err_and(|e| e.is_deposed()), "{url}");
+    }
+}

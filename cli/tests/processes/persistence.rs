@@ -766,3 +766,59 @@ fn a_standby_takes_over_within_5_s_of_the_leader_s_kill_9() {
         );
     }
 }
+
+/// Under Kubernetes each replica has an address of its own, and a standby must answer its pod's
+/// probes while it waits (`--standby-probes`): alive, ready to take over, and saying in its
+/// metrics that it does not lead. Once it takes over, the same address serves the leader's
+/// control API and `sidereal_leading 1`.
+#[test]
+fn a_standby_answers_its_probes_while_it_waits_and_serves_as_leader_once_it_takes_over() {
+    let data = TempDir::new("standby-probes");
+    let mut leader = start_replication_with(50, &data.0, None, &["--leader-lease", "1.5"]);
+    let http = format!("127.0.0.1:{}", super::free_port());
+    let (tx, rx) = std::sync::mpsc::channel();
+    let (dir, addr) = (data.0.clone(), http.clone());
+    std::thread::spawn(move || {
+        let args = [
+            "--standby",
+            "--standby-probes",
+            "--leader-lease",
+            "1.5",
+            "--http",
+            addr.as_str(),
+        ];
+        let _ = tx.send(start_replication_with(50, &dir, None, &args));
+    });
+    let base = format!("http://{http}");
+    let get = |path: &str| {
+        let out = Command::new("curl")
+            .args(["-s", "-w", "\n%{http_code}", &format!("{base}{path}")])
+            .output()
+            .expect("curl");
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    wait_until("the standby answers", Duration::from_secs(20), || {
+        get("/healthz").ends_with("200")
+    });
+    assert!(get("/readyz").ends_with("200"), "ready to take over");
+    assert!(get("/readyz").contains("standby"));
+    assert_eq!(metric_at(&base, "sidereal_leading"), 0.0);
+    assert!(
+        get("/v1/status").ends_with("404"),
+        "a standby serves no control API"
+    );
+    assert_eq!(metric(&leader, "sidereal_leading"), 1.0);
+
+    leader.proc_.0.kill().expect("kill -9 the leader");
+    let _ = leader.proc_.0.wait();
+    let standby = rx
+        .recv_timeout(Duration::from_secs(15))
+        .expect("the standby took over");
+    assert_eq!(standby.http, base);
+    assert_eq!(metric_at(&base, "sidereal_leading"), 1.0);
+    assert_eq!(
+        standby.control.status().entities,
+        50,
+        "the world, from the store"
+    );
+}

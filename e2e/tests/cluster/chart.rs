@@ -13,7 +13,10 @@ use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::Secret;
 use kube::Api;
 use serde_json::Value;
-use sidereal_e2e::{in_namespace, kubectl_stdin, repo_root, sidereal_bin, wait_until};
+use sidereal_e2e::{
+    LocalProcess, in_namespace, kubectl, kubectl_stdin, repo_root, sidereal, sidereal_bin,
+    wait_until,
+};
 
 fn chart() -> String {
     repo_root().join("charts/sidereal").display().to_string()
@@ -49,6 +52,7 @@ world:
     - {scale: 3, gridX: 0, gridY: 0}
 operator: {replicas: 3, clusterWide: true, leaseDurationSeconds: 30}
 replication:
+  replicas: 2
   tickHz: 20
   interestRadius: 900
   publicGameAddresses: ["203.0.113.7:7702"]
@@ -504,6 +508,7 @@ fn values_the_schema_rejects_fail_with_a_message_naming_them() {
         ("secrets.netcodeKey=not-hex", "/secrets/netcodeKey"),
         ("gameService.type=Everywhere", "/gameService/type"),
         ("replication.tickHz=1000", "/replication/tickHz"),
+        ("replication.replicas=0", "/replication/replicas"),
         (
             "replication.publicGameAddresses={game.example.com:7702}",
             "/replication/publicGameAddresses/0",
@@ -519,6 +524,19 @@ fn values_the_schema_rejects_fail_with_a_message_naming_them() {
             "--set {set}: the error should name {names}: {err}"
         );
     }
+    // A standby needs a store both replicas reach: SQLite is a file in one pod.
+    let (ok, out, err) = helm(&[
+        "template",
+        "sidereal",
+        &chart(),
+        "--set",
+        "replication.replicas=2",
+    ]);
+    assert!(!ok, "two replicas on SQLite were accepted:\n{out}");
+    assert!(
+        err.contains("replication.replicas > 1 needs a database"),
+        "{err}"
+    );
 }
 
 /// Every environment variable the chart gives a `sidereal` container is one that subcommand
@@ -637,4 +655,205 @@ fn every_object_dry_run(said: &str, expected: usize) -> anyhow::Result<()> {
         "{applied} of {expected} objects applied: {said}"
     );
     Ok(())
+}
+
+/// Issue 21 on Kubernetes: `replication.replicas=2` renders a leader and a standby on one
+/// store; every replica runs `--standby --label-pod`, and the replication Services select
+/// `sidereal.dev/role=leader`. The chart's pods here are kwok's (no process runs in them), so
+/// two real `sidereal replication` processes play their parts, each labelling "its" pod through
+/// the real API server with the token of the chart's own ServiceAccount (so the chart's RBAC is
+/// what allows it). The Service's endpoints follow the leader: first the pod whose process
+/// leads; after that process's kill -9 (and restart as a standby, as the kubelet would), the
+/// other's.
+#[tokio::test]
+async fn two_replication_replicas_route_to_the_leaders_pod_and_a_takeover_moves_the_service()
+-> anyhow::Result<()> {
+    in_namespace("chart-ha", |client, ns| async move {
+        let chart = chart();
+        helm_ok(&[
+            "install",
+            "sidereal",
+            &chart,
+            "-n",
+            &ns,
+            "--set",
+            "crds.install=false",
+            "--set",
+            "postgres.enabled=true",
+            "--set",
+            "replication.replicas=2",
+            "--set",
+            "gameService.type=NodePort",
+            "--wait",
+            "--timeout",
+            "3m",
+        ])?;
+        let deployments: Api<Deployment> = Api::namespaced(client.clone(), &ns);
+        let d = deployments.get("sidereal-replication").await?;
+        let spec = d.spec.clone().context("a spec")?;
+        ensure!(spec.replicas == Some(2), "{:?}", spec.replicas);
+        let strategy = spec.strategy.and_then(|s| s.type_).unwrap_or_default();
+        ensure!(strategy == "RollingUpdate", "{strategy}");
+        let args = spec.template.spec.context("a pod spec")?.containers[0]
+            .args
+            .clone()
+            .unwrap_or_default();
+        ensure!(
+            args.contains(&"--standby".to_owned()) && args.contains(&"--label-pod".to_owned()),
+            "{args:?}"
+        );
+        let selector = kubectl(&[
+            "get",
+            "service",
+            "sidereal-replication",
+            "-n",
+            &ns,
+            "-o",
+            "jsonpath={.spec.selector.sidereal\\.dev/role}",
+        ])?;
+        ensure!(
+            selector == "leader",
+            "the Service selects the leader: {selector:?}"
+        );
+        let pdb = kubectl(&[
+            "get",
+            "pdb",
+            "sidereal-replication",
+            "-n",
+            &ns,
+            "-o",
+            "jsonpath={.spec.minAvailable}",
+        ])?;
+        ensure!(pdb == "1", "one replica at a time may go: {pdb:?}");
+        let names = kubectl(&[
+            "get",
+            "pods",
+            "-n",
+            &ns,
+            "-l",
+            "app.kubernetes.io/name=sidereal-replication",
+            "-o",
+            "jsonpath={.items[*].metadata.name}",
+        ])?;
+        let pods: Vec<String> = names.split_whitespace().map(str::to_owned).collect();
+        ensure!(pods.len() == 2, "{pods:?}");
+
+        // What a pod's service account would have: a token, the API server and its CA.
+        let dir = std::env::temp_dir().join(format!("sidereal-ha-{}", std::process::id()));
+        std::fs::create_dir_all(&dir)?;
+        let token = kubectl(&["create", "token", "sidereal-replication", "-n", &ns])?;
+        std::fs::write(dir.join("token"), token.trim())?;
+        let server = kubectl(&[
+            "config",
+            "view",
+            "--raw",
+            "--minify",
+            "-o",
+            "jsonpath={.clusters[0].cluster.server}",
+        ])?;
+        // The CA every pod gets mounted, from the ConfigMap the controller-manager publishes.
+        let ca = kubectl(&[
+            "get",
+            "configmap",
+            "kube-root-ca.crt",
+            "-n",
+            &ns,
+            "-o",
+            "jsonpath={.data.ca\\.crt}",
+        ])?;
+        ensure!(ca.contains("BEGIN CERTIFICATE"), "the cluster's CA: {ca:?}");
+        std::fs::write(dir.join("ca.crt"), ca)?;
+        let free = || std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr());
+        let (http, link) = (free()?.to_string(), free()?.to_string());
+        let data = dir.join("data");
+        std::fs::create_dir_all(&data)?;
+        let replication = |pod: &str| -> anyhow::Result<LocalProcess> {
+            Ok(LocalProcess(
+                sidereal()
+                    .args([
+                        "replication",
+                        "--standby",
+                        "--label-pod",
+                        "--leader-lease",
+                        "1.5",
+                    ])
+                    .args(["--pod-name", pod, "--pod-namespace", &ns])
+                    .args(["--http", &http, "--link", &link, "--seed-entities", "10"])
+                    .arg("--data")
+                    .arg(&data)
+                    .env("SIDEREAL_KUBE_API", server.trim())
+                    .env("SIDEREAL_KUBE_TOKEN_FILE", dir.join("token"))
+                    .env("SIDEREAL_KUBE_CA_FILE", dir.join("ca.crt"))
+                    .stdout(std::process::Stdio::null())
+                    .spawn()?,
+            ))
+        };
+        let role = |pod: &str| {
+            kubectl(&[
+                "get",
+                "pod",
+                pod,
+                "-n",
+                &ns,
+                "-o",
+                "jsonpath={.metadata.labels.sidereal\\.dev/role}",
+            ])
+            .unwrap_or_default()
+        };
+        let endpoints = || {
+            kubectl(&[
+                "get",
+                "endpointslices",
+                "-n",
+                &ns,
+                "-l",
+                "kubernetes.io/service-name=sidereal-replication",
+                "-o",
+                "jsonpath={.items[*].endpoints[*].targetRef.name}",
+            ])
+            .unwrap_or_default()
+        };
+        let mut first = replication(&pods[0])?;
+        wait_until(
+            "the first pod's process leads",
+            Duration::from_secs(20),
+            || async { Ok(role(&pods[0]) == "leader") },
+        )
+        .await?;
+        let _second = replication(&pods[1])?;
+        wait_until("the second stands by", Duration::from_secs(20), || async {
+            Ok(role(&pods[1]) == "standby")
+        })
+        .await?;
+        wait_until(
+            "the Service routes to the leader alone",
+            Duration::from_secs(30),
+            || async { Ok(endpoints() == pods[0]) },
+        )
+        .await?;
+
+        first.0.kill()?;
+        let killed = std::time::Instant::now();
+        let _ = first.0.wait();
+        // The kubelet restarts the container: it comes back as a standby.
+        let _first_again = replication(&pods[0])?;
+        wait_until(
+            "the standby's pod leads and the Service follows",
+            Duration::from_secs(30),
+            || async {
+                Ok(role(&pods[1]) == "leader"
+                    && role(&pods[0]) == "standby"
+                    && endpoints() == pods[1])
+            },
+        )
+        .await?;
+        println!(
+            "kill -9 of the leader's process: the Service routes to the new leader {:?} later",
+            killed.elapsed()
+        );
+        helm_ok(&["uninstall", "sidereal", "-n", &ns, "--wait"])?;
+        let _ = std::fs::remove_dir_all(&dir);
+        Ok(())
+    })
+    .await
 }

@@ -82,6 +82,11 @@ pub fn render(
         i64::from(a.report_every()),
     ));
     add(&gauge(
+        "leading",
+        "1 while this replication leads the store (a standby serves 0)",
+        1,
+    ));
+    add(&gauge(
         "takeover_waiting_shards",
         "Shards of the stored placement a new leader still waits for to link again (placement changes are refused while above 0)",
         a.awaiting_shards().map_or(0, |w| w.len() as i64),
