@@ -822,3 +822,55 @@ fn a_standby_answers_its_probes_while_it_waits_and_serves_as_leader_once_it_take
         "the world, from the store"
     );
 }
+
+/// An upgrade hands leadership over instead of waiting out a lease: SIGTERM to the leader
+/// (what a rollout or `helm upgrade` sends) and it lets go of the store's lease as it stops, so
+/// the standby leads well within the 3 s lease; the shard simulates on and resumes onto it.
+#[test]
+fn a_leader_stopped_with_sigterm_hands_over_to_the_standby_at_once() {
+    let data = TempDir::new("handover");
+    let (http, link) = (
+        format!("127.0.0.1:{}", super::free_port()),
+        format!("127.0.0.1:{}", super::free_port()),
+    );
+    let same = ["--http", http.as_str(), "--link", link.as_str()];
+    let leader = start_replication_with(200, &data.0, None, &same);
+    let _shard = start_shard(&leader, "shard-0");
+    wait_until("the shard linked", Duration::from_secs(30), || {
+        connected(&leader).len() == 1
+    });
+    place(&leader, 1);
+    let (tx, rx) = std::sync::mpsc::channel();
+    let (dir, args) = (data.0.clone(), same.map(str::to_owned));
+    std::thread::spawn(move || {
+        let mut args: Vec<&str> = args.iter().map(String::as_str).collect();
+        args.push("--standby");
+        let _ = tx.send(start_replication_with(200, &dir, None, &args));
+    });
+    assert!(
+        rx.recv_timeout(Duration::from_secs(2)).is_err(),
+        "the standby waits while the leader lives"
+    );
+    signal(&leader.proc_, "-TERM");
+    let stopped = Instant::now();
+    let standby = rx
+        .recv_timeout(Duration::from_secs(10))
+        .expect("the standby took over");
+    let led = stopped.elapsed();
+    wait_until("the shard resumed", Duration::from_secs(10), || {
+        metric(&standby, "sidereal_shard_resumes_total") == 1.0
+    });
+    let handed = stopped.elapsed();
+    println!("SIGTERM: the standby led after {led:?}, the shard resumed after {handed:?}");
+    assert!(
+        led < Duration::from_millis(2500),
+        "a handover, not a lease run out: {led:?}"
+    );
+    assert_eq!(
+        entity_list(&standby)
+            .iter()
+            .filter(|e| e.kind != EntityKind::Projectile)
+            .count(),
+        200
+    );
+}
