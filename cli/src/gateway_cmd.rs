@@ -88,6 +88,10 @@ pub struct GatewayArgs {
     /// Game sessions all players behind one address may hold at once on this gateway.
     #[arg(long, default_value_t = 64)]
     pub max_sessions_per_address: usize,
+    /// On SIGTERM, tell every player to connect to another gateway and wait this long at most
+    /// for them to go before exiting (keep it under the pod's terminationGracePeriodSeconds).
+    #[arg(long, default_value = "10", value_parser = crate::shard_cmd::parse_secs)]
+    pub drain_timeout: std::time::Duration,
     /// Seconds of silence after which the authority link or a sector stream is taken for dead.
     #[arg(long, default_value = "3", value_parser = parse_link_timeout)]
     pub link_timeout: Duration,
@@ -252,8 +256,26 @@ pub fn run(args: GatewayArgs) -> anyhow::Result<()> {
         rt.spawn(cert.watch());
     }
     rt.block_on(crate::replication_cmd::shutdown_signal());
-    tracing::info!("shutting down");
+    drain(&running, args.drain_timeout);
     Ok(())
+}
+
+/// Stopping (SIGTERM: a rollout, a scale-down, Ctrl-C): every player is told to connect to
+/// another gateway, and the process waits until they have (or `timeout` passed) before it goes,
+/// so nobody waits out a silence to find out.
+fn drain(running: &gateway_node::RunningGateway, timeout: std::time::Duration) {
+    let players = running.players();
+    tracing::info!(
+        players,
+        ?timeout,
+        "stopping: draining players to other gateways"
+    );
+    running.drain();
+    let deadline = std::time::Instant::now() + timeout;
+    while running.players() > 0 && std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    tracing::info!(left = running.players(), "shutting down");
 }
 
 #[cfg(test)]

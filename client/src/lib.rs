@@ -24,7 +24,8 @@ use sidereal_core::login::{Credentials, LoginReply};
 use sidereal_game::codec::StateDecoder;
 pub use sidereal_game::{ChatHeard, ChatRefused, SeenEntity, Welcome, WorldUpdate};
 use sidereal_game::{
-    ChatSend, GameProtocolPlugin, InputChannel, ReliableChannel, StateAck, StateUpdate, Superseded,
+    ChatSend, Draining, GameProtocolPlugin, InputChannel, ReliableChannel, StateAck, StateUpdate,
+    Superseded,
 };
 pub use sidereal_game::{PilotCommand, RemotePose, ShipPose};
 
@@ -91,6 +92,8 @@ pub struct Received {
     pub chat_refused: Vec<String>,
     /// The player connected again elsewhere, and this connection ended.
     pub superseded: bool,
+    /// The game server said it is stopping: a client failing over moves on at once.
+    pub draining: bool,
 }
 
 /// The client's side of the state stream, from the welcome on.
@@ -187,6 +190,7 @@ impl GameClient {
             (
                 receive.before(prediction::FeedInterpolation),
                 leave_when_superseded,
+                note_draining,
             ),
         );
         // The app is stepped by hand, not run: plugins that finish their setup late (lightyear's
@@ -256,10 +260,10 @@ impl GameClient {
         self.fail_over_when_silent();
     }
 
-    /// From now on, when no world update comes for `silence` (or the connection ends), connect
-    /// again by itself with the same token, to the next game address it names (another
-    /// gateway; the same one when it names only one), waiting 0.25 s doubling to 2 s between
-    /// attempts. A superseded session or [`GameClient::disconnect`] ends it for good. What
+    /// From now on, when no world update comes for `silence` (or the connection ends, or the
+    /// server says it is draining), connect again by itself with the same token, to the next
+    /// game address it names (another gateway; the same one when it names only one), waiting
+    /// 0.25 s doubling to 2 s between attempts. A superseded session or [`GameClient::disconnect`] ends it for good. What
     /// [`GameClient::received`] holds starts afresh on each new connection.
     pub fn fail_over_after(&mut self, silence: Duration) {
         let now = Instant::now();
@@ -292,15 +296,17 @@ impl GameClient {
         let Some(mut f) = self.failover else { return };
         let now = Instant::now();
         let updates = self.received().updates;
-        if updates != f.seen_updates {
+        if updates != f.seen_updates && !self.received().draining {
             f.seen_updates = updates;
             f.last_heard = now;
             f.backoff = FAILOVER_FIRST;
             self.failover = Some(f);
             return;
         }
-        let gone =
-            now.saturating_duration_since(f.last_heard) >= f.silence || self.is_disconnected();
+        // Silent, gone, or told that its server is stopping.
+        let gone = now.saturating_duration_since(f.last_heard) >= f.silence
+            || self.is_disconnected()
+            || self.received().draining;
         if f.left || self.received().superseded || !gone || now < f.next_try {
             return;
         }
@@ -426,6 +432,19 @@ fn leave_when_superseded(
         if notices.receive().next().is_some() {
             received.superseded = true;
             commands.trigger(Disconnect { entity });
+        }
+    }
+}
+
+/// The game server is stopping (a gateway drained by a rollout): noted, so that a client that
+/// fails over connects to the next address at once.
+fn note_draining(
+    mut clients: Query<&mut MessageReceiver<Draining>, With<Client>>,
+    mut received: ResMut<Received>,
+) {
+    for mut notices in &mut clients {
+        if notices.receive().next().is_some() {
+            received.draining = true;
         }
     }
 }

@@ -117,6 +117,8 @@ pub struct BotReport {
     pub disconnects: u32,
     /// The longest wait between two world updates after the first: the pause it saw.
     pub longest_gap: Duration,
+    /// Connections it opened again by itself (its gateway went silent or said it is draining).
+    pub reconnects: u64,
     /// Bytes of encoded world state received.
     pub state_bytes: u64,
     /// Input-to-state latency of each turn command that showed.
@@ -212,6 +214,9 @@ pub fn pattern(i: usize, t: f64) -> (f32, f32, bool) {
     (thrust, turn, fire)
 }
 
+/// A bot connects to another game address after this long without a world update.
+const BOT_FAILOVER_SILENCE: Duration = Duration::from_secs(5);
+
 struct Bot {
     client: GameClient,
     report: BotReport,
@@ -284,16 +289,19 @@ pub fn run_swarm(config: &SwarmConfig) -> Result<SwarmReport, ClientError> {
             full: i < config.full_bots,
             ..Default::default()
         };
+        let mut client = GameClient::connect_as(
+            reply,
+            crate::Transport::Udp,
+            if i < config.full_bots {
+                crate::ClientMode::Full
+            } else {
+                crate::ClientMode::Light
+            },
+        )?;
+        // As a player's client does: another gateway when this one goes silent or drains.
+        client.fail_over_after(BOT_FAILOVER_SILENCE);
         bots.push(Bot {
-            client: GameClient::connect_as(
-                reply,
-                crate::Transport::Udp,
-                if i < config.full_bots {
-                    crate::ClientMode::Full
-                } else {
-                    crate::ClientMode::Light
-                },
-            )?,
+            client,
             report,
             started: Instant::now(),
             was_connected: false,
@@ -334,6 +342,7 @@ pub fn run_swarm(config: &SwarmConfig) -> Result<SwarmReport, ClientError> {
                 b.report.chat_heard = b.client.received().chat.len();
                 b.report.mean_visible = b.visible_sum as f64 / b.report.updates.max(1) as f64;
                 b.report.rollbacks = b.client.prediction_stats().rollbacks;
+                b.report.reconnects = b.client.reconnects();
                 b.report
             })
             .collect(),

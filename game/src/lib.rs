@@ -44,6 +44,12 @@ pub struct Welcome {
 #[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq)]
 pub struct Superseded;
 
+/// To every connection of a gateway that is stopping (a rollout, a scale-down): connect to
+/// another game address of the same token now, without waiting for silence. The session goes
+/// on there: same player, same ship.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq)]
+pub struct Draining;
+
 /// One tick's world state for a player, encoded by [`codec::StateEncoder`].
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
 pub struct StateUpdate {
@@ -151,6 +157,8 @@ impl Plugin for GameProtocolPlugin {
         app.register_message::<Welcome>()
             .add_direction(NetworkDirection::ServerToClient);
         app.register_message::<Superseded>()
+            .add_direction(NetworkDirection::ServerToClient);
+        app.register_message::<Draining>()
             .add_direction(NetworkDirection::ServerToClient);
         app.register_message::<ChatSend>()
             .add_direction(NetworkDirection::ClientToServer);

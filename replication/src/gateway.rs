@@ -21,8 +21,8 @@ use sidereal_core::login::GAME_PROTOCOL_ID;
 use sidereal_core::{EntityId, EntitySnapshot};
 use sidereal_game::codec::StateEncoder;
 use sidereal_game::{
-    ChatHeard, ChatRefused, ChatSend, GameProtocolPlugin, PilotCommand, ReliableChannel, ShipPose,
-    StateAck, StateChannel, StateUpdate, Superseded, Welcome,
+    ChatHeard, ChatRefused, ChatSend, Draining, GameProtocolPlugin, PilotCommand, ReliableChannel,
+    ShipPose, StateAck, StateChannel, StateUpdate, Superseded, Welcome,
 };
 use tokio::sync::mpsc::UnboundedSender;
 use tracing::{info, warn};
@@ -90,6 +90,9 @@ pub enum FromElsewhere {
     Chat(ChatLine),
     /// The player connected on another gateway: its session here ends without a `Left`.
     Superseded { player_id: u64 },
+    /// This gateway is stopping: every player here, and any that connects from now on, is told
+    /// to connect to another gateway (`Draining`).
+    Drain,
 }
 
 /// The game port's connections to the rest of its process.
@@ -155,6 +158,10 @@ struct ShipPositions(Vec<(u64, [f32; 2])>);
 #[derive(Resource, Default)]
 struct Chat(ChatGate);
 
+/// This gateway is stopping: players are sent on to other gateways.
+#[derive(Resource, Default)]
+struct DrainingNow(bool);
+
 #[derive(Resource, Clone)]
 struct Settings {
     tick_hz: u32,
@@ -208,6 +215,7 @@ fn build_app(config: GatewayConfig, key: Key, channels: Channels, sessions: Sess
     app.init_resource::<ShipPositions>();
     app.init_resource::<Sessions>();
     app.init_resource::<Chat>();
+    app.init_resource::<DrainingNow>();
     app.add_systems(Update, (receive_acks, relay_chat, hear_elsewhere));
     // In the fixed tick, so the ship states written here carry the tick lightyear stamps them
     // with, and each command is read for its own tick.
@@ -280,15 +288,21 @@ type Greeting<'a> = (
 fn player_connected(
     trigger: On<Add, Connected>,
     mut clients: Query<Greeting, With<ClientOf>>,
-    channels: Res<Channels>,
-    settings: Res<Settings>,
+    (channels, settings): (Res<Channels>, Res<Settings>),
     limits: Res<SessionLimitsGate>,
     mut sessions: ResMut<Sessions>,
+    (draining, mut move_on): (Res<DrainingNow>, Query<&mut MessageSender<Draining>>),
     mut commands: Commands,
 ) {
     let Ok((user_data, remote, _, _)) = clients.get(trigger.entity) else {
         return;
     };
+    if draining.0
+        && let Ok(mut tell) = move_on.get_mut(trigger.entity)
+    {
+        // A token names this gateway among others: the client tries the next one.
+        tell.send::<ReliableChannel>(Draining);
+    }
     if let PeerId::Netcode(session) = remote.0 {
         limits.0.lock().connected(session);
     }
@@ -579,13 +593,14 @@ fn deliver(
 }
 
 /// What players on other gateways did: their chat heard here, and sessions here that a
-/// connection elsewhere superseded (told, and forgotten without a `Left`).
+/// connection elsewhere superseded (told, and forgotten without a `Left`); and this gateway's
+/// own drain (every player told to move on).
 fn hear_elsewhere(
-    channels: Res<Channels>,
-    ships: Res<ShipPositions>,
-    settings: Res<Settings>,
+    (channels, ships, settings): (Res<Channels>, Res<ShipPositions>, Res<Settings>),
     mut listeners_q: Query<Listener, Current>,
     mut notices: Query<&mut MessageSender<Superseded>>,
+    mut move_on: Query<&mut MessageSender<Draining>>,
+    mut draining: ResMut<DrainingNow>,
     mut sessions: ResMut<Sessions>,
     mut commands: Commands,
 ) {
@@ -594,6 +609,20 @@ fn hear_elsewhere(
     };
     while let Ok(news) = elsewhere.try_recv() {
         match news {
+            FromElsewhere::Drain => {
+                if !draining.0 {
+                    info!(
+                        players = sessions.0.len(),
+                        "draining: telling every player to move to another gateway"
+                    );
+                }
+                draining.0 = true;
+                for link in sessions.0.values() {
+                    if let Ok(mut tell) = move_on.get_mut(*link) {
+                        tell.send::<ReliableChannel>(Draining);
+                    }
+                }
+            }
             FromElsewhere::Chat(line) => {
                 deliver(&line, &ships.0, settings.interest_radius, &mut listeners_q);
             }

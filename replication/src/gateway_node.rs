@@ -80,6 +80,21 @@ pub struct RunningGateway {
     pub sessions: SessionGate,
     /// Players' logins here, passed on to the authority (`crate::http::gateway_login::router`).
     pub logins: LoginDesk,
+    /// Into the game port: [`RunningGateway::drain`].
+    elsewhere: crossbeam_channel::Sender<FromElsewhere>,
+}
+
+impl RunningGateway {
+    /// Starts draining (the process is stopping): every player here is told to connect to
+    /// another gateway, and so is any that still connects here.
+    pub fn drain(&self) {
+        let _ = self.elsewhere.send(FromElsewhere::Drain);
+    }
+
+    /// Players connected here now.
+    pub fn players(&self) -> usize {
+        self.status.lock().map_or(0, |s| s.players)
+    }
 }
 
 /// Margin around a player's interest circle subscribed as well, so entities coming into view
@@ -156,7 +171,7 @@ pub fn start(config: GatewayNodeConfig) -> std::io::Result<RunningGateway> {
         streams: HashMap::new(),
         views: views_tx,
         events: events_rx,
-        elsewhere: elsewhere_tx,
+        elsewhere: elsewhere_tx.clone(),
         status: status.clone(),
         tick: 0,
         inputs: InputGate::new(config.game.tick_hz),
@@ -173,6 +188,7 @@ pub fn start(config: GatewayNodeConfig) -> std::io::Result<RunningGateway> {
         status,
         sessions,
         logins,
+        elsewhere: elsewhere_tx,
     })
 }
 

@@ -9,7 +9,7 @@
 use std::collections::BTreeSet;
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
-use std::process::Stdio;
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use sidereal_client::GameClient;
@@ -697,4 +697,89 @@ fn any_gateway_answers_login_with_the_authoritys_answer() {
         "refused at once, not after a timeout: {:?}",
         asked.elapsed()
     );
+}
+
+/// A gateway stopped by a rollout (SIGTERM) drains: every player on it is told to connect to
+/// another gateway and does so at once, with the same token, player and ship (no login again,
+/// no waiting out a silence), and the gateway exits once they have gone.
+#[test]
+fn a_gateway_stopped_with_sigterm_sends_its_players_to_another_gateway_first() {
+    let data = TempDir::new("drain");
+    let r = start_control_plane(300, &data);
+    let link = r.gateways.clone().expect("a gateway link");
+    let _shards = start_shards_and_place(&r, 2);
+    let mut a = start_gateway(&link, "gw-a", None, RADIUS);
+    let b = start_gateway(&link, "gw-b", None, RADIUS);
+    let linked = |g: &Gateway| metric_at(&g.metrics, "sidereal_gateway_linked") == 1.0;
+    wait_until("both gateways linked", Duration::from_secs(20), || {
+        linked(&a) && linked(&b)
+    });
+    let mut players: Vec<GameClient> = (0..4)
+        .map(|i| {
+            let login = register(&r.http, &format!("drained{i}"));
+            let mut p = GameClient::connect(via(login, a.game)).expect("a token");
+            // Long enough that only the drain can move them this fast.
+            p.fail_over_after(Duration::from_secs(10));
+            p
+        })
+        .collect();
+    wait_until(
+        "every ship in view on gateway A",
+        Duration::from_secs(30),
+        || players.iter_mut().all(sees_own_ship),
+    );
+    assert_eq!(metric_at(&a.metrics, "sidereal_gateway_players"), 4.0);
+    let ships: Vec<u64> = players.iter().map(|p| p.login.ship).collect();
+
+    let pid = a.proc_.0.id().to_string();
+    assert!(
+        Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .unwrap()
+            .success()
+    );
+    let stopped = Instant::now();
+    let on_b = b.game.to_string();
+    wait_until("every player on gateway B", Duration::from_secs(5), || {
+        // Every client runs its frame (and so its fail-over) each round.
+        let seen: Vec<bool> = players.iter_mut().map(sees_own_ship).collect();
+        players
+            .iter()
+            .zip(seen)
+            .all(|(p, seen)| seen && p.server() == Some(on_b.as_str()))
+    });
+    let moved = stopped.elapsed();
+    let status = loop {
+        if let Some(s) = a.proc_.0.try_wait().unwrap() {
+            break s;
+        }
+        assert!(
+            stopped.elapsed() < Duration::from_secs(12),
+            "gateway A exits"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    println!(
+        "SIGTERM of a gateway: its 4 players on the other one after {moved:?}; it exited after {:?}",
+        stopped.elapsed()
+    );
+    assert!(status.success(), "{status}");
+    assert!(
+        moved < Duration::from_secs(3),
+        "moved on at once: {moved:?}"
+    );
+    for (p, ship) in players.iter().zip(&ships) {
+        assert_eq!(p.login.ship, *ship, "the same ship");
+        assert_eq!(
+            p.reconnects(),
+            1,
+            "{}: one move, straight to B",
+            p.login.name
+        );
+        assert!(!p.received().superseded);
+    }
+    wait_until("B counts them", Duration::from_secs(5), || {
+        metric_at(&b.metrics, "sidereal_gateway_players") == 4.0
+    });
 }
