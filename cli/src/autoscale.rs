@@ -129,6 +129,8 @@ impl Autoscaler {
                     idle_since,
                     connected: connected.contains(s),
                     ended: false,
+                    // `up` runs one binary: its shards never go out of date.
+                    outdated: false,
                 }
             })
             .collect();

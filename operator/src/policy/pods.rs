@@ -28,6 +28,9 @@ pub struct PodState {
     pub connected: bool,
     /// Its process ended (pod phase Failed or Succeeded): it will never link again.
     pub ended: bool,
+    /// Made from an older template than the pool's (an upgrade changed it): replaced, one
+    /// pod at a time, by draining it once a pod of the new template is linked to take over.
+    pub outdated: bool,
 }
 
 /// What the pool controller does to its pods this round.
@@ -43,9 +46,22 @@ pub struct PodPlan {
     pub retire: Vec<ShardId>,
 }
 
+/// Whether to start one pod beyond `desired` to roll an outdated one: while any live pod is
+/// outdated, the pool holds no more than `desired` pods, and every pod of the new template has
+/// linked (so one outdated pod drains at a time, onto a pod that is up). The surplus this makes
+/// drains the outdated pod first.
+fn surge(live: &[&PodState], desired: usize) -> bool {
+    live.iter().any(|p| p.outdated)
+        && live.len() <= desired
+        && live.iter().filter(|p| !p.outdated).all(|p| p.connected)
+}
+
 /// The plan for `pods` when the pool needs `desired` of them. Pods that ended are replaced;
-/// missing pods are created up to `desired` (never beyond the pool's max); the surplus
-/// drains, pods that never linked first, then those owning the fewest sectors; a drained pod
+/// missing pods are created up to `desired` (never beyond the pool's max, but for the one pod a
+/// roll adds while it replaces an outdated one); the surplus
+/// drains, outdated pods first (a template changed: each is replaced by a new pod before it
+/// drains, one at a time), then pods that never linked, then those owning the fewest sectors;
+/// a drained pod
 /// retires only once it owns no sector and has been idle for the retire time. A pod that still
 /// owns sectors is never deleted, whatever the count says. Deterministic for the same input.
 ///
@@ -71,22 +87,32 @@ pub fn plan_pods(
         .map(|p| p.shard.clone())
         .collect();
     let mut live: Vec<&PodState> = pods.iter().filter(|p| !p.ended).collect();
-    let create = desired.saturating_sub(live.len());
-    let surplus = live.len().saturating_sub(desired);
-    // Cheapest to lose first: never linked, then fewest sectors, then idle longest.
+    let create = desired.saturating_sub(live.len()) + usize::from(surge(&live, desired));
+    // While a roll's new pod is still linking, nothing drains: the outdated pod it replaces
+    // would only hand its sectors to other old pods.
+    let rolling = live.iter().any(|p| p.outdated);
+    let new_ones_up = live.iter().filter(|p| !p.outdated).all(|p| p.connected);
+    let surplus = match rolling && !new_ones_up {
+        false => live.len().saturating_sub(desired),
+        true => 0,
+    };
+    // Cheapest to lose first: outdated, never linked, then fewest sectors, then idle longest.
     live.sort_by(|a, b| {
-        (a.connected, a.sectors, a.idle_since.is_none())
-            .cmp(&(b.connected, b.sectors, b.idle_since.is_none()))
+        (!a.outdated, a.connected, a.sectors, a.idle_since.is_none())
+            .cmp(&(!b.outdated, b.connected, b.sectors, b.idle_since.is_none()))
             .then(a.idle_since.cmp(&b.idle_since))
             .then(a.shard.cmp(&b.shard))
     });
     let drain: Vec<&PodState> = live.into_iter().take(surplus).collect();
+    // An outdated pod goes as soon as it owns nothing: the idle time guards against load
+    // flapping, not against a template change.
     let retire = drain
         .iter()
         .filter(|p| {
             p.sectors == 0
-                && p.idle_since
-                    .is_some_and(|since| now.saturating_duration_since(since) >= policy.idle_retire)
+                && p.idle_since.is_some_and(|since| {
+                    p.outdated || now.saturating_duration_since(since) >= policy.idle_retire
+                })
         })
         .map(|p| p.shard.clone())
         .collect();

@@ -8,7 +8,7 @@ use sidereal_core::{SectorId, ShardId};
 
 use super::history::LoadHistory;
 use super::placement::{assign, moved};
-use super::pods::{PodState, desired_shards, plan_pods};
+use super::pods::{PodPlan, PodState, desired_shards, plan_pods};
 use super::transitions::{Transition, decide};
 use super::{Capacity, LeafLoad, PoolPolicy};
 
@@ -336,6 +336,7 @@ fn the_pod_plan_replaces_ended_pods_creates_missing_ones_and_drains_the_cheapest
         idle_since: idle.map(|s| t0 + Duration::from_secs(s)),
         connected,
         ended: false,
+        outdated: false,
     };
     // Too few: create the difference; an ended pod is replaced (deleted, and counted missing).
     let mut dead = pod("dead", 3, None, false);
@@ -404,9 +405,63 @@ fn a_pod_that_owns_sectors_is_never_retired() {
             idle_since: Some(t0),
             connected: true,
             ended: false,
+            outdated: false,
         })
         .collect();
     let plan = plan_pods(&owning, Some(0), &p, t0 + Duration::from_secs(1_000_000));
     assert_eq!(plan.drain.len(), 4);
     assert!(plan.retire.is_empty());
+}
+
+/// A template change rolls the pool one pod at a time: a pod of the new template is started
+/// beside the old ones; once it has linked, one outdated pod drains (its sectors move to the
+/// others by placement, with no loss) and goes as soon as it owns nothing; then the next.
+#[test]
+fn an_outdated_pool_rolls_one_pod_at_a_time_onto_linked_new_pods() {
+    let p = PoolPolicy::default();
+    let now = Instant::now();
+    let pod = |name: &str, sectors, connected, outdated| PodState {
+        shard: ShardId::new(name),
+        sectors,
+        idle_since: (sectors == 0).then_some(now),
+        connected,
+        ended: false,
+        outdated,
+    };
+    // Two old pods, two wanted: one new pod beside them, nothing drained yet.
+    let start = [pod("old-a", 3, true, true), pod("old-b", 1, true, true)];
+    let plan = plan_pods(&start, Some(2), &p, now);
+    assert_eq!((plan.create, plan.drain.len()), (1, 0));
+    // The new pod is still linking: no second one, nothing drains.
+    let linking = [
+        start[0].clone(),
+        start[1].clone(),
+        pod("new-1", 0, false, false),
+    ];
+    let plan = plan_pods(&linking, Some(2), &p, now);
+    assert_eq!((plan.create, plan.drain.len()), (0, 0));
+    // Linked: the cheapest outdated pod drains, nothing more starts.
+    let up = [
+        start[0].clone(),
+        start[1].clone(),
+        pod("new-1", 0, true, false),
+    ];
+    let plan = plan_pods(&up, Some(2), &p, now);
+    assert_eq!((plan.create, plan.drain.clone()), (0, shards(&["old-b"])));
+    assert!(plan.retire.is_empty(), "it still owns a sector");
+    // Drained (owns nothing): it goes at once, without the idle wait.
+    let drained = [
+        start[0].clone(),
+        pod("old-b", 0, true, true),
+        pod("new-1", 1, true, false),
+    ];
+    let plan = plan_pods(&drained, Some(2), &p, now);
+    assert_eq!(plan.retire, shards(&["old-b"]));
+    // Then the next: one more new pod for the last outdated one.
+    let next = [start[0].clone(), pod("new-1", 1, true, false)];
+    let plan = plan_pods(&next, Some(2), &p, now);
+    assert_eq!((plan.create, plan.drain.len()), (1, 0));
+    // All new: nothing to do.
+    let done = [pod("new-1", 2, true, false), pod("new-2", 2, true, false)];
+    assert_eq!(plan_pods(&done, Some(2), &p, now), PodPlan::default());
 }
