@@ -7,13 +7,14 @@
 # the slowest command to show; and whether any shard process had to be restarted.
 # Prints each takeover and p50/max; reports, never fails on a slow machine. SIDEREAL_BIN picks
 # the binary (the release build by default). Uses up's default ports (7700...).
-# Usage: scripts/bench-takeover.sh [kills] [entities] [players]
+# Usage: [SIGNAL=TERM] scripts/bench-takeover.sh [kills] [entities] [players]
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/env.sh
 kills=${1:-10}
 entities=${2:-20000}
 players=${3:-20}
+signal=${SIGNAL:-9} # SIGNAL=TERM: a graceful stop (a rollout), handing over without the lease
 bin="${SIDEREAL_BIN:-$CARGO_TARGET_DIR/release/sidereal}"
 [ -x "$bin" ] || cargo build --release --locked --bin sidereal
 data=$(mktemp -d)
@@ -53,9 +54,10 @@ shards_before=$(pgrep -f "sidereal shard --id" | sort | tr '\n' ' ')
 times=()
 for i in $(seq 1 "$kills"); do
   sleep 4 # a standby opens the store and waits behind the live lease
-  standby=$(pgrep -f "sidereal replication.*--standby" | head -1)
-  leader=$(pgrep -f "sidereal replication" | grep -vx "$standby" | head -1)
-  kill -9 "$leader"
+  # The leader is whoever holds the control port (a promoted standby keeps --standby in its
+  # command line).
+  leader=$(ss -Hltnp 'sport = :7700' | grep -o 'pid=[0-9]*' | head -1 | cut -d= -f2)
+  kill "-$signal" "$leader"
   t0=$(date +%s%N)
   until accepted; do sleep 0.02; done
   t=$(( ($(date +%s%N) - t0) / 1000000 ))
@@ -63,7 +65,7 @@ for i in $(seq 1 "$kills"); do
   times+=("$t")
 done
 shards_after=$(pgrep -f "sidereal shard --id" | sort | tr '\n' ' ')
-printf '%s\n' "${times[@]}" | sort -n | awk -v e="$entities" '{a[NR]=$1} END {printf "takeover over %d kills (%d entities): p50 %d ms, max %d ms\n", NR, e, a[int((NR+1)/2)], a[NR]}'
+printf '%s\n' "${times[@]}" | sort -n | awk -v e="$entities" -v s="$signal" '{a[NR]=$1} END {printf "takeover over %d kills -%s (%d entities): p50 %d ms, max %d ms\n", NR, s, e, a[int((NR+1)/2)], a[NR]}'
 [ "$shards_before" = "$shards_after" ] && echo "shard processes: the same throughout (none restarted)" \
   || echo "shard processes: before $shards_before, after $shards_after"
 wait "$bots" || true
