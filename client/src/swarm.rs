@@ -226,6 +226,7 @@ struct Bot {
     visible_sum: u64,
     last_pos: Option<[f32; 2]>,
     last_update: Option<Instant>,
+    reconnects_seen: u64,
 }
 
 /// A bot's running totals, to export what one tick added.
@@ -289,7 +290,7 @@ pub fn run_swarm(config: &SwarmConfig) -> Result<SwarmReport, ClientError> {
             full: i < config.full_bots,
             ..Default::default()
         };
-        let mut client = GameClient::connect_as(
+        let client = GameClient::connect_as(
             reply,
             crate::Transport::Udp,
             if i < config.full_bots {
@@ -298,8 +299,6 @@ pub fn run_swarm(config: &SwarmConfig) -> Result<SwarmReport, ClientError> {
                 crate::ClientMode::Light
             },
         )?;
-        // As a player's client does: another gateway when this one goes silent or drains.
-        client.fail_over_after(BOT_FAILOVER_SILENCE);
         bots.push(Bot {
             client,
             report,
@@ -309,6 +308,7 @@ pub fn run_swarm(config: &SwarmConfig) -> Result<SwarmReport, ClientError> {
             visible_sum: 0,
             last_pos: None,
             last_update: None,
+            reconnects_seen: 0,
         });
     }
     let tick = Duration::from_secs_f64(1.0 / f64::from(config.tick_hz.max(1)));
@@ -392,10 +392,19 @@ fn step(bot: &mut Bot, i: usize, t: f64) {
         bot.report.disconnects += 1;
     }
     bot.was_connected = connected;
-    let received = bot.client.received();
-    if bot.report.connect_time.is_none() && received.welcome.is_some() {
+    if bot.report.connect_time.is_none() && bot.client.received().welcome.is_some() {
         bot.report.connect_time = Some(bot.started.elapsed());
+        // As a player's client does once in: another gateway when this one goes silent or
+        // drains.
+        bot.client.fail_over_after(BOT_FAILOVER_SILENCE);
     }
+    // A new connection counts its updates from zero.
+    let reconnects = bot.client.reconnects();
+    if reconnects != bot.reconnects_seen {
+        bot.reconnects_seen = reconnects;
+        bot.seen_updates = 0;
+    }
+    let received = bot.client.received();
     if received.updates > bot.seen_updates
         && let Some(update) = &received.latest
     {

@@ -378,28 +378,20 @@ fn shards_reporting_only_when_asked_answer_a_report_round_with_their_state() {
     }
     assert_eq!(fleet.update_entries, before, "no updates unless asked");
     let drift = |fleet: &Fleet| -> f32 {
-        let mut worst = 0.0f32;
-        for shard in fleet.shards.iter().flatten() {
-            let world = shard.app.world();
-            let mut q = world
-                .try_query::<(
-                    &sidereal_shard::components::Owned,
-                    &avian2d::prelude::Position,
-                )>()
-                .unwrap();
-            for (o, p) in q.iter(world) {
+        simulated(fleet)
+            .iter()
+            .map(|(id, p)| {
                 let m = fleet
                     .authority
                     .mirror()
-                    .get(o.id)
+                    .get(*id)
                     .unwrap()
                     .snapshot
                     .state
                     .pos;
-                worst = worst.max((p.0.x - m[0]).hypot(p.0.y - m[1]));
-            }
-        }
-        worst
+                (p[0] - m[0]).hypot(p[1] - m[1])
+            })
+            .fold(0.0f32, f32::max)
     };
     assert!(drift(&fleet) > 1.0, "the mirror fell behind the shards");
 

@@ -383,7 +383,7 @@ fn players_on_two_gateways_see_the_mirror_hear_each_other_and_move_when_one_dies
 }
 
 /// The non-projectile entities the mirror holds, by id.
-fn durable_ids(r: &Replication) -> BTreeSet<u64> {
+pub(crate) fn durable_ids(r: &Replication) -> BTreeSet<u64> {
     r.control
         .entities("")
         .into_iter()

@@ -645,6 +645,33 @@ fn a_deposed_replication_cannot_write_and_steps_down() {
     }
 }
 
+/// Starts `replication --standby` with `entities`, the store at `data`/`url` and `flags` on a
+/// thread of its own: the receiver yields it once it leads (its ready line comes only then).
+pub(crate) fn start_standby(
+    entities: usize,
+    data: &std::path::Path,
+    url: Option<&str>,
+    flags: &[&str],
+) -> std::sync::mpsc::Receiver<Replication> {
+    let (tx, rx) = std::sync::mpsc::channel();
+    let (dir, url) = (data.to_path_buf(), url.map(str::to_owned));
+    let flags: Vec<String> = flags
+        .iter()
+        .map(|s| s.to_string())
+        .chain(["--standby".to_string()])
+        .collect();
+    std::thread::spawn(move || {
+        let flags: Vec<&str> = flags.iter().map(String::as_str).collect();
+        let _ = tx.send(start_replication_with(
+            entities,
+            &dir,
+            url.as_deref(),
+            &flags,
+        ));
+    });
+    rx
+}
+
 /// Issue 21's takeover: a standby (`--standby`, the same store and addresses) binds nothing
 /// while the leader lives; kill -9 of the leader and the standby leads within 5 s: it serves
 /// the world the store holds, the shards (which simulate on) link to it at the same address and
@@ -687,18 +714,7 @@ fn a_standby_takes_over_within_5_s_of_the_leader_s_kill_9() {
         let generation = placement_of(&leader).generation;
 
         // The standby: it says it is ready only once it leads.
-        let (tx, rx) = std::sync::mpsc::channel();
-        let (data_dir, standby_url) = (data.0.clone(), url.clone());
-        let standby_args: Vec<String> = same
-            .iter()
-            .map(|s| s.to_string())
-            .chain(["--standby".to_string()])
-            .collect();
-        std::thread::spawn(move || {
-            let args: Vec<&str> = standby_args.iter().map(String::as_str).collect();
-            let r = start_replication_with(300, &data_dir, standby_url.as_deref(), &args);
-            let _ = tx.send(r);
-        });
+        let rx = start_standby(300, &data.0, url.as_deref(), &same);
         assert!(
             rx.recv_timeout(Duration::from_secs(2)).is_err(),
             "{backend}: the standby stays back while the leader lives"
@@ -776,19 +792,12 @@ fn a_standby_answers_its_probes_while_it_waits_and_serves_as_leader_once_it_take
     let data = TempDir::new("standby-probes");
     let mut leader = start_replication_with(50, &data.0, None, &["--leader-lease", "1.5"]);
     let http = format!("127.0.0.1:{}", super::free_port());
-    let (tx, rx) = std::sync::mpsc::channel();
-    let (dir, addr) = (data.0.clone(), http.clone());
-    std::thread::spawn(move || {
-        let args = [
-            "--standby",
-            "--standby-probes",
-            "--leader-lease",
-            "1.5",
-            "--http",
-            addr.as_str(),
-        ];
-        let _ = tx.send(start_replication_with(50, &dir, None, &args));
-    });
+    let rx = start_standby(
+        50,
+        &data.0,
+        None,
+        &["--standby-probes", "--leader-lease", "1.5", "--http", &http],
+    );
     let base = format!("http://{http}");
     let get = |path: &str| {
         let out = Command::new("curl")
@@ -840,13 +849,7 @@ fn a_leader_stopped_with_sigterm_hands_over_to_the_standby_at_once() {
         connected(&leader).len() == 1
     });
     place(&leader, 1);
-    let (tx, rx) = std::sync::mpsc::channel();
-    let (dir, args) = (data.0.clone(), same.map(str::to_owned));
-    std::thread::spawn(move || {
-        let mut args: Vec<&str> = args.iter().map(String::as_str).collect();
-        args.push("--standby");
-        let _ = tx.send(start_replication_with(200, &dir, None, &args));
-    });
+    let rx = start_standby(200, &data.0, None, &same);
     assert!(
         rx.recv_timeout(Duration::from_secs(2)).is_err(),
         "the standby waits while the leader lives"

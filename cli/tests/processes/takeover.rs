@@ -10,22 +10,33 @@ use std::collections::{BTreeSet, HashMap};
 use std::time::{Duration, Instant};
 
 use sidereal_client::swarm::{SwarmConfig, run_swarm};
+use sidereal_core::sector_view::{ConnId, Source};
 use sidereal_core::stream_client::{FeedOptions, SectorFeed};
 use sidereal_core::{ControlError, EntityKind};
 
-use super::gateways::{RADIUS, start_gateway};
-use super::persistence::{PG, fresh_database};
+use super::gateways::{RADIUS, durable_ids, start_gateway};
+use super::persistence::{PG, fresh_database, start_standby};
 use super::streams::follow;
 use super::{
     Replication, SECRET, TempDir, free_port, metric, metric_at, start_replication_with,
     start_shards_and_place, wait_until,
 };
 
+/// One entity as a stream showed it: on which connection, at which of the publisher's ticks,
+/// when, where, and how fast.
+struct Sighting {
+    conn: Option<ConnId>,
+    tick: u64,
+    at: Instant,
+    pos: [f32; 2],
+    speed: f32,
+}
+
 /// Where each entity the streams showed was last, at which publisher's tick and when, and how
 /// fast it went.
 #[derive(Default)]
 struct Continuity {
-    last: HashMap<u64, (u64, Instant, [f32; 2], f32)>,
+    last: HashMap<u64, Sighting>,
     /// The largest jump seen, as a share of what its speed allowed.
     worst: f64,
     jumps: Vec<String>,
@@ -35,21 +46,29 @@ impl Continuity {
     /// An entity moves at most 1.5 x its speed for the time between two sightings, plus some
     /// units of slack (quantization, collisions). An entity put back to the store's state
     /// would jump back by up to a checkpoint interval of flight. The time between sightings is
-    /// the publisher's ticks (frames arrive in bursts on a busy machine), or the wall clock
-    /// where the tick went back (another shard published it, or a restarted one).
+    /// the publisher's ticks when the same stream showed it both times (frames arrive in bursts
+    /// on a busy machine), or the wall clock when another shard's did (their ticks differ).
     fn watch(&mut self, feed: &SectorFeed) {
         let now = Instant::now();
         for e in feed.view.iter() {
             let s = e.state();
             let speed = s.vel[0].hypot(s.vel[1]);
-            if let Some((tick, t, p, v)) = self.last.get(&e.id.0) {
-                if e.tick == *tick {
+            // An entity between streams shows where it left: the next stream's sighting is
+            // measured from the last one that showed it.
+            let Source::Stream { conn, .. } = e.source else {
+                continue;
+            };
+            let conn = Some(conn);
+            if let Some(last) = self.last.get(&e.id.0) {
+                let (p, v) = (&last.pos, &last.speed);
+                let same = conn.is_some() && conn == last.conn;
+                if same && e.tick == last.tick {
                     continue;
                 }
-                let dt = if e.tick > *tick {
-                    (e.tick - tick) as f64 / 30.0
+                let dt = if same && e.tick > last.tick {
+                    (e.tick - last.tick) as f64 / 30.0
                 } else {
-                    (now - *t).as_secs_f64()
+                    (now - last.at).as_secs_f64()
                 };
                 let allowed = f64::from(speed.max(*v).max(5.0)) * 1.5 * (dt + 0.1) + 4.0;
                 let d = f64::from((s.pos[0] - p[0]).hypot(s.pos[1] - p[1]));
@@ -61,18 +80,16 @@ impl Continuity {
                     ));
                 }
             }
-            self.last.insert(e.id.0, (e.tick, now, s.pos, speed));
+            let seen = Sighting {
+                conn,
+                tick: e.tick,
+                at: now,
+                pos: s.pos,
+                speed,
+            };
+            self.last.insert(e.id.0, seen);
         }
     }
-}
-
-fn durable(r: &Replication) -> BTreeSet<u64> {
-    r.control
-        .entities("")
-        .into_iter()
-        .filter(|(_, e)| e.kind != EntityKind::Projectile)
-        .map(|(id, _)| id)
-        .collect()
 }
 
 #[test]
@@ -102,22 +119,7 @@ fn a_leader_killed_under_30_flying_bots_hands_over_with_nobody_disconnected_and_
     wait_until("the gateway linked", Duration::from_secs(20), || {
         metric_at(&gateway.metrics, "sidereal_gateway_linked") == 1.0
     });
-    let (tx, standby_ready) = std::sync::mpsc::channel();
-    let (data_dir, standby_url) = (data.0.clone(), url.clone());
-    let standby_args: Vec<String> = same
-        .iter()
-        .map(|s| s.to_string())
-        .chain(["--standby".to_string()])
-        .collect();
-    std::thread::spawn(move || {
-        let args: Vec<&str> = standby_args.iter().map(String::as_str).collect();
-        let _ = tx.send(start_replication_with(
-            600,
-            &data_dir,
-            Some(&standby_url),
-            &args,
-        ));
-    });
+    let standby_ready = start_standby(600, &data.0, Some(&url), &same);
 
     let swarm = {
         let http = format!("http://{http}");
@@ -166,7 +168,7 @@ fn a_leader_killed_under_30_flying_bots_hands_over_with_nobody_disconnected_and_
         &mut continuity,
         &mut || false,
     );
-    let before = durable(&leader);
+    let before = durable_ids(&leader);
     assert_eq!(before.len(), 630, "600 seeded and 30 bots' ships");
     let generation = leader.control.placement().generation;
 
@@ -216,7 +218,7 @@ fn a_leader_killed_under_30_flying_bots_hands_over_with_nobody_disconnected_and_
         &mut continuity,
         &mut || false,
     );
-    assert_eq!(durable(&standby), before, "every durable entity, once");
+    assert_eq!(durable_ids(&standby), before, "every durable entity, once");
     let streamed: BTreeSet<u64> = feed
         .view
         .iter()

@@ -68,6 +68,31 @@ dashboards: {enabled: false}
 gateways: {enabled: true, autoscaling: {enabled: true, minReplicas: 2, maxReplicas: 6}}
 "#;
 
+/// `helm install sidereal` into `ns` as these tests install it, with `more` flags: the CRDs
+/// left alone (the suite installed them with kubectl), a trial Postgres, and a NodePort game
+/// Service (`--wait` would wait for a LoadBalancer's address, which no local cluster assigns).
+fn helm_install(ns: &str, more: &[&str]) -> anyhow::Result<String> {
+    let chart = chart();
+    let mut args = vec![
+        "install",
+        "sidereal",
+        &chart,
+        "-n",
+        ns,
+        "--set",
+        "crds.install=false",
+        "--set",
+        "postgres.enabled=true",
+        "--set",
+        "gameService.type=NodePort",
+        "--wait",
+        "--timeout",
+        "3m",
+    ];
+    args.extend_from_slice(more);
+    helm_ok(&args)
+}
+
 fn values_file(text: &str) -> tempfile_path::TempFile {
     tempfile_path::TempFile::with(text)
 }
@@ -392,25 +417,7 @@ async fn helm_install_waits_for_ready_pods_and_an_upgrade_keeps_the_generated_se
 -> anyhow::Result<()> {
     in_namespace("chart-install", |client, ns| async move {
         let chart = chart();
-        // The suite installed the CRDs with kubectl; this release leaves them alone.
-        let install = [
-            "install",
-            "sidereal",
-            &chart,
-            "-n",
-            &ns,
-            "--set",
-            "crds.install=false",
-            "--set",
-            "postgres.enabled=true",
-            // `--wait` waits for a LoadBalancer's address, which no local cluster assigns.
-            "--set",
-            "gameService.type=NodePort",
-            "--wait",
-            "--timeout",
-            "3m",
-        ];
-        let notes = helm_ok(&install)?;
+        let notes = helm_install(&ns, &[])?;
         ensure!(
             notes.contains("kubectl -n") && notes.contains("publicGameAddresses is empty"),
             "NOTES.txt says what to do next: {notes}"
@@ -669,25 +676,7 @@ fn every_object_dry_run(said: &str, expected: usize) -> anyhow::Result<()> {
 async fn two_replication_replicas_route_to_the_leaders_pod_and_a_takeover_moves_the_service()
 -> anyhow::Result<()> {
     in_namespace("chart-ha", |client, ns| async move {
-        let chart = chart();
-        helm_ok(&[
-            "install",
-            "sidereal",
-            &chart,
-            "-n",
-            &ns,
-            "--set",
-            "crds.install=false",
-            "--set",
-            "postgres.enabled=true",
-            "--set",
-            "replication.replicas=2",
-            "--set",
-            "gameService.type=NodePort",
-            "--wait",
-            "--timeout",
-            "3m",
-        ])?;
+        helm_install(&ns, &["--set", "replication.replicas=2"])?;
         let deployments: Api<Deployment> = Api::namespaced(client.clone(), &ns);
         let d = deployments.get("sidereal-replication").await?;
         let spec = d.spec.clone().context("a spec")?;

@@ -137,6 +137,24 @@ async fn whole(
         && entities.iter().all(|e| !e.in_transit))
 }
 
+/// Waits until the pool runs two linked shard pods and the root is simulated whole on them.
+async fn two_pods_whole(
+    client: &Client,
+    ns: &str,
+    sectors: &Api<Sector>,
+    control: &ControlClient,
+) -> anyhow::Result<()> {
+    wait_until(
+        "two shard pods linked, the root Active",
+        Duration::from_secs(90),
+        || async {
+            let pods = shard_pods(client, ns).await?;
+            Ok(pods.len() == 2 && whole(sectors, control, &pods, 1).await?)
+        },
+    )
+    .await
+}
+
 /// A world with no shard of its own: replication (400 entities in `s2-x0-y0`), its Secrets,
 /// the pool (no split yet), the root, the kubelet stand-in and the operator.
 fn pool_world(client: &Client, ns: &str) -> anyhow::Result<(LocalFleet, Kubelet, LocalProcess)> {
@@ -334,15 +352,7 @@ async fn a_replication_restart_loses_nothing_and_the_same_pods_carry_on() -> any
         let (mut fleet, kubelet, _operator) = pool_world(&client, &ns)?;
         let control = fleet.control();
         let sectors: Api<Sector> = Api::namespaced(client.clone(), &ns);
-        wait_until(
-            "two shard pods linked, the root Active",
-            Duration::from_secs(90),
-            || async {
-                let pods = shard_pods(&client, &ns).await?;
-                Ok(pods.len() == 2 && whole(&sectors, &control, &pods, 1).await?)
-            },
-        )
-        .await?;
+        two_pods_whole(&client, &ns, &sectors, &control).await?;
         let pods = shard_pods(&client, &ns).await?;
         let starts = kubelet.starts();
         fleet.restart_replication()?;
@@ -644,15 +654,7 @@ async fn a_template_change_rolls_the_shard_pods_one_at_a_time_with_nothing_lost(
         let (fleet, kubelet, _operator) = pool_world(&client, &ns)?;
         let control = fleet.control();
         let sectors: Api<Sector> = Api::namespaced(client.clone(), &ns);
-        wait_until(
-            "two shard pods linked, the root Active",
-            Duration::from_secs(90),
-            || async {
-                let pods = shard_pods(&client, &ns).await?;
-                Ok(pods.len() == 2 && whole(&sectors, &control, &pods, 1).await?)
-            },
-        )
-        .await?;
+        two_pods_whole(&client, &ns, &sectors, &control).await?;
         let before = shard_pods(&client, &ns).await?;
         let upgraded = pool_yaml(100_000, 50).replace(
             "args: [shard, --fire-every-ticks, \"0\"]",

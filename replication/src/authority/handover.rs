@@ -50,6 +50,9 @@ impl Authority {
             .hand_over(snapshot.id, snapshot, to.clone())
             .expect("checked owner");
         self.counters.handovers += 1;
+        if !self.takes_adoptions(&to) {
+            return;
+        }
         self.send_to(
             &to,
             ReplicationMessage::Adopt {

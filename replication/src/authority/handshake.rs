@@ -131,11 +131,22 @@ impl Authority {
                 adopt.push(Adoption { snapshot, epoch });
             }
         }
-        if !adopt.is_empty() {
+        if !adopt.is_empty() && self.takes_adoptions(to) {
             let ids: Vec<EntityId> = adopt.iter().map(|a| a.snapshot.id).collect();
             self.send_to(to, ReplicationMessage::Adopt { entities: adopt });
             self.send_controls_with(to, &ids);
         }
+    }
+
+    /// Whether `shard` may be sent an `Adopt` now: it is linked and not in the middle of a
+    /// resume. A resuming shard may hold the entity already (adopted from the last leader) and
+    /// an `Adopt` would replace its live copy with ours; what is handed to it meanwhile stays in
+    /// transit, and its resume's end sends what it did not claim (`resume.rs`).
+    pub(super) fn takes_adoptions(&self, shard: &ShardId) -> bool {
+        self.live
+            .get(shard)
+            .and_then(|l| self.links.get(l))
+            .is_some_and(|l| !l.resuming)
     }
 }
 

@@ -66,7 +66,7 @@ impl Authority {
         if let Some(owner) = self
             .leaf_of(&snapshot)
             .map(|l| self.placement.sectors[&l].clone())
-            && self.live.contains_key(&owner)
+            && self.takes_adoptions(&owner)
             && let Some(epoch) = self.mirror.hand_over(id, snapshot, owner.clone())
         {
             self.send_to(

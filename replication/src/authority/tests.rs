@@ -1055,3 +1055,53 @@ fn a_takeover_refuses_placements_until_every_shard_is_back_and_drops_what_none_c
     assert_eq!(a.awaiting_shards(), None);
     assert!(a.put_placement(next).is_ok());
 }
+
+/// The race the process test caught: shard-0 still offers a handover that shard-1 had already
+/// adopted from the last leader (its `Adopted` never arrived). shard-1 is linked but its resume
+/// has not been read yet, so no `Adopt` may go to it (it would replace the live copy with the
+/// old one); its resume then claims the entity, and shard-0 is told to forget its copy.
+#[test]
+fn a_handover_offered_again_is_not_pushed_onto_a_shard_still_resuming() {
+    let (mut a, l0, l1) = two_shards();
+    let e1 = a.mirror.get(EntityId(1)).unwrap().clone();
+    a.disconnect(l0);
+    a.disconnect(l1);
+    a.take_outbox();
+    let l0 = resume_link(&mut a, "shard-0", 9);
+    let l1 = resume_link(&mut a, "shard-1", 10);
+    a.take_outbox();
+    let left = snap(EntityId(1), 1100.0, 100.0);
+    resume(&mut a, l0, vec![], vec![(left, e1.epoch)]);
+    let out = a.take_outbox();
+    assert!(
+        !sent_to(&out, l1)
+            .iter()
+            .any(|m| matches!(m, ReplicationMessage::Adopt { .. })),
+        "nothing pushed onto a shard whose resume is not in"
+    );
+    let live = snap(EntityId(1), 1180.0, 100.0);
+    resume(&mut a, l1, vec![(live, e1.epoch + 1)], vec![]);
+    let r = a.mirror.get(EntityId(1)).unwrap();
+    assert_eq!(
+        (
+            r.owner.0.as_str(),
+            r.epoch,
+            r.snapshot.state.pos,
+            r.in_transit
+        ),
+        ("shard-1", e1.epoch + 1, live.state.pos, false)
+    );
+    let out = a.take_outbox();
+    assert!(
+        sent_to(&out, l0)
+            .iter()
+            .any(|m| matches!(m, ReplicationMessage::Forget { ids } if ids == &vec![EntityId(1)])),
+        "shard-0 drops its copy"
+    );
+    assert!(
+        !sent_to(&out, l1)
+            .iter()
+            .any(|m| matches!(m, ReplicationMessage::Adopt { .. })),
+        "and shard-1 keeps its own"
+    );
+}
