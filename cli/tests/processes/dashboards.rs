@@ -127,7 +127,7 @@ scrape_configs:
             for r in &rules {
                 assert_ne!(r["health"], "err", "alert rule in error: {r}");
             }
-            rules.len() == 4 && rules.iter().all(|r| r["health"] == "ok")
+            rules.len() == 7 && rules.iter().all(|r| r["health"] == "ok")
         },
     );
     for panel in panels {

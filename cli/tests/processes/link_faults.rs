@@ -145,7 +145,7 @@ fn a_stopped_shard_is_dropped_and_its_sectors_simulated_elsewhere_within_5_s() {
         Duration::from_secs(30),
         || {
             control.connected().contains("shard-1")
-                && metric_at(&base, "sidereal_shard_resumes_total") >= 1.0
+                && metric_at(&base, "sidereal_links_resumed_total") >= 1.0
         },
     );
     assert_eq!(
@@ -241,7 +241,7 @@ fn a_relay_that_stops_forwarding_drops_the_link_on_both_ends() {
     wait_until(
         "shard-1 links again and resumes",
         Duration::from_secs(10),
-        || metric(&r, "sidereal_shard_resumes_total") == 1.0,
+        || metric(&r, "sidereal_links_resumed_total") == 1.0,
     );
     wait_until(
         "its stale copies are disowned",

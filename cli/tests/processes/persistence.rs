@@ -758,7 +758,7 @@ fn a_standby_takes_over_within_5_s_of_the_leader_s_kill_9() {
                 "{backend}: the shards simulated on"
             );
         }
-        assert_eq!(metric(&standby, "sidereal_shard_resumes_total"), 2.0);
+        assert_eq!(metric(&standby, "sidereal_links_resumed_total"), 2.0);
         assert_eq!(metric(&standby, "sidereal_takeover_waiting_shards"), 0.0);
         let now: HashSet<u64> = entity_list(&standby)
             .iter()
@@ -861,7 +861,7 @@ fn a_leader_stopped_with_sigterm_hands_over_to_the_standby_at_once() {
         .expect("the standby took over");
     let led = stopped.elapsed();
     wait_until("the shard resumed", Duration::from_secs(10), || {
-        metric(&standby, "sidereal_shard_resumes_total") == 1.0
+        metric(&standby, "sidereal_links_resumed_total") == 1.0
     });
     let handed = stopped.elapsed();
     println!("SIGTERM: the standby led after {led:?}, the shard resumed after {handed:?}");

@@ -379,7 +379,7 @@ async fn a_replication_restart_loses_nothing_and_the_same_pods_carry_on() -> any
             .stdout;
         let resumes = String::from_utf8_lossy(&text)
             .lines()
-            .find_map(|l| l.strip_prefix("sidereal_shard_resumes_total "))
+            .find_map(|l| l.strip_prefix("sidereal_links_resumed_total "))
             .map(str::to_owned);
         assert_eq!(resumes.as_deref(), Some("2"), "both shards resumed");
         let status = control.status().await?;

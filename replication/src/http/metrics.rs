@@ -180,7 +180,7 @@ pub fn render(
         c.refusals,
     ));
     add(&counter(
-        "shard_resumes_total",
+        "links_resumed_total",
         "Shards that linked again with the entities they kept simulating (after a takeover or a cut link)",
         c.resumes,
     ));
