@@ -42,8 +42,15 @@ fn a_dropped_player_logs_in_again_and_finds_its_ship_where_it_left_it() {
         own_ship(&ada).is_some()
     });
     let spawn = own_ship(&ada).unwrap().pos;
-    for _ in 0..30 {
+    // Full thrust until it has clearly moved (on a loaded machine the first commands take a
+    // while to come back as motion).
+    let deadline = Instant::now() + Duration::from_secs(15);
+    for ticks in 0.. {
         fly(&mut ada, 1.0, 0.0);
+        if ticks >= 30 && own_ship(&ada).is_some_and(|s| dist(s.pos, spawn) > 40.0) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the ship never flew");
     }
     for _ in 0..5 {
         fly(&mut ada, 0.0, 0.0);
