@@ -877,3 +877,86 @@ fn a_leader_stopped_with_sigterm_hands_over_to_the_standby_at_once() {
         200
     );
 }
+
+/// A lost node takes the leader and a shard with it: the standby waits for the stored
+/// placement's shards, refusing placement changes, but only for `--takeover-grace` (2 s here);
+/// the surviving shard resumes meanwhile. Then placements go through, the lost shard's leaves
+/// are re-homed from the store, and every durable entity is back exactly once.
+#[test]
+fn a_shard_lost_with_the_leader_is_waited_for_only_the_takeover_grace() {
+    let data = TempDir::new("grace");
+    let (http, link) = (
+        format!("127.0.0.1:{}", super::free_port()),
+        format!("127.0.0.1:{}", super::free_port()),
+    );
+    let same = ["--http", http.as_str(), "--link", link.as_str()];
+    let mut leader = start_replication_with(400, &data.0, None, &same);
+    let _survivor = start_shard(&leader, "shard-0");
+    let mut lost = start_shard(&leader, "shard-1");
+    wait_until("shards linked", Duration::from_secs(30), || {
+        connected(&leader).len() == 2
+    });
+    place(&leader, 2);
+    wait_until("both simulating", Duration::from_secs(20), || {
+        entity_list(&leader)
+            .iter()
+            .all(|e| e.owner.0.starts_with("shard-") && !e.in_transit)
+    });
+    let durable: HashSet<u64> = entity_list(&leader)
+        .iter()
+        .filter(|e| e.kind != EntityKind::Projectile)
+        .map(|e| e.id.0)
+        .collect();
+    let rx = start_standby(
+        400,
+        &data.0,
+        None,
+        &[same.as_slice(), &["--takeover-grace", "2"]].concat(),
+    );
+    assert!(
+        rx.recv_timeout(Duration::from_secs(2)).is_err(),
+        "standing by"
+    );
+    lost.0.kill().expect("kill -9 shard-1");
+    leader.proc_.0.kill().expect("kill -9 the leader");
+    let _ = (lost.0.wait(), leader.proc_.0.wait());
+    let standby = rx
+        .recv_timeout(Duration::from_secs(10))
+        .expect("the standby took over");
+    let led = Instant::now();
+    let rehome = |r: &Replication| {
+        placement::rehome(&placement_of(r), &BTreeSet::from([ShardId::new("shard-0")]))
+            .expect("shard-1 had leaves")
+    };
+    let accepted = loop {
+        match standby.control.put_placement(&rehome(&standby)) {
+            Ok(_) => break led.elapsed(),
+            Err(ControlError::Unavailable(_)) => {
+                assert!(led.elapsed() < Duration::from_secs(10), "the grace ends");
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            Err(e) => panic!("the re-homing: {e}"),
+        }
+    };
+    println!("a shard lost with the leader: placements accepted {accepted:?} after the takeover");
+    assert!(
+        accepted >= Duration::from_millis(1000),
+        "the standby waited for the lost shard (grace 2 s): {accepted:?}"
+    );
+    assert_eq!(metric(&standby, "sidereal_links_resumed_total"), 1.0);
+    wait_until(
+        "every entity on the survivor",
+        Duration::from_secs(20),
+        || {
+            entity_list(&standby)
+                .iter()
+                .all(|e| e.owner.0 == "shard-0" && !e.in_transit)
+        },
+    );
+    let now: HashSet<u64> = entity_list(&standby)
+        .iter()
+        .filter(|e| e.kind != EntityKind::Projectile)
+        .map(|e| e.id.0)
+        .collect();
+    assert_eq!(now, durable, "every durable entity, once");
+}
