@@ -812,6 +812,12 @@ fn a_standby_answers_its_probes_while_it_waits_and_serves_as_leader_once_it_take
     assert!(get("/readyz").ends_with("200"), "ready to take over");
     assert!(get("/readyz").contains("standby"));
     assert_eq!(metric_at(&base, "sidereal_leading"), 0.0);
+    let text = get("/metrics");
+    let (clean, said) = super::metrics::promtool(text.trim_end_matches("200"));
+    assert!(
+        clean,
+        "promtool check metrics on a standby's metrics: {said}"
+    );
     assert!(
         get("/v1/status").ends_with("404"),
         "a standby serves no control API"
@@ -959,4 +965,36 @@ fn a_shard_lost_with_the_leader_is_waited_for_only_the_takeover_grace() {
         .map(|e| e.id.0)
         .collect();
     assert_eq!(now, durable, "every durable entity, once");
+}
+
+/// `--label-pod` outside a pod: the flags it needs are refused by name, and without the API
+/// server's address the process stops at once saying what is missing, before it touches the
+/// store.
+#[test]
+fn label_pod_outside_kubernetes_says_what_is_missing() {
+    let data = TempDir::new("label-pod");
+    let run = |args: &[&str]| {
+        let out = sidereal()
+            .args(["replication", "--data"])
+            .arg(&data.0)
+            .args(args)
+            .env_remove("KUBERNETES_SERVICE_HOST")
+            .env_remove("SIDEREAL_KUBE_API")
+            .env_remove("POD_NAME")
+            .env_remove("POD_NAMESPACE")
+            .output()
+            .expect("sidereal replication");
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let (ok, said) = run(&["--label-pod"]);
+    assert!(!ok && said.contains("--pod-name"), "{said}");
+    let (ok, said) = run(&["--label-pod", "--pod-name", "r-0", "--pod-namespace", "w"]);
+    assert!(!ok, "{said}");
+    assert!(
+        said.contains("--label-pod") && said.contains("KUBERNETES_SERVICE_HOST is not set"),
+        "{said}"
+    );
 }

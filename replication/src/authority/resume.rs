@@ -23,6 +23,11 @@ use tracing::{info, warn};
 
 use super::{Authority, LinkId};
 
+/// The highest epoch a resuming shard may claim. Epochs grow by one per handover, so no real
+/// entity comes near; a claim beyond it is a broken or hostile shard's, and taking it would
+/// leave no epoch for the next handover.
+pub const MAX_CLAIMED_EPOCH: Epoch = u64::MAX / 2;
+
 /// A new leader's wait for the shards of its stored placement.
 #[derive(Debug, Default)]
 pub(super) struct Takeover {
@@ -180,7 +185,7 @@ impl Authority {
         for (snapshot, epoch) in handed_over {
             let id = snapshot.id;
             let newer_elsewhere = self.mirror.get(id).is_some_and(|r| r.epoch > epoch);
-            if newer_elsewhere || self.mirror.is_archived(id) || !snapshot.state.is_finite() {
+            if newer_elsewhere || self.mirror.is_archived(id) {
                 // Adopted by another shard since (or out of the world): drop the copy.
                 forget.push(id);
                 continue;
@@ -190,6 +195,8 @@ impl Authority {
                 forget.push(id);
                 continue;
             }
+            // As claimed (a non-finite state repaired from the mirror).
+            let snapshot = self.mirror.get(id).expect("just claimed").snapshot;
             self.note_resumed(link, id);
             self.handover_to_leaf_owner(link, shard, snapshot);
         }
@@ -215,12 +222,23 @@ impl Authority {
 
     /// Takes `shard`'s copy of an entity at `epoch` as the entity, unless someone holds it at a
     /// newer epoch (or at the same one and is live: a shard restarted during the takeover got
-    /// it from the store). `false`: the shard's copy is stale and must go.
+    /// it from the store). A non-finite state is replaced by the mirror's last good one.
+    /// `false`: the shard's copy is stale (or beyond repair) and must go.
     fn claim(&mut self, shard: &ShardId, snapshot: EntitySnapshot, epoch: Epoch) -> bool {
         let id = snapshot.id;
-        if !snapshot.state.is_finite() || self.mirror.is_archived(id) {
+        if epoch > MAX_CLAIMED_EPOCH || self.mirror.is_archived(id) {
             self.counters.refusals += 1;
             return false;
+        }
+        let mut snapshot = snapshot;
+        if !snapshot.state.is_finite() {
+            // As with an update: the state is refused, the mirror keeps the last good one.
+            // With none to keep, the copy goes.
+            self.counters.refusals += 1;
+            match self.mirror.get(id) {
+                Some(r) => snapshot.state = r.snapshot.state,
+                None => return false,
+            }
         }
         let Some(r) = self.mirror.get(id) else {
             // Spawned or adopted since the last checkpoint.

@@ -1105,3 +1105,40 @@ fn a_handover_offered_again_is_not_pushed_onto_a_shard_still_resuming() {
         "and shard-1 keeps its own"
     );
 }
+
+/// Bad input in a resume: a copy at an epoch no handover could have reached is refused and
+/// disowned; a non-finite state is refused but the entity is kept, owned by the shard, at the
+/// mirror's last good state (as for an update); both count as refusals, and the good copies
+/// in the same message are kept.
+#[test]
+fn a_resume_with_a_nan_state_or_an_absurd_epoch_is_refused_entity_by_entity() {
+    let (mut a, l0, _l1) = two_shards();
+    let e1 = a.mirror.get(EntityId(1)).unwrap().clone();
+    a.disconnect(l0);
+    let l0 = resume_link(&mut a, "shard-0", 9);
+    a.take_outbox();
+    let mut nan = snap(EntityId(1), 110.0, 100.0);
+    nan.state.pos[0] = f32::NAN;
+    let greedy = snap(EntityId::minted(7, 1), 120.0, 100.0);
+    let fine = snap(EntityId::minted(7, 2), 130.0, 100.0);
+    let refusals = a.counters.refusals;
+    resume(
+        &mut a,
+        l0,
+        vec![(nan, e1.epoch + 1), (greedy, u64::MAX), (fine, 1)],
+        vec![],
+    );
+    assert_eq!(a.counters.refusals, refusals + 2);
+    let kept = a.mirror.get(EntityId(1)).expect("not lost");
+    assert_eq!(
+        (kept.snapshot.state, kept.epoch, kept.owner.0.as_str()),
+        (e1.snapshot.state, e1.epoch + 1, "shard-0")
+    );
+    assert!(a.mirror.get(greedy.id).is_none());
+    assert!(a.mirror.get(fine.id).is_some());
+    let out = a.take_outbox();
+    assert!(sent_to(&out, l0).iter().any(|m| matches!(
+        m,
+        ReplicationMessage::Disown { ids } if ids == &vec![greedy.id]
+    )));
+}
