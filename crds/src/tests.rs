@@ -10,10 +10,10 @@ fn generated_dir() -> PathBuf {
 }
 
 /// The committed YAML must be exactly what the types generate, in `crds/generated/` and in the
-/// Helm chart's copy (`charts/sidereal/files/crds/`). Regenerate both with `make crdgen`.
+/// Helm chart's copy (`charts/sidereal/crds/`). Regenerate both with `make crdgen`.
 #[test]
 fn committed_crds_match_the_rust_types() {
-    let chart = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../charts/sidereal/files/crds");
+    let chart = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../charts/sidereal/crds");
     let chart_files = std::fs::read_dir(&chart)
         .map(|d| d.count())
         .unwrap_or_default();

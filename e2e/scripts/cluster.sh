@@ -37,6 +37,7 @@ up() {
       --kube-scheduler-binary "$bin/kube-scheduler" \
       --kwok-controller-binary "$bin/kwok" \
       --disable-qps-limits \
+      --config "$here/kwokctl.yaml" \
       --kubeconfig "$kubeconfig" \
       --wait 3m --quiet-pull >&2; then
     echo "error: the local control plane did not start; component logs:" >&2

@@ -69,7 +69,7 @@ gateways: {enabled: true, autoscaling: {enabled: true, minReplicas: 2, maxReplic
 "#;
 
 /// `helm install sidereal` into `ns` as these tests install it, with `more` flags: the CRDs
-/// left alone (the suite installed them with kubectl), a trial Postgres, and a NodePort game
+/// left alone (`--skip-crds`: the suite installed them with kubectl), a trial Postgres, and a NodePort game
 /// Service (`--wait` would wait for a LoadBalancer's address, which no local cluster assigns).
 fn helm_install(ns: &str, more: &[&str]) -> anyhow::Result<String> {
     let chart = chart();
@@ -79,8 +79,7 @@ fn helm_install(ns: &str, more: &[&str]) -> anyhow::Result<String> {
         &chart,
         "-n",
         ns,
-        "--set",
-        "crds.install=false",
+        "--skip-crds",
         "--set",
         "postgres.enabled=true",
         "--set",
@@ -150,7 +149,14 @@ async fn the_chart_lints_renders_and_every_object_passes_a_server_side_dry_run()
             ("other values", vec!["-f", other.path()]),
         ] {
             let chart = chart();
-            let mut args = vec!["template", "sidereal", chart.as_str(), "--namespace", &ns];
+            let mut args = vec![
+                "template",
+                "sidereal",
+                chart.as_str(),
+                "--include-crds",
+                "--namespace",
+                &ns,
+            ];
             args.extend(extra.iter().copied());
             let rendered = helm_ok(&args)?;
             let objs = objects(&rendered);
