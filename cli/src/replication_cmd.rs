@@ -337,7 +337,7 @@ pub fn run(args: ReplicationArgs) -> anyhow::Result<()> {
     rt.block_on(async move {
         let (running, all) = sidereal_replication::start(config)
             .await
-            .context("binding listeners")?;
+            .context("starting replication (its store, then its listeners)")?;
         // One machine-readable line for supervisors and tests that bind port 0.
         let game = running
             .gateway_link

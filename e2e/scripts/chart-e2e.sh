@@ -83,11 +83,11 @@ control_api() {
 # Durable entities (ships and asteroids: what the store keeps) as sorted ids, each with its
 # owner; none may be in transit.
 durable_ids() {
-  control_api /v1/entities | jq -r '.entities[] | select(.kind == "ship" or .kind == "asteroid") | .id' | sort
+  control_api /v1/entities | jq -r '.entities[] | select(.kind == "Ship" or .kind == "Asteroid") | .id' | sort
 }
 settled() {
   local entities; entities=$(control_api /v1/entities) || return 1
-  jq -e '.entities | length > 0 and all(.in_transit | not)' <<<"$entities" >/dev/null
+  jq -e '.entities | length > 0 and all(.inTransit | not)' <<<"$entities" >/dev/null
 }
 
 shards_ready() {
@@ -132,7 +132,7 @@ k wait --for=condition=Ready sector --all --timeout=5m >/dev/null || fail "the r
 until_true "shard pods Running and Ready" 120 shards_ready
 until_true "every leaf sector placed, no entity in transit" 60 settled
 status=$(control_api /v1/status)
-echo "$status" | jq -c '{shards_connected, leaf_sectors, entities, store, store_healthy}' >&2
+echo "$status" | jq -c '{shardsConnected, leafSectors, entities, players, store, storeHealthy}' >&2
 [ "$(jq -r .store <<<"$status")" = postgres ] || fail "replication does not keep the world in the trial Postgres: $status"
 
 # ---- 3. bots fly ---------------------------------------------------------------------------------

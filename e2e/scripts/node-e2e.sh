@@ -5,6 +5,7 @@
 # built from the repository's Dockerfile with no registry (build-images.sh), then the steps
 # e2e/kind.sh runs on kind (chart-e2e.sh). Cleans up after itself.
 #   node-e2e.sh [path/to/sidereal]   (default: the debug binary `cargo build` makes)
+#   KEEP=1 node-e2e.sh               leave the cluster and the node up afterwards
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 root=$(cd "$here/../.." && pwd)
@@ -15,6 +16,7 @@ if [ $# -eq 0 ]; then cargo build --locked --bin sidereal >&2; fi
 export SIDEREAL_CLUSTER=sidereal-node SIDEREAL_FAKE_NODES=1
 t0=$(date +%s)
 cleanup() {
+  if [ -n "${KEEP:-}" ]; then echo "KEEP: the cluster and node stay up (node.sh down; cluster.sh down)" >&2; return; fi
   "$here/node.sh" down || true
   "$here/cluster.sh" down || true
 }

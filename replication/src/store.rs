@@ -282,9 +282,12 @@ impl Store {
         } else {
             // A leader stopped inside a transaction (a frozen pod, SIGSTOP) would hold the
             // leadership row's lock and keep a standby from taking over: Postgres ends such a
-            // session after a few idle seconds.
-            let opts = PgConnectOptions::from_str(url)?
-                .options([("idle_in_transaction_session_timeout", "5s")]);
+            // session after a few idle seconds. Notices ("relation ... already exists,
+            // skipping", once per checkpoint) stay out of the log.
+            let opts = PgConnectOptions::from_str(url)?.options([
+                ("idle_in_transaction_session_timeout", "5s"),
+                ("client_min_messages", "warning"),
+            ]);
             let pool = PgPoolOptions::new()
                 .max_connections(4)
                 .acquire_timeout(Duration::from_secs(3))
