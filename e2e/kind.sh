@@ -3,15 +3,16 @@
 # Docker and kind:
 #   e2e/kind.sh            build the image, create the cluster, install, test, clean up
 #   KEEP=1 e2e/kind.sh     leave the cluster up afterwards (kind delete cluster --name sidereal)
-# It builds the image from the Dockerfile, loads it into kind, installs the chart with it
-# (CRDs included), then runs the same suite `make test` runs against the local control plane,
+# It builds the image from the Dockerfile, loads it into kind, runs the chart end to end with it
+# (e2e/scripts/chart-e2e.sh: install, the world up, bots, a shard pod killed, an upgrade with
+# bots flying, uninstall), then the suite `make test` runs against the local control plane,
 # through KUBECONFIG.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 name=${KIND_CLUSTER:-sidereal}
 image=${IMAGE:-sidereal:e2e}
 ns=${NAMESPACE:-sidereal}
-for tool in docker kind kubectl helm cargo; do
+for tool in docker kind kubectl helm cargo jq curl; do
   command -v "$tool" >/dev/null || { echo "error: $tool is required for the kind e2e (install it and rerun)" >&2; exit 2; }
 done
 kubeconfig=$(mktemp "${TMPDIR:-/tmp}/sidereal-kind.XXXXXX")
@@ -30,20 +31,11 @@ export KUBECONFIG=$kubeconfig
 echo "==> kind load docker-image $image"
 kind load docker-image "$image" --name "$name"
 
-echo "==> helm install (the image above, CRDs from the chart, a trial Postgres)"
-helm install sidereal charts/sidereal --namespace "$ns" --create-namespace \
-  --set image.repository="${image%:*}" --set image.tag="${image##*:}" --set image.pullPolicy=Never \
-  --set postgres.enabled=true --set gameService.type=NodePort \
-  --wait --timeout 5m
-kubectl -n "$ns" get pods,svc,sectors,shardpools
-
-echo "==> the operator takes the world up: every root Sector Ready"
-kubectl -n "$ns" wait --for=condition=Ready sector --all --timeout=5m
-kubectl -n "$ns" get sectors,shardpools,pods -o wide
-
-echo "==> bots fly in the cluster"
-kubectl -n "$ns" run bots --rm -i --restart=Never --image="$image" --image-pull-policy=Never -- \
-  bot --count 10 --duration 20 --http "http://sidereal-replication-game.$ns.svc:7704" | tee /dev/stderr | grep -q "disconnects=0"
+echo "==> the chart end to end: the same steps e2e/scripts/node-e2e.sh runs on the local real node"
+# The "new version" helm upgrade rolls to: the same build under another name.
+docker tag "$image" "${image}-next"
+kind load docker-image "${image}-next" --name "$name"
+HELM=$(command -v helm) NAMESPACE="$ns" e2e/scripts/chart-e2e.sh "$image" "${image}-next"
 
 echo "==> the e2e suite against the kind cluster (KUBECONFIG=$KUBECONFIG)"
 # The chart tests need helm; the rest use their own namespaces and the installed CRDs.

@@ -49,4 +49,11 @@ cargo test --workspace --locked
 step "sidereal crdgen | kubectl apply --server-side -f - (real API server)"
 "$CARGO_TARGET_DIR/debug/sidereal" crdgen | kubectl apply --server-side -f -
 
+# The chart on real containers: the image from the Dockerfile, a real kubelet node, the steps
+# e2e/kind.sh runs on kind (e2e/scripts/node-e2e.sh; its own control plane, cleaned up).
+step "the chart on a real node (containerd, runc, kubelet)"
+e2e/scripts/cluster.sh down
+cluster_up=
+e2e/scripts/node-e2e.sh "$CARGO_TARGET_DIR/debug/sidereal"
+
 step "all tests passed"

@@ -129,7 +129,7 @@ pub fn table(r: &SwarmReport) -> String {
     }
     let moved = r.bots.iter().filter(|b| b.distance > 0.0).count();
     out += &format!(
-        "SWARM bots={} connected={} moved={} disconnects={} seconds={:.1} bits_per_entity_update={:.1} latency_p50_ms={} latency_p99_ms={} latency_samples={} chat_said={} chat_heard={} predicted={} rollbacks={} latency_max_ms={} longest_gap_ms={}\n",
+        "SWARM bots={} connected={} moved={} disconnects={} seconds={:.1} bits_per_entity_update={:.1} latency_p50_ms={} latency_p99_ms={} latency_samples={} chat_said={} chat_heard={} predicted={} rollbacks={} latency_max_ms={} longest_gap_ms={} reconnects={}\n",
         r.bots.len(),
         r.connected(),
         moved,
@@ -148,7 +148,8 @@ pub fn table(r: &SwarmReport) -> String {
             .iter()
             .map(|b| b.longest_gap.as_millis())
             .max()
-            .unwrap_or(0)
+            .unwrap_or(0),
+        r.bots.iter().map(|b| b.reconnects).sum::<u64>()
     );
     out
 }

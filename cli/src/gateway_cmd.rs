@@ -92,6 +92,11 @@ pub struct GatewayArgs {
     /// for them to go before exiting (keep it under the pod's terminationGracePeriodSeconds).
     #[arg(long, default_value = "10", value_parser = crate::shard_cmd::parse_secs)]
     pub drain_timeout: std::time::Duration,
+    /// On SIGTERM, stay at least this long (within --drain-timeout), telling late arrivals to
+    /// move on too: a load balancer (kube-proxy, a cloud's) keeps sending new players to a
+    /// stopping pod for a moment, and a port that has closed would leave them to time out.
+    #[arg(long, default_value = "2", value_parser = crate::shard_cmd::parse_secs)]
+    pub drain_linger: std::time::Duration,
     /// Seconds of silence after which the authority link or a sector stream is taken for dead.
     #[arg(long, default_value = "3", value_parser = parse_link_timeout)]
     pub link_timeout: Duration,
@@ -256,14 +261,18 @@ pub fn run(args: GatewayArgs) -> anyhow::Result<()> {
         rt.spawn(cert.watch());
     }
     rt.block_on(crate::replication_cmd::shutdown_signal());
-    drain(&running, args.drain_timeout);
+    drain(&running, args.drain_timeout, args.drain_linger);
     Ok(())
 }
 
 /// Stopping (SIGTERM: a rollout, a scale-down, Ctrl-C): every player is told to connect to
 /// another gateway, and the process waits until they have (or `timeout` passed) before it goes,
-/// so nobody waits out a silence to find out.
-fn drain(running: &gateway_node::RunningGateway, timeout: std::time::Duration) {
+/// so nobody waits out a silence to find out; and at least `linger`, for late arrivals.
+fn drain(
+    running: &gateway_node::RunningGateway,
+    timeout: std::time::Duration,
+    linger: std::time::Duration,
+) {
     let players = running.players();
     tracing::info!(
         players,
@@ -271,8 +280,11 @@ fn drain(running: &gateway_node::RunningGateway, timeout: std::time::Duration) {
         "stopping: draining players to other gateways"
     );
     running.drain();
-    let deadline = std::time::Instant::now() + timeout;
-    while running.players() > 0 && std::time::Instant::now() < deadline {
+    let started = std::time::Instant::now();
+    let (deadline, linger_until) = (started + timeout, started + linger.min(timeout));
+    while (running.players() > 0 || std::time::Instant::now() < linger_until)
+        && std::time::Instant::now() < deadline
+    {
         std::thread::sleep(std::time::Duration::from_millis(50));
     }
     tracing::info!(left = running.players(), "shutting down");

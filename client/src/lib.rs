@@ -278,6 +278,12 @@ impl GameClient {
         });
     }
 
+    /// Whether a lost connection is opened again by itself ([`GameClient::fail_over_after`],
+    /// and neither superseded nor ended by [`GameClient::disconnect`]).
+    pub fn fails_over(&self) -> bool {
+        self.failover.is_some_and(|f| !f.left) && !self.received().superseded
+    }
+
     /// Connections opened again by [`GameClient::fail_over_after`].
     pub fn reconnects(&self) -> u64 {
         self.failover.map_or(0, |f| f.reconnects)

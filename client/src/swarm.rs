@@ -113,7 +113,10 @@ pub struct BotReport {
     pub mean_visible: f64,
     /// World units its ship covered, as its updates showed it.
     pub distance: f32,
-    /// Times it was connected and then was not.
+    /// Times it lost its connection for good: at once when nothing opens it again, or after
+    /// [`RECONNECT_WITHIN`] of failing over without a connection. A failover that is connected
+    /// again within that counts in `reconnects` only (same session, same ship; `longest_gap`
+    /// shows the pause).
     pub disconnects: u32,
     /// The longest wait between two world updates after the first: the pause it saw.
     pub longest_gap: Duration,
@@ -216,12 +219,17 @@ pub fn pattern(i: usize, t: f64) -> (f32, f32, bool) {
 
 /// A bot connects to another game address after this long without a world update.
 const BOT_FAILOVER_SILENCE: Duration = Duration::from_secs(5);
+/// A failing-over bot not connected again within this has been disconnected.
+pub const RECONNECT_WITHIN: Duration = Duration::from_secs(5);
 
 struct Bot {
     client: GameClient,
     report: BotReport,
     started: Instant,
     was_connected: bool,
+    /// Since when it has been without the connection it had, and whether that counted.
+    down_since: Option<Instant>,
+    down_counted: bool,
     seen_updates: u64,
     visible_sum: u64,
     last_pos: Option<[f32; 2]>,
@@ -304,6 +312,8 @@ pub fn run_swarm(config: &SwarmConfig) -> Result<SwarmReport, ClientError> {
             report,
             started: Instant::now(),
             was_connected: false,
+            down_since: None,
+            down_counted: false,
             seen_updates: 0,
             visible_sum: 0,
             last_pos: None,
@@ -376,6 +386,26 @@ pub fn chats(i: usize, t: f64) -> bool {
     (t * 30.0) as u64 % 300 == (i as u64 * 37) % 300
 }
 
+/// Counts an outage as a disconnect once: at once when nothing will connect the bot again, or
+/// when failing over has not connected it within [`RECONNECT_WITHIN`].
+fn count_disconnect(bot: &mut Bot, connected: bool, now: Instant) {
+    if connected {
+        bot.down_since = None;
+        bot.down_counted = false;
+        return;
+    }
+    if bot.was_connected && bot.down_since.is_none() {
+        bot.down_since = Some(now);
+    }
+    let Some(since) = bot.down_since else { return };
+    if !bot.down_counted
+        && (!bot.client.fails_over() || now.saturating_duration_since(since) >= RECONNECT_WITHIN)
+    {
+        bot.report.disconnects += 1;
+        bot.down_counted = true;
+    }
+}
+
 fn step(bot: &mut Bot, i: usize, t: f64) {
     let (thrust, turn, fire) = pattern(i, t);
     if bot.client.is_connected() {
@@ -388,9 +418,7 @@ fn step(bot: &mut Bot, i: usize, t: f64) {
     }
     bot.client.update();
     let connected = bot.client.is_connected();
-    if bot.was_connected && !connected {
-        bot.report.disconnects += 1;
-    }
+    count_disconnect(bot, connected, Instant::now());
     bot.was_connected = connected;
     if bot.report.connect_time.is_none() && bot.client.received().welcome.is_some() {
         bot.report.connect_time = Some(bot.started.elapsed());

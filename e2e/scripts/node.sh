@@ -20,6 +20,10 @@ netns=sidereal-node
 work=${SIDEREAL_NODE_DIR:-$cache/node-run/$cluster}
 host_ip=10.200.0.1 node_ip=10.200.0.2 pod_cidr=10.244.0.0/24
 sock="$work/containerd/containerd.sock"
+# Debian's runc: one built from its Go module without the seccomp tag (~/go/bin, first on some
+# PATHs) refuses every pod.
+runc_bin=/usr/sbin/runc
+[ -x "$runc_bin" ] || runc_bin=$(command -v runc || echo /usr/sbin/runc)
 admin_kubeconfig="${KWOK_WORKDIR:-$cache/kwok}/$cluster.kubeconfig"
 
 # nsenter, not `ip netns exec`: that also remounts /sys, hiding the cgroup mounts the kubelet
@@ -102,7 +106,7 @@ state = "$work/containerd/state"
     [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runc]
       runtime_type = "io.containerd.runc.v2"
       [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runc.options]
-        BinaryName = "$(command -v runc)"
+        BinaryName = "$runc_bin"
   [plugins."io.containerd.grpc.v1.cri".cni]
     bin_dir = "/usr/lib/cni"
     conf_dir = "$work/cni/net.d"
@@ -205,7 +209,7 @@ up() {
   wait_for "node $node registered" 60 kubelet kubectl get node "$node"
   kubectl wait --for=condition=Ready "node/$node" --timeout=90s >&2 || {
     tail -n 40 "$work/logs/kubelet.log" >&2; fail "node $node not Ready"; }
-  log "$node Ready in $(( $(date +%s) - t0 ))s (containerd $(containerd --version | awk '{print $3}'), runc $(runc --version | awk 'NR==1 {print $3}'), kubelet $K8S_VERSION)"
+  log "$node Ready in $(( $(date +%s) - t0 ))s (containerd $(containerd --version | awk '{print $3}'), runc $("$runc_bin" --version | awk 'NR==1 {print $3}'), kubelet $K8S_VERSION)"
 }
 
 down() {
