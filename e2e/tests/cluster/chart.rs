@@ -616,10 +616,12 @@ fn the_chart_sets_only_environment_the_binary_reads() -> anyhow::Result<()> {
 fn the_kustomize_base_is_the_chart_rendered_and_the_api_server_accepts_it() -> anyhow::Result<()> {
     let base = repo_root().join("manifests/base");
     let values = base.join("values.yaml");
+    // The CRDs included: the chart keeps them in crds/, which `helm template` leaves out.
     let rendered = helm_ok(&[
         "template",
         "sidereal",
         &chart(),
+        "--include-crds",
         "--namespace",
         "sidereal",
         "-f",
