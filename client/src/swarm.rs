@@ -227,9 +227,7 @@ struct Bot {
     report: BotReport,
     started: Instant,
     was_connected: bool,
-    /// Since when it has been without the connection it had, and whether that counted.
-    down_since: Option<Instant>,
-    down_counted: bool,
+    outage: Outage,
     seen_updates: u64,
     visible_sum: u64,
     last_pos: Option<[f32; 2]>,
@@ -312,8 +310,7 @@ pub fn run_swarm(config: &SwarmConfig) -> Result<SwarmReport, ClientError> {
             report,
             started: Instant::now(),
             was_connected: false,
-            down_since: None,
-            down_counted: false,
+            outage: Outage::default(),
             seen_updates: 0,
             visible_sum: 0,
             last_pos: None,
@@ -386,23 +383,48 @@ pub fn chats(i: usize, t: f64) -> bool {
     (t * 30.0) as u64 % 300 == (i as u64 * 37) % 300
 }
 
-/// Counts an outage as a disconnect once: at once when nothing will connect the bot again, or
-/// when failing over has not connected it within [`RECONNECT_WITHIN`].
+/// A bot's time without the connection it had: when it began, and whether it counted.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct Outage {
+    since: Option<Instant>,
+    counted: bool,
+}
+
+impl Outage {
+    /// One frame's connection state; true when this outage counts as a disconnect now: at once
+    /// when nothing will connect the bot again (`fails_over` false), or once failing over has
+    /// not connected it within [`RECONNECT_WITHIN`]. Each outage counts once.
+    pub fn observe(
+        &mut self,
+        was_connected: bool,
+        connected: bool,
+        fails_over: bool,
+        now: Instant,
+    ) -> bool {
+        if connected {
+            *self = Outage::default();
+            return false;
+        }
+        if was_connected && self.since.is_none() {
+            self.since = Some(now);
+        }
+        let Some(since) = self.since else {
+            return false;
+        };
+        let counts = !self.counted
+            && (!fails_over || now.saturating_duration_since(since) >= RECONNECT_WITHIN);
+        self.counted |= counts;
+        counts
+    }
+}
+
 fn count_disconnect(bot: &mut Bot, connected: bool, now: Instant) {
-    if connected {
-        bot.down_since = None;
-        bot.down_counted = false;
-        return;
-    }
-    if bot.was_connected && bot.down_since.is_none() {
-        bot.down_since = Some(now);
-    }
-    let Some(since) = bot.down_since else { return };
-    if !bot.down_counted
-        && (!bot.client.fails_over() || now.saturating_duration_since(since) >= RECONNECT_WITHIN)
+    let fails_over = bot.client.fails_over();
+    if bot
+        .outage
+        .observe(bot.was_connected, connected, fails_over, now)
     {
         bot.report.disconnects += 1;
-        bot.down_counted = true;
     }
 }
 
@@ -477,6 +499,30 @@ fn step(bot: &mut Bot, i: usize, t: f64) {
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn a_failover_connected_again_within_the_grace_is_no_disconnect_and_one_that_is_not_counts_once()
+     {
+        let t0 = Instant::now();
+        let at = |ms: u64| t0 + Duration::from_millis(ms);
+        // Failing over, connected again after 400 ms: no disconnect.
+        let mut o = Outage::default();
+        assert!(!o.observe(true, false, true, at(0)));
+        assert!(!o.observe(false, false, true, at(400)));
+        assert!(!o.observe(false, true, true, at(401)));
+        // Failing over and still down after RECONNECT_WITHIN: one disconnect, counted once.
+        assert!(!o.observe(true, false, true, at(1000)));
+        assert!(!o.observe(false, false, true, at(5999)));
+        assert!(o.observe(false, false, true, at(6000)));
+        assert!(!o.observe(false, false, true, at(9000)));
+        // Back, then lost with nothing to connect it again (superseded, ended): at once.
+        assert!(!o.observe(false, true, true, at(9001)));
+        assert!(o.observe(true, false, false, at(9002)));
+        // Never connected: no outage to count.
+        let mut never = Outage::default();
+        assert!(!never.observe(false, false, false, at(0)));
+    }
+
     use super::*;
 
     #[test]
