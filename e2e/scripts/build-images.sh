@@ -7,7 +7,8 @@
 #                                  what gcr.io/distroless/cc-debian12:nonroot holds, made from
 #                                  Debian's packages;
 #   sidereal.local/postgres        the chart's trial Postgres, from Debian's packages;
-#   sidereal.local/pause           the pod sandbox, from e2e/images/pause.
+#   sidereal.local/pause           the pod sandbox, from e2e/images/pause;
+#   sidereal.local/probe           a TCP reachability probe (NetworkPolicy checks), e2e/images/probe.
 #   build-images.sh /path/to/sidereal [image-name]
 # buildah (Debian's package) builds them in a store of its own under the cache folder. The
 # base images are cached, keyed by the Debian package versions they hold; the sidereal image is
@@ -87,7 +88,7 @@ commit_rootfs() {
   local ctx="$rootfs/../ctx"; mkdir -p "$ctx"
   tar -C "$rootfs" --numeric-owner -cf "$ctx/rootfs.tar" .
   printf '%s\n' "$dockerfile" > "$ctx/Dockerfile"
-  bah bud -q --layers=false -t "$name" "$ctx" >/dev/null
+  bah bud -q --layers=false --network=none --cni-config-dir "$out/buildah/cni" -t "$name" "$ctx" >/dev/null
   archive "$name"
 }
 
@@ -135,6 +136,12 @@ build_postgres() {
     'ENTRYPOINT ["/usr/local/bin/docker-entrypoint.sh"]')"
 }
 
+build_probe() {
+  local work="$out/work/probe"; rm -rf "$work"; mkdir -p "$work/rootfs"
+  (cd "$root/e2e/images/probe" && CGO_ENABLED=0 GOWORK=off GOFLAGS= go build -trimpath -ldflags "-s -w" -o "$work/rootfs/probe" main.go)
+  commit_rootfs "$work/rootfs" sidereal.local/probe:1 "$(printf 'FROM scratch\nADD rootfs.tar /\nUSER 65534:65534\nENTRYPOINT ["/probe"]\n')"
+}
+
 build_pause() {
   local work="$out/work/pause"; rm -rf "$work"; mkdir -p "$work/rootfs"
   (cd "$root/e2e/images/pause" && CGO_ENABLED=0 GOWORK=off GOFLAGS= go build -trimpath -ldflags "-s -w" -o "$work/rootfs/pause" main.go)
@@ -142,17 +149,18 @@ build_pause() {
 }
 
 t0=$(date +%s)
-self=$(sha256sum "$0" "$root/e2e/images/pause/main.go" "$root/e2e/images/postgres/entrypoint.sh" | sha256sum | cut -c1-16)
+self=$(sha256sum "$0" "$root/e2e/images/pause/main.go" "$root/e2e/images/probe/main.go" "$root/e2e/images/postgres/entrypoint.sh" | sha256sum | cut -c1-16)
 cached sidereal.local/base-cc:debian12 "$self $(versions "${base_packages[@]}" | sha256sum | cut -c1-16)" build_base
 cached sidereal.local/postgres:15-debian12 "$self $(versions $(postgres_packages) | sha256sum | cut -c1-16)" build_postgres
 cached sidereal.local/pause:1 "$self $(go env GOVERSION)" build_pause
+cached sidereal.local/probe:1 "$self $(go env GOVERSION)" build_probe
 
 # The product image: the repository's Dockerfile, its runtime stage on the base above, the
 # binary taken as built (debug info stripped: the image carries what runs, not symbols).
 ctx="$out/work/sidereal"; rm -rf "$ctx"; mkdir -p "$ctx"
 strip --strip-debug -o "$ctx/sidereal" "$binary"
 bah rmi -f "$image" >/dev/null 2>&1 || true
-bah bud -q --layers=false -f "$root/Dockerfile" --target runtime \
+bah bud -q --layers=false --network=none --cni-config-dir "$out/buildah/cni" -f "$root/Dockerfile" --target runtime \
   --build-arg BINARY=prebuilt --build-arg RUNTIME_IMAGE=sidereal.local/base-cc:debian12 \
   -t "$image" "$ctx" >/dev/null
 archive "$image"

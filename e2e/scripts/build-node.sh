@@ -1,14 +1,15 @@
 #!/usr/bin/env bash
 # Builds what the local real node (node.sh) runs beside Debian's containerd and runc: kubelet
 # and kube-proxy from the same Kubernetes Go module as the control plane, and CoreDNS from its
-# Go module, into a cache folder keyed by version, and prints it. A second run builds nothing.
+# Go module, and kube-router (its NetworkPolicy controller only) from its Go module, into a cache
+# folder keyed by version, and prints it. A second run builds nothing.
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 # shellcheck source=versions.env
 source "$here/versions.env"
 cache=${SIDEREAL_CACHE:-$HOME/.cache/sidereal}
-out="$cache/node/k8s-$K8S_VERSION-coredns-$COREDNS_VERSION"
-bins=(kubelet kube-proxy coredns)
+out="$cache/node/k8s-$K8S_VERSION-coredns-$COREDNS_VERSION-kube-router-$KUBE_ROUTER_VERSION"
+bins=(kubelet kube-proxy coredns kube-router)
 done_already=1
 for b in "${bins[@]}"; do [ -x "$out/bin/$b" ] || done_already=0; done
 if [ "$done_already" = 1 ]; then echo "$out/bin"; exit 0; fi
@@ -34,6 +35,11 @@ if [ ! -x "$out/bin/coredns" ]; then
   echo "building coredns $COREDNS_VERSION" >&2
   (cd "$out/src" && GOBIN="$out/src/bin" go install -trimpath -ldflags "-s -w" "github.com/coredns/coredns@$COREDNS_VERSION" \
     && mv "$out/src/bin/coredns" "$out/bin/coredns")
+fi
+if [ ! -x "$out/bin/kube-router" ]; then
+  echo "building kube-router $KUBE_ROUTER_VERSION" >&2
+  (cd "$out/src" && GOBIN="$out/src/bin" go install -trimpath -ldflags "-s -w" "github.com/cloudnativelabs/kube-router/v2/cmd/kube-router@$KUBE_ROUTER_VERSION" \
+    && mv "$out/src/bin/kube-router" "$out/bin/kube-router")
 fi
 for b in "${bins[@]}"; do [ -x "$out/bin/$b" ] || { echo "error: building $b failed (see above)" >&2; exit 1; }; done
 echo "node binaries built in $(( $(date +%s) - start ))s" >&2

@@ -9,6 +9,8 @@
 #  1. helm install: HA replication (two replicas) on the trial Postgres, two gateways; every
 #     pod Running and Ready from a started container.
 #  2. The operator takes every root Sector up on shard pods it creates from the pool template.
+#     Where the cluster enforces NetworkPolicies (PROBE_IMAGE set, e.g. node-e2e.sh), a pod
+#     outside the allowed set cannot reach replication's control port; the operator's can.
 #  3. Bots, in a pod, log in and fly through the game Service.
 #  4. A shard pod killed: its sectors move, no durable entity lost or doubled.
 #  5. helm upgrade to NEXT_IMAGE with bots flying: every Deployment and every shard pod rolls,
@@ -149,6 +151,29 @@ until_true "every leaf sector placed, no entity in transit" 60 settled
 status=$(control_api /v1/status)
 echo "$status" | jq -c '{shardsConnected, leafSectors, entities, players, store, storeHealthy}' >&2
 [ "$(jq -r .store <<<"$status")" = postgres ] || fail "replication does not keep the world in the trial Postgres: $status"
+
+# ---- NetworkPolicies, where the cluster enforces them (PROBE_IMAGE: a TCP probe image) ------
+if [ -n "${PROBE_IMAGE:-}" ]; then
+  step "NetworkPolicies enforced: only the operator reaches replication's control port"
+  # Runs the probe in a pod with these labels; prints what it said ("reached" or "unreachable").
+  probe() {
+    local name=$1 labels=$2 target=$3
+    k delete pod "$name" --ignore-not-found --wait=true >/dev/null
+    k run "$name" --restart=Never --image="$PROBE_IMAGE" --image-pull-policy=Never \
+      --labels="app.kubernetes.io/name=${labels:-sidereal-probe}" -- "$target" 3 >/dev/null
+    until_true "probe $name finished" 60 bots_done "$name"
+    k logs "$name"
+    k delete pod "$name" --wait=false >/dev/null
+  }
+  control="$release-replication.$ns.svc:7700"
+  out=$(probe np-stranger "" "$control")
+  [[ $out == unreachable* ]] || fail "a pod outside the allowed set reached replication's control port: $out"
+  out=$(probe np-operator "sidereal-operator,app.kubernetes.io/instance=$release" "$control")
+  [[ $out == reached* ]] || fail "a pod with the operator's labels could not reach the control port: $out"
+  out=$(probe np-player "" "$release-gateway-game.$ns.svc:7704")
+  [[ $out == reached* ]] || fail "the login port must stay open to anyone: $out"
+  echo "control port 7700: refused to a stranger pod, open to the operator's; login port open to all" >&2
+fi
 
 # ---- 3. bots fly ---------------------------------------------------------------------------------
 step "bots fly through the game Service"

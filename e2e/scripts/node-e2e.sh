@@ -34,6 +34,7 @@ kubectl cordon -l type=kwok >&2
 # The "new version" helm upgrade rolls to: the same build under another name, as a registry
 # would hold it.
 "$here/node.sh" ctr images tag docker.io/library/sidereal:e2e docker.io/library/sidereal:e2e-next >/dev/null
-HELM=${SIDEREAL_HELM:-$("$here/build-helm.sh")} "$here/chart-e2e.sh" sidereal:e2e sidereal:e2e-next \
+# kube-router enforces NetworkPolicies on the node: the steps probe them.
+PROBE_IMAGE=sidereal.local/probe:1 HELM=${SIDEREAL_HELM:-$("$here/build-helm.sh")} "$here/chart-e2e.sh" sidereal:e2e sidereal:e2e-next \
   --set postgres.image=sidereal.local/postgres:15-debian12
 echo "==> real-node e2e passed in $(( $(date +%s) - t0 ))s" >&2

@@ -107,6 +107,7 @@ state = "$work/containerd/state"
       runtime_type = "io.containerd.runc.v2"
       [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runc.options]
         BinaryName = "$runc_bin"
+        Root = "$work/runc"
   [plugins."io.containerd.grpc.v1.cri".cni]
     bin_dir = "/usr/lib/cni"
     conf_dir = "$work/cni/net.d"
@@ -194,6 +195,12 @@ up() {
   local bin; bin=$("$here/build-node.sh")
   local t0; t0=$(date +%s)
   write_configs
+  # Paths outside the work folder that the kubelet (device plugins, pod resources) and the CNI
+  # library (its result cache) use whatever they are told: removed by `down` when this made
+  # them, else only this node's entries in them.
+  for path in /var/lib/kubelet /var/lib/cni /run/containerd; do
+    [ -e "$path" ] || echo "$path" >> "$work/made-outside"
+  done
   network_up
 
   daemon containerd containerd --config "$work/containerd/config.toml"
@@ -209,6 +216,15 @@ up() {
   wait_for "node $node registered" 60 kubelet kubectl get node "$node"
   kubectl wait --for=condition=Ready "node/$node" --timeout=90s >&2 || {
     tail -n 40 "$work/logs/kubelet.log" >&2; fail "node $node not Ready"; }
+  # No node IPAM runs (the bridge plugin's host-local range is the node's); say it on the Node
+  # as a cluster's controller-manager would, for whoever reads it (kube-router does).
+  kubectl patch node "$node" --type merge -p "{\"spec\":{\"podCIDR\":\"$pod_cidr\",\"podCIDRs\":[\"$pod_cidr\"]}}" >/dev/null
+  # NetworkPolicies enforced by kube-router's policy controller alone (iptables and ipset in
+  # the node's namespace; pod traffic across the bridge passes them by br_netfilter).
+  daemon kube-router "$bin/kube-router" --kubeconfig "$work/kubeconfig" --hostname-override "$node" \
+    --run-firewall=true --run-router=false --run-service-proxy=false --enable-cni=false \
+    --service-cluster-ip-range 10.0.0.0/24 --metrics-port 0 --health-port 0
+  wait_for "kube-router's policy chains" 60 kube-router in_ns iptables -n -L KUBE-ROUTER-FORWARD
   log "$node Ready in $(( $(date +%s) - t0 ))s (containerd $(containerd --version | awk '{print $3}'), runc $("$runc_bin" --version | awk 'NR==1 {print $3}'), kubelet $K8S_VERSION)"
 }
 
@@ -218,13 +234,15 @@ down() {
   fi
   # The kubelet first, so it starts nothing more; then every container containerd runs.
   local name pid
-  for name in kubelet kube-proxy coredns; do
+  for name in kubelet kube-proxy kube-router coredns; do
     pid=$(cat "$work/pids/$name" 2>/dev/null || true)
     [ -n "$pid" ] && kill -- -"$pid" 2>/dev/null || true
   done
+  local containers=""
   if [ -S "$sock" ]; then
     local ids; ids=$(ctr -a "$sock" -n k8s.io tasks ls -q 2>/dev/null || true)
     for id in $ids; do ctr -a "$sock" -n k8s.io tasks kill -s KILL "$id" >/dev/null 2>&1 || true; done
+    containers=$(ctr -a "$sock" -n k8s.io containers ls -q 2>/dev/null || true)
   fi
   pid=$(cat "$work/pids/containerd" 2>/dev/null || true)
   [ -n "$pid" ] && kill -- -"$pid" 2>/dev/null || true
@@ -233,11 +251,15 @@ down() {
   local deadline=$(( $(date +%s) + 20 ))
   while pgrep -f "$work/" >/dev/null 2>&1 && [ "$(date +%s)" -lt "$deadline" ]; do sleep 0.2; done
   pkill -9 -f "$work/" 2>/dev/null || true
+  # The CNI result cache keeps one file per pod sandbox and interface.
+  for id in $containers; do rm -f /var/lib/cni/results/*-"$id"-*; done
   ip netns delete "$netns" 2>/dev/null || true
   ip link delete sdr-host 2>/dev/null || true
   # Container root file systems are mounts under the work folder.
   if [ -d "$work" ]; then
     { grep " $work/" /proc/mounts || true; } | awk '{print $2}' | sort -r | while read -r m; do umount -l "$m" 2>/dev/null || true; done
+    local made
+    while read -r made; do rm -rf "$made"; done < <(cat "$work/made-outside" 2>/dev/null || true)
     rm -rf "$work"
   fi
 }
