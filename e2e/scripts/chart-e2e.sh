@@ -155,24 +155,26 @@ echo "$status" | jq -c '{shardsConnected, leafSectors, entities, players, store,
 # ---- NetworkPolicies, where the cluster enforces them (PROBE_IMAGE: a TCP probe image) ------
 if [ -n "${PROBE_IMAGE:-}" ]; then
   step "NetworkPolicies enforced: only the operator reaches replication's control port"
-  # Runs the probe in a pod with these labels; prints what it said ("reached" or "unreachable").
+  # Runs the probe in a pod with these labels for SECONDS; prints what it said ("reached" or
+  # "unreachable"). A policy controller admits a new pod once it has seen it start: the probe
+  # keeps trying, so "unreachable" means for the whole window.
   probe() {
-    local name=$1 labels=$2 target=$3
+    local name=$1 labels=$2 target=$3 seconds=$4
     k delete pod "$name" --ignore-not-found --wait=true >/dev/null
     k run "$name" --restart=Never --image="$PROBE_IMAGE" --image-pull-policy=Never \
-      --labels="app.kubernetes.io/name=${labels:-sidereal-probe}" -- "$target" 3 >/dev/null
+      --labels="app.kubernetes.io/name=${labels:-sidereal-probe}" -- "$target" "$seconds" >/dev/null
     until_true "probe $name finished" 60 bots_done "$name"
     k logs "$name"
     k delete pod "$name" --wait=false >/dev/null
   }
   control="$release-replication.$ns.svc:7700"
-  out=$(probe np-stranger "" "$control")
+  out=$(probe np-stranger "" "$control" 10)
   [[ $out == unreachable* ]] || fail "a pod outside the allowed set reached replication's control port: $out"
-  out=$(probe np-operator "sidereal-operator,app.kubernetes.io/instance=$release" "$control")
-  [[ $out == reached* ]] || fail "a pod with the operator's labels could not reach the control port: $out"
-  out=$(probe np-player "" "$release-gateway-game.$ns.svc:7704")
+  operator_out=$(probe np-operator "sidereal-operator,app.kubernetes.io/instance=$release" "$control" 30)
+  [[ $operator_out == reached* ]] || fail "a pod with the operator's labels could not reach the control port: $operator_out"
+  out=$(probe np-player "" "$release-gateway-game.$ns.svc:7704" 30)
   [[ $out == reached* ]] || fail "the login port must stay open to anyone: $out"
-  echo "control port 7700: refused to a stranger pod, open to the operator's; login port open to all" >&2
+  echo "control port 7700: a stranger pod refused for 10 s; a pod with the operator's labels $operator_out" >&2
 fi
 
 # ---- 3. bots fly ---------------------------------------------------------------------------------

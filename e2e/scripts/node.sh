@@ -129,7 +129,9 @@ containerRuntimeEndpoint: unix://$sock
 # This machine: a cgroup v1 hierarchy with a v2 mount beside it, no systemd.
 cgroupDriver: cgroupfs
 failCgroupV1: false
-cgroupsPerQOS: false
+cgroupsPerQOS: true
+# Every pod's cgroups under one of the node's own (removed by node.sh down).
+cgroupRoot: /sidereal-node
 enforceNodeAllocatable: []
 failSwapOn: false
 podLogsDir: $work/pod-logs
@@ -188,6 +190,27 @@ import_images() {
   log "images: $(ctr -a "$sock" -n k8s.io images ls -q | grep -v '^sha256:' | tr '\n' ' ')"
 }
 
+# The node's own cgroup in every v1 hierarchy (this machine: v1 with a v2 mount beside it),
+# under which the kubelet puts every pod (cgroupRoot); `down` removes it.
+cgroup_hierarchies() { find /sys/fs/cgroup -mindepth 1 -maxdepth 1 -type d ! -name unified; }
+cgroup_up() {
+  local h
+  for h in $(cgroup_hierarchies); do
+    mkdir -p "$h/sidereal-node"
+    if [ -f "$h/cpuset.cpus" ]; then
+      cat "$h/cpuset.cpus" > "$h/sidereal-node/cpuset.cpus"
+      cat "$h/cpuset.mems" > "$h/sidereal-node/cpuset.mems"
+    fi
+  done
+}
+cgroup_down() {
+  local h
+  for h in $(cgroup_hierarchies); do
+    # Deepest first; a cgroup dir is removed with rmdir once empty of processes.
+    [ -d "$h/sidereal-node" ] && find "$h/sidereal-node" -depth -type d -exec rmdir {} + 2>/dev/null || true
+  done
+}
+
 up() {
   local images=${1:?usage: node.sh up IMAGES_DIR}
   preflight
@@ -202,6 +225,7 @@ up() {
     [ -e "$path" ] || echo "$path" >> "$work/made-outside"
   done
   network_up
+  cgroup_up
 
   daemon containerd containerd --config "$work/containerd/config.toml"
   wait_for "containerd" 30 containerd ctr -a "$sock" version
@@ -253,6 +277,7 @@ down() {
   pkill -9 -f "$work/" 2>/dev/null || true
   # The CNI result cache keeps one file per pod sandbox and interface.
   for id in $containers; do rm -f /var/lib/cni/results/*-"$id"-*; done
+  cgroup_down
   ip netns delete "$netns" 2>/dev/null || true
   ip link delete sdr-host 2>/dev/null || true
   # Container root file systems are mounts under the work folder.

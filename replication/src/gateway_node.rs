@@ -82,12 +82,16 @@ pub struct RunningGateway {
     pub logins: LoginDesk,
     /// Into the game port: [`RunningGateway::drain`].
     elsewhere: crossbeam_channel::Sender<FromElsewhere>,
+    /// Set by [`RunningGateway::drain`]; the node then claims no player (see `Node::draining`).
+    draining: Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl RunningGateway {
     /// Starts draining (the process is stopping): every player here is told to connect to
     /// another gateway, and so is any that still connects here.
     pub fn drain(&self) {
+        self.draining
+            .store(true, std::sync::atomic::Ordering::SeqCst);
         let _ = self.elsewhere.send(FromElsewhere::Drain);
     }
 
@@ -160,7 +164,9 @@ pub fn start(config: GatewayNodeConfig) -> std::io::Result<RunningGateway> {
             band: None,
         },
     );
+    let draining = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let mut node = Node {
+        draining: draining.clone(),
         tick_hz: config.game.tick_hz.max(1),
         radius: f64::from(config.game.interest_radius),
         link,
@@ -189,10 +195,15 @@ pub fn start(config: GatewayNodeConfig) -> std::io::Result<RunningGateway> {
         sessions,
         logins,
         elsewhere: elsewhere_tx,
+        draining,
     })
 }
 
 struct Node {
+    /// This gateway is stopping. Its players are moving to other gateways, so it claims none
+    /// of them (no `Joined`, none re-announced on a relink): a claim from here, reaching the
+    /// authority after the player's new gateway's, would supersede the new session.
+    draining: Arc<std::sync::atomic::AtomicBool>,
     tick_hz: u32,
     radius: f64,
     link: AuthorityLink,
@@ -214,6 +225,10 @@ struct Node {
 }
 
 impl Node {
+    fn is_draining(&self) -> bool {
+        self.draining.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
     fn run(&mut self) {
         let period = Duration::from_secs_f64(1.0 / f64::from(self.tick_hz));
         let mut next = Instant::now();
@@ -259,6 +274,9 @@ impl Node {
             let msg = match event {
                 GatewayEvent::Joined { player_id, ship } => {
                     self.players.insert(player_id, ship);
+                    if self.is_draining() {
+                        continue;
+                    }
                     GatewayMessage::Joined { player_id, ship }
                 }
                 GatewayEvent::Left { player_id } => {
@@ -303,7 +321,12 @@ impl Node {
             match news {
                 LinkNews::Linked => {
                     // The authority forgot this gateway's players when the link ended.
-                    for (player_id, ship) in &self.players {
+                    let players = if self.is_draining() {
+                        BTreeMap::new()
+                    } else {
+                        self.players.clone()
+                    };
+                    for (player_id, ship) in &players {
                         self.link.send(GatewayMessage::Joined {
                             player_id: *player_id,
                             ship: *ship,

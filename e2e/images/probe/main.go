@@ -2,8 +2,10 @@
 //
 //	probe HOST:PORT [SECONDS]
 //
-// prints "reached" and exits 0 when a TCP connection opens within SECONDS (default 3), else
-// prints why and exits 1. Built from this file; nothing is pulled.
+// tries to open a TCP connection for up to SECONDS (default 3), again every quarter second:
+// prints "reached" and exits 0 at the first that opens, else prints the last error and exits
+// 1. It keeps trying because a policy controller admits a new pod (this one) only once it has
+// seen it start. Built from this file; nothing is pulled.
 package main
 
 import (
@@ -25,11 +27,18 @@ func main() {
 			seconds = s
 		}
 	}
-	conn, err := net.DialTimeout("tcp", os.Args[1], time.Duration(seconds)*time.Second)
-	if err != nil {
-		fmt.Printf("unreachable %s: %v\n", os.Args[1], err)
-		os.Exit(1)
+	start := time.Now()
+	deadline := start.Add(time.Duration(seconds) * time.Second)
+	var err error
+	for time.Now().Before(deadline) {
+		var conn net.Conn
+		if conn, err = net.DialTimeout("tcp", os.Args[1], time.Second); err == nil {
+			conn.Close()
+			fmt.Printf("reached %s after %.1f s\n", os.Args[1], time.Since(start).Seconds())
+			return
+		}
+		time.Sleep(250 * time.Millisecond)
 	}
-	conn.Close()
-	fmt.Printf("reached %s\n", os.Args[1])
+	fmt.Printf("unreachable %s for %d s: %v\n", os.Args[1], seconds, err)
+	os.Exit(1)
 }
