@@ -40,6 +40,8 @@ diagnose() {
   done
 }
 fail() { echo "error: $*" >&2; diagnose; exit 1; }
+# A port-forward of control_api interrupted by a failure goes with the script.
+trap 'kill $(jobs -p) 2>/dev/null || true' EXIT
 
 # Waits for a condition (a shell function or command) with a deadline.
 until_true() {

@@ -205,6 +205,11 @@ cgroup_up() {
 }
 cgroup_down() {
   local h
+  # Whatever still runs in the node's cgroup (a container whose shim went first) goes now.
+  if [ -d /sys/fs/cgroup/pids/sidereal-node ]; then
+    find /sys/fs/cgroup/pids/sidereal-node -name cgroup.procs -exec cat {} + 2>/dev/null | xargs -r kill -9 2>/dev/null || true
+    sleep 0.5
+  fi
   for h in $(cgroup_hierarchies); do
     # Deepest first; a cgroup dir is removed with rmdir once empty of processes.
     [ -d "$h/sidereal-node" ] && find "$h/sidereal-node" -depth -type d -exec rmdir {} + 2>/dev/null || true
@@ -221,9 +226,12 @@ up() {
   # Paths outside the work folder that the kubelet (device plugins, pod resources) and the CNI
   # library (its result cache) use whatever they are told: removed by `down` when this made
   # them, else only this node's entries in them.
-  for path in /var/lib/kubelet /var/lib/cni /run/containerd; do
+  for path in /var/lib/kubelet /var/lib/cni /run/containerd /etc/cni; do
     [ -e "$path" ] || echo "$path" >> "$work/made-outside"
   done
+  # containerd puts each pod's network namespace in /run/netns (cni-...): `down` removes the
+  # ones that were not there before.
+  ls /run/netns 2>/dev/null > "$work/netns-before" || true
   network_up
   cgroup_up
 
@@ -278,6 +286,12 @@ down() {
   # The CNI result cache keeps one file per pod sandbox and interface.
   for id in $containers; do rm -f /var/lib/cni/results/*-"$id"-*; done
   cgroup_down
+  if [ -f "$work/netns-before" ]; then
+    local ns_name
+    for ns_name in $(ls /run/netns 2>/dev/null | grep '^cni-' || true); do
+      grep -qx "$ns_name" "$work/netns-before" || ip netns delete "$ns_name" 2>/dev/null || true
+    done
+  fi
   ip netns delete "$netns" 2>/dev/null || true
   ip link delete sdr-host 2>/dev/null || true
   # Container root file systems are mounts under the work folder.
