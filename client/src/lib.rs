@@ -330,6 +330,15 @@ impl GameClient {
         f.seen_updates = 0;
         f.reconnects += 1;
         tracing::info!(server = ?self.server(), reconnects = f.reconnects, "game server silent; connecting again");
+        // The old connection says goodbye first, so its server frees the session at once: a
+        // load balancer may send the new one to that same server, which refuses a session it
+        // still holds until it times out.
+        if self.is_connected() {
+            self.app.world_mut().trigger(Disconnect {
+                entity: self.entity,
+            });
+            self.app.update();
+        }
         match Self::connect_as(self.login.clone(), self.transport, self.mode) {
             Ok(fresh) => {
                 self.app = fresh.app;
