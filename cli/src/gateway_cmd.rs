@@ -316,6 +316,36 @@ mod tests {
     }
 
     #[test]
+    fn drain_linger_is_seconds_and_bad_values_are_refused_with_the_flag_named() {
+        assert_eq!(parse(&[]).drain_linger, std::time::Duration::from_secs(2));
+        assert_eq!(
+            parse(&["--drain-linger", "0.5"]).drain_linger,
+            std::time::Duration::from_millis(500)
+        );
+        for bad in ["soon", "-1", "NaN", "inf", "1e300"] {
+            let flag = format!("--drain-linger={bad}");
+            let argv = [
+                "gateway",
+                "--name",
+                "gw-0",
+                "--secret",
+                "a-long-enough-secret",
+                "--netcode-key",
+                "00112233445566778899aabbccddeeff00112233445566778899aabbccddeeff",
+                &flag,
+            ];
+            let err = Cli::try_parse_from(argv)
+                .err()
+                .expect("refused")
+                .to_string();
+            assert!(
+                err.contains("--drain-linger") && err.contains("not a number of seconds"),
+                "{bad}: {err}"
+            );
+        }
+    }
+
+    #[test]
     fn tokens_never_name_an_unspecified_address() {
         let any = ["--game-udp", "0.0.0.0:7702", "--game-ws", "0.0.0.0:7703"];
         let err = config(&parse(&any)).unwrap_err().to_string();

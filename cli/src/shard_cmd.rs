@@ -95,10 +95,11 @@ fn serve_streams(
 }
 
 pub(crate) fn parse_secs(s: &str) -> Result<Duration, String> {
+    // try_from: a value too big for a Duration (1e300) is refused instead of panicking.
     s.parse::<f64>()
         .ok()
         .filter(|v| v.is_finite() && *v >= 0.0)
-        .map(Duration::from_secs_f64)
+        .and_then(|v| Duration::try_from_secs_f64(v).ok())
         .ok_or_else(|| format!("{s:?} is not a number of seconds"))
 }
 

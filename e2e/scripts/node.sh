@@ -206,9 +206,13 @@ cgroup_up() {
 cgroup_down() {
   local h
   # Whatever still runs in the node's cgroup (a container whose shim went first) goes now.
-  if [ -d /sys/fs/cgroup/pids/sidereal-node ]; then
-    find /sys/fs/cgroup/pids/sidereal-node -name cgroup.procs -exec cat {} + 2>/dev/null | xargs -r kill -9 2>/dev/null || true
-    sleep 0.5
+  local procs="/sys/fs/cgroup/pids/sidereal-node"
+  if [ -d "$procs" ]; then
+    local deadline=$(( $(date +%s) + 10 ))
+    while [ -n "$(find "$procs" -name cgroup.procs -exec cat {} + 2>/dev/null)" ] && [ "$(date +%s)" -lt "$deadline" ]; do
+      find "$procs" -name cgroup.procs -exec cat {} + 2>/dev/null | xargs -r kill -9 2>/dev/null || true
+      sleep 0.1
+    done
   fi
   for h in $(cgroup_hierarchies); do
     # Deepest first; a cgroup dir is removed with rmdir once empty of processes.
