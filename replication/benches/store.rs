@@ -6,6 +6,7 @@ use std::time::Instant;
 use sidereal_core::{EntityId, EntityKind, EntitySnapshot, EntityState, SectorId, ShardId};
 use sidereal_replication::mirror::EntityRecord;
 use sidereal_replication::store::{EntityRow, Store, WriteMode};
+use sidereal_replication::store_follower::{LoadedWorld, StoreFollower};
 
 fn rows(n: usize, version: u64) -> Vec<EntityRow> {
     (0..n)
@@ -33,6 +34,64 @@ fn rows(n: usize, version: u64) -> Vec<EntityRow> {
         })
         .filter_map(|r| EntityRow::from_record(&r))
         .collect()
+}
+
+/// An authority holding `loaded`'s live entities, as a new leader starts.
+fn restore(loaded: LoadedWorld, world: &[SectorId]) -> sidereal_replication::Authority {
+    let mut a = sidereal_replication::Authority::new(sidereal_replication::AuthorityConfig {
+        world: world.to_vec(),
+        secret: "s".into(),
+        tick_hz: 30,
+        shadow_margin: 50.0,
+    });
+    for (s, e, v) in loaded.entities {
+        a.load_entity(s, e, v);
+    }
+    a
+}
+
+/// What a takeover reads: a cold start reads every row; a warm standby, which followed the
+/// store while it waited, reads only the last checkpoint's changes (here a tenth of the world
+/// moved since it last looked). Both end in the same authority.
+async fn takeover_reads() {
+    println!("| backend | stored entities | changed since the standby last read | cold: read + restore | warm: last changes + restore | of which restore | the standby's first read |");
+    println!("|---|---|---|---|---|---|---|");
+    let world = vec![SectorId::new(4, 0, 0).unwrap()];
+    for backend in ["postgres", "sqlite"] {
+        for n in [200_000usize, 1_000_000] {
+            let store = fresh(backend, &format!("takeover_{backend}_{n}")).await;
+            for chunk in rows(n, 1).chunks(100_000) {
+                store.write_checkpoint(chunk, &[]).await.unwrap();
+            }
+            let t = Instant::now();
+            let mut warm = StoreFollower::default();
+            warm.catch_up(&store).await.unwrap();
+            let first = t.elapsed().as_secs_f64();
+            let changed: Vec<EntityRow> = rows(n, 2).into_iter().step_by(10).collect();
+            store.write_checkpoint(&changed, &[]).await.unwrap();
+
+            let t = Instant::now();
+            let cold = StoreFollower::load(&store, &world).await.unwrap();
+            let cold_read = t.elapsed().as_secs_f64();
+            let a = restore(cold, &world);
+            let cold_total = t.elapsed().as_secs_f64();
+            let restore_cold = cold_total - cold_read;
+            drop(a);
+
+            let t = Instant::now();
+            let read = warm.catch_up(&store).await.unwrap();
+            let loaded = warm.into_world(&store, &world).await.unwrap();
+            let warm_read = t.elapsed().as_secs_f64();
+            let a = restore(loaded, &world);
+            let warm_total = t.elapsed().as_secs_f64();
+            assert_eq!(a.mirror().len(), n);
+            println!(
+                "| {backend} | {n} | {read} | {cold_total:.2} s | {warm_total:.2} s | {:.2} s / {:.2} s | {first:.2} s |",
+                restore_cold,
+                warm_total - warm_read,
+            );
+        }
+    }
 }
 
 async fn fresh(kind: &str, tag: &str) -> Store {
@@ -63,6 +122,11 @@ async fn fresh(kind: &str, tag: &str) -> Store {
 
 #[tokio::main(flavor = "current_thread")]
 async fn main() {
+    // `scripts/bench-store.sh takeover`: only the takeover reads.
+    if std::env::args().any(|a| a == "takeover") {
+        takeover_reads().await;
+        return;
+    }
     println!("| backend | dirty rows | method | first write rows/s | update rows/s |");
     println!("|---|---|---|---|---|");
     for backend in ["postgres", "sqlite"] {
@@ -89,6 +153,8 @@ async fn main() {
         }
     }
     println!();
+    takeover_reads().await;
+    println!();
     let world = vec![SectorId::new(4, 0, 0).unwrap()];
     for backend in ["postgres", "sqlite"] {
         let store = fresh(backend, &format!("restore_{backend}")).await;
@@ -97,7 +163,7 @@ async fn main() {
             .await
             .unwrap();
         let t = Instant::now();
-        let loaded = store.load(&world).await.unwrap();
+        let loaded = StoreFollower::load(&store, &world).await.unwrap();
         let mut a = sidereal_replication::Authority::new(sidereal_replication::AuthorityConfig {
             world: world.clone(),
             secret: "s".into(),

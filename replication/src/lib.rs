@@ -20,6 +20,7 @@ pub mod rules;
 pub mod server;
 pub mod state;
 pub mod store;
+pub mod store_follower;
 pub mod tls;
 
 pub use authority::{Authority, AuthorityConfig, LinkError, LinkId, PutPlacementError};

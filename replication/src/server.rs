@@ -26,6 +26,7 @@ use crate::players::on_gateway_event;
 use crate::ports::{resolve_tcp, resolve_udp};
 use crate::state::Shared;
 use crate::store::{Store, StoreError};
+use crate::store_follower::StoreFollower;
 
 /// How often the leader renews its lease on the store.
 const LEASE_RENEW_EVERY: Duration = Duration::from_secs(1);
@@ -182,6 +183,37 @@ async fn top_up_incarnations(
     Ok(())
 }
 
+/// One round of a standby following the store: reads what changed, and says how far it got
+/// (a failure is logged at most every 10 s and retried next round).
+async fn follow_store(
+    store: &Store,
+    follower: &mut StoreFollower,
+    status: &crate::http::standby::FollowStatus,
+    warned: &mut Option<Instant>,
+) {
+    let first = follower.through().is_none();
+    let t = Instant::now();
+    match follower.catch_up(store).await {
+        Ok(read) => {
+            status.followed(follower.len(), follower.through().unwrap_or(0));
+            if first {
+                info!(
+                    entities = follower.len(),
+                    read,
+                    seconds = t.elapsed().as_secs_f64(),
+                    "standby: read the world; following its changes"
+                );
+            }
+        }
+        Err(e) => {
+            if warned.is_none_or(|at| at.elapsed() >= Duration::from_secs(10)) {
+                warn!(error = %e, "standby: cannot follow the store; retrying");
+                *warned = Some(Instant::now());
+            }
+        }
+    }
+}
+
 /// Opens the store, restores the world (or seeds a new one, durably), binds both listeners and
 /// serves.
 pub async fn start(
@@ -201,16 +233,24 @@ pub async fn start(
         std::env::var("HOSTNAME").unwrap_or_else(|_| "replication".into()),
         std::process::id()
     );
+    let mut follower = StoreFollower::default();
     let epoch = if config.standby {
         // A standby takes the store only once its leader is gone, and only if no other standby
         // took it first (compare-and-set on the lease).
         info!(lease = ?config.leader_lease, "standby: waiting for the store's leader to go");
+        let status = Arc::new(crate::http::standby::FollowStatus::default());
         let probes = match config.standby_probes {
-            true => crate::http::standby::StandbyHttp::serve(config.http).await,
+            true => crate::http::standby::StandbyHttp::serve(config.http, status.clone()).await,
             false => None,
         };
         set_pod_role(pod_role.as_ref(), "standby").await;
-        let epoch = store.await_leadership(&holder, config.leader_lease).await?;
+        // Warm: the world is read while waiting, so taking over reads only the last changes.
+        let mut warned = None;
+        let epoch = store
+            .await_leadership(&holder, config.leader_lease, async || {
+                follow_store(&store, &mut follower, &status, &mut warned).await
+            })
+            .await?;
         if let Some(p) = probes {
             p.stop().await;
         }
@@ -221,8 +261,12 @@ pub async fn start(
     };
     info!(backend = store.backend(), epoch, %holder, "store open; leading it");
     let mut authority = Authority::new(config.authority.clone());
+    // What a standby followed is read on from where it stopped: the changes of its last
+    // moment, written before the old leader was fenced out. A leader starting cold reads all.
     let t0 = Instant::now();
-    let loaded = store.load(&config.authority.world).await?;
+    let followed = follower.len();
+    let read_at_start = follower.catch_up(&store).await?;
+    let loaded = follower.into_world(&store, &config.authority.world).await?;
     for (id, reason) in &loaded.quarantined {
         warn!(id, %reason, "stored entity quarantined, not loaded");
     }
@@ -248,9 +292,12 @@ pub async fn start(
         roots = authority.world().len(),
         quarantined = loaded.quarantined.len(),
         generation = authority.placement().generation,
+        followed,
+        read_at_start,
         seconds = t0.elapsed().as_secs_f64(),
         "world restored"
     );
+    let restore_time = t0.elapsed();
     let seeded = authority.mirror().is_empty() && config.seed_entities > 0;
     if seeded {
         seed_world(&mut authority, config.seed_entities, config.seed);
@@ -296,6 +343,11 @@ pub async fn start(
         login,
         config.sessions,
     );
+    {
+        let mut health = shared.store_health.lock().expect("store health lock");
+        health.rows_read_at_start = read_at_start as u64;
+        health.restore_time = restore_time;
+    }
     if seeded {
         // Spawns are durable before anyone sees them.
         shared.checkpoint().await?;

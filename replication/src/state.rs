@@ -30,6 +30,10 @@ pub struct StoreHealth {
     pub report_rounds_late: u64,
     /// How long the last round took to come in.
     pub last_report_wait: Duration,
+    /// Rows read from the store on taking it (all of them on a cold start; a warm standby's
+    /// last changes on a takeover), and how long restoring the world took.
+    pub rows_read_at_start: u64,
+    pub restore_time: Duration,
 }
 
 /// Bytes moved on shard links, counted by the link tasks.

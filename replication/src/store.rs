@@ -35,6 +35,38 @@ macro_rules! fenced_rows {
     }};
 }
 
+/// Takes the next change number in `tx`: its row stays locked until `tx` ends, so change
+/// numbers commit in the order they are taken and a follower that has read through change `n`
+/// has seen every write numbered `n` or less.
+macro_rules! next_change {
+    ($tx:ident) => {
+        sqlx::query_scalar::<_, i64>(
+            "UPDATE entity_changes SET seq = seq + 1 WHERE id = 1 RETURNING seq",
+        )
+        .fetch_one(&mut *$tx)
+        .await?
+    };
+}
+
+/// Every 64th change, drops tombstones more than [`TOMBSTONES_KEPT`] changes old and says so.
+macro_rules! prune_tombstones {
+    ($tx:ident, $seq:expr) => {
+        if $seq % 64 == 0 {
+            let below = $seq - TOMBSTONES_KEPT;
+            sqlx::query("DELETE FROM entity_tombstones WHERE seq < $1")
+                .bind(below)
+                .execute(&mut *$tx)
+                .await?;
+            sqlx::query(
+                "UPDATE entity_changes SET tombstones_from = $1 WHERE id = 1 AND tombstones_from < $1",
+            )
+            .bind(below)
+            .execute(&mut *$tx)
+            .await?;
+        }
+    };
+}
+
 /// The database's clock in milliseconds since 1970: leases are judged by one clock.
 const PG_NOW_MS: &str = "(extract(epoch from clock_timestamp()) * 1000)::bigint";
 const SQLITE_NOW_MS: &str = "CAST((julianday('now') - 2440587.5) * 86400000 AS INTEGER)";
@@ -191,17 +223,17 @@ pub enum WriteMode {
     PerRow,
 }
 
-/// The world as loaded at start.
+/// What changed in `entities` after some change number, read in one snapshot.
 #[derive(Debug, Default)]
-pub struct LoadedWorld {
-    /// The roots: the stored placement's, else the ones the caller gave.
-    pub world: Vec<SectorId>,
-    pub entities: Vec<(EntitySnapshot, Epoch, u64)>,
-    /// Entities no root covers (their root was removed): kept, not simulated.
-    pub archived: Vec<(EntitySnapshot, Epoch, u64)>,
-    /// (id, reason) of rows moved to quarantine.
-    pub quarantined: Vec<(i64, String)>,
-    pub placement: Option<Placement>,
+pub struct StoreChanges {
+    /// The change these are complete through: read again after it next time.
+    pub through: i64,
+    /// `rows` is the whole table: drop what was read before.
+    pub whole: bool,
+    /// Rows written since (their current value), by id; a row that does not decode says why.
+    pub rows: Vec<(i64, Result<EntityRow, String>)>,
+    /// Ids deleted since.
+    pub deleted: Vec<i64>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -233,7 +265,12 @@ const COLUMNS: &str =
     "id, kind, sector, pos_x, pos_y, vel_x, vel_y, angle, ang_vel, player, owner_epoch, version";
 const UPDATE_SET: &str = "kind = EXCLUDED.kind, sector = EXCLUDED.sector, pos_x = EXCLUDED.pos_x, pos_y = EXCLUDED.pos_y, \
     vel_x = EXCLUDED.vel_x, vel_y = EXCLUDED.vel_y, angle = EXCLUDED.angle, ang_vel = EXCLUDED.ang_vel, \
-    player = EXCLUDED.player, owner_epoch = EXCLUDED.owner_epoch, version = EXCLUDED.version";
+    player = EXCLUDED.player, owner_epoch = EXCLUDED.owner_epoch, version = EXCLUDED.version, \
+    changed_seq = EXCLUDED.changed_seq";
+
+/// Tombstones kept behind the newest change: a follower further behind than this many changes
+/// (over an hour of one-second checkpoints) reads the whole table again.
+pub const TOMBSTONES_KEPT: i64 = 4096;
 
 impl Store {
     fn new(db: Db) -> Self {
@@ -379,11 +416,12 @@ impl Store {
             Db::Postgres(p) => {
                 let mut tx = p.begin().await?;
                 self.fence_pg(&mut tx).await?;
+                let seq = next_change!(tx);
                 match mode {
-                    WriteMode::Fast => pg_copy_upsert(&mut tx, rows).await?,
+                    WriteMode::Fast => pg_copy_upsert(&mut tx, rows, seq).await?,
                     WriteMode::MultiRow => {
                         for chunk in rows.chunks(4000) {
-                            multi_row_upsert::<sqlx::Postgres>(chunk)
+                            multi_row_upsert::<sqlx::Postgres>(chunk, seq)
                                 .build()
                                 .execute(&mut *tx)
                                 .await?;
@@ -391,7 +429,7 @@ impl Store {
                     }
                     WriteMode::PerRow => {
                         for r in rows {
-                            multi_row_upsert::<sqlx::Postgres>(std::slice::from_ref(r))
+                            multi_row_upsert::<sqlx::Postgres>(std::slice::from_ref(r), seq)
                                 .build()
                                 .execute(&mut *tx)
                                 .await?;
@@ -399,96 +437,107 @@ impl Store {
                     }
                 }
                 if !removed.is_empty() {
-                    sqlx::query("DELETE FROM entities WHERE id = ANY($1)")
-                        .bind(removed)
-                        .execute(&mut *tx)
-                        .await?;
+                    sqlx::query(
+                        "WITH gone AS (DELETE FROM entities WHERE id = ANY($1) RETURNING id) \
+                         INSERT INTO entity_tombstones (id, seq) SELECT id, $2 FROM gone",
+                    )
+                    .bind(removed)
+                    .bind(seq)
+                    .execute(&mut *tx)
+                    .await?;
                 }
+                prune_tombstones!(tx, seq);
                 tx.commit().await?;
             }
             Db::Sqlite(p) => {
                 let mut tx = p.begin().await?;
                 self.fence_sqlite(&mut tx).await?;
+                let seq = next_change!(tx);
                 let chunk = if mode == WriteMode::PerRow { 1 } else { 2000 };
                 for c in rows.chunks(chunk) {
-                    multi_row_upsert::<sqlx::Sqlite>(c)
+                    multi_row_upsert::<sqlx::Sqlite>(c, seq)
                         .build()
                         .execute(&mut *tx)
                         .await?;
                 }
-                for c in removed.chunks(2000) {
-                    let mut q =
-                        QueryBuilder::<sqlx::Sqlite>::new("DELETE FROM entities WHERE id IN (");
-                    let mut sep = q.separated(", ");
-                    for id in c {
-                        sep.push_bind(*id);
-                    }
-                    q.push(")");
-                    q.build().execute(&mut *tx).await?;
-                }
+                sqlite_delete_entities(&mut tx, removed, seq).await?;
+                prune_tombstones!(tx, seq);
                 tx.commit().await?;
             }
         }
         Ok(())
     }
 
-    /// Loads the world: its roots are the stored placement's (else `world`); entities inside
-    /// them are live, valid ones outside are archived; rows that do not decode or validate
-    /// are moved to `quarantine` (in one transaction) and reported, never loaded.
-    pub async fn load(&self, world: &[SectorId]) -> Result<LoadedWorld, StoreError> {
-        let placement = self.load_placement().await?;
-        let world = placement
-            .as_ref()
-            .and_then(|p| p.world.clone())
-            .unwrap_or_else(|| world.to_vec());
-        let sql = format!("SELECT {COLUMNS} FROM entities ORDER BY id");
-        let decoded: Vec<(i64, Result<EntityRow, sqlx::Error>)> = match &self.db {
-            Db::Postgres(p) => sqlx::query(&sql)
-                .fetch_all(p)
-                .await?
-                .iter()
-                .map(|r| (r.try_get("id").unwrap_or(-1), pg_row(r)))
-                .collect(),
-            Db::Sqlite(p) => sqlx::query(&sql)
-                .fetch_all(p)
-                .await?
-                .iter()
-                .map(|r| (r.try_get("id").unwrap_or(-1), sqlite_row(r)))
-                .collect(),
-        };
-        let mut out = LoadedWorld::default();
-        let mut bad: Vec<(i64, String, String)> = Vec::new();
-        for (id, r) in decoded {
-            match r {
-                Ok(row) => match row.validate() {
-                    Ok((snapshot, epoch, version, sector)) => {
-                        if world.iter().any(|r| r.covers(&sector)) {
-                            out.entities.push((snapshot, epoch, version));
-                        } else {
-                            out.archived.push((snapshot, epoch, version));
-                        }
+    /// Reads what changed in `entities` after change `after` (everything when `None`, or when
+    /// the tombstones since then were pruned), in one snapshot of the database.
+    pub async fn read_changes(&self, after: Option<i64>) -> Result<StoreChanges, StoreError> {
+        macro_rules! read {
+            ($pool:expr, $begin:expr, $decode:expr) => {{
+                let mut tx = $pool.begin().await?;
+                for stmt in $begin {
+                    sqlx::query(stmt).execute(&mut *tx).await?;
+                }
+                let counter: Option<(i64, i64)> =
+                    sqlx::query_as("SELECT seq, tombstones_from FROM entity_changes WHERE id = 1")
+                        .fetch_optional(&mut *tx)
+                        .await?;
+                let (through, tombstones_from) = counter.unwrap_or((0, 0));
+                let since = match after {
+                    Some(a) if a <= through && a.saturating_add(1) >= tombstones_from => Some(a),
+                    _ => None,
+                };
+                let rows_sql = match since {
+                    Some(_) => format!("SELECT {COLUMNS} FROM entities WHERE changed_seq > $1"),
+                    None => format!("SELECT {COLUMNS} FROM entities"),
+                };
+                let rows = sqlx::query(&rows_sql)
+                    .bind(since.unwrap_or(0))
+                    .fetch_all(&mut *tx)
+                    .await?
+                    .iter()
+                    .map(|r| {
+                        (
+                            r.try_get("id").unwrap_or(-1),
+                            $decode(r).map_err(|e| e.to_string()),
+                        )
+                    })
+                    .collect();
+                let deleted = match since {
+                    Some(a) => {
+                        sqlx::query_scalar("SELECT id FROM entity_tombstones WHERE seq > $1")
+                            .bind(a)
+                            .fetch_all(&mut *tx)
+                            .await?
                     }
-                    Err(reason) => bad.push((id, reason, format!("{row:?}"))),
-                },
-                Err(e) => bad.push((id, format!("row does not decode: {e}"), String::new())),
-            }
+                    None => Vec::new(),
+                };
+                tx.commit().await?;
+                StoreChanges {
+                    through,
+                    whole: since.is_none(),
+                    rows,
+                    deleted,
+                }
+            }};
         }
-        if !bad.is_empty() {
-            self.quarantine(&bad).await?;
-            out.quarantined = bad
-                .into_iter()
-                .map(|(id, reason, _)| (id, reason))
-                .collect();
-        }
-        out.placement = placement;
-        out.world = world;
-        Ok(out)
+        Ok(match &self.db {
+            Db::Postgres(p) => read!(
+                p,
+                ["SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY"],
+                pg_row
+            ),
+            Db::Sqlite(p) => read!(p, [] as [&str; 0], sqlite_row),
+        })
     }
 
-    async fn quarantine(&self, bad: &[(i64, String, String)]) -> Result<(), StoreError> {
+    /// Moves rows that cannot be loaded to `quarantine`, in one transaction, fenced like every
+    /// write; followers see them deleted.
+    pub async fn quarantine(&self, bad: &[(i64, String, String)]) -> Result<(), StoreError> {
         macro_rules! move_rows {
-            ($pool:expr) => {{
+            ($pool:expr, $fence:ident) => {{
                 let mut tx = $pool.begin().await?;
+                self.$fence(&mut tx).await?;
+                let seq = next_change!(tx);
                 for (id, reason, text) in bad {
                     sqlx::query(
                         "INSERT INTO quarantine (id, reason, row_text) VALUES ($1, $2, $3)",
@@ -502,13 +551,18 @@ impl Store {
                         .bind(id)
                         .execute(&mut *tx)
                         .await?;
+                    sqlx::query("INSERT INTO entity_tombstones (id, seq) VALUES ($1, $2)")
+                        .bind(id)
+                        .bind(seq)
+                        .execute(&mut *tx)
+                        .await?;
                 }
                 tx.commit().await?;
             }};
         }
         match &self.db {
-            Db::Postgres(p) => move_rows!(p),
-            Db::Sqlite(p) => move_rows!(p),
+            Db::Postgres(p) => move_rows!(p, fence_pg),
+            Db::Sqlite(p) => move_rows!(p, fence_sqlite),
         }
         Ok(())
     }
@@ -722,7 +776,14 @@ impl Store {
     /// Waits, as a standby, until nobody leads the store or its leader's lease is older than
     /// `lease` (the leader died, hangs, or let go), checking four times a second, and takes it
     /// then: the epoch. Another standby that takes it first is waited out like any leader.
-    pub async fn await_leadership(&self, holder: &str, lease: Duration) -> Result<u64, StoreError> {
+    /// `between` runs after each check that found a live leader (a warm standby follows the
+    /// store there).
+    pub async fn await_leadership(
+        &self,
+        holder: &str,
+        lease: Duration,
+        mut between: impl AsyncFnMut(),
+    ) -> Result<u64, StoreError> {
         let sql = |now: &str| {
             format!("SELECT epoch, holder, {now} - renewed_ms FROM leadership WHERE id = 1")
         };
@@ -756,7 +817,9 @@ impl Store {
             if vacant && let Some(epoch) = self.take_vacant_leadership(holder, lease).await? {
                 return Ok(epoch);
             }
-            tokio::time::sleep(Duration::from_millis(250)).await;
+            let next = tokio::time::Instant::now() + Duration::from_millis(250);
+            between().await;
+            tokio::time::sleep_until(next).await;
         }
     }
 
@@ -926,7 +989,33 @@ impl Store {
     }
 }
 
-fn multi_row_upsert<'a, DB>(rows: &'a [EntityRow]) -> QueryBuilder<'a, DB>
+/// Deletes `removed` from `entities` in `tx`, leaving tombstones numbered `seq`.
+async fn sqlite_delete_entities(
+    tx: &mut sqlx::Transaction<'_, sqlx::Sqlite>,
+    removed: &[i64],
+    seq: i64,
+) -> Result<(), sqlx::Error> {
+    for c in removed.chunks(2000) {
+        let mut q = QueryBuilder::<sqlx::Sqlite>::new("DELETE FROM entities WHERE id IN (");
+        let mut sep = q.separated(", ");
+        for id in c {
+            sep.push_bind(*id);
+        }
+        q.push(") RETURNING id");
+        let gone: Vec<i64> = q.build_query_scalar().fetch_all(&mut **tx).await?;
+        if gone.is_empty() {
+            continue;
+        }
+        let mut q = QueryBuilder::<sqlx::Sqlite>::new("INSERT INTO entity_tombstones (id, seq) ");
+        q.push_values(&gone, |mut b, id| {
+            b.push_bind(*id).push(seq);
+        });
+        q.build().execute(&mut **tx).await?;
+    }
+    Ok(())
+}
+
+fn multi_row_upsert<'a, DB>(rows: &'a [EntityRow], seq: i64) -> QueryBuilder<'a, DB>
 where
     DB: sqlx::Database,
     i64: sqlx::Encode<'a, DB> + sqlx::Type<DB>,
@@ -935,7 +1024,7 @@ where
     bool: sqlx::Encode<'a, DB> + sqlx::Type<DB>,
     &'a str: sqlx::Encode<'a, DB> + sqlx::Type<DB>,
 {
-    let mut q = QueryBuilder::<DB>::new(format!("INSERT INTO entities ({COLUMNS}) "));
+    let mut q = QueryBuilder::<DB>::new(format!("INSERT INTO entities ({COLUMNS}, changed_seq) "));
     q.push_values(rows, |mut b, r| {
         b.push_bind(r.id)
             .push_bind(r.kind)
@@ -948,7 +1037,9 @@ where
             .push_bind(r.ang_vel)
             .push_bind(r.player)
             .push_bind(r.owner_epoch)
-            .push_bind(r.version);
+            .push_bind(r.version)
+            // A number this store made, not input: inline, so binds stay under SQLite's limit.
+            .push(seq);
     });
     q.push(format!(
         " ON CONFLICT (id) DO UPDATE SET {UPDATE_SET} WHERE entities.version <= EXCLUDED.version"
@@ -959,6 +1050,7 @@ where
 async fn pg_copy_upsert(
     tx: &mut sqlx::Transaction<'_, sqlx::Postgres>,
     rows: &[EntityRow],
+    seq: i64,
 ) -> Result<(), sqlx::Error> {
     if rows.is_empty() {
         return Ok(());
@@ -992,9 +1084,10 @@ async fn pg_copy_upsert(
     copy.send(text.into_bytes()).await?;
     copy.finish().await?;
     sqlx::query(&format!(
-        "INSERT INTO entities ({COLUMNS}) SELECT {COLUMNS} FROM entities_stage \
+        "INSERT INTO entities ({COLUMNS}, changed_seq) SELECT {COLUMNS}, $1 FROM entities_stage \
          ON CONFLICT (id) DO UPDATE SET {UPDATE_SET}, updated_at = now() WHERE entities.version <= EXCLUDED.version"
     ))
+    .bind(seq)
     .execute(&mut **tx)
     .await?;
     Ok(())

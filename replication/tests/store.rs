@@ -8,6 +8,7 @@ use sidereal_core::{
 };
 use sidereal_replication::mirror::EntityRecord;
 use sidereal_replication::store::{Account, Db, EntityRow, Store, StoreError, WriteMode};
+use sidereal_replication::store_follower::StoreFollower;
 
 fn world() -> Vec<SectorId> {
     vec![SectorId::new(2, 0, 0).unwrap()]
@@ -73,7 +74,7 @@ async fn checkpoints_round_trip_newer_versions_win_and_deletes_apply() {
         // A newer version moves entity 1, an older one for entity 2 is ignored, 3 is deleted.
         let newer = rows(&[record(1, 77.0, 6), record(2, 99.0, 4)]);
         store.write_checkpoint(&newer, &[3]).await.unwrap();
-        let loaded = store.load(&world()).await.unwrap();
+        let loaded = StoreFollower::load(&store, &world()).await.unwrap();
         assert_eq!(loaded.entities.len(), 499, "{url}");
         assert!(loaded.quarantined.is_empty(), "{url}");
         let get = |id: u64| {
@@ -167,7 +168,7 @@ async fn bad_rows_are_quarantined_not_loaded() {
             Db::Postgres(p) => sqlx::query(&outside).execute(p).await.map(|_| ()).unwrap(),
             Db::Sqlite(p) => sqlx::query(&outside).execute(p).await.map(|_| ()).unwrap(),
         }
-        let loaded = store.load(&world()).await.unwrap();
+        let loaded = StoreFollower::load(&store, &world()).await.unwrap();
         assert_eq!(loaded.entities.len(), 1, "{url}: only the good row is live");
         assert_eq!(
             loaded.archived.iter().map(|e| e.0.id.0).collect::<Vec<_>>(),
@@ -187,7 +188,7 @@ async fn bad_rows_are_quarantined_not_loaded() {
             );
         }
         // Moved, not copied: the next start loads cleanly and the quarantine keeps them.
-        let again = store.load(&world()).await.unwrap();
+        let again = StoreFollower::load(&store, &world()).await.unwrap();
         assert!(
             again.quarantined.is_empty() && again.entities.len() == 1 && again.archived.len() == 1,
             "{url}"
@@ -449,5 +450,166 @@ async fn only_one_standby_takes_a_vacant_store_and_never_a_live_leaders() {
         assert_eq!(won, vec![2], "{url}: exactly one of two racing standbys");
         let refused = first.check_leading().await;
         assert!(refused.is_err_and(|e| e.is_deposed()), "{url}");
+    }
+}
+
+/// Runs `sql` on whichever database `store` is.
+async fn exec(store: &Store, sql: &str) {
+    match store.db() {
+        Db::Postgres(p) => sqlx::query(sql).execute(p).await.map(|_| ()).unwrap(),
+        Db::Sqlite(p) => sqlx::query(sql).execute(p).await.map(|_| ()).unwrap(),
+    }
+}
+
+/// Live entities as (id, position, epoch, version), and archived ids.
+type WorldRows = (Vec<(u64, [f32; 2], u64, u64)>, Vec<u64>);
+
+/// What two loads of the same store must agree on.
+fn world_of(w: &sidereal_replication::store_follower::LoadedWorld) -> WorldRows {
+    let mut live: Vec<_> = w
+        .entities
+        .iter()
+        .map(|(s, e, v)| (s.id.0, s.state.pos, *e, *v))
+        .collect();
+    live.sort_by_key(|e| e.0);
+    let mut archived: Vec<_> = w.archived.iter().map(|(s, _, _)| s.id.0).collect();
+    archived.sort_unstable();
+    (live, archived)
+}
+
+#[tokio::test]
+async fn a_follower_reads_only_what_changed_and_ends_where_a_full_load_does() {
+    for (store, url) in stores().await {
+        let first: Vec<_> = (1..=50).map(|i| record(i, i as f32, 1)).collect();
+        store.write_checkpoint(&rows(&first), &[]).await.unwrap();
+        let mut warm = StoreFollower::default();
+        assert_eq!(
+            warm.catch_up(&store).await.unwrap(),
+            50,
+            "{url}: all, the first time"
+        );
+        assert_eq!(
+            warm.catch_up(&store).await.unwrap(),
+            0,
+            "{url}: nothing changed"
+        );
+
+        // 10 moved, 5 deleted, 5 new, one that cannot be loaded, one older version (ignored).
+        let mut changed: Vec<_> = (1..=10).map(|i| record(i, i as f32 + 100.0, 2)).collect();
+        changed.extend((51..=55).map(|i| record(i, i as f32, 1)));
+        changed.push(record(20, 900.0, 0));
+        let mut changed = rows(&changed);
+        let mut bad = rows(&[record(56, 5.0, 1)]).remove(0);
+        bad.sector = "s0-x999-y0".into();
+        changed.push(bad);
+        store
+            .write_checkpoint(&changed, &[11, 12, 13, 14, 15])
+            .await
+            .unwrap();
+        assert_eq!(
+            warm.catch_up(&store).await.unwrap(),
+            16,
+            "{url}: the changed rows only (the older version was not written)"
+        );
+        assert_eq!(warm.len(), 50 - 5 + 5 + 1, "{url}");
+
+        // A cold load agrees, and quarantines the bad row; the warm follower sees it leave.
+        let cold = StoreFollower::load(&store, &world()).await.unwrap();
+        assert_eq!(cold.quarantined.len(), 1, "{url}");
+        assert_eq!(warm.catch_up(&store).await.unwrap(), 0, "{url}");
+        assert_eq!(
+            warm.len(),
+            50,
+            "{url}: the quarantined row's tombstone applied"
+        );
+        let warm = warm.into_world(&store, &world()).await.unwrap();
+        assert!(warm.quarantined.is_empty(), "{url}");
+        assert_eq!(world_of(&warm), world_of(&cold), "{url}");
+        assert_eq!(warm.entities.len(), 50, "{url}");
+        let moved = warm
+            .entities
+            .iter()
+            .find(|e| e.0.id == EntityId(3))
+            .unwrap();
+        assert_eq!((moved.0.state.pos, moved.2), ([103.0, 10.0], 2), "{url}");
+    }
+}
+
+#[tokio::test]
+async fn a_follower_behind_the_kept_tombstones_reads_everything_again() {
+    for (store, url) in stores().await {
+        let first: Vec<_> = (1..=20).map(|i| record(i, i as f32, 1)).collect();
+        store.write_checkpoint(&rows(&first), &[]).await.unwrap();
+        let mut behind = StoreFollower::default();
+        behind.catch_up(&store).await.unwrap();
+        store.write_checkpoint(&[], &[1, 2]).await.unwrap();
+        // Thousands of changes later (the counter moved on): the pruning that runs every 64th
+        // change drops the tombstones of 1 and 2.
+        exec(&store, "UPDATE entity_changes SET seq = 10000 WHERE id = 1").await;
+        for i in 0..64 {
+            store
+                .write_checkpoint(&rows(&[record(3, 50.0 + i as f32, 2 + i)]), &[])
+                .await
+                .unwrap();
+        }
+        let kept: i64 = match store.db() {
+            Db::Postgres(p) => sqlx::query_scalar("SELECT COUNT(*) FROM entity_tombstones")
+                .fetch_one(p)
+                .await
+                .unwrap(),
+            Db::Sqlite(p) => sqlx::query_scalar("SELECT COUNT(*) FROM entity_tombstones")
+                .fetch_one(p)
+                .await
+                .unwrap(),
+        };
+        assert_eq!(kept, 0, "{url}: old tombstones pruned");
+        let changes = store.read_changes(behind.through()).await.unwrap();
+        assert!(
+            changes.whole,
+            "{url}: too far behind to read only the changes"
+        );
+        assert_eq!(behind.apply(changes), 18, "{url}");
+        assert_eq!(behind.len(), 18, "{url}: 1 and 2 are gone all the same");
+        let cold = StoreFollower::load(&store, &world()).await.unwrap();
+        let warm = behind.into_world(&store, &world()).await.unwrap();
+        assert_eq!(world_of(&warm), world_of(&cold), "{url}");
+    }
+}
+
+/// Two checkpoints in flight at once (the pool has several connections) and a follower reading
+/// all along: change numbers commit in order, so the follower never skips a write that
+/// committed after one numbered above it.
+#[tokio::test]
+async fn a_follower_misses_nothing_while_writes_race() {
+    for (store, url) in stores().await {
+        let first: Vec<_> = (1..=400).map(|i| record(i, i as f32, 1)).collect();
+        store.write_checkpoint(&rows(&first), &[]).await.unwrap();
+        let writer = |lane: u64| {
+            let store = store.clone();
+            tokio::spawn(async move {
+                for round in 0..40u64 {
+                    // Each lane moves its own ids (even or odd) and deletes one each round.
+                    let ids = (1..=400).filter(|i| i % 2 == lane && *i > round * 2 + 2);
+                    let moved: Vec<_> = ids
+                        .map(|i| record(i, (i + round) as f32, 2 + round))
+                        .collect();
+                    let gone = [(round * 2 + 2 - lane) as i64];
+                    store.write_checkpoint(&rows(&moved), &gone).await.unwrap();
+                }
+            })
+        };
+        let lanes = [writer(0), writer(1)];
+        let mut warm = StoreFollower::default();
+        while !lanes.iter().all(|l| l.is_finished()) {
+            warm.catch_up(&store).await.unwrap();
+        }
+        for l in lanes {
+            l.await.unwrap();
+        }
+        warm.catch_up(&store).await.unwrap();
+        let cold = StoreFollower::load(&store, &world()).await.unwrap();
+        let warm = warm.into_world(&store, &world()).await.unwrap();
+        assert_eq!(warm.entities.len(), 400 - 80, "{url}");
+        assert_eq!(world_of(&warm), world_of(&cold), "{url}");
     }
 }

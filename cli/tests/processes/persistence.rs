@@ -518,6 +518,11 @@ fn a_removed_root_is_archived_across_a_crash_and_comes_back_whole() {
     );
     assert!(psql(&url, "SELECT count(*) FROM quarantine") == "0");
     assert_eq!(r2.control.placement().world, Some(vec![east]));
+    assert_eq!(
+        metric(&r2, "sidereal_store_rows_read_at_start"),
+        600.0,
+        "a cold start reads every stored row"
+    );
 
     // Re-create the west root: every archived entity comes back and is simulated again.
     let _shards2: Vec<Proc> = (0..2)
@@ -760,6 +765,13 @@ fn a_standby_takes_over_within_5_s_of_the_leader_s_kill_9() {
         }
         assert_eq!(metric(&standby, "sidereal_links_resumed_total"), 2.0);
         assert_eq!(metric(&standby, "sidereal_takeover_waiting_shards"), 0.0);
+        // Warm: it had followed every checkpoint while it waited (the leader died seconds
+        // before it took over), so it read no row more on taking over.
+        assert_eq!(
+            metric(&standby, "sidereal_store_rows_read_at_start"),
+            0.0,
+            "{backend}: a warm standby reads only what changed since it last looked"
+        );
         let now: HashSet<u64> = entity_list(&standby)
             .iter()
             .filter(|e| e.kind != EntityKind::Projectile)
@@ -812,6 +824,13 @@ fn a_standby_answers_its_probes_while_it_waits_and_serves_as_leader_once_it_take
     assert!(get("/readyz").ends_with("200"), "ready to take over");
     assert!(get("/readyz").contains("standby"));
     assert_eq!(metric_at(&base, "sidereal_leading"), 0.0);
+    // It follows the store while it waits: the 50 stored entities, read moments ago.
+    wait_until(
+        "the standby followed the store",
+        Duration::from_secs(10),
+        || metric_at(&base, "sidereal_standby_followed_entities") == 50.0,
+    );
+    assert!(metric_at(&base, "sidereal_standby_follow_age_seconds") < 2.0);
     let text = get("/metrics");
     let (clean, said) = super::metrics::promtool(text.trim_end_matches("200"));
     assert!(
@@ -835,6 +854,11 @@ fn a_standby_answers_its_probes_while_it_waits_and_serves_as_leader_once_it_take
         standby.control.status().entities,
         50,
         "the world, from the store"
+    );
+    assert_eq!(
+        metric(&standby, "sidereal_store_rows_read_at_start"),
+        0.0,
+        "followed before, not read again"
     );
 }
 

@@ -136,6 +136,21 @@ pub fn render(
     .expect("valid");
     wait.set(store.last_report_wait.as_secs_f64());
     add(&wait);
+    add(&gauge(
+        "store_rows_read_at_start",
+        "Stored rows read on taking the store: all of them on a cold start, only the last changes when a warm standby takes over",
+        store.rows_read_at_start as i64,
+    ));
+    let restore = Gauge::with_opts(
+        Opts::new(
+            "store_restore_seconds",
+            "Seconds from taking the store to the world restored from it",
+        )
+        .namespace("sidereal"),
+    )
+    .expect("valid");
+    restore.set(store.restore_time.as_secs_f64());
+    add(&restore);
     if let Some(at) = store.last_checkpoint_at {
         let g = Gauge::with_opts(
             Opts::new(

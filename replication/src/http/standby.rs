@@ -1,15 +1,76 @@
 //! What a standby serves while it waits to lead: `/healthz` and `/readyz` (it is alive and
 //! ready to take over, so a Deployment's rollout can count it) and `/metrics` saying it does not
-//! lead. Nothing else: the control API, logins and links are the leader's. Only where each
+//! lead and how far it has followed the store. Nothing else: the control API, logins and links are the leader's. Only where each
 //! replica has an address of its own (`--standby-probes`, a pod): beside the leader on one
 //! machine (`sidereal up`) it would hold the address the standby needs once it takes over.
 
 use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::time::{SystemTime, UNIX_EPOCH};
 
 use axum::Router;
 use axum::routing::get;
 use tokio::net::TcpListener;
 use tracing::{debug, info};
+
+/// How far a standby has followed the store (its `/metrics`).
+#[derive(Debug, Default)]
+pub struct FollowStatus {
+    entities: AtomicU64,
+    through: AtomicI64,
+    /// When the last read succeeded, milliseconds since 1970 (0: never).
+    read_at_ms: AtomicU64,
+}
+
+impl FollowStatus {
+    /// A read succeeded: `entities` rows held, read through change `through`.
+    pub fn followed(&self, entities: usize, through: i64) {
+        self.entities.store(entities as u64, Ordering::Relaxed);
+        self.through.store(through, Ordering::Relaxed);
+        self.read_at_ms.store(now_ms(), Ordering::Relaxed);
+    }
+
+    /// The Prometheus text of the standby's metrics.
+    pub fn metrics(&self) -> String {
+        let read_at = self.read_at_ms.load(Ordering::Relaxed);
+        let age = match read_at {
+            0 => f64::INFINITY,
+            t => now_ms().saturating_sub(t) as f64 / 1000.0,
+        };
+        format!(
+            "# HELP sidereal_leading 1 while this replication leads the store, 0 while it stands by\n\
+             # TYPE sidereal_leading gauge\n\
+             sidereal_leading 0\n\
+             # HELP sidereal_standby_followed_entities Stored entities a standby holds, read from the store while it waits\n\
+             # TYPE sidereal_standby_followed_entities gauge\n\
+             sidereal_standby_followed_entities {}\n\
+             # HELP sidereal_standby_followed_change The store's change number a standby has read through\n\
+             # TYPE sidereal_standby_followed_change gauge\n\
+             sidereal_standby_followed_change {}\n\
+             # HELP sidereal_standby_follow_age_seconds Seconds since a standby last read the store's changes (+Inf: never)\n\
+             # TYPE sidereal_standby_follow_age_seconds gauge\n\
+             sidereal_standby_follow_age_seconds {}\n",
+            self.entities.load(Ordering::Relaxed),
+            self.through.load(Ordering::Relaxed),
+            prometheus_float(age),
+        )
+    }
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+fn prometheus_float(v: f64) -> String {
+    if v.is_infinite() {
+        "+Inf".into()
+    } else {
+        format!("{v:.3}")
+    }
+}
 
 /// The standby's HTTP server; [`StandbyHttp::stop`] frees the address for the leader's.
 pub struct StandbyHttp {
@@ -19,7 +80,7 @@ pub struct StandbyHttp {
 
 impl StandbyHttp {
     /// Serves on `addr` if it is free; `None` if another process (the leader) holds it.
-    pub async fn serve(addr: SocketAddr) -> Option<Self> {
+    pub async fn serve(addr: SocketAddr, status: Arc<FollowStatus>) -> Option<Self> {
         let listener = match TcpListener::bind(addr).await {
             Ok(l) => l,
             Err(e) => {
@@ -36,10 +97,9 @@ impl StandbyHttp {
             )
             .route(
                 "/metrics",
-                get(|| async {
-                    "# HELP sidereal_leading 1 while this replication leads the store, 0 while it stands by\n\
-                     # TYPE sidereal_leading gauge\n\
-                     sidereal_leading 0\n"
+                get(move || {
+                    let status = status.clone();
+                    async move { status.metrics() }
                 }),
             );
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();

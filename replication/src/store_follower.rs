@@ -1,0 +1,240 @@
+//! The world as the store holds it, kept up to date by reading only what changed.
+//!
+//! A leader loads the world once, at start. A standby follows the store while it waits to
+//! lead ([`StoreFollower::catch_up`] a few times a second), so that when it takes over only the
+//! last moment's changes are left to read: the takeover does not grow with the world. Both go
+//! through the same steps: read the changes, apply them, and, once leading, turn what was read
+//! into the [`LoadedWorld`] the authority starts from.
+
+use std::collections::BTreeMap;
+
+use sidereal_core::{EntitySnapshot, Epoch, Placement, SectorId};
+
+use crate::store::{Store, StoreChanges, StoreError};
+
+/// The world as loaded at start.
+#[derive(Debug, Default)]
+pub struct LoadedWorld {
+    /// The roots: the stored placement's, else the ones the caller gave.
+    pub world: Vec<SectorId>,
+    pub entities: Vec<(EntitySnapshot, Epoch, u64)>,
+    /// Entities no root covers (their root was removed): kept, not simulated.
+    pub archived: Vec<(EntitySnapshot, Epoch, u64)>,
+    /// (id, reason) of rows moved to quarantine.
+    pub quarantined: Vec<(i64, String)>,
+    pub placement: Option<Placement>,
+}
+
+/// One stored row as followed: what it loads as, or why it cannot be loaded.
+#[derive(Debug, Clone)]
+enum FollowedRow {
+    Valid {
+        snapshot: EntitySnapshot,
+        epoch: Epoch,
+        version: u64,
+        sector: SectorId,
+    },
+    /// Quarantined when the follower leads: (reason, the row as text).
+    Bad(String, String),
+}
+
+/// The stored entities, as of change [`StoreFollower::through`].
+#[derive(Debug, Default)]
+pub struct StoreFollower {
+    /// `None` until the first read.
+    through: Option<i64>,
+    rows: BTreeMap<i64, FollowedRow>,
+}
+
+impl StoreFollower {
+    /// Loads the world from `store` in one go (a leader's start): read everything, then
+    /// [`StoreFollower::into_world`].
+    pub async fn load(store: &Store, world: &[SectorId]) -> Result<LoadedWorld, StoreError> {
+        let mut follower = Self::default();
+        follower.catch_up(store).await?;
+        follower.into_world(store, world).await
+    }
+
+    /// Reads and applies what changed since the last read (everything, the first time);
+    /// returns how many rows were read.
+    pub async fn catch_up(&mut self, store: &Store) -> Result<usize, StoreError> {
+        let changes = store.read_changes(self.through).await?;
+        Ok(self.apply(changes))
+    }
+
+    /// Applies `changes` (deletions first: a row still in the table is alive); returns how many
+    /// rows they carried.
+    pub fn apply(&mut self, changes: StoreChanges) -> usize {
+        if changes.whole {
+            self.rows.clear();
+        }
+        for id in &changes.deleted {
+            self.rows.remove(id);
+        }
+        let n = changes.rows.len();
+        for (id, row) in changes.rows {
+            let followed = match row {
+                Ok(row) => match row.validate() {
+                    Ok((snapshot, epoch, version, sector)) => FollowedRow::Valid {
+                        snapshot,
+                        epoch,
+                        version,
+                        sector,
+                    },
+                    Err(reason) => FollowedRow::Bad(reason, format!("{row:?}")),
+                },
+                Err(e) => FollowedRow::Bad(format!("row does not decode: {e}"), String::new()),
+            };
+            self.rows.insert(id, followed);
+        }
+        self.through = Some(changes.through);
+        n
+    }
+
+    /// The change number read through (`None` before the first read).
+    pub fn through(&self) -> Option<i64> {
+        self.through
+    }
+
+    /// Stored entity rows held, the ones that cannot be loaded included.
+    pub fn len(&self) -> usize {
+        self.rows.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.rows.is_empty()
+    }
+
+    /// The world to lead, from what was read: its roots are the stored placement's (else
+    /// `world`); entities inside them are live, valid ones outside are archived; rows that do
+    /// not decode or validate are moved to `quarantine` (one transaction, fenced: only a
+    /// leader's) and reported, never loaded.
+    pub async fn into_world(
+        self,
+        store: &Store,
+        world: &[SectorId],
+    ) -> Result<LoadedWorld, StoreError> {
+        let placement = store.load_placement().await?;
+        let (mut out, bad) = self.classify(placement, world);
+        if !bad.is_empty() {
+            store.quarantine(&bad).await?;
+            out.quarantined = bad
+                .into_iter()
+                .map(|(id, reason, _)| (id, reason))
+                .collect();
+        }
+        Ok(out)
+    }
+
+    /// Sorts the rows held into live, archived and bad, by the roots of `placement` (else
+    /// `world`); the bad ones as (id, reason, row text).
+    fn classify(
+        self,
+        placement: Option<Placement>,
+        world: &[SectorId],
+    ) -> (LoadedWorld, Vec<(i64, String, String)>) {
+        let world = placement
+            .as_ref()
+            .and_then(|p| p.world.clone())
+            .unwrap_or_else(|| world.to_vec());
+        let mut out = LoadedWorld::default();
+        let mut bad = Vec::new();
+        for (id, row) in self.rows {
+            match row {
+                FollowedRow::Valid {
+                    snapshot,
+                    epoch,
+                    version,
+                    sector,
+                } => {
+                    if world.iter().any(|r| r.covers(&sector)) {
+                        out.entities.push((snapshot, epoch, version));
+                    } else {
+                        out.archived.push((snapshot, epoch, version));
+                    }
+                }
+                FollowedRow::Bad(reason, text) => bad.push((id, reason, text)),
+            }
+        }
+        out.placement = placement;
+        out.world = world;
+        (out, bad)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::EntityRow;
+
+    fn row(id: i64, x: f32) -> (i64, Result<EntityRow, String>) {
+        let row = EntityRow {
+            id,
+            kind: 1,
+            sector: "s0-x0-y0".into(),
+            pos: [x, 1.0],
+            vel: [0.0, 0.0],
+            angle: 0.0,
+            ang_vel: 0.0,
+            player: false,
+            owner_epoch: 1,
+            version: 1,
+        };
+        (id, Ok(row))
+    }
+
+    fn ids(f: &StoreFollower) -> Vec<i64> {
+        f.rows.keys().copied().collect()
+    }
+
+    #[test]
+    fn a_row_still_in_the_table_outlives_its_older_tombstone() {
+        let mut f = StoreFollower::default();
+        f.apply(StoreChanges {
+            through: 1,
+            whole: true,
+            rows: vec![row(1, 1.0), row(2, 2.0)],
+            deleted: vec![],
+        });
+        // 2 deleted, then written again under the same id: the row read is the live one.
+        f.apply(StoreChanges {
+            through: 3,
+            whole: false,
+            rows: vec![row(2, 5.0)],
+            deleted: vec![2, 1],
+        });
+        assert_eq!(ids(&f), [2]);
+        assert_eq!(f.through(), Some(3));
+    }
+
+    #[test]
+    fn a_whole_read_replaces_what_was_held_and_bad_rows_are_kept_aside() {
+        let mut f = StoreFollower::default();
+        f.apply(StoreChanges {
+            through: 7,
+            whole: true,
+            rows: vec![row(1, 1.0), row(9, 9.0)],
+            deleted: vec![],
+        });
+        let mut outside = row(4, 1.0);
+        outside.1.as_mut().unwrap().sector = "s0-x5-y0".into();
+        f.apply(StoreChanges {
+            through: 9,
+            whole: true,
+            rows: vec![row(3, 3.0), outside, (5, Err("bad bytes".into()))],
+            deleted: vec![],
+        });
+        assert_eq!(ids(&f), [3, 4, 5]);
+        let world = [SectorId::new(0, 0, 0).unwrap()];
+        let (out, bad) = f.classify(None, &world);
+        assert_eq!(out.entities.len(), 1);
+        assert!(out.archived.is_empty());
+        let reasons: Vec<_> = bad.iter().map(|(id, r, _)| (*id, r.as_str())).collect();
+        assert_eq!(reasons.len(), 2);
+        assert!(reasons[0].1.contains("not in its sector"), "{reasons:?}");
+        assert!(
+            reasons[1].1.contains("does not decode: bad bytes"),
+            "{reasons:?}"
+        );
+    }
+}
