@@ -75,6 +75,13 @@ impl Mirror {
         self.entities.contains_key(&id)
     }
 
+    /// Makes room for `live` more entities and `archived` more archived ones at once (a world
+    /// restored from the store: growing a million-entry map step by step rehashes it ~20 times).
+    pub fn reserve(&mut self, live: usize, archived: usize) {
+        self.entities.reserve(live);
+        self.archived.reserve(archived);
+    }
+
     /// Inserts a new entity; `false` if the id exists (nothing changes then).
     pub fn insert_new(&mut self, snapshot: EntitySnapshot, owner: ShardId) -> bool {
         if self.entities.contains_key(&snapshot.id) {

@@ -271,6 +271,9 @@ pub async fn start(
         warn!(id, %reason, "stored entity quarantined, not loaded");
     }
     let restored = loaded.entities.len();
+    authority
+        .mirror_mut()
+        .reserve(restored, loaded.archived.len());
     for (snapshot, epoch, version) in loaded.entities {
         authority.load_entity(snapshot, epoch, version);
     }
