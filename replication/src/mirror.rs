@@ -75,11 +75,17 @@ impl Mirror {
         self.entities.contains_key(&id)
     }
 
-    /// Makes room for `live` more entities and `archived` more archived ones at once (a world
-    /// restored from the store: growing a million-entry map step by step rehashes it ~20 times).
-    pub fn reserve(&mut self, live: usize, archived: usize) {
-        self.entities.reserve(live);
-        self.archived.reserve(archived);
+    /// Takes a world restored from the store whole (nothing dirty: the store has it all), in
+    /// place of what this mirror held: a million-entry map handed over, not rebuilt.
+    pub fn restore(
+        &mut self,
+        live: HashMap<EntityId, EntityRecord>,
+        archived: HashMap<EntityId, EntityRecord>,
+    ) {
+        self.entities = live;
+        self.archived = archived;
+        self.dirty.clear();
+        self.removed.clear();
     }
 
     /// Inserts a new entity; `false` if the id exists (nothing changes then).
@@ -242,19 +248,6 @@ impl Mirror {
         r.owner = owner;
         self.entities.insert(id, r);
         true
-    }
-
-    /// Inserts an archived entity loaded from the store.
-    pub fn insert_archived(&mut self, snapshot: EntitySnapshot, epoch: Epoch, version: u64) {
-        let record = EntityRecord {
-            snapshot,
-            owner: ShardId::new("archived"),
-            epoch,
-            in_transit: false,
-            previous_owner: None,
-            version,
-        };
-        self.archived.insert(snapshot.id, record);
     }
 
     pub fn is_archived(&self, id: EntityId) -> bool {

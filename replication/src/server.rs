@@ -270,17 +270,8 @@ pub async fn start(
     for (id, reason) in &loaded.quarantined {
         warn!(id, %reason, "stored entity quarantined, not loaded");
     }
-    let restored = loaded.entities.len();
-    authority
-        .mirror_mut()
-        .reserve(restored, loaded.archived.len());
-    for (snapshot, epoch, version) in loaded.entities {
-        authority.load_entity(snapshot, epoch, version);
-    }
-    let archived = loaded.archived.len();
-    for (snapshot, epoch, version) in loaded.archived {
-        authority.load_archived_entity(snapshot, epoch, version);
-    }
+    let (restored, archived) = (loaded.live.len(), loaded.archived.len());
+    authority.mirror_mut().restore(loaded.live, loaded.archived);
     if let Some(p) = loaded.placement {
         let shards = p.sectors.values().cloned().collect();
         if sidereal_core::placement::validate(&p.sectors, &loaded.world, &shards).is_ok() {

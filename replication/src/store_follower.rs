@@ -4,12 +4,14 @@
 //! lead ([`StoreFollower::catch_up`] a few times a second), so that when it takes over only the
 //! last moment's changes are left to read: the takeover does not grow with the world. Both go
 //! through the same steps: read the changes, apply them, and, once leading, turn what was read
-//! into the [`LoadedWorld`] the authority starts from.
+//! into the [`LoadedWorld`] the authority starts from. The entities are held as the mirror's
+//! records already, so the new leader takes the map whole instead of building it.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 
-use sidereal_core::{EntitySnapshot, Epoch, Placement, SectorId};
+use sidereal_core::{EntityId, Placement, SectorId, ShardId};
 
+use crate::mirror::EntityRecord;
 use crate::store::{Store, StoreChanges, StoreError};
 
 /// The world as loaded at start.
@@ -17,25 +19,14 @@ use crate::store::{Store, StoreChanges, StoreError};
 pub struct LoadedWorld {
     /// The roots: the stored placement's, else the ones the caller gave.
     pub world: Vec<SectorId>,
-    pub entities: Vec<(EntitySnapshot, Epoch, u64)>,
+    /// Entities inside the roots, owned by nobody yet (`unplaced`), at their stored epoch and
+    /// version.
+    pub live: HashMap<EntityId, EntityRecord>,
     /// Entities no root covers (their root was removed): kept, not simulated.
-    pub archived: Vec<(EntitySnapshot, Epoch, u64)>,
-    /// (id, reason) of rows moved to quarantine.
+    pub archived: HashMap<EntityId, EntityRecord>,
+    /// (id, reason) of rows moved to quarantine, by id.
     pub quarantined: Vec<(i64, String)>,
     pub placement: Option<Placement>,
-}
-
-/// One stored row as followed: what it loads as, or why it cannot be loaded.
-#[derive(Debug, Clone)]
-enum FollowedRow {
-    Valid {
-        snapshot: EntitySnapshot,
-        epoch: Epoch,
-        version: u64,
-        sector: SectorId,
-    },
-    /// Quarantined when the follower leads: (reason, the row as text).
-    Bad(String, String),
 }
 
 /// The stored entities, as of change [`StoreFollower::through`].
@@ -43,7 +34,10 @@ enum FollowedRow {
 pub struct StoreFollower {
     /// `None` until the first read.
     through: Option<i64>,
-    rows: BTreeMap<i64, FollowedRow>,
+    /// Rows that load, as mirror records.
+    valid: HashMap<EntityId, EntityRecord>,
+    /// Rows that do not: (reason, the row as text), quarantined when the follower leads.
+    bad: BTreeMap<i64, (String, String)>,
 }
 
 impl StoreFollower {
@@ -66,26 +60,42 @@ impl StoreFollower {
     /// rows they carried.
     pub fn apply(&mut self, changes: StoreChanges) -> usize {
         if changes.whole {
-            self.rows.clear();
+            self.valid.clear();
+            self.bad.clear();
         }
         for id in &changes.deleted {
-            self.rows.remove(id);
+            self.valid.remove(&EntityId(*id as u64));
+            self.bad.remove(id);
         }
         let n = changes.rows.len();
+        if self.valid.is_empty() {
+            self.valid.reserve(n);
+        }
         for (id, row) in changes.rows {
-            let followed = match row {
-                Ok(row) => match row.validate() {
-                    Ok((snapshot, epoch, version, sector)) => FollowedRow::Valid {
-                        snapshot,
-                        epoch,
-                        version,
-                        sector,
-                    },
-                    Err(reason) => FollowedRow::Bad(reason, format!("{row:?}")),
-                },
-                Err(e) => FollowedRow::Bad(format!("row does not decode: {e}"), String::new()),
+            let checked = match row {
+                Ok(row) => row
+                    .validate()
+                    .map_err(|reason| (reason, format!("{row:?}"))),
+                Err(e) => Err((format!("row does not decode: {e}"), String::new())),
             };
-            self.rows.insert(id, followed);
+            match checked {
+                Ok((snapshot, epoch, version, _)) => {
+                    self.bad.remove(&id);
+                    let record = EntityRecord {
+                        snapshot,
+                        owner: ShardId::new("unplaced"),
+                        epoch,
+                        in_transit: false,
+                        previous_owner: None,
+                        version,
+                    };
+                    self.valid.insert(snapshot.id, record);
+                }
+                Err(why) => {
+                    self.valid.remove(&EntityId(id as u64));
+                    self.bad.insert(id, why);
+                }
+            }
         }
         self.through = Some(changes.through);
         n
@@ -98,11 +108,11 @@ impl StoreFollower {
 
     /// Stored entity rows held, the ones that cannot be loaded included.
     pub fn len(&self) -> usize {
-        self.rows.len()
+        self.valid.len() + self.bad.len()
     }
 
     pub fn is_empty(&self) -> bool {
-        self.rows.is_empty()
+        self.len() == 0
     }
 
     /// The world to lead, from what was read: its roots are the stored placement's (else
@@ -129,7 +139,7 @@ impl StoreFollower {
     /// Sorts the rows held into live, archived and bad, by the roots of `placement` (else
     /// `world`); the bad ones as (id, reason, row text).
     fn classify(
-        self,
+        mut self,
         placement: Option<Placement>,
         world: &[SectorId],
     ) -> (LoadedWorld, Vec<(i64, String, String)>) {
@@ -137,27 +147,30 @@ impl StoreFollower {
             .as_ref()
             .and_then(|p| p.world.clone())
             .unwrap_or_else(|| world.to_vec());
-        let mut out = LoadedWorld::default();
-        let mut bad = Vec::new();
-        for (id, row) in self.rows {
-            match row {
-                FollowedRow::Valid {
-                    snapshot,
-                    epoch,
-                    version,
-                    sector,
-                } => {
-                    if world.iter().any(|r| r.covers(&sector)) {
-                        out.entities.push((snapshot, epoch, version));
-                    } else {
-                        out.archived.push((snapshot, epoch, version));
-                    }
-                }
-                FollowedRow::Bad(reason, text) => bad.push((id, reason, text)),
-            }
-        }
-        out.placement = placement;
-        out.world = world;
+        let covered = |r: &EntityRecord| {
+            SectorId::of_point(r.snapshot.state.point(), 0)
+                .is_ok_and(|s| world.iter().any(|root| root.covers(&s)))
+        };
+        let archived: HashMap<EntityId, EntityRecord> = self
+            .valid
+            .extract_if(|_, r| !covered(r))
+            .map(|(id, mut r)| {
+                r.owner = ShardId::new("archived");
+                (id, r)
+            })
+            .collect();
+        let bad = self
+            .bad
+            .into_iter()
+            .map(|(id, (reason, text))| (id, reason, text))
+            .collect();
+        let out = LoadedWorld {
+            live: self.valid,
+            archived,
+            quarantined: Vec::new(),
+            placement,
+            world,
+        };
         (out, bad)
     }
 }
@@ -184,7 +197,10 @@ mod tests {
     }
 
     fn ids(f: &StoreFollower) -> Vec<i64> {
-        f.rows.keys().copied().collect()
+        let mut ids: Vec<i64> = f.valid.keys().map(|id| id.0 as i64).collect();
+        ids.extend(f.bad.keys());
+        ids.sort_unstable();
+        ids
     }
 
     #[test]
@@ -227,7 +243,7 @@ mod tests {
         assert_eq!(ids(&f), [3, 4, 5]);
         let world = [SectorId::new(0, 0, 0).unwrap()];
         let (out, bad) = f.classify(None, &world);
-        assert_eq!(out.entities.len(), 1);
+        assert_eq!(out.live.keys().collect::<Vec<_>>(), [&EntityId(3)]);
         assert!(out.archived.is_empty());
         let reasons: Vec<_> = bad.iter().map(|(id, r, _)| (*id, r.as_str())).collect();
         assert_eq!(reasons.len(), 2);

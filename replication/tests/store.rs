@@ -75,14 +75,13 @@ async fn checkpoints_round_trip_newer_versions_win_and_deletes_apply() {
         let newer = rows(&[record(1, 77.0, 6), record(2, 99.0, 4)]);
         store.write_checkpoint(&newer, &[3]).await.unwrap();
         let loaded = StoreFollower::load(&store, &world()).await.unwrap();
-        assert_eq!(loaded.entities.len(), 499, "{url}");
+        assert_eq!(loaded.live.len(), 499, "{url}");
         assert!(loaded.quarantined.is_empty(), "{url}");
         let get = |id: u64| {
             loaded
-                .entities
-                .iter()
-                .find(|(s, _, _)| s.id == EntityId(id))
-                .cloned()
+                .live
+                .get(&EntityId(id))
+                .map(|r| (r.snapshot, r.epoch, r.version))
         };
         let (s1, epoch, version) = get(1).unwrap();
         assert_eq!(
@@ -169,9 +168,9 @@ async fn bad_rows_are_quarantined_not_loaded() {
             Db::Sqlite(p) => sqlx::query(&outside).execute(p).await.map(|_| ()).unwrap(),
         }
         let loaded = StoreFollower::load(&store, &world()).await.unwrap();
-        assert_eq!(loaded.entities.len(), 1, "{url}: only the good row is live");
+        assert_eq!(loaded.live.len(), 1, "{url}: only the good row is live");
         assert_eq!(
-            loaded.archived.iter().map(|e| e.0.id.0).collect::<Vec<_>>(),
+            loaded.archived.keys().map(|id| id.0).collect::<Vec<_>>(),
             [5],
             "{url}: the row outside the world is archived"
         );
@@ -190,7 +189,7 @@ async fn bad_rows_are_quarantined_not_loaded() {
         // Moved, not copied: the next start loads cleanly and the quarantine keeps them.
         let again = StoreFollower::load(&store, &world()).await.unwrap();
         assert!(
-            again.quarantined.is_empty() && again.entities.len() == 1 && again.archived.len() == 1,
+            again.quarantined.is_empty() && again.live.len() == 1 && again.archived.len() == 1,
             "{url}"
         );
         assert_eq!(store.quarantined().await.unwrap().len(), bad.len(), "{url}");
@@ -467,12 +466,12 @@ type WorldRows = (Vec<(u64, [f32; 2], u64, u64)>, Vec<u64>);
 /// What two loads of the same store must agree on.
 fn world_of(w: &sidereal_replication::store_follower::LoadedWorld) -> WorldRows {
     let mut live: Vec<_> = w
-        .entities
-        .iter()
-        .map(|(s, e, v)| (s.id.0, s.state.pos, *e, *v))
+        .live
+        .values()
+        .map(|r| (r.snapshot.id.0, r.snapshot.state.pos, r.epoch, r.version))
         .collect();
     live.sort_by_key(|e| e.0);
-    let mut archived: Vec<_> = w.archived.iter().map(|(s, _, _)| s.id.0).collect();
+    let mut archived: Vec<_> = w.archived.keys().map(|id| id.0).collect();
     archived.sort_unstable();
     (live, archived)
 }
@@ -525,13 +524,13 @@ async fn a_follower_reads_only_what_changed_and_ends_where_a_full_load_does() {
         let warm = warm.into_world(&store, &world()).await.unwrap();
         assert!(warm.quarantined.is_empty(), "{url}");
         assert_eq!(world_of(&warm), world_of(&cold), "{url}");
-        assert_eq!(warm.entities.len(), 50, "{url}");
-        let moved = warm
-            .entities
-            .iter()
-            .find(|e| e.0.id == EntityId(3))
-            .unwrap();
-        assert_eq!((moved.0.state.pos, moved.2), ([103.0, 10.0], 2), "{url}");
+        assert_eq!(warm.live.len(), 50, "{url}");
+        let moved = &warm.live[&EntityId(3)];
+        assert_eq!(
+            (moved.snapshot.state.pos, moved.version),
+            ([103.0, 10.0], 2),
+            "{url}"
+        );
     }
 }
 
@@ -609,7 +608,7 @@ async fn a_follower_misses_nothing_while_writes_race() {
         warm.catch_up(&store).await.unwrap();
         let cold = StoreFollower::load(&store, &world()).await.unwrap();
         let warm = warm.into_world(&store, &world()).await.unwrap();
-        assert_eq!(warm.entities.len(), 400 - 80, "{url}");
+        assert_eq!(warm.live.len(), 400 - 80, "{url}");
         assert_eq!(world_of(&warm), world_of(&cold), "{url}");
     }
 }

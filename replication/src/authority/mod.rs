@@ -491,11 +491,6 @@ impl Authority {
             .insert_restored(snapshot, ShardId::new("unplaced"), epoch, version);
     }
 
-    /// Loads an archived entity from the store (its root is not in the world).
-    pub fn load_archived_entity(&mut self, snapshot: EntitySnapshot, epoch: Epoch, version: u64) {
-        self.mirror.insert_archived(snapshot, epoch, version);
-    }
-
     /// Takes the placement loaded from the store as the current one, with its world if it
     /// carries one. Its shards are not live yet; each gets its leaves (and the entities in
     /// them) when it links.
