@@ -105,14 +105,16 @@ pub struct ReplicationArgs {
     /// Seconds between write-behind checkpoints of moving state.
     #[arg(long, default_value_t = 1.0)]
     pub checkpoint_interval: f64,
-    /// Start as a standby: bind nothing (but see --standby-probes) and wait until the store's
-    /// leader is gone (killed, hung, or stopped), then take the store over (unless another
-    /// standby took it first) and serve on the same addresses. Needs a store both can reach:
-    /// Postgres, or the same SQLite file on one machine.
+    /// Start as a standby: bind nothing (but see --standby-probes), follow the store (its world
+    /// read and kept current, a few times a second) and wait until the store's leader is gone
+    /// (killed, hung, or stopped), then take the store over (unless another standby took it
+    /// first), read only what changed since it last looked, and serve on the same addresses.
+    /// Needs a store both can reach: Postgres, or the same SQLite file on one machine.
     #[arg(long, env = "SIDEREAL_STANDBY")]
     pub standby: bool,
     /// While standing by, serve /healthz, /readyz (both 200: alive and ready to take over) and
-    /// /metrics (`sidereal_leading 0`) on the --http address, for a pod's probes. Only where
+    /// /metrics (`sidereal_leading 0`, how far it has followed the store) on the --http
+    /// address, for a pod's probes and Prometheus. Only where
     /// each replica has an address of its own (Kubernetes), never beside the leader on one
     /// machine: the standby must find the address free when it takes over.
     #[arg(long, requires = "standby")]
