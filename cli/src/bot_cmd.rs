@@ -128,8 +128,14 @@ pub fn table(r: &SwarmReport) -> String {
         );
     }
     let moved = r.bots.iter().filter(|b| b.distance > 0.0).count();
+    let why = |reason: fn(&sidereal_client::ReconnectReasons) -> u64| {
+        r.bots
+            .iter()
+            .map(|b| reason(&b.reconnect_reasons))
+            .sum::<u64>()
+    };
     out += &format!(
-        "SWARM bots={} connected={} moved={} disconnects={} seconds={:.1} bits_per_entity_update={:.1} latency_p50_ms={} latency_p99_ms={} latency_samples={} chat_said={} chat_heard={} predicted={} rollbacks={} latency_max_ms={} longest_gap_ms={} reconnects={}\n",
+        "SWARM bots={} connected={} moved={} disconnects={} seconds={:.1} bits_per_entity_update={:.1} latency_p50_ms={} latency_p99_ms={} latency_samples={} chat_said={} chat_heard={} predicted={} rollbacks={} latency_max_ms={} longest_gap_ms={} reconnects={} reconnects_drained={} reconnects_dropped={} reconnects_unanswered={} reconnects_silent={}\n",
         r.bots.len(),
         r.connected(),
         moved,
@@ -149,7 +155,11 @@ pub fn table(r: &SwarmReport) -> String {
             .map(|b| b.longest_gap.as_millis())
             .max()
             .unwrap_or(0),
-        r.bots.iter().map(|b| b.reconnects).sum::<u64>()
+        r.bots.iter().map(|b| b.reconnects).sum::<u64>(),
+        why(|w| w.drained),
+        why(|w| w.dropped),
+        why(|w| w.unanswered),
+        why(|w| w.silent),
     );
     out
 }

@@ -123,11 +123,31 @@ struct Failover {
     /// The player said goodbye: no more reconnecting.
     left: bool,
     reconnects: u64,
+    why: ReconnectReasons,
+}
+
+/// Why a client connected again, counted by reason ([`GameClient::reconnect_reasons`]).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ReconnectReasons {
+    /// Its server said it is stopping (a gateway draining).
+    pub drained: u64,
+    /// The connection ended (a goodbye, a timeout).
+    pub dropped: u64,
+    /// A new connection not up within [`CONNECT_WITHIN`] (an address that does not answer).
+    pub unanswered: u64,
+    /// Connected, but no world update for the whole silence.
+    pub silent: u64,
 }
 
 /// The first wait between two reconnect attempts, and the longest.
 const FAILOVER_FIRST: Duration = Duration::from_millis(250);
 const FAILOVER_MAX: Duration = Duration::from_secs(2);
+
+/// A connection not up within this (or the silence, if shorter) is given up for the next
+/// address. A handshake takes a few round trips; an address that swallows packets (a load
+/// balancer still sending new connections to a pod that is gone) would otherwise cost the
+/// whole silence before the next try.
+pub const CONNECT_WITHIN: Duration = Duration::from_secs(2);
 
 /// How much of a player's client runs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -260,10 +280,10 @@ impl GameClient {
         self.fail_over_when_silent();
     }
 
-    /// From now on, when no world update comes for `silence` (or the connection ends, or the
-    /// server says it is draining), connect again by itself with the same token, to the next
-    /// game address it names (another gateway; the same one when it names only one), waiting
-    /// 0.25 s doubling to 2 s between attempts. A superseded session or [`GameClient::disconnect`] ends it for good. What
+    /// From now on, when no world update comes for `silence` (or the connection ends, or is
+    /// not up within [`CONNECT_WITHIN`], or the server says it is draining), connect again by
+    /// itself with the same token, to the next game address it names (another gateway; the same
+    /// one when it names only one), waiting 0.25 s doubling to 2 s between attempts. A superseded session or [`GameClient::disconnect`] ends it for good. What
     /// [`GameClient::received`] holds starts afresh on each new connection.
     pub fn fail_over_after(&mut self, silence: Duration) {
         let now = Instant::now();
@@ -275,6 +295,7 @@ impl GameClient {
             backoff: FAILOVER_FIRST,
             left: false,
             reconnects: 0,
+            why: ReconnectReasons::default(),
         });
     }
 
@@ -287,6 +308,12 @@ impl GameClient {
     /// Connections opened again by [`GameClient::fail_over_after`].
     pub fn reconnects(&self) -> u64 {
         self.failover.map_or(0, |f| f.reconnects)
+    }
+
+    /// Why they were opened again.
+    pub fn reconnect_reasons(&self) -> ReconnectReasons {
+        self.failover
+            .map_or_else(ReconnectReasons::default, |f| f.why)
     }
 
     /// The game address this connection uses.
@@ -309,13 +336,24 @@ impl GameClient {
             self.failover = Some(f);
             return;
         }
-        // Silent, gone, or told that its server is stopping.
-        let gone = now.saturating_duration_since(f.last_heard) >= f.silence
-            || self.is_disconnected()
-            || self.received().draining;
-        if f.left || self.received().superseded || !gone || now < f.next_try {
+        // Told that its server is stopping, gone, never connected, or silent.
+        let quiet = now.saturating_duration_since(f.last_heard);
+        let why = if self.received().draining {
+            Some(&mut f.why.drained)
+        } else if self.is_disconnected() {
+            Some(&mut f.why.dropped)
+        } else if !self.is_connected() && quiet >= CONNECT_WITHIN.min(f.silence) {
+            Some(&mut f.why.unanswered)
+        } else if quiet >= f.silence {
+            Some(&mut f.why.silent)
+        } else {
+            None
+        };
+        if f.left || self.received().superseded || now < f.next_try {
             return;
         }
+        let Some(count) = why else { return };
+        *count += 1;
         let addresses = match self.transport {
             Transport::Udp => &mut self.login.servers,
             Transport::WebSocket => &mut self.login.websocket,
@@ -329,7 +367,7 @@ impl GameClient {
         f.last_heard = now;
         f.seen_updates = 0;
         f.reconnects += 1;
-        tracing::info!(server = ?self.server(), reconnects = f.reconnects, "game server silent; connecting again");
+        tracing::info!(server = ?self.server(), reconnects = f.reconnects, why = ?f.why, "game server gone; connecting again");
         // The old connection says goodbye first, so its server frees the session at once: a
         // load balancer may send the new one to that same server, which refuses a session it
         // still holds until it times out.

@@ -122,6 +122,8 @@ pub struct BotReport {
     pub longest_gap: Duration,
     /// Connections it opened again by itself (its gateway went silent or said it is draining).
     pub reconnects: u64,
+    /// Why it opened them.
+    pub reconnect_reasons: crate::ReconnectReasons,
     /// Bytes of encoded world state received.
     pub state_bytes: u64,
     /// Input-to-state latency of each turn command that showed.
@@ -350,6 +352,7 @@ pub fn run_swarm(config: &SwarmConfig) -> Result<SwarmReport, ClientError> {
                 b.report.mean_visible = b.visible_sum as f64 / b.report.updates.max(1) as f64;
                 b.report.rollbacks = b.client.prediction_stats().rollbacks;
                 b.report.reconnects = b.client.reconnects();
+                b.report.reconnect_reasons = b.client.reconnect_reasons();
                 b.report
             })
             .collect(),

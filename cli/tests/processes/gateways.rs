@@ -777,9 +777,59 @@ fn a_gateway_stopped_with_sigterm_sends_its_players_to_another_gateway_first() {
             "{}: one move, straight to B",
             p.login.name
         );
+        assert_eq!(
+            p.reconnect_reasons().drained,
+            1,
+            "{}: told to",
+            p.login.name
+        );
         assert!(!p.received().superseded);
     }
     wait_until("B counts them", Duration::from_secs(5), || {
         metric_at(&b.metrics, "sidereal_gateway_players") == 4.0
     });
+}
+
+/// A game address that swallows packets (a load balancer still sending a new connection to a
+/// pod that is gone) costs a client a connect attempt, not its whole silence: an attempt that
+/// has not connected within 2 s moves on to the next address the token names. Prints how long
+/// the player waited.
+#[test]
+fn an_address_that_never_answers_is_left_after_a_connect_attempt_not_a_whole_silence() {
+    let data = TempDir::new("blackhole");
+    let r = start_control_plane(100, &data);
+    let link = r.gateways.clone().expect("a gateway link");
+    let _shards = start_shards_and_place(&r, 1);
+    let a = start_gateway(&link, "gw-a", None, RADIUS);
+    wait_until("the gateway linked", Duration::from_secs(20), || {
+        metric_at(&a.metrics, "sidereal_gateway_linked") == 1.0
+    });
+    // Bound, read by nobody: datagrams to it vanish, as to a pod's address that is gone.
+    let hole = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    let mut login = via(register(&r.http, "lost"), a.game);
+    login
+        .servers
+        .insert(0, hole.local_addr().unwrap().to_string());
+    let started = Instant::now();
+    let mut p = GameClient::connect(login).expect("a token");
+    // The bots' silence: a connected gateway that sends nothing for 5 s is left.
+    p.fail_over_after(Duration::from_secs(5));
+    wait_until("the ship in view", Duration::from_secs(15), || {
+        sees_own_ship(&mut p)
+    });
+    let took = started.elapsed();
+    println!("a first address that never answers: the ship in view after {took:?}");
+    assert_eq!(p.server(), Some(a.game.to_string().as_str()));
+    assert_eq!(p.reconnects(), 1, "one move, to the gateway that answers");
+    assert_eq!(
+        p.reconnect_reasons(),
+        sidereal_client::ReconnectReasons {
+            unanswered: 1,
+            ..Default::default()
+        }
+    );
+    assert!(
+        took < Duration::from_secs(4),
+        "left after a connect attempt, not the 5 s silence: {took:?}"
+    );
 }
