@@ -61,7 +61,10 @@ for i in $(seq 1 "$kills"); do
   t0=$(date +%s%N)
   until accepted; do sleep 0.02; done
   t=$(( ($(date +%s%N) - t0) / 1000000 ))
-  echo "kill $i: placement accepted again after $t ms"
+  # What the new leader read on taking the store: a warm standby, only the last changes.
+  read_rows=$(metric "$base" sidereal_store_rows_read_at_start)
+  restore_s=$(metric "$base" sidereal_store_restore_seconds)
+  echo "kill $i: placement accepted again after $t ms (the new leader read ${read_rows:-?} rows from the store, restored in ${restore_s:-?} s)"
   times+=("$t")
 done
 shards_after=$(pgrep -f "sidereal shard --id" | sort | tr '\n' ' ')

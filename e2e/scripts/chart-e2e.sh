@@ -65,10 +65,10 @@ all_pods_ready() {
 }
 
 # replication's control API (port 7700, bearer token), on the leader's pod, through a
-# port-forward opened for the call: a takeover moves the leader.
+# port-forward opened for the call: a takeover moves the leader. ROLE=standby asks a standby.
 control_api() {
   local path=$1 pod port pf out=""
-  pod=$(k get pods -l app.kubernetes.io/name=sidereal-replication,sidereal.dev/role=leader -o name | head -1)
+  pod=$(k get pods -l "app.kubernetes.io/name=sidereal-replication,sidereal.dev/role=${ROLE:-leader}" -o name | head -1)
   [ -n "$pod" ] || return 1
   port=$(( 20000 + RANDOM % 20000 ))
   k port-forward "$pod" "$port:7700" >/dev/null 2>&1 &
@@ -153,6 +153,14 @@ until_true "every leaf sector placed, no entity in transit" 60 settled
 status=$(control_api /v1/status)
 echo "$status" | jq -c '{shardsConnected, leafSectors, entities, players, store, storeHealthy}' >&2
 [ "$(jq -r .store <<<"$status")" = postgres ] || fail "replication does not keep the world in the trial Postgres: $status"
+# The standby replica follows the store while it waits: every stored entity, read moments ago.
+stored=$(durable_ids | wc -l)
+standby_follows() {
+  local m; m=$(ROLE=standby control_api /metrics) || return 1
+  awk -v n="$stored" '$1 == "sidereal_standby_followed_entities" && $2 > 0 && $2 >= n * 0.9 {e=1}
+      $1 == "sidereal_standby_follow_age_seconds" && $2 < 5 {a=1} END {exit !(e && a)}' <<<"$m"
+}
+until_true "the standby replica following the store ($stored entities)" 60 standby_follows
 
 # ---- NetworkPolicies, where the cluster enforces them (PROBE_IMAGE: a TCP probe image) ------
 if [ -n "${PROBE_IMAGE:-}" ]; then

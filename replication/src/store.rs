@@ -234,6 +234,27 @@ pub struct StoreChanges {
     pub rows: Vec<(i64, Result<EntityRow, String>)>,
     /// Ids deleted since.
     pub deleted: Vec<i64>,
+    /// Who led the store at the time.
+    pub leader: ChangeLeader,
+}
+
+/// The store's leader as [`Store::read_changes`] saw it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ChangeLeader {
+    /// Its epoch (0: nobody ever led).
+    pub epoch: i64,
+    /// Whether it stamps its writes with change numbers. One that does not (an older binary,
+    /// mid-upgrade) makes what a follower read incomplete: nothing else is read then.
+    pub stamps: bool,
+}
+
+impl Default for ChangeLeader {
+    fn default() -> Self {
+        Self {
+            epoch: 0,
+            stamps: true,
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -477,6 +498,31 @@ impl Store {
                 for stmt in $begin {
                     sqlx::query(stmt).execute(&mut *tx).await?;
                 }
+                let leader: Option<(i64, i64)> =
+                    sqlx::query_as("SELECT epoch, stamped_epoch FROM leadership WHERE id = 1")
+                        .fetch_optional(&mut *tx)
+                        .await?;
+                let leader = leader.map_or(
+                    ChangeLeader {
+                        epoch: 0,
+                        stamps: true,
+                    },
+                    |(epoch, stamped)| ChangeLeader {
+                        epoch,
+                        stamps: epoch == stamped,
+                    },
+                );
+                if !leader.stamps {
+                    // Its writes carry no change numbers: nothing here would be complete.
+                    tx.commit().await?;
+                    return Ok(StoreChanges {
+                        through: after.unwrap_or(0),
+                        whole: false,
+                        rows: Vec::new(),
+                        deleted: Vec::new(),
+                        leader,
+                    });
+                }
                 let counter: Option<(i64, i64)> =
                     sqlx::query_as("SELECT seq, tombstones_from FROM entity_changes WHERE id = 1")
                         .fetch_optional(&mut *tx)
@@ -517,6 +563,7 @@ impl Store {
                     whole: since.is_none(),
                     rows,
                     deleted,
+                    leader,
                 }
             }};
         }
@@ -620,10 +667,11 @@ impl Store {
     pub async fn take_leadership(&self, holder: &str) -> Result<u64, StoreError> {
         let sql = |now: &str| {
             format!(
-                "INSERT INTO leadership (id, epoch, holder, renewed_ms) VALUES (1, 1, $1, {now}) \
+                "INSERT INTO leadership (id, epoch, holder, renewed_ms, stamped_epoch) \
+                 VALUES (1, 1, $1, {now}, 1) \
                  ON CONFLICT (id) DO UPDATE SET epoch = leadership.epoch + 1, \
                  holder = EXCLUDED.holder, renewed_ms = EXCLUDED.renewed_ms, \
-                 since = CURRENT_TIMESTAMP RETURNING epoch"
+                 since = CURRENT_TIMESTAMP, stamped_epoch = leadership.epoch + 1 RETURNING epoch"
             )
         };
         let epoch: i64 = match &self.db {
@@ -743,10 +791,11 @@ impl Store {
         let lease_ms = lease.as_millis().min(i64::MAX as u128) as i64;
         let sql = |now: &str| {
             format!(
-                "INSERT INTO leadership (id, epoch, holder, renewed_ms) VALUES (1, 1, $1, {now}) \
+                "INSERT INTO leadership (id, epoch, holder, renewed_ms, stamped_epoch) \
+                 VALUES (1, 1, $1, {now}, 1) \
                  ON CONFLICT (id) DO UPDATE SET epoch = leadership.epoch + 1, \
                  holder = EXCLUDED.holder, renewed_ms = EXCLUDED.renewed_ms, \
-                 since = CURRENT_TIMESTAMP \
+                 since = CURRENT_TIMESTAMP, stamped_epoch = leadership.epoch + 1 \
                  WHERE EXCLUDED.renewed_ms - leadership.renewed_ms >= $2 RETURNING epoch"
             )
         };

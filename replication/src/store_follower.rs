@@ -34,6 +34,9 @@ pub struct LoadedWorld {
 pub struct StoreFollower {
     /// `None` until the first read.
     through: Option<i64>,
+    /// The store's leader at the last read: a copy stays whole only while every leader since
+    /// stamped its writes (this one, or its successor that did).
+    leader_epoch: Option<i64>,
     /// Rows that load, as mirror records.
     valid: HashMap<EntityId, EntityRecord>,
     /// Rows that do not: (reason, the row as text), quarantined when the follower leads.
@@ -59,6 +62,17 @@ impl StoreFollower {
     /// Applies `changes` (deletions first: a row still in the table is alive); returns how many
     /// rows they carried.
     pub fn apply(&mut self, changes: StoreChanges) -> usize {
+        let leader = changes.leader;
+        let continuous = self
+            .leader_epoch
+            .is_none_or(|e| leader.epoch == e || leader.epoch == e + 1);
+        if !leader.stamps || !(changes.whole || continuous) {
+            // A leader whose writes carry no change numbers led since (an older binary during
+            // an upgrade), or one this follower never saw: what it holds may miss writes.
+            self.reset();
+            return 0;
+        }
+        self.leader_epoch = Some(leader.epoch);
         if changes.whole {
             self.valid.clear();
             self.bad.clear();
@@ -99,6 +113,14 @@ impl StoreFollower {
         }
         self.through = Some(changes.through);
         n
+    }
+
+    /// Forgets everything read: the next read is of the whole table.
+    fn reset(&mut self) {
+        self.through = None;
+        self.leader_epoch = None;
+        self.valid.clear();
+        self.bad.clear();
     }
 
     /// The change number read through (`None` before the first read).
@@ -178,7 +200,7 @@ impl StoreFollower {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::store::EntityRow;
+    use crate::store::{ChangeLeader, EntityRow};
 
     fn row(id: i64, x: f32) -> (i64, Result<EntityRow, String>) {
         let row = EntityRow {
@@ -211,6 +233,7 @@ mod tests {
             whole: true,
             rows: vec![row(1, 1.0), row(2, 2.0)],
             deleted: vec![],
+            ..Default::default()
         });
         // 2 deleted, then written again under the same id: the row read is the live one.
         f.apply(StoreChanges {
@@ -218,9 +241,50 @@ mod tests {
             whole: false,
             rows: vec![row(2, 5.0)],
             deleted: vec![2, 1],
+            ..Default::default()
         });
         assert_eq!(ids(&f), [2]);
         assert_eq!(f.through(), Some(3));
+    }
+
+    fn leader(epoch: i64, stamps: bool) -> ChangeLeader {
+        ChangeLeader { epoch, stamps }
+    }
+
+    #[test]
+    fn a_leader_that_does_not_stamp_or_one_never_seen_makes_the_copy_start_again() {
+        let mut f = StoreFollower::default();
+        let read = |through, whole, rows, leader| StoreChanges {
+            through,
+            whole,
+            rows,
+            deleted: vec![],
+            leader,
+        };
+        f.apply(read(4, true, vec![row(1, 1.0)], leader(3, true)));
+        // The next leader (a takeover) stamps: the copy goes on.
+        assert_eq!(
+            f.apply(read(5, false, vec![row(2, 2.0)], leader(4, true))),
+            1
+        );
+        assert_eq!((ids(&f), f.through()), (vec![1, 2], Some(5)));
+        // An older binary took the store: its writes carry no change numbers.
+        assert_eq!(f.apply(read(5, false, vec![], leader(5, false))), 0);
+        assert_eq!((ids(&f), f.through()), (vec![], None));
+        f.apply(read(9, true, vec![row(3, 3.0)], leader(6, true)));
+        // Two takeovers between reads: the one in the middle was never seen.
+        assert_eq!(
+            f.apply(read(12, false, vec![row(4, 4.0)], leader(8, true))),
+            0
+        );
+        assert_eq!(f.through(), None, "read whole next time");
+        f.apply(read(
+            12,
+            true,
+            vec![row(3, 3.0), row(4, 4.0)],
+            leader(8, true),
+        ));
+        assert_eq!(ids(&f), [3, 4]);
     }
 
     #[test]
@@ -231,6 +295,7 @@ mod tests {
             whole: true,
             rows: vec![row(1, 1.0), row(9, 9.0)],
             deleted: vec![],
+            ..Default::default()
         });
         let mut outside = row(4, 1.0);
         outside.1.as_mut().unwrap().sector = "s0-x5-y0".into();
@@ -239,6 +304,7 @@ mod tests {
             whole: true,
             rows: vec![row(3, 3.0), outside, (5, Err("bad bytes".into()))],
             deleted: vec![],
+            ..Default::default()
         });
         assert_eq!(ids(&f), [3, 4, 5]);
         let world = [SectorId::new(0, 0, 0).unwrap()];

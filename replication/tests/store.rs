@@ -612,3 +612,46 @@ async fn a_follower_misses_nothing_while_writes_race() {
         assert_eq!(world_of(&warm), world_of(&cold), "{url}");
     }
 }
+
+/// Mid-upgrade, an older binary may lead the store: its writes carry no change numbers. A
+/// follower that sees such a leader drops what it read (it may miss those writes) and reads the
+/// whole world again once a leader that stamps takes over, ending where a cold load does.
+#[tokio::test]
+async fn a_leader_that_does_not_stamp_its_writes_makes_a_follower_read_everything_again() {
+    for (store, url) in stores().await {
+        store.take_leadership("new-1").await.unwrap();
+        let first: Vec<_> = (1..=30).map(|i| record(i, i as f32, 1)).collect();
+        store.write_checkpoint(&rows(&first), &[]).await.unwrap();
+        let mut warm = StoreFollower::default();
+        assert_eq!(warm.catch_up(&store).await.unwrap(), 30, "{url}");
+        // An older binary takes the store (its statement knows nothing of stamps) and moves
+        // entity 7 without a change number.
+        exec(
+            &store,
+            "UPDATE leadership SET epoch = epoch + 1, holder = 'old-binary' WHERE id = 1",
+        )
+        .await;
+        exec(
+            &store,
+            "UPDATE entities SET pos_x = 500, version = 9 WHERE id = 7",
+        )
+        .await;
+        assert_eq!(warm.catch_up(&store).await.unwrap(), 0, "{url}");
+        assert!(
+            warm.is_empty() && warm.through().is_none(),
+            "{url}: dropped"
+        );
+        // A stamping leader takes over: the follower reads everything, the old write included.
+        let next = Store::open_url(&url).await.unwrap();
+        next.take_leadership("new-2").await.unwrap();
+        assert_eq!(warm.catch_up(&next).await.unwrap(), 30, "{url}");
+        let warm = warm.into_world(&next, &world()).await.unwrap();
+        assert_eq!(
+            warm.live[&EntityId(7)].snapshot.state.pos[0],
+            500.0,
+            "{url}"
+        );
+        let cold = StoreFollower::load(&next, &world()).await.unwrap();
+        assert_eq!(world_of(&warm), world_of(&cold), "{url}");
+    }
+}

@@ -17,3 +17,7 @@ CREATE TABLE entity_tombstones (
     seq BIGINT NOT NULL
 );
 CREATE INDEX entity_tombstones_seq ON entity_tombstones (seq);
+-- The epoch of the last leader that took the store stamping its writes (this binary and later).
+-- A leader that took it without (an older binary, during an upgrade) leaves this behind its
+-- epoch: a standby then cannot trust what it followed and reads the whole world on taking over.
+ALTER TABLE leadership ADD COLUMN stamped_epoch BIGINT NOT NULL DEFAULT 0;
