@@ -248,7 +248,8 @@ pub async fn start(
         let mut warned = None;
         let epoch = store
             .await_leadership(&holder, config.leader_lease, async || {
-                follow_store(&store, &mut follower, &status, &mut warned).await
+                follow_store(&store, &mut follower, &status, &mut warned).await;
+                follower.through().is_some()
             })
             .await?;
         if let Some(p) = probes {

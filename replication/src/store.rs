@@ -826,12 +826,15 @@ impl Store {
     /// `lease` (the leader died, hangs, or let go), checking four times a second, and takes it
     /// then: the epoch. Another standby that takes it first is waited out like any leader.
     /// `between` runs after each check that found a live leader (a warm standby follows the
-    /// store there).
+    /// store there) and says whether this standby holds the world now. One that does not yet
+    /// (it just started) runs it once more before taking a vacant store, so a warm standby
+    /// racing it for the same vacancy wins, and it never takes over cold what another would
+    /// take over warm.
     pub async fn await_leadership(
         &self,
         holder: &str,
         lease: Duration,
-        mut between: impl AsyncFnMut(),
+        mut between: impl AsyncFnMut() -> bool,
     ) -> Result<u64, StoreError> {
         let sql = |now: &str| {
             format!("SELECT epoch, holder, {now} - renewed_ms FROM leadership WHERE id = 1")
@@ -840,6 +843,7 @@ impl Store {
         // A store nobody leads yet (a fleet starting: its leader has not taken it) is given a
         // lease's time to be taken before the standby takes it itself.
         let mut unled_since: Option<std::time::Instant> = None;
+        let mut warm = false;
         loop {
             let row: Option<(i64, String, i64)> = match &self.db {
                 Db::Postgres(p) => sqlx::query_as(&sql(PG_NOW_MS)).fetch_optional(p).await?,
@@ -863,11 +867,16 @@ impl Store {
                     since.elapsed() >= lease
                 }
             };
-            if vacant && let Some(epoch) = self.take_vacant_leadership(holder, lease).await? {
-                return Ok(epoch);
+            if vacant {
+                if !warm {
+                    between().await;
+                }
+                if let Some(epoch) = self.take_vacant_leadership(holder, lease).await? {
+                    return Ok(epoch);
+                }
             }
             let next = tokio::time::Instant::now() + Duration::from_millis(250);
-            between().await;
+            warm = between().await;
             tokio::time::sleep_until(next).await;
         }
     }

@@ -908,6 +908,57 @@ fn a_leader_stopped_with_sigterm_hands_over_to_the_standby_at_once() {
     );
 }
 
+/// A rollout starts a new standby while the old leader hands the store over: the new one finds
+/// the lease vacant at once but holds nothing yet, so it reads the world before competing for
+/// the store, and the standby that has followed it all along takes over (reading nothing more).
+/// A world big enough that the cold read outlasts the warm standby's quarter-second poll.
+#[test]
+fn a_warm_standby_wins_a_vacancy_over_one_that_just_started() {
+    const WORLD: usize = 60_000;
+    let data = TempDir::new("warm-wins");
+    let mut leader = start_replication_with(WORLD, &data.0, None, &[]);
+    let own_http = || format!("127.0.0.1:{}", super::free_port());
+    let warm_http = own_http();
+    let warm = start_standby(
+        WORLD,
+        &data.0,
+        None,
+        &["--standby-probes", "--http", &warm_http],
+    );
+    let warm_base = format!("http://{warm_http}");
+    wait_until(
+        "the standby followed the world",
+        Duration::from_secs(60),
+        || metric_at(&warm_base, "sidereal_standby_followed_entities") == WORLD as f64,
+    );
+
+    signal(&leader.proc_, "-TERM");
+    let cold_http = own_http();
+    let cold = start_standby(
+        WORLD,
+        &data.0,
+        None,
+        &["--standby-probes", "--http", &cold_http],
+    );
+    let led = warm
+        .recv_timeout(Duration::from_secs(10))
+        .expect("the warm standby took over");
+    let _ = leader.proc_.0.wait();
+    assert!(
+        cold.recv_timeout(Duration::from_secs(2)).is_err(),
+        "the one that just started stands by"
+    );
+    assert_eq!(
+        metric_at(&format!("http://{cold_http}"), "sidereal_leading"),
+        0.0
+    );
+    assert!(
+        metric(&led, "sidereal_store_rows_read_at_start") < WORLD as f64,
+        "warm: it did not read the world again"
+    );
+    assert_eq!(led.control.status().entities, WORLD);
+}
+
 /// A lost node takes the leader and a shard with it: the standby waits for the stored
 /// placement's shards, refusing placement changes, but only for `--takeover-grace` (2 s here);
 /// the surviving shard resumes meanwhile. Then placements go through, the lost shard's leaves
