@@ -108,6 +108,16 @@ scrape_configs:
         query(prometheus, "up == 1").is_ok_and(|r| r.len() == 4)
     });
     // Every alert rule loads and evaluates against the real series (none is in error).
+    let rule_file = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../charts/sidereal/alerts/sidereal-alerts.yaml"
+    ))
+    .expect("the alert rules");
+    let alerts = rule_file
+        .lines()
+        .filter(|l| l.trim_start().starts_with("- alert:"))
+        .count();
+    assert!(alerts >= 8, "{alerts} alert rules in the file");
     let rules_url = format!("http://127.0.0.1:{prometheus}/api/v1/rules");
     wait_until(
         "every alert rule evaluated",
@@ -127,7 +137,7 @@ scrape_configs:
             for r in &rules {
                 assert_ne!(r["health"], "err", "alert rule in error: {r}");
             }
-            rules.len() == 7 && rules.iter().all(|r| r["health"] == "ok")
+            rules.len() == alerts && rules.iter().all(|r| r["health"] == "ok")
         },
     );
     for panel in panels {
