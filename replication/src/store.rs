@@ -532,14 +532,19 @@ impl Store {
                     Some(a) if a <= through && a.saturating_add(1) >= tombstones_from => Some(a),
                     _ => None,
                 };
-                let rows_sql = match since {
-                    Some(_) => format!("SELECT {COLUMNS} FROM entities WHERE changed_seq > $1"),
-                    None => format!("SELECT {COLUMNS} FROM entities"),
+                // Every row in table order for a whole read (an index walk would visit them at
+                // random), the changed ones through the index otherwise.
+                let rows = match since {
+                    Some(a) => {
+                        let sql = format!("SELECT {COLUMNS} FROM entities WHERE changed_seq > $1");
+                        sqlx::query(&sql).bind(a).fetch_all(&mut *tx).await?
+                    }
+                    None => {
+                        let sql = format!("SELECT {COLUMNS} FROM entities");
+                        sqlx::query(&sql).fetch_all(&mut *tx).await?
+                    }
                 };
-                let rows = sqlx::query(&rows_sql)
-                    .bind(since.unwrap_or(0))
-                    .fetch_all(&mut *tx)
-                    .await?
+                let rows = rows
                     .iter()
                     .map(|r| {
                         (
