@@ -301,7 +301,8 @@ mod tests {
         gateway: GatewayArgs,
     }
 
-    fn parse(extra: &[&str]) -> GatewayArgs {
+    /// A gateway's command line: the flags it needs, then `extra`.
+    fn try_parse(extra: &[&str]) -> Result<GatewayArgs, clap::Error> {
         let mut argv = vec![
             "gateway",
             "--name",
@@ -312,7 +313,11 @@ mod tests {
             "00112233445566778899aabbccddeeff00112233445566778899aabbccddeeff",
         ];
         argv.extend(extra);
-        Cli::try_parse_from(argv).expect("valid flags").gateway
+        Cli::try_parse_from(argv).map(|c| c.gateway)
+    }
+
+    fn parse(extra: &[&str]) -> GatewayArgs {
+        try_parse(extra).expect("valid flags")
     }
 
     #[test]
@@ -324,20 +329,7 @@ mod tests {
         );
         for bad in ["soon", "-1", "NaN", "inf", "1e300"] {
             let flag = format!("--drain-linger={bad}");
-            let argv = [
-                "gateway",
-                "--name",
-                "gw-0",
-                "--secret",
-                "a-long-enough-secret",
-                "--netcode-key",
-                "00112233445566778899aabbccddeeff00112233445566778899aabbccddeeff",
-                &flag,
-            ];
-            let err = Cli::try_parse_from(argv)
-                .err()
-                .expect("refused")
-                .to_string();
+            let err = try_parse(&[&flag]).expect_err("refused").to_string();
             assert!(
                 err.contains("--drain-linger") && err.contains("not a number of seconds"),
                 "{bad}: {err}"

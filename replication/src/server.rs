@@ -281,6 +281,7 @@ pub async fn start(
             warn!("stored placement does not fit this world; waiting for a new one");
         }
     }
+    let restore_time = t0.elapsed();
     info!(
         entities = restored,
         archived,
@@ -289,10 +290,9 @@ pub async fn start(
         generation = authority.placement().generation,
         followed,
         read_at_start,
-        seconds = t0.elapsed().as_secs_f64(),
+        seconds = restore_time.as_secs_f64(),
         "world restored"
     );
-    let restore_time = t0.elapsed();
     let seeded = authority.mirror().is_empty() && config.seed_entities > 0;
     if seeded {
         seed_world(&mut authority, config.seed_entities, config.seed);

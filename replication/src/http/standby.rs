@@ -11,6 +11,8 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use axum::Router;
 use axum::routing::get;
+use prometheus::core::Collector;
+use prometheus::{Encoder, Gauge, Opts, TextEncoder};
 use tokio::net::TcpListener;
 use tracing::{debug, info};
 
@@ -38,23 +40,39 @@ impl FollowStatus {
             0 => f64::INFINITY,
             t => now_ms().saturating_sub(t) as f64 / 1000.0,
         };
-        format!(
-            "# HELP sidereal_leading 1 while this replication leads the store, 0 while it stands by\n\
-             # TYPE sidereal_leading gauge\n\
-             sidereal_leading 0\n\
-             # HELP sidereal_standby_followed_entities Stored entities a standby holds, read from the store while it waits\n\
-             # TYPE sidereal_standby_followed_entities gauge\n\
-             sidereal_standby_followed_entities {}\n\
-             # HELP sidereal_standby_followed_change The store's change number a standby has read through\n\
-             # TYPE sidereal_standby_followed_change gauge\n\
-             sidereal_standby_followed_change {}\n\
-             # HELP sidereal_standby_follow_age_seconds Seconds since a standby last read the store's changes (+Inf: never)\n\
-             # TYPE sidereal_standby_follow_age_seconds gauge\n\
-             sidereal_standby_follow_age_seconds {}\n",
-            self.entities.load(Ordering::Relaxed),
-            self.through.load(Ordering::Relaxed),
-            prometheus_float(age),
-        )
+        let gauge = |name: &str, help: &str, v: f64| {
+            let g = Gauge::with_opts(Opts::new(name, help).namespace("sidereal")).expect("valid");
+            g.set(v);
+            g.collect()
+        };
+        let families = [
+            gauge(
+                "leading",
+                "1 while this replication leads the store, 0 while it stands by",
+                0.0,
+            ),
+            gauge(
+                "standby_followed_entities",
+                "Stored entities a standby holds, read from the store while it waits",
+                self.entities.load(Ordering::Relaxed) as f64,
+            ),
+            gauge(
+                "standby_followed_change",
+                "The store's change number a standby has read through",
+                self.through.load(Ordering::Relaxed) as f64,
+            ),
+            gauge(
+                "standby_follow_age_seconds",
+                "Seconds since a standby last read the store's changes (+Inf: never)",
+                age,
+            ),
+        ]
+        .concat();
+        let mut out = Vec::new();
+        if let Err(e) = TextEncoder::new().encode(&families, &mut out) {
+            tracing::warn!(error = %e, "cannot encode the standby's metrics");
+        }
+        String::from_utf8(out).unwrap_or_default()
     }
 }
 
@@ -62,14 +80,6 @@ fn now_ms() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_millis() as u64)
-}
-
-fn prometheus_float(v: f64) -> String {
-    if v.is_infinite() {
-        "+Inf".into()
-    } else {
-        format!("{v:.3}")
-    }
 }
 
 /// The standby's HTTP server; [`StandbyHttp::stop`] frees the address for the leader's.
